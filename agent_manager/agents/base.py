@@ -1,0 +1,238 @@
+"""What every agent kind provides: how to invoke its CLI headlessly and how to read its output.
+
+A kind never runs anything itself. It turns (command, args, model, prompt, resume id) into
+an ``Invocation`` and offers a fresh ``OutputParser`` per run, which turns the CLI's own
+structured output into ``message`` / ``tool`` / ``error`` events and remembers the final
+answer, the usage and the CLI's session id (for resuming a conversation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent_manager.errors import ValidationFailed
+
+Stream = Literal["stdout", "stderr"]
+PROMPT_TOKEN = "{prompt}"
+
+
+@dataclass
+class Invocation:
+    """The argv to execute (prompt as exactly one element) or the prompt on stdin."""
+
+    argv: list[str]
+    stdin: bytes | None = None
+
+
+@dataclass
+class ParsedEvent:
+    """A structured event: ``message`` {text, delta?}, ``tool`` {name, input?, output?},
+    or ``error`` {message}."""
+
+    type: Literal["message", "tool", "error"]
+    data: dict[str, Any]
+
+
+@dataclass
+class OutputParser:
+    """Line-oriented parser base: subclasses implement ``parse_line``.
+
+    Chunks arrive split anywhere; this base keeps the partial last line per stream.
+    Unparseable lines simply produce no event (the raw ``output`` event already carries them).
+    """
+
+    answer_parts: list[str] = field(default_factory=list)
+    final_answer: str | None = None
+    usage: dict[str, Any] | None = None
+    session_id: str | None = None
+    error: str | None = None
+    _partial: dict[str, str] = field(default_factory=dict)
+
+    def feed(self, stream: Stream, text: str) -> list[ParsedEvent]:
+        buffered = self._partial.get(stream, "") + text
+        *lines, rest = buffered.split("\n")
+        self._partial[stream] = rest
+        events: list[ParsedEvent] = []
+        for line in lines:
+            events.extend(self.parse_line(stream, line))
+        return events
+
+    def close(self) -> list[ParsedEvent]:
+        events: list[ParsedEvent] = []
+        for stream, rest in list(self._partial.items()):
+            if rest:
+                events.extend(self.parse_line(stream, rest))  # type: ignore[arg-type]
+        self._partial.clear()
+        return events
+
+    def parse_line(self, stream: Stream, line: str) -> list[ParsedEvent]:
+        return []
+
+    @property
+    def answer(self) -> str | None:
+        """The assistant's final answer, if the CLI's format says what it is."""
+        if self.final_answer is not None:
+            return self.final_answer
+        return "".join(self.answer_parts) if self.answer_parts else None
+
+
+class PlainTextParser(OutputParser):
+    """For CLIs that print the answer as plain text: the answer is stdout, kept up to
+    ``limit`` characters so a runaway output cannot grow the service's memory."""
+
+    limit: int = 1_048_576
+    kept: int = 0
+    truncated: bool = False
+
+    def feed(self, stream: Stream, text: str) -> list[ParsedEvent]:
+        if stream == "stdout" and not self.truncated:
+            room = self.limit - self.kept
+            if len(text) > room:
+                text, self.truncated = text[:room], True
+            self.answer_parts.append(text)
+            self.kept += len(text)
+        return []
+
+    def close(self) -> list[ParsedEvent]:
+        return []
+
+
+class AgentKind:
+    """Base for one CLI kind. Subclasses set the class attributes and ``build``."""
+
+    name: str = "generic"
+    default_command: str = ""
+    install_hint: str = ""
+    supports_resume: bool = False
+    # Arguments that put the CLI in an auto-approve mode; routing treats such runs as untrusted.
+    auto_approve_flags: frozenset[str] = frozenset()
+    # Flags whose value decides whether they auto-approve, e.g. {"--approval-mode": {"yolo"}}.
+    auto_approve_values: dict[str, frozenset[str]] = {}
+    # Single-letter auto-approve flags that may appear bundled (``-sy``), e.g. {"y"}.
+    auto_approve_short: frozenset[str] = frozenset()
+
+    def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
+              resume_id: str | None = None) -> Invocation:
+        raise NotImplementedError
+
+    def parser(self) -> OutputParser:
+        return PlainTextParser()
+
+    def auto_approves(self, args: list[str]) -> bool:
+        """Whether ``args`` put the CLI in an auto-approve mode.
+
+        Checks exact flags (also in ``--flag=value`` form), flags whose *value* decides
+        (``--approval-mode yolo``), and single-letter flags bundled as ``-dy``. It errs on the
+        side of "yes": a false positive only sends a run to an isolated backend.
+        """
+        for i, arg in enumerate(args):
+            name, eq, value = arg.partition("=")
+            if name in self.auto_approve_flags:
+                return True
+            if name in self.auto_approve_values:
+                if not eq:
+                    value = args[i + 1] if i + 1 < len(args) else ""
+                if value in self.auto_approve_values[name]:
+                    return True
+            if _SHORT_BUNDLE.fullmatch(arg) and any(c in self.auto_approve_short for c in arg[1:]):
+                return True
+        return False
+
+    def executable(self, command: str) -> str:
+        """The program to run: the agent's ``command`` or this kind's default."""
+        exe = command or self.default_command
+        if not exe:
+            raise ValidationFailed(f"agent kind {self.name!r} needs a command")
+        return exe
+
+
+_SHORT_BUNDLE = re.compile(r"-[A-Za-z]+")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_id(value: str, what: str = "resume id") -> str:
+    """Refuse session ids that could read as a flag or carry odd bytes.
+
+    Resume ids come back from the CLI's own output, which a prompt can influence, so they
+    are never trusted to be inert argv elements.
+    """
+    if not _SAFE_ID.fullmatch(value):
+        raise ValidationFailed(f"invalid {what}: {value!r}")
+    return value
+
+
+def safe_value(value: str, what: str = "model") -> str:
+    """Refuse option values (model names) that start with ``-`` or contain control bytes.
+
+    Most are passed as ``--flag=value`` anyway; this guards the positional ones (ollama).
+    """
+    if not value or value.startswith("-") or _CONTROL.search(value):
+        raise ValidationFailed(f"invalid {what}: {value!r}")
+    return value
+
+
+def json_object(line: str) -> dict[str, Any] | None:
+    """Parse one output line as a JSON object with a string ``type``; None for anything else."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("type"), str):
+        return obj
+    return None
+
+
+class JsonLinesParser(OutputParser):
+    """For CLIs printing one JSON event per stdout line: subclasses implement ``handle``.
+
+    Lines that are not JSON objects with a ``type``, or whose shape surprises ``handle``,
+    yield no event; stderr never carries the structured stream.
+    """
+
+    def parse_line(self, stream: Stream, line: str) -> list[ParsedEvent]:
+        if stream != "stdout":
+            return []
+        obj = json_object(line)
+        if obj is None:
+            return []
+        try:
+            return self.handle(obj)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+            return []
+
+    def handle(self, obj: dict[str, Any]) -> list[ParsedEvent]:
+        return []
+
+    def add_usage(self, **counts: Any) -> None:
+        """Merge numeric counts into ``usage`` (summing across turns), skipping Nones."""
+        usage = self.usage if self.usage is not None else {}
+        for key, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            usage[key] = usage.get(key, 0) + value
+        self.usage = usage
+
+
+def text_of(content: Any) -> str:
+    """Flatten a tool output that may be a string or a list of ``{"type":"text"}`` blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            b.get("text", "") if isinstance(b, dict) else str(b) for b in content
+        )
+    if content is None:
+        return ""
+    return json.dumps(content)
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: tolerant reading of CLI events."""
+    return value if isinstance(value, dict) else {}

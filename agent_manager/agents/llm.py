@@ -1,0 +1,29 @@
+"""Simon Willison's ``llm`` via ``llm prompt [-m MODEL]``, answer as plain text on stdout.
+
+Source: simonw/llm ``llm/cli.py``: the ``prompt`` command (also the group's default) reads
+the prompt from stdin when stdin is not a terminal (``read_prompt``) and, without a prompt
+argument, uses it verbatim. The subcommand is named explicitly so the click
+``DefaultGroup`` never has to guess.
+
+Prompt passing: stdin — click would treat an argv prompt that starts with ``-`` as an
+option, and simonw/llm#871 notes ``--`` is not accepted for the default command.
+"""
+
+from __future__ import annotations
+
+from .base import AgentKind, Invocation, safe_value
+
+
+class LlmKind(AgentKind):
+    name = "llm"
+    default_command = "llm"
+    install_hint = "pipx install llm  (or: pip install llm; then llm keys set openai)"
+    supports_resume = False  # `--cid` exists, but the plain output never reports the id
+
+    def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
+              resume_id: str | None = None) -> Invocation:
+        argv = [self.executable(command), "prompt"]
+        if model:
+            argv.append(f"--model={safe_value(model)}")
+        argv += args
+        return Invocation(argv=argv, stdin=prompt.encode())

@@ -1,0 +1,32 @@
+"""The ``agent-manager`` command line: one module per command group."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+from agent_manager import __version__
+from agent_manager.cli import agents, run, serve
+
+
+@click.group()
+@click.version_option(__version__, prog_name="agent-manager")
+@click.option("--home", type=click.Path(file_okay=False), default=None, envvar="AGENT_MANAGER_HOME",
+              help="Data directory (default: the platform's user data dir).")
+@click.option("--url", default=None, envvar="AGENT_MANAGER_URL",
+              help="Service URL for client commands (default: http://<host>:<port> from settings).")
+@click.pass_context
+def main(ctx: click.Context, home: str | None, url: str | None) -> None:
+    """Agent Manager: a control panel for command-line AI agents."""
+    ctx.obj = {"home": home, "url": url}
+
+
+main.add_command(serve.serve)
+main.add_command(serve.token)
+main.add_command(agents.agents)
+main.add_command(run.run)
+for module_name in ("plan", "orchestrate", "sandboxes"):
+    with contextlib.suppress(ImportError):
+        module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])
+        main.add_command(module.command)

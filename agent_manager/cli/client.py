@@ -1,0 +1,49 @@
+"""How client commands reach the running service: its URL and the admin token."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+import httpx
+
+from agent_manager.errors import AgentManagerError
+from agent_manager.settings import load_settings
+
+
+class Client:
+    def __init__(self, ctx_obj: dict[str, Any]) -> None:
+        try:
+            settings = load_settings({"home": ctx_obj.get("home")})
+        except AgentManagerError as exc:
+            raise click.ClickException(exc.message) from exc
+        host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.url = (ctx_obj.get("url") or f"http://{host}:{settings.port}").rstrip("/")
+        headers = {}
+        token = os.environ.get("AGENT_MANAGER_TOKEN")
+        if not token and settings.token_path.exists():
+            token = settings.token_path.read_text().strip()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30, read=None))
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise click.ClickException(f"cannot reach the service at {self.url}: is `agent-manager serve` "
+                                       "running?") from exc
+        return self.check(response)
+
+    @staticmethod
+    def check(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500]
+            raise click.ClickException(f"{message} (HTTP {response.status_code})")
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()

@@ -1,0 +1,97 @@
+"""``agent-manager run AGENT PROMPT``: start a run and stream it to the terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import httpx
+
+from agent_manager.agents import get_kind
+from agent_manager.agents.base import PlainTextParser
+from agent_manager.cli.client import Client
+
+STATUS_EXIT = {"succeeded": 0, "cancelled": 130, "timed_out": 124, "interrupted": 1, "failed": 1}
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Parse an SSE byte stream into (id, event, data) triples."""
+    seq, event, data = 0, "message", list[str]()
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield seq, event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("id:"):
+            seq = int(line[3:].strip())
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+
+
+def follow(client: Client, run_id: str, raw: bool, structured: bool) -> dict[str, Any]:
+    """Print the run's events until it finishes; reconnects from the last seen event."""
+    last = 0
+    while True:
+        try:
+            with client.http.stream("GET", f"/api/runs/{run_id}/events", params={"after": last},
+                                    headers={"Accept": "text/event-stream"}) as response:
+                Client.check(response) if response.status_code >= 400 else None
+                for seq, event, data in sse_events(response):
+                    last = seq
+                    _print(event, data, raw, structured)
+                    if event == "run.finished":
+                        return data
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            continue  # the stream dropped: resume after the last event we printed
+
+
+def _print(event: str, data: dict[str, Any], raw: bool, structured: bool) -> None:
+    if event == "output" and (raw or not structured or data["stream"] == "stderr"):
+        stream = sys.stdout if data["stream"] == "stdout" else sys.stderr
+        stream.write(data["text"])
+        stream.flush()
+    elif event == "message" and structured and not raw:
+        sys.stdout.write(data["text"] if data.get("delta") else data["text"] + "\n")
+        sys.stdout.flush()
+    elif event == "tool" and structured and not raw:
+        click.echo(click.style(f"[tool] {data.get('name', '?')}", fg="cyan"), err=True)
+    elif event in ("error", "run.stalled"):
+        click.echo(click.style(f"[{event}] {data.get('message') or data}", fg="red"), err=True)
+
+
+@click.command()
+@click.argument("agent")
+@click.argument("prompt")
+@click.option("--backend", type=click.Choice(["local", "sandbox", "daytona", "auto"]), default=None)
+@click.option("--conversation", "conversation_id", default=None, help="Continue this conversation.")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds before the run is killed.")
+@click.option("--raw", is_flag=True, help="Print the CLI's raw output instead of parsed messages.")
+@click.pass_obj
+def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conversation_id: str | None,
+        timeout_s: float | None, raw: bool) -> None:
+    """Run AGENT with PROMPT, streaming its output; exits with the agent's exit code."""
+    client = Client(obj)
+    info = client.request("GET", f"/api/agents/{agent}")
+    structured = not isinstance(get_kind(info["kind"]).parser(), PlainTextParser)
+    body = {"agent": agent, "prompt": prompt, "backend": backend, "conversation_id": conversation_id,
+            "timeout_s": timeout_s}
+    started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
+    try:
+        final = follow(client, started["id"], raw, structured)
+    except KeyboardInterrupt:
+        click.echo("\ncancelling…", err=True)
+        client.request("POST", f"/api/runs/{started['id']}/cancel")
+        sys.exit(130)
+    status = final["status"]
+    if status != "succeeded":
+        click.echo(click.style(f"run {started['id']} {status}: {final.get('error') or ''}".rstrip(": "),
+                               fg="red"), err=True)
+    code = final.get("exit_code")
+    if status == "failed" and isinstance(code, int) and code > 0:
+        sys.exit(code)
+    sys.exit(STATUS_EXIT.get(status, 1))

@@ -1,0 +1,1 @@
+"""Execution backends: where an agent's process actually runs (see DESIGN 4)."""

@@ -1,0 +1,101 @@
+"""The executor interface: one small protocol every backend implements.
+
+A backend only knows how to start a process somewhere and hand back its output; run
+bookkeeping, timeouts, parsing and persistence live in ``agent_manager.runs``. The run layer
+enforces ``timeout_s`` itself (by calling ``Execution.cancel``), so every backend gets the
+same timeout semantics; backends may use the value for their own server-side limits too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+Stream = Literal["stdout", "stderr"]
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Declared needs of a run; ``None`` means "no opinion"."""
+
+    cpu: float | None = None
+    memory_mb: int | None = None
+    disk_gb: int | None = None
+
+
+@dataclass
+class ExecSpec:
+    """Everything a backend needs to start one process.
+
+    ``argv[0]`` is the executable; the prompt is already one element of ``argv`` or is in
+    ``stdin``. ``env`` is the complete environment the agent should see on top of a minimal
+    base the backend chooses (never the service's own environment). ``workspace`` is a host
+    directory the process may write; ``files`` are written into it before start and
+    ``outputs`` (paths relative to it) are brought back after exit by remote backends.
+    """
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    workspace: Path | None = None
+    cwd: str | None = None
+    stdin: bytes | None = None
+    timeout_s: float = 600.0
+    resources: Resources = field(default_factory=Resources)
+    network: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    stream: Stream
+    text: str
+
+
+@runtime_checkable
+class Execution(Protocol):
+    """One started process (or sandboxed command)."""
+
+    info: dict[str, str]
+    """Backend facts worth recording on the run, e.g. ``{"sandbox_id": ...}``."""
+
+    def output(self) -> AsyncIterator[Chunk]:
+        """Chunks of stdout/stderr as they arrive; ends when both streams are closed."""
+        ...
+
+    async def wait(self) -> int:
+        """The exit code (negative signal number when killed, as in ``subprocess``)."""
+        ...
+
+    async def cancel(self) -> None:
+        """End the whole process tree or sandbox, escalating; safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    name: str
+
+    async def available(self) -> Availability:
+        """Whether this backend can run anything now, and if not, why (said to the user)."""
+        ...
+
+    async def start(self, spec: ExecSpec) -> Execution:
+        """Start the process. Raises ``ExecutorUnavailable`` or ``ExecutionError``.
+
+        A missing executable raises ``ExecutionError`` with a message naming it.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release clients and end whatever this backend still runs (service shutdown)."""
+        ...

@@ -1,0 +1,191 @@
+"""A child process tree on this host, shared by the local and sandbox backends.
+
+Why a tag: a process group does not hold an agent's tree together — anything that calls
+``setsid()`` leaves it. Every process we start carries ``AGENT_MANAGER_TAG=<prefix>:<id>`` in its
+environment, which its descendants inherit, so the tree can be found in ``/proc`` and ended
+whole: on cancel, after the run ends, at service shutdown, and after a crash (the next start
+kills everything tagged with this data directory's prefix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from agent_manager.errors import ExecutionError
+from agent_manager.executors.base import Chunk, Stream
+
+TAG_ENV = "AGENT_MANAGER_TAG"
+READ_SIZE = 65536
+# Host variables an agent CLI legitimately needs; everything else (the service's own
+# secrets included) stays out of the child's environment.
+PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
+                   "SHELL", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR")
+
+
+def base_environment(environ: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if k in PASSTHROUGH_ENV or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+def tagged_pids(prefix: str) -> dict[int, str]:
+    """Processes whose environment carries a tag starting with ``prefix`` (pid → tag)."""
+    found: dict[int, str] = {}
+    needle = f"{TAG_ENV}={prefix}".encode()
+    own = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        try:
+            data = Path(entry.path, "environ").read_bytes()
+        except OSError:
+            continue
+        for item in data.split(b"\0"):
+            if item.startswith(needle):
+                found[int(entry.name)] = item.split(b"=", 1)[1].decode(errors="replace")
+                break
+    return found
+
+
+def signal_tagged(prefix: str, sig: int) -> int:
+    """Send ``sig`` to every process tagged with ``prefix``; returns how many were signalled."""
+    count = 0
+    for pid in tagged_pids(prefix):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+            count += 1
+    return count
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, comm) of every process below ``root``, found through the parent links in /proc."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append((int(entry.name), comm))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def new_tag(prefix: str) -> str:
+    return f"{prefix}:{uuid.uuid4().hex[:16]}"
+
+
+class ProcessExecution:
+    """A started process: streams its output, waits for it, ends its whole tree."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, tag: str, *, kill_grace_s: float,
+                 stream_close_grace_s: float, info: dict[str, str] | None = None) -> None:
+        self.proc = proc
+        self.tag = tag
+        self.info = info or {"pid": str(proc.pid)}
+        self._kill_grace_s = kill_grace_s
+        self._stream_close_grace_s = stream_close_grace_s
+        self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=64)
+        self._readers = [asyncio.create_task(self._read(proc.stdout, "stdout")),
+                         asyncio.create_task(self._read(proc.stderr, "stderr"))]
+        self._watcher = asyncio.create_task(self._watch())
+        self._cancel_lock = asyncio.Lock()
+
+    @classmethod
+    async def spawn(cls, argv: list[str], *, env: dict[str, str], cwd: str | None, stdin: bytes | None,
+                    tag: str, kill_grace_s: float, stream_close_grace_s: float,
+                    info: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> ProcessExecution:
+        env = {**env, TAG_ENV: tag}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
+                start_new_session=True, pass_fds=pass_fds)
+        except FileNotFoundError as exc:
+            missing = argv[0] if not cwd or not Path(cwd).exists() or exc.filename == argv[0] else exc.filename
+            raise ExecutionError(f"executable not found: {missing}", {"argv0": argv[0]}) from exc
+        except PermissionError as exc:
+            raise ExecutionError(f"cannot execute {argv[0]}: permission denied") from exc
+        execution = cls(proc, tag, kill_grace_s=kill_grace_s, stream_close_grace_s=stream_close_grace_s,
+                        info=info)
+        if stdin is not None:
+            asyncio.create_task(execution._feed_stdin(stdin))
+        return execution
+
+    async def _feed_stdin(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.write(data)
+            await self.proc.stdin.drain()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.close()
+
+    async def _read(self, reader: asyncio.StreamReader | None, stream: Stream) -> None:
+        assert reader is not None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            data = await reader.read(READ_SIZE)
+            text = decoder.decode(data, final=not data)
+            if text:
+                await self._queue.put(Chunk(stream, text))
+            if not data:
+                return
+
+    async def _watch(self) -> None:
+        """After the leader exits, give the pipes a grace period, then end what holds them."""
+        await self.proc.wait()
+        done, _ = await asyncio.wait(self._readers, timeout=self._stream_close_grace_s)
+        if len(done) < len(self._readers) or tagged_pids(self.tag):
+            signal_tagged(self.tag, signal.SIGKILL)
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        await self._queue.put(None)
+
+    async def output(self) -> AsyncIterator[Chunk]:
+        while True:
+            chunk = await self._queue.get()
+            if chunk is None:
+                return
+            yield chunk
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._watcher)
+        code = self.proc.returncode
+        return code if code is not None else -1
+
+    async def cancel(self) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL — to the group and to every tagged escapee."""
+        async with self._cancel_lock:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                if self.proc.returncode is not None and not tagged_pids(self.tag):
+                    break
+                self._signal_tree(sig)
+                if sig == signal.SIGKILL:
+                    break
+                await self._until_gone(self._kill_grace_s)
+            await self.proc.wait()
+
+    def _signal_tree(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+        signal_tagged(self.tag, sig)
+
+    async def _until_gone(self, seconds: float) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            if self.proc.returncode is not None and not tagged_pids(self.tag):
+                return
+            await asyncio.sleep(min(0.05, seconds))

@@ -1,0 +1,101 @@
+"""Which backend runs a run, and why (DESIGN 4, "routing").
+
+Order: an explicit backend on the run, then on the plan step, then on the agent; else the
+service's execution mode; in ``auto`` mode untrusted input goes to an isolated backend,
+heavy work to Daytona when configured, everything else to the host. The returned reason is
+stored on the run and shown to the user, so it is written for people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent_manager.errors import ExecutorUnavailable
+from agent_manager.executors.base import Executor, Resources
+from agent_manager.settings import Settings
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    run_backend: str | None = None
+    step_backend: str | None = None
+    agent_backend: str | None = None
+    agent_trusted: bool = True
+    user_trusted: bool = True
+    auto_approve: bool = False
+    resources: Resources = Resources()
+    host_saturated: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    backend: str
+    reason: str
+
+
+async def _why_not(executors: dict[str, Executor], name: str) -> str | None:
+    executor = executors.get(name)
+    if executor is None:
+        return f"the {name} backend is not configured"
+    availability = await executor.available()
+    return None if availability.ok else availability.reason
+
+
+async def route(req: RouteRequest, settings: Settings, executors: dict[str, Executor]) -> Route:
+    """Pick a backend; raise ``ExecutorUnavailable`` with the reason when nothing fits."""
+    for chosen, who in ((req.run_backend, "the run"), (req.step_backend, "the plan step"),
+                        (req.agent_backend, "the agent")):
+        if chosen and chosen != "auto":
+            return await _explicit(executors, chosen, f"{chosen} requested by {who}")
+    if settings.execution_mode != "auto":
+        mode = settings.execution_mode
+        return await _explicit(executors, mode, f"execution mode is {mode}")
+
+    untrusted = [why for flag, why in ((not req.agent_trusted, "the agent is marked untrusted"),
+                                       (not req.user_trusted, "the user is untrusted"),
+                                       (req.auto_approve, "the agent runs in an auto-approve mode"))
+                 if flag]
+    if untrusted:
+        return await _isolated(settings, executors, "; ".join(untrusted))
+
+    heavy = _heavy(req.resources, settings)
+    if heavy or req.host_saturated:
+        why = heavy or "local capacity is saturated"
+        problem = await _why_not(executors, "daytona") if settings.daytona_configured else "Daytona is not configured"
+        if problem is None:
+            return Route("daytona", f"auto: {why}, so it runs on Daytona")
+        return Route("local", f"auto: {why}, but {problem}; running locally")
+    return Route("local", "auto: trusted agent and light work run on this host")
+
+
+async def _explicit(executors: dict[str, Executor], name: str, reason: str) -> Route:
+    problem = await _why_not(executors, name)
+    if problem:
+        raise ExecutorUnavailable(f"{reason}, but it is unavailable: {problem}", {"backend": name})
+    return Route(name, reason)
+
+
+async def _isolated(settings: Settings, executors: dict[str, Executor], why: str) -> Route:
+    order = ["daytona", "sandbox"] if settings.prefer_daytona_for_untrusted else ["sandbox", "daytona"]
+    problems = []
+    for position, name in enumerate(order):
+        if name == "daytona" and not settings.daytona_configured:
+            problems.append("daytona: not configured")
+            continue
+        problem = await _why_not(executors, name)
+        if problem is None:
+            suffix = "" if position == 0 else f" ({order[0]} unavailable: {problems[-1] if problems else ''})"
+            if position and not settings.allow_fallback:
+                break
+            return Route(name, f"auto: {why}, so it runs isolated in {name}{suffix}")
+        problems.append(f"{name}: {problem}")
+    raise ExecutorUnavailable(f"{why}, which needs an isolated backend, and none is available: "
+                              + "; ".join(problems))
+
+
+def _heavy(resources: Resources, settings: Settings) -> str:
+    if resources.cpu and resources.cpu > settings.heavy_cpu:
+        return f"it declares {resources.cpu:g} CPUs (local limit {settings.heavy_cpu:g})"
+    if resources.memory_mb and resources.memory_mb > settings.heavy_memory_mb:
+        return f"it declares {resources.memory_mb} MB of memory (local limit {settings.heavy_memory_mb})"
+    return ""

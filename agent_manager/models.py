@@ -1,0 +1,221 @@
+"""Pydantic models of the public contracts (DESIGN 3): what the API takes and returns."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Kind = Literal["gemini", "claude", "codex", "ollama", "aider", "opencode", "llm", "generic"]
+Backend = Literal["local", "sandbox", "daytona"]
+RequestedBackend = Literal["local", "sandbox", "daytona", "auto"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+SECRET_NAME_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH|COOKIE|PRIVATE|SESSION)",
+                            re.IGNORECASE)
+MASK = "********"
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME_RE.search(name))
+
+
+def mask_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: (MASK if is_secret_name(k) and v else v) for k, v in env.items()}
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentFields(Strict):
+    command: str | None = Field(None, min_length=1, max_length=4096)
+    args: list[str] = Field(default_factory=list, max_length=256)
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+    model: str | None = Field(None, max_length=256)
+    backend: Backend | None = None
+    trusted: bool = True
+    timeout_s: float = Field(600, gt=0, le=7 * 24 * 3600)
+    network: bool = True
+
+    @field_validator("command", "model")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _no_nul(value) if value is not None else None
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _no_nul(item)
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, val in value.items():
+            if not ENV_NAME_RE.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            _no_nul(val)
+        return value
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        _no_nul(value)
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class AgentCreate(AgentFields):
+    name: str = Field(..., pattern=NAME_RE)
+    kind: Kind = "generic"
+
+
+class AgentUpdate(Strict):
+    """Every field optional; an env value equal to the mask keeps the stored secret."""
+
+    name: str | None = Field(None, pattern=NAME_RE)
+    kind: Kind | None = None
+    command: str | None = Field(None, min_length=1, max_length=4096)
+    args: list[str] | None = None
+    env: dict[str, str] | None = None
+    working_dir: str | None = None
+    model: str | None = None
+    backend: Backend | None = None
+    trusted: bool | None = None
+    timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    network: bool | None = None
+
+    _env = field_validator("env")(AgentFields._env.__func__)  # type: ignore[attr-defined]
+    _args = field_validator("args")(AgentFields._args.__func__)  # type: ignore[attr-defined]
+    _wd = field_validator("working_dir")(AgentFields._working_dir.__func__)  # type: ignore[attr-defined]
+
+
+class Agent(BaseModel):
+    id: str
+    name: str
+    kind: Kind
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    working_dir: str | None
+    model: str | None
+    backend: Backend | None
+    trusted: bool
+    timeout_s: float
+    network: bool
+    available: bool
+    install_hint: str
+    created_at: str
+    updated_at: str
+
+
+class ResourcesIn(Strict):
+    cpu: float | None = Field(None, gt=0, le=256)
+    memory_mb: int | None = Field(None, gt=0, le=1_048_576)
+
+
+class RunCreate(Strict):
+    agent: str = Field(..., min_length=1)
+    prompt: str = Field(..., min_length=1, max_length=1_000_000)
+    conversation_id: str | None = None
+    backend: RequestedBackend | None = None
+    timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    resources: ResourcesIn | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return _no_nul(value)
+
+
+class Run(BaseModel):
+    id: str
+    agent_id: str
+    agent_name: str
+    prompt: str
+    status: RunStatus
+    backend: str | None
+    route_reason: str | None
+    exit_code: int | None
+    output: str | None
+    error: str | None
+    usage: dict[str, Any] | None
+    conversation_id: str | None
+    sandbox_id: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+
+
+class RunPage(BaseModel):
+    items: list[Run]
+    total: int
+    limit: int
+    offset: int
+
+
+class Event(BaseModel):
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: str
+
+
+class ConversationCreate(Strict):
+    title: str = Field("", max_length=200)
+    agent: str | None = None
+
+
+class Message(BaseModel):
+    id: int
+    role: Literal["user", "assistant"]
+    content: str
+    agent_id: str | None
+    run_id: str | None
+    created_at: str
+
+
+class Conversation(BaseModel):
+    id: str
+    title: str
+    agent_id: str | None
+    created_at: str
+    updated_at: str
+    messages: list[Message] | None = None
+
+
+class MessageCreate(Strict):
+    content: str = Field(..., min_length=1, max_length=1_000_000)
+    agent: str | None = None
+    backend: RequestedBackend | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return _no_nul(value)
+
+
+class MessagePosted(BaseModel):
+    message: Message
+    run: Run

@@ -1,0 +1,318 @@
+"""The run lifecycle: queue → route → execute → persist events → finish.
+
+Every event is committed to the run's log before anyone hears of it (``EventLog.append``),
+so the log is the single source of truth for live viewers, reconnecting clients and the
+history alike. The manager also owns the limits that are about the service rather than a
+backend: how many host runs at once, timeouts, stall detection and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_manager.agents import get_kind
+from agent_manager.agents.base import AgentKind, Invocation
+from agent_manager.errors import AgentManagerError, Conflict
+from agent_manager.events import EventLog
+from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
+from agent_manager.executors.routing import RouteRequest, route
+from agent_manager.models import TERMINAL_STATUSES
+from agent_manager.settings import Settings
+from agent_manager.store import Database
+from agent_manager.store import conversations as conv_store
+from agent_manager.store import runs as run_store
+from agent_manager.store.database import new_id, now
+
+log = logging.getLogger("agent_manager.runs")
+HOST_BACKENDS = frozenset({"local", "sandbox"})
+STDERR_KEEP = 16_384
+
+
+@dataclass
+class RunRequest:
+    """What to run; built by the API, the chat and the orchestration engine alike."""
+
+    agent: dict[str, Any]
+    prompt: str
+    conversation_id: str | None = None
+    backend: str | None = None
+    step_backend: str | None = None
+    timeout_s: float | None = None
+    resources: Resources = field(default_factory=Resources)
+    owner: str | None = None
+    user_trusted: bool = True
+    workspace: Path | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Live:
+    """Book-keeping of one run that is queued or running in this process."""
+
+    task: asyncio.Task[None] | None = None
+    execution: Execution | None = None
+    end_reason: str | None = None  # "cancelled" | "timed_out" | "stalled" once we decided to end it
+    last_output: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RunManager:
+    def __init__(self, db: Database, settings: Settings, executors: dict[str, Executor]) -> None:
+        self.db = db
+        self.settings = settings
+        self.executors = executors
+        self.events = EventLog(db, "run_events", "run_id")
+        self.host_slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self.host_running = 0
+        self.queued = 0
+        self.live: dict[str, _Live] = {}
+        self.finished_counts: Counter[tuple[str, str]] = Counter()
+        self.durations: list[float] = []
+
+    # -- lifecycle of the manager ---------------------------------------------------------
+
+    def recover(self) -> int:
+        """Runs a previous process left queued/running can never finish: say so, once."""
+        stale = run_store.unfinished(self.db)
+        for run in stale:
+            reason = "the service stopped before this run finished"
+            run_store.update(self.db, run["id"], status="interrupted", error=reason, finished_at=now())
+            self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None,
+                                                           "error": reason})
+        return len(stale)
+
+    async def shutdown(self) -> None:
+        """End every live run; they are recorded as interrupted."""
+        for live in list(self.live.values()):
+            live.end_reason = live.end_reason or "interrupted"
+            if live.execution is not None:
+                with contextlib.suppress(Exception):
+                    await live.execution.cancel()
+            if live.task is not None:
+                live.task.cancel()
+        tasks = [live.task for live in self.live.values() if live.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- public operations ---------------------------------------------------------------
+
+    def submit(self, req: RunRequest) -> dict[str, Any]:
+        """Record the run as queued and start working on it in the background."""
+        agent = req.agent
+        kind = get_kind(agent["kind"])
+        run_id = new_id("run")
+        resume_id, cli_prompt = self._conversation_context(req, kind)
+        invocation = kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"),
+                                resume_id)
+        run = run_store.create(self.db, {
+            "id": run_id, "agent_id": agent["id"], "agent_name": agent["name"], "prompt": req.prompt,
+            "requested_backend": req.backend or req.step_backend or agent.get("backend"),
+            "conversation_id": req.conversation_id, "owner": req.owner})
+        if req.conversation_id:
+            conv_store.add_message(self.db, req.conversation_id, "user", req.prompt, agent["id"], run_id)
+        self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None})
+        live = _Live()
+        self.live[run_id] = live
+        self.queued += 1
+        live.task = asyncio.create_task(self._run(run_id, req, kind, invocation), name=f"run {run_id}")
+        return run
+
+    async def cancel(self, run_id: str, owner: str | None = None) -> dict[str, Any]:
+        run = run_store.get(self.db, run_id, owner)
+        live = self.live.get(run_id)
+        if run["status"] in TERMINAL_STATUSES or live is None:
+            if run["status"] in TERMINAL_STATUSES:
+                return run
+            raise Conflict(f"run {run_id!r} is not running in this service")
+        if live.end_reason is None:
+            live.end_reason = "cancelled"
+        await self._end(live)
+        await live.done.wait()
+        return run_store.get(self.db, run_id)
+
+    async def wait(self, run_id: str) -> dict[str, Any]:
+        live = self.live.get(run_id)
+        if live is not None:
+            await live.done.wait()
+        return run_store.get(self.db, run_id)
+
+    # -- the run itself --------------------------------------------------------------------
+
+    def _conversation_context(self, req: RunRequest, kind: AgentKind) -> tuple[str | None, str]:
+        """Resume the CLI's own session when it can; otherwise prepend a bounded history."""
+        if not req.conversation_id:
+            return None, req.prompt
+        conv = conv_store.get(self.db, req.conversation_id, req.owner)
+        session = conv["sessions"].get(req.agent["id"])
+        if kind.supports_resume and session:
+            return session, req.prompt
+        history = conv_store.messages(self.db, req.conversation_id, last=self.settings.history_messages)
+        lines: list[str] = []
+        budget = self.settings.history_chars
+        for message in reversed(history):
+            line = f"{message['role'].capitalize()}: {message['content']}"
+            if len(line) > budget:
+                break
+            budget -= len(line)
+            lines.insert(0, line)
+        if not lines:
+            return None, req.prompt
+        return None, ("This is a continuing conversation. The conversation so far:\n\n" + "\n\n".join(lines)
+                      + f"\n\nReply to the user's new message:\n\nUser: {req.prompt}")
+
+    async def _run(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation) -> None:
+        live = self.live[run_id]
+        queued = True
+        try:
+            agent = req.agent
+            chosen = await route(RouteRequest(
+                run_backend=req.backend, step_backend=req.step_backend, agent_backend=agent.get("backend"),
+                agent_trusted=agent["trusted"], user_trusted=req.user_trusted,
+                auto_approve=kind.auto_approves(list(agent["args"])), resources=req.resources,
+                host_saturated=self.host_running >= self.settings.max_concurrent_runs),
+                self.settings, self.executors)
+            run_store.update(self.db, run_id, backend=chosen.backend, route_reason=chosen.reason)
+            slots: contextlib.AbstractAsyncContextManager[Any] = (
+                self.host_slots if chosen.backend in HOST_BACKENDS else contextlib.nullcontext())
+            async with slots:
+                queued = False
+                self.queued -= 1
+                if live.end_reason:
+                    self._finish(run_id, live.end_reason, None, None, None, None)
+                    return
+                host = chosen.backend in HOST_BACKENDS
+                self.host_running += host
+                try:
+                    await self._execute(run_id, req, kind, invocation, chosen.backend, chosen.reason)
+                finally:
+                    self.host_running -= host
+        except AgentManagerError as exc:
+            self.events.append(run_id, "error", {"message": exc.message})
+            self._finish(run_id, "failed", None, None, exc.message, None)
+        except asyncio.CancelledError:
+            self._finish(run_id, "interrupted", None, None, "the service stopped during this run", None)
+        except Exception as exc:  # a bug: record it on the run instead of leaving it running
+            log.exception("run %s crashed", run_id)
+            self._finish(run_id, "failed", None, None, f"internal error: {exc}", None)
+        finally:
+            if queued:
+                self.queued -= 1
+            live.done.set()
+            self.live.pop(run_id, None)
+            self.events.forget(run_id)
+
+    async def _execute(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation,
+                       backend: str, reason: str) -> None:
+        live = self.live[run_id]
+        agent = req.agent
+        timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
+        workspace = req.workspace or (Path(agent["working_dir"]) if agent.get("working_dir")
+                                      else self.settings.workspaces / agent["name"])
+        spec = ExecSpec(argv=invocation.argv, env=dict(agent["env"]), workspace=workspace,
+                        stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
+                        network=bool(agent.get("network", True)), labels={"run": run_id},
+                        files=req.files, outputs=req.outputs)
+        execution = await self.executors[backend].start(spec)
+        live.execution = execution
+        sandbox_id = execution.info.get("sandbox_id")
+        run_store.update(self.db, run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
+        started = {"backend": backend, "route_reason": reason, **({"sandbox_id": sandbox_id} if sandbox_id else {})}
+        self.events.append(run_id, "run.started", started)
+        loop = asyncio.get_running_loop()
+        live.last_output = loop.time()
+        timer = loop.call_later(timeout, self._expire, live, "timed_out")
+        watchdog = asyncio.create_task(self._watch_stall(run_id, live)) if self.settings.stall_timeout_s else None
+        if live.end_reason:  # cancelled while starting
+            asyncio.create_task(self._end(live))
+        parser = kind.parser()
+        stdout_seen = False
+        stderr_tail = ""
+        try:
+            async for chunk in execution.output():
+                live.last_output = loop.time()
+                self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
+                if chunk.stream == "stdout":
+                    stdout_seen = stdout_seen or bool(chunk.text.strip())
+                else:
+                    stderr_tail = (stderr_tail + chunk.text)[-STDERR_KEEP:]
+                for event in parser.feed(chunk.stream, chunk.text):
+                    self.events.append(run_id, event.type, event.data)
+            for event in parser.close():
+                self.events.append(run_id, event.type, event.data)
+            code = await execution.wait()
+        finally:
+            timer.cancel()
+            if watchdog:
+                watchdog.cancel()
+        if live.end_reason:
+            status = "failed" if live.end_reason == "stalled" else live.end_reason
+            error = {"cancelled": "cancelled by the user", "timed_out": f"timed out after {timeout:g} s",
+                     "stalled": "killed: no output for too long", "interrupted": "the service stopped"}.get(
+                         live.end_reason, live.end_reason)
+        elif code == 0 and not parser.error:
+            status, error = "succeeded", None
+        else:
+            status = "failed"
+            error = parser.error or (stderr_tail.strip()[-4000:] if not stdout_seen or not parser.answer else None)
+            error = error or f"exited with code {code}"
+        self._finish(run_id, status, code, parser.answer, error, parser.usage, req, parser.session_id)
+
+    def _expire(self, live: _Live, reason: str) -> None:
+        if live.end_reason is None:
+            live.end_reason = reason
+            asyncio.create_task(self._end(live))
+
+    async def _end(self, live: _Live) -> None:
+        if live.execution is not None:
+            await live.execution.cancel()
+
+    async def _watch_stall(self, run_id: str, live: _Live) -> None:
+        limit = self.settings.stall_timeout_s
+        loop = asyncio.get_running_loop()
+        reported = False
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            silent = loop.time() - live.last_output
+            if silent >= limit and not reported:
+                reported = True
+                self.events.append(run_id, "run.stalled", {"silent_s": round(silent, 1),
+                                                           "killing": self.settings.stall_kill})
+                if self.settings.stall_kill:
+                    self._expire(live, "stalled")
+            elif silent < limit and reported:
+                reported = False
+                self.events.append(run_id, "run.resumed", {})
+
+    def _finish(self, run_id: str, status: str, code: int | None, answer: str | None, error: str | None,
+                usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None) -> None:
+        run = run_store.get(self.db, run_id)
+        if run["status"] in TERMINAL_STATUSES:
+            return
+        finished = now()
+        run_store.update(self.db, run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
+                         session_id=session_id, finished_at=finished, started_at=run["started_at"] or finished)
+        if req is not None and req.conversation_id:
+            reply = answer if answer is not None else f"[{status}] {error or ''}".strip()
+            conv_store.add_message(self.db, req.conversation_id, "assistant", reply, req.agent["id"], run_id)
+            if session_id:
+                conv_store.set_session(self.db, req.conversation_id, req.agent["id"], session_id)
+        elif run["conversation_id"] and status != "succeeded":
+            conv_store.add_message(self.db, run["conversation_id"], "assistant", f"[{status}] {error or ''}",
+                                   run["agent_id"], run_id)
+        data: dict[str, Any] = {"status": status, "exit_code": code}
+        if usage:
+            data["usage"] = usage
+        if error:
+            data["error"] = error
+        self.events.append(run_id, "run.finished", data)
+        final = run_store.get(self.db, run_id)
+        self.finished_counts[(final["backend"] or "none", status)] += 1
+        if final["duration_s"] is not None:
+            self.durations.append(final["duration_s"])
+            del self.durations[:-10_000]

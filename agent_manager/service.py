@@ -1,0 +1,109 @@
+"""The composition root: builds the database, executors and managers from settings.
+
+Kept apart from the web layer so the CLI, tests and benchmarks can start the same service
+the HTTP app uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+from typing import Any
+
+from agent_manager.errors import ConfigError
+from agent_manager.executors.base import Executor
+from agent_manager.executors.local import LocalExecutor
+from agent_manager.executors.process import signal_tagged
+from agent_manager.runs import RunManager
+from agent_manager.settings import Settings
+from agent_manager.store import Database
+
+log = logging.getLogger("agent_manager")
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+def check_data_dir(settings: Settings) -> None:
+    """Fail at start, with a clear message, on an unwritable or full data directory."""
+    home = settings.home
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"the data directory {home} is not writable: {exc.strerror or exc}. "
+                          "Set AGENT_MANAGER_HOME to a writable directory.") from exc
+    free = shutil.disk_usage(home).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"the disk holding {home} is full ({free // 1024} KiB free); free some space "
+                          "or set AGENT_MANAGER_HOME elsewhere.")
+
+
+def tag_prefix(settings: Settings) -> str:
+    """Identifies processes started for this data directory (see executors.process)."""
+    return "am-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
+
+
+def build_executors(settings: Settings, prefix: str) -> dict[str, Executor]:
+    executors: dict[str, Executor] = {"local": LocalExecutor(settings, prefix)}
+    try:
+        from agent_manager.executors.sandbox import SandboxExecutor
+        executors["sandbox"] = SandboxExecutor(settings, prefix)
+    except ImportError as exc:  # pragma: no cover - only while the module is missing
+        log.warning("sandbox backend unavailable: %s", exc)
+    try:
+        from agent_manager.executors.daytona import DaytonaExecutor
+        executors["daytona"] = DaytonaExecutor(settings, prefix)
+    except ImportError as exc:  # pragma: no cover
+        log.warning("daytona backend unavailable: %s", exc)
+    return executors
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prefix = tag_prefix(settings)
+        self.db: Database | None = None
+        self.executors: dict[str, Executor] = {}
+        self._runs: RunManager | None = None
+        self.extras: dict[str, Any] = {}
+
+    @property
+    def runs(self) -> RunManager:
+        assert self._runs is not None, "service not started"
+        return self._runs
+
+    @property
+    def database(self) -> Database:
+        assert self.db is not None, "service not started"
+        return self.db
+
+    async def start(self) -> None:
+        check_data_dir(self.settings)
+        # Whatever a crashed predecessor left running for this data directory ends now.
+        killed = signal_tagged(self.prefix + ":", signal.SIGKILL)
+        if killed:
+            log.warning("killed %d process(es) left over from a previous run of the service", killed)
+        self.db = Database(self.settings.db_path)
+        self.db.migrate()
+        os.chmod(self.settings.db_path, 0o600)
+        self.executors = build_executors(self.settings, self.prefix)
+        self._runs = RunManager(self.db, self.settings, self.executors)
+        recovered = self._runs.recover()
+        if recovered:
+            log.warning("marked %d unfinished run(s) from a previous start as interrupted", recovered)
+
+    async def stop(self) -> None:
+        if self._runs is not None:
+            await self._runs.shutdown()
+        for executor in self.executors.values():
+            try:
+                await executor.close()
+            except Exception:  # closing must not stop the others from closing
+                log.exception("closing the %s backend failed", executor.name)
+        if self.db is not None:
+            self.db.close()
+            self.db = None

@@ -1,0 +1,85 @@
+"""Run rows and their full-text index."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+from agent_manager.errors import NotFound
+from agent_manager.store.database import Database, dumps, now
+
+
+def _duration(started: str | None, finished: str | None) -> float | None:
+    if not started or not finished:
+        return None
+    parse = datetime.fromisoformat
+    return round((parse(finished) - parse(started)).total_seconds(), 3)
+
+
+def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
+    data = dict(row)
+    data["usage"] = json.loads(data["usage"]) if data["usage"] else None
+    data["duration_s"] = _duration(data["started_at"], data["finished_at"])
+    return data
+
+
+def create(db: Database, record: dict[str, Any]) -> dict[str, Any]:
+    record = {"status": "queued", "created_at": now(), **record}
+    cols = ", ".join(record)
+    marks = ", ".join("?" for _ in record)
+    with db.transaction() as conn:
+        conn.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(record.values()))
+        conn.execute("INSERT INTO runs_fts (run_id, prompt, output) VALUES (?, ?, '')",
+                     (record["id"], record["prompt"]))
+    return get(db, record["id"])
+
+
+def get(db: Database, run_id: str, owner: str | None = None) -> dict[str, Any]:
+    row = db.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+    if row is None or (owner is not None and row["owner"] != owner):
+        raise NotFound(f"run {run_id!r} not found")
+    return row_to_dict(row)
+
+
+def update(db: Database, run_id: str, **changes: Any) -> None:
+    if "usage" in changes and changes["usage"] is not None:
+        changes["usage"] = dumps(changes["usage"])
+    assignments = ", ".join(f"{k} = ?" for k in changes)
+    with db.transaction() as conn:
+        conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))
+        if "output" in changes:
+            conn.execute("UPDATE runs_fts SET output = ? WHERE run_id = ?", (changes["output"] or "", run_id))
+
+
+def fts_query(text: str) -> str:
+    """Turn user text into a safe FTS5 query: every word must match, as a prefix."""
+    words = [w.replace('"', '""') for w in text.split() if w.strip()]
+    return " ".join(f'"{w}"*' for w in words)
+
+
+def search(db: Database, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
+           owner: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    where, params = [], []
+    if agent_id:
+        where.append("runs.agent_id = ?")
+        params.append(agent_id)
+    if status:
+        where.append("runs.status = ?")
+        params.append(status)
+    if owner is not None:
+        where.append("runs.owner = ?")
+        params.append(owner)
+    if q and fts_query(q):
+        where.append("runs.id IN (SELECT run_id FROM runs_fts WHERE runs_fts MATCH ?)")
+        params.append(fts_query(q))
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    total = db.one(f"SELECT COUNT(*) AS n FROM runs {clause}", params)
+    rows = db.all(f"SELECT * FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                  (*params, limit, offset))
+    return [row_to_dict(r) for r in rows], int(total["n"]) if total else 0
+
+
+def unfinished(db: Database) -> list[dict[str, Any]]:
+    return [row_to_dict(r) for r in db.all("SELECT * FROM runs WHERE status IN ('queued', 'running')")]

@@ -1,0 +1,1 @@
+"""The HTTP service: JSON API, SSE streams and the web UI."""

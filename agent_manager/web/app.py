@@ -1,0 +1,131 @@
+"""The ASGI application factory."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent_manager import __version__
+from agent_manager.errors import AgentManagerError
+from agent_manager.service import Service
+from agent_manager.settings import Settings
+from agent_manager.web import metrics
+from agent_manager.web.auth import COOKIE, AuthMiddleware, ensure_token, session_value, tokens_match
+from agent_manager.web.routers import agents, conversations, runs
+from agent_manager.web.routers import settings as settings_api
+
+log = logging.getLogger("agent_manager.web")
+STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+                422: "validation_failed", 429: "too_many_requests"}
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AgentManagerError)
+    async def _ours(request: Request, exc: AgentManagerError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()]
+        message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
+        return error_response(422, "validation_failed", message, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal error; see the service log")
+
+
+def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
+    svc = service or Service(settings)
+    token = ensure_token(settings.token_path)[0] if settings.auth else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(title="Agent Manager", version=__version__, lifespan=lifespan,
+                  description="A local control panel for command-line AI agents.")
+    app.state.service = svc
+    app.state.token = token
+    install_error_handlers(app)
+    for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router):
+        app.include_router(router)
+    for optional in ("agent_manager.web.routers.plans", "agent_manager.web.routers.orchestrations",
+                     "agent_manager.web.routers.users", "agent_manager.web.routers.files"):
+        with contextlib.suppress(ModuleNotFoundError):
+            app.include_router(importlib.import_module(optional).router)
+    with contextlib.suppress(ModuleNotFoundError):
+        importlib.import_module("agent_manager.web.pages").install(app)
+
+    @app.get("/api/health", tags=["service"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/login", include_in_schema=False, response_model=None)
+    async def login(request: Request, token: str | None = None) -> Response:
+        if token is not None:
+            return _login_with(token, app.state.token)
+        return HTMLResponse(LOGIN_PAGE.format(error=""))
+
+    @app.post("/login", include_in_schema=False, response_model=None)
+    async def login_form(token: str = Form(...)) -> Response:
+        return _login_with(token, app.state.token)
+
+    app.add_middleware(AuthMiddleware, settings=settings, token=token,
+                       authenticate=svc.extras.get("authenticate"))
+    return app
+
+
+def _login_with(given: str, expected: str | None) -> Response:
+    if expected is None:
+        return RedirectResponse("/", status_code=303)
+    if not tokens_match(given.strip(), expected):
+        return HTMLResponse(LOGIN_PAGE.format(error=html.escape("That token is not valid.")), status_code=401)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, session_value(expected), httponly=True, samesite="strict", path="/",
+                        max_age=30 * 24 * 3600)
+    return response
+
+
+LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Agent Manager — log in</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
+input{{width:100%;padding:.6rem;font-size:1rem;box-sizing:border-box}}button{{margin-top:.8rem;padding:.6rem 1.2rem}}
+.error{{color:#b00020}}</style></head><body><h1>Agent Manager</h1>
+<p>Paste the admin token. It is in the file <code>admin-token</code> in the data directory
+(<code>agent-manager token</code> prints it).</p><p class="error" role="alert">{error}</p>
+<form method="post" action="/login"><label for="token">Token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+<button type="submit">Log in</button></form></body></html>"""
+
+
+__all__ = ["create_app", "PlainTextResponse"]

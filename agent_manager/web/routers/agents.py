@@ -1,0 +1,70 @@
+"""/api/agents: register and manage agent CLIs."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+
+from agent_manager.agents import KINDS, get_kind
+from agent_manager.errors import ValidationFailed
+from agent_manager.models import MASK, Agent, AgentCreate, AgentUpdate, mask_env
+from agent_manager.service import Service
+from agent_manager.store import agents as agent_store
+from agent_manager.web.deps import service
+
+router = APIRouter(prefix="/api/agents", tags=["agents"])
+
+
+def present(agent: dict[str, Any]) -> Agent:
+    kind = get_kind(agent["kind"])
+    return Agent(**{**agent, "env": mask_env(agent["env"]),
+                    "available": shutil.which(agent["command"]) is not None,
+                    "install_hint": kind.install_hint})
+
+
+def _fields(body: AgentCreate) -> dict[str, Any]:
+    fields = body.model_dump()
+    if not fields.get("command"):
+        default = KINDS[body.kind].default_command
+        if not default:
+            raise ValidationFailed("command: a generic agent needs a command", [{"field": "command",
+                                   "message": "required for generic agents"}])
+        fields["command"] = default
+    return fields
+
+
+@router.get("", response_model=list[Agent])
+async def list_agents(svc: Service = Depends(service)) -> list[Agent]:
+    return [present(a) for a in agent_store.list_all(svc.database)]
+
+
+@router.post("", response_model=Agent, status_code=201)
+async def create_agent(body: AgentCreate, svc: Service = Depends(service)) -> Agent:
+    return present(agent_store.create(svc.database, _fields(body)))
+
+
+@router.get("/{ref}", response_model=Agent)
+async def get_agent(ref: str, svc: Service = Depends(service)) -> Agent:
+    return present(agent_store.get(svc.database, ref))
+
+
+@router.patch("/{ref}", response_model=Agent)
+async def update_agent(ref: str, body: AgentUpdate, svc: Service = Depends(service)) -> Agent:
+    current = agent_store.get(svc.database, ref)
+    changes = body.model_dump(exclude_unset=True)
+    if "command" in changes and changes["command"] is None:
+        raise ValidationFailed("command: must not be null", [{"field": "command", "message": "must not be null"}])
+    for key in ("name", "kind", "trusted", "timeout_s", "network", "args", "env"):
+        if key in changes and changes[key] is None:
+            raise ValidationFailed(f"{key}: must not be null", [{"field": key, "message": "must not be null"}])
+    if "env" in changes:  # a masked value sent back means "keep the stored secret"
+        changes["env"] = {k: (current["env"].get(k, "") if v == MASK else v) for k, v in changes["env"].items()}
+    return present(agent_store.update(svc.database, ref, changes))
+
+
+@router.delete("/{ref}", status_code=204)
+async def delete_agent(ref: str, svc: Service = Depends(service)) -> Response:
+    agent_store.delete(svc.database, ref)
+    return Response(status_code=204)

@@ -1,0 +1,75 @@
+"""/api/runs: start runs, list and search them, follow their events, cancel them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from agent_manager.executors.base import Resources
+from agent_manager.models import Event, Run, RunCreate, RunPage, RunStatus
+from agent_manager.runs import RunRequest
+from agent_manager.service import Service
+from agent_manager.store import agents as agent_store
+from agent_manager.store import conversations as conv_store
+from agent_manager.store import runs as run_store
+from agent_manager.web import sse
+from agent_manager.web.deps import owner_filter, principal, service
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+RUN_TERMINAL = frozenset({"run.finished"})
+
+
+def start_run(request: Request, svc: Service, agent_ref: str, prompt: str, *, conversation_id: str | None,
+              backend: str | None, timeout_s: float | None = None,
+              resources: Resources | None = None) -> dict[str, Any]:
+    """Shared by POST /api/runs and the chat: resolve, check ownership, submit."""
+    agent = agent_store.get(svc.database, agent_ref)
+    who = principal(request)
+    if conversation_id:
+        conv_store.get(svc.database, conversation_id, owner_filter(request))
+    return svc.runs.submit(RunRequest(
+        agent=agent, prompt=prompt, conversation_id=conversation_id, backend=backend, timeout_s=timeout_s,
+        resources=resources or Resources(), owner=who.get("id"), user_trusted=bool(who.get("trusted", True))))
+
+
+@router.post("", response_model=Run, status_code=201)
+async def create_run(body: RunCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    resources = Resources(cpu=body.resources.cpu, memory_mb=body.resources.memory_mb) if body.resources else None
+    return start_run(request, svc, body.agent, body.prompt, conversation_id=body.conversation_id,
+                     backend=body.backend, timeout_s=body.timeout_s, resources=resources)
+
+
+@router.get("", response_model=RunPage)
+async def list_runs(request: Request, agent: str | None = None, status: RunStatus | None = None,
+              q: str | None = Query(None, max_length=500), limit: int = Query(50, ge=1, le=500),
+              offset: int = Query(0, ge=0), svc: Service = Depends(service)) -> dict[str, Any]:
+    agent_id = agent_store.get(svc.database, agent)["id"] if agent else None
+    items, total = run_store.search(svc.database, agent_id=agent_id, status=status, q=q,
+                                    owner=owner_filter(request), limit=limit, offset=offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{run_id}", response_model=Run)
+async def get_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    return run_store.get(svc.database, run_id, owner_filter(request))
+
+
+@router.post("/{run_id}/cancel", response_model=Run)
+async def cancel_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    return await svc.runs.cancel(run_id, owner_filter(request))
+
+
+@router.get("/{run_id}/events", response_model=list[Event],
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def run_events(run_id: str, request: Request, after: int | None = Query(None, ge=0),
+               limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
+    run_store.get(svc.database, run_id, owner_filter(request))
+    start = sse.resume_point(request, after)
+    if sse.wants_sse(request):
+        return sse.stream(svc.runs.events, run_id, start, RUN_TERMINAL)
+    return svc.runs.events.read(run_id, start, limit)
+
+
+__all__ = ["router", "start_run", "Response"]

@@ -1,0 +1,54 @@
+"""Server-sent events over an ``EventLog``: replay what was missed, then follow live.
+
+Framing (DESIGN 3.3): ``id: <seq>``, ``event: <type>``, ``data: <json>``. The stream closes
+after the log's terminal event, so a finished run replays and ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from agent_manager.events import EventLog
+
+KEEPALIVE_S = 15.0
+BATCH = 64
+
+
+def resume_point(request: Request, after: int | None) -> int:
+    """``?after=`` wins over ``Last-Event-ID`` (an explicit ask beats the browser's memory)."""
+    if after is not None:
+        return max(after, 0)
+    header = request.headers.get("last-event-id", "").strip()
+    return int(header) if header.isdigit() else 0
+
+
+def wants_sse(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def frames(log: EventLog, key: str, after: int, terminal: frozenset[str]) -> AsyncIterator[bytes]:
+    while True:
+        rows = log.read_raw(key, after, BATCH)
+        if rows:
+            parts = []
+            done = False
+            for seq, type_, data in rows:
+                parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
+                after = seq
+                if type_ in terminal:
+                    done = True
+                    break
+            yield "".join(parts).encode()
+            if done:
+                return
+            continue
+        if not await log.wait(key, after, KEEPALIVE_S):
+            yield b": keepalive\n\n"
+
+
+def stream(log: EventLog, key: str, after: int, terminal: frozenset[str]) -> StreamingResponse:
+    return StreamingResponse(frames(log, key, after, terminal), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
