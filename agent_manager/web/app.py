@@ -19,7 +19,7 @@ from agent_manager.errors import AgentManagerError
 from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.web import metrics
-from agent_manager.web.auth import COOKIE, AuthMiddleware, ensure_token, session_value, tokens_match
+from agent_manager.web.auth import COOKIE, LOGIN_PAGE, AuthMiddleware, ensure_token, session_value, tokens_match
 from agent_manager.web.routers import agents, conversations, runs
 from agent_manager.web.routers import settings as settings_api
 
@@ -116,16 +116,7 @@ def _login_with(given: str, expected: str | None) -> Response:
     return response
 
 
-LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>Agent Manager — log in</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
-input{{width:100%;padding:.6rem;font-size:1rem;box-sizing:border-box}}button{{margin-top:.8rem;padding:.6rem 1.2rem}}
-.error{{color:#b00020}}</style></head><body><h1>Agent Manager</h1>
-<p>Paste the admin token. It is in the file <code>admin-token</code> in the data directory
-(<code>agent-manager token</code> prints it).</p><p class="error" role="alert">{error}</p>
-<form method="post" action="/login"><label for="token">Token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
-<button type="submit">Log in</button></form></body></html>"""
+
 
 
 __all__ = ["create_app", "PlainTextResponse"]

@@ -160,9 +160,28 @@ async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) 
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 4000 + status})
         return
-    body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    accept = _header(scope, b"accept") or ""
+    if status == 401 and "text/html" in accept and not scope.get("path", "").startswith("/api/"):
+        # A person in a browser: still a 401, but one they can act on.
+        body = LOGIN_PAGE.format(error="").encode()
+        content_type = b"text/html; charset=utf-8"
+    else:
+        body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode()
+        content_type = b"application/json"
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="agent-manager"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Agent Manager — log in</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
+input{{width:100%;padding:.6rem;font-size:1rem;box-sizing:border-box}}button{{margin-top:.8rem;padding:.6rem 1.2rem}}
+.error{{color:#b00020}}</style></head><body><h1>Agent Manager</h1>
+<p>Paste the admin token. It is in the file <code>admin-token</code> in the data directory
+(<code>agent-manager token</code> prints it).</p><p class="error" role="alert">{error}</p>
+<form method="post" action="/login"><label for="token">Token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+<button type="submit">Log in</button></form></body></html>"""
