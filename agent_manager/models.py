@@ -47,7 +47,7 @@ class AgentFields(Strict):
     backend: Backend | None = None
     trusted: bool = True
     timeout_s: float = Field(600, gt=0, le=7 * 24 * 3600)
-    network: bool = True
+    network: bool = False
 
     @field_validator("command", "model")
     @classmethod

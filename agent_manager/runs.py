@@ -216,7 +216,7 @@ class RunManager:
                                       else self.settings.workspaces / agent["name"])
         spec = ExecSpec(argv=invocation.argv, env=dict(agent["env"]), workspace=workspace,
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
-                        network=bool(agent.get("network", True)), labels={"run": run_id},
+                        network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
         execution = await self.executors[backend].start(spec)
         live.execution = execution

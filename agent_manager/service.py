@@ -6,6 +6,7 @@ the HTTP app uses.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -70,6 +71,7 @@ class Service:
         self.executors: dict[str, Executor] = {}
         self._runs: RunManager | None = None
         self.extras: dict[str, Any] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def runs(self) -> RunManager:
@@ -95,8 +97,30 @@ class Service:
         recovered = self._runs.recover()
         if recovered:
             log.warning("marked %d unfinished run(s) from a previous start as interrupted", recovered)
+        if self.settings.daytona_configured and "daytona" in self.executors:
+            self._background.add(asyncio.create_task(self._prepare_daytona()))
+
+    async def _prepare_daytona(self) -> None:
+        """Sweep what a previous start of this instance left in Daytona, then fill the warm pool.
+
+        In the background: an unreachable Daytona must not delay or break the service's start.
+        """
+        from agent_manager.executors import daytona
+
+        try:
+            swept = await daytona.sweep(self.settings, instance=self.prefix)
+            if swept:
+                log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
+            executor = self.executors["daytona"]
+            if self.settings.daytona_warm_pool and isinstance(executor, daytona.DaytonaExecutor):
+                await executor.warm(network=False)
+        except Exception as exc:  # reported, never fatal
+            log.warning("Daytona start-up sweep failed: %s", exc)
 
     async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._runs is not None:
             await self._runs.shutdown()
         for executor in self.executors.values():

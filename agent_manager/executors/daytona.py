@@ -38,6 +38,7 @@ T = TypeVar("T")
 Profile = tuple[Any, ...]
 
 LABEL, RUN_LABEL, POOL_LABEL = "agent-manager", "agent-manager-run", "agent-manager-pool"
+AVAILABILITY_TTL_S = 30.0
 DEFAULT_API_URL = "https://app.daytona.io/api"
 INSTALL_HINT = "the daytona extra is not installed: pip install 'agent-manager[daytona]'"
 REQUEST_TIMEOUT_S = 30.0
@@ -196,6 +197,7 @@ class DaytonaExecutor:
         self._refills: dict[Profile, asyncio.Task[None]] = {}
         self.running: set[DaytonaExecution] = set()
         self._closed = False
+        self._available_until = 0.0
 
     async def call(self, what: str, call: Callable[[], Awaitable[T]], timeout: float = REQUEST_TIMEOUT_S,
                    idempotent: bool = True) -> T:
@@ -210,7 +212,22 @@ class DaytonaExecutor:
             self._client_obj = _client(self.settings)
         return self._client_obj
 
+    def keep_ids(self) -> set[str]:
+        """Sandboxes this executor is using right now (running or pooled): never swept."""
+        return {run.info["sandbox_id"] for run in self.running} | {
+            sb.id for pool in self._pool.values() for sb in pool}
+
     async def available(self) -> Availability:
+        """Cached for ``AVAILABILITY_TTL_S`` when good, so routing does not list sandboxes per run."""
+        now = asyncio.get_running_loop().time()
+        if self._available_until > now:
+            return Availability(True)
+        result = await self._check_available()
+        if result.ok:
+            self._available_until = now + AVAILABILITY_TTL_S
+        return result
+
+    async def _check_available(self) -> Availability:
         try:
             sdk = _sdk()
             client = self.client()

@@ -20,7 +20,7 @@ from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.web import metrics
 from agent_manager.web.auth import COOKIE, LOGIN_PAGE, AuthMiddleware, ensure_token, session_value, tokens_match
-from agent_manager.web.routers import agents, conversations, runs
+from agent_manager.web.routers import agents, conversations, runs, sandboxes
 from agent_manager.web.routers import settings as settings_api
 
 log = logging.getLogger("agent_manager.web")
@@ -77,7 +77,8 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.service = svc
     app.state.token = token
     install_error_handlers(app)
-    for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router):
+    for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router,
+                   sandboxes.router):
         app.include_router(router)
     for optional in ("agent_manager.web.routers.plans", "agent_manager.web.routers.orchestrations",
                      "agent_manager.web.routers.users", "agent_manager.web.routers.files"):

@@ -11,7 +11,7 @@ CREATE TABLE agents (
     backend     TEXT,
     trusted     INTEGER NOT NULL DEFAULT 1,
     timeout_s   REAL NOT NULL DEFAULT 600,
-    network     INTEGER NOT NULL DEFAULT 1,
+    network     INTEGER NOT NULL DEFAULT 0,
     owner       TEXT,
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL

@@ -1,0 +1,55 @@
+"""/api/sandboxes: what the backends are running, and sweeping what they left behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from agent_manager.errors import ExecutorUnavailable, Forbidden
+from agent_manager.service import Service
+from agent_manager.web.deps import principal, service
+
+router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
+
+
+def _daytona(svc: Service) -> Any:
+    from agent_manager.executors import daytona
+
+    if not svc.settings.daytona_configured:
+        raise ExecutorUnavailable("Daytona is not configured: set DAYTONA_API_KEY or the daytona_api_key setting")
+    return daytona
+
+
+def _in_use(svc: Service) -> set[str]:
+    executor = svc.executors.get("daytona")
+    keep_ids = getattr(executor, "keep_ids", None)
+    return set(keep_ids()) if keep_ids is not None else set()
+
+
+@router.get("")
+async def list_sandboxes(svc: Service = Depends(service)) -> list[dict[str, Any]]:
+    """Local bubblewrap sandboxes of live runs, and every Daytona sandbox labelled by Agent Manager."""
+    found: list[dict[str, Any]] = []
+    for run_id, live in svc.runs.live.items():
+        info = live.execution.info if live.execution is not None else {}
+        if info.get("sandbox") == "bwrap":
+            found.append({"backend": "sandbox", "id": info.get("pid", ""), "run": run_id, "state": "running"})
+    if svc.settings.daytona_configured:
+        daytona = _daytona(svc)
+        keep = _in_use(svc)
+        for item in await daytona.list_sandboxes(svc.settings):
+            found.append({"backend": "daytona", **item, "in_use": item["id"] in keep,
+                          "this_instance": item["instance"] == svc.prefix})
+    return found
+
+
+@router.post("/gc")
+async def gc(request: Request, all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
+    """Delete labelled Daytona sandboxes no live run or warm pool of this service uses."""
+    if not principal(request).get("admin"):
+        raise Forbidden("only the admin may sweep sandboxes")
+    daytona = _daytona(svc)
+    keep = _in_use(svc)
+    deleted = await daytona.sweep(svc.settings, keep=keep, instance=None if all_instances else svc.prefix)
+    return {"deleted": deleted}

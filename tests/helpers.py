@@ -1,0 +1,63 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "interrupted"}
+
+
+async def wait_run(client: httpx.AsyncClient, run_id: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run: dict[str, Any] = (await client.get(f"/api/runs/{run_id}")).json()
+        if run["status"] in TERMINAL:
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def wait_status(client: httpx.AsyncClient, run_id: str, status: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (await client.get(f"/api/runs/{run_id}")).json()["status"] != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} never reached {status}")
+        await asyncio.sleep(0.05)
+
+
+def pids_with_marker(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker`` (zombies excluded)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def wait_gone(marker: str, timeout: float = 5) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := pids_with_marker(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+async def events(client: httpx.AsyncClient, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+    r = await client.get(f"/api/runs/{run_id}/events", params={"after": after})
+    assert r.status_code == 200, r.text
+    result: list[dict[str, Any]] = r.json()
+    return result

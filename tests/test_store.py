@@ -1,0 +1,77 @@
+"""SQLite store: numbered migrations, transactions, search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_manager.errors import Conflict, NotFound
+from agent_manager.store import Database
+from agent_manager.store import agents as agent_store
+from agent_manager.store import conversations as conv_store
+from agent_manager.store import runs as run_store
+from agent_manager.store.database import migrations
+
+
+def test_migrations_apply_once_and_record_version(tmp_path: Path) -> None:
+    db = Database(tmp_path / "a.db")
+    applied = db.migrate()
+    assert applied == [m[0] for m in migrations()] and applied[0] == 1
+    assert db.migrate() == []  # idempotent
+    assert db.version() == applied[-1]
+    tables = {r["name"] for r in db.all("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"agents", "runs", "run_events", "conversations", "messages", "schema_version"} <= tables
+
+
+def test_data_survives_reopen(tmp_path: Path) -> None:
+    db = Database(tmp_path / "a.db")
+    db.migrate()
+    agent_store.create(db, {"name": "x", "kind": "generic", "command": "echo"})
+    db.close()
+    again = Database(tmp_path / "a.db")
+    again.migrate()
+    assert agent_store.get(again, "x")["command"] == "echo"
+
+
+def test_transaction_rolls_back(tmp_path: Path) -> None:
+    db = Database(tmp_path / "a.db")
+    db.migrate()
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        conn.execute("INSERT INTO agents (id, name, kind, command, created_at, updated_at)"
+                     " VALUES ('a', 'n', 'generic', 'c', 't', 't')")
+        raise RuntimeError("boom")
+    assert agent_store.find(db, "n") is None
+
+
+def test_duplicate_name_is_conflict_and_keeps_original(tmp_path: Path) -> None:
+    db = Database(tmp_path / "a.db")
+    db.migrate()
+    agent_store.create(db, {"name": "x", "kind": "generic", "command": "echo"})
+    with pytest.raises(Conflict):
+        agent_store.create(db, {"name": "x", "kind": "generic", "command": "other"})
+    assert agent_store.get(db, "x")["command"] == "echo"
+    with pytest.raises(NotFound):
+        agent_store.get(db, "nope")
+
+
+def test_run_search_uses_fts(tmp_path: Path) -> None:
+    db = Database(tmp_path / "a.db")
+    db.migrate()
+    for i, (prompt, output) in enumerate([("write a haiku", "cherry blossoms"), ("fix the bug", "patched")]):
+        run_store.create(db, {"id": f"r{i}", "agent_id": "a", "agent_name": "a", "prompt": prompt})
+        run_store.update(db, f"r{i}", output=output, status="succeeded")
+    assert [r["id"] for r in run_store.search(db, q="haiku")[0]] == ["r0"]
+    assert [r["id"] for r in run_store.search(db, q="patch")[0]] == ["r1"]  # prefix match on the answer
+    assert run_store.search(db, q='"; DROP TABLE runs; --')[0] == []  # odd input is just text
+    assert run_store.search(db, status="succeeded")[1] == 2
+
+
+def test_conversation_messages_searchable(tmp_path: Path) -> None:
+    db = Database(tmp_path / "a.db")
+    db.migrate()
+    conv = conv_store.create(db, "", None, None)
+    conv_store.add_message(db, conv["id"], "user", "tell me about penguins", None, None)
+    assert conv_store.get(db, conv["id"])["title"] == "tell me about penguins"
+    assert [c["id"] for c in conv_store.search(db, "penguin")] == [conv["id"]]
+    assert conv_store.search(db, "giraffe") == []
