@@ -48,11 +48,12 @@ def tag_prefix(settings: Settings) -> str:
     return "am-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 
-def build_executors(settings: Settings, prefix: str) -> dict[str, Executor]:
-    executors: dict[str, Executor] = {"local": LocalExecutor(settings, prefix)}
+def build_executors(settings: Settings, prefix: str, environ: dict[str, str]) -> dict[str, Executor]:
+    """``environ`` is the service's environment, read once here (backends never read it)."""
+    executors: dict[str, Executor] = {"local": LocalExecutor(settings, prefix, environ)}
     try:
-        from agent_manager.executors.sandbox import SandboxExecutor
-        executors["sandbox"] = SandboxExecutor(settings, prefix)
+        from agent_manager.executors.sandbox import SYSTEM_PATH, SandboxExecutor
+        executors["sandbox"] = SandboxExecutor(settings, prefix, environ.get("PATH") or SYSTEM_PATH)
     except ImportError as exc:  # pragma: no cover - only while the module is missing
         log.warning("sandbox backend unavailable: %s", exc)
     try:
@@ -92,11 +93,15 @@ class Service:
         self.db = Database(self.settings.db_path)
         self.db.migrate()
         os.chmod(self.settings.db_path, 0o600)
-        self.executors = build_executors(self.settings, self.prefix)
+        self.executors = build_executors(self.settings, self.prefix, dict(os.environ))
         self._runs = RunManager(self.db, self.settings, self.executors)
         recovered = self._runs.recover()
         if recovered:
             log.warning("marked %d unfinished run(s) from a previous start as interrupted", recovered)
+        from agent_manager.orchestration.engine import OrchestrationEngine
+        engine = self.extras["orchestrations"] = OrchestrationEngine(self.db, self.settings, self._runs)
+        if engine.recover():
+            log.warning("orchestrations left running by a previous start are now interrupted (resumable)")
         if self.settings.daytona_configured and "daytona" in self.executors:
             self._background.add(asyncio.create_task(self._prepare_daytona()))
 
@@ -121,6 +126,8 @@ class Service:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if "orchestrations" in self.extras:  # before the runs: its steps are runs
+            await self.extras.pop("orchestrations").shutdown()
         if self._runs is not None:
             await self._runs.shutdown()
         for executor in self.executors.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.process import ProcessExecution, base_environment, new_tag, signal_tagged
@@ -13,10 +14,11 @@ from agent_manager.settings import Settings
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, settings: Settings, tag_prefix: str) -> None:
+    def __init__(self, settings: Settings, tag_prefix: str, environ: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.tag_prefix = tag_prefix
-        self.environ = base_environment(dict(os.environ))
+        # The service's own environment minus everything but the basics an agent CLI needs.
+        self.environ = base_environment(environ or {})
 
     async def available(self) -> Availability:
         return Availability(True)
@@ -42,5 +44,4 @@ class LocalExecutor:
             kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s)
 
     async def close(self) -> None:
-        import signal
         signal_tagged(self.tag_prefix + ":", signal.SIGKILL)

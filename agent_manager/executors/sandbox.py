@@ -172,7 +172,7 @@ class SandboxExecution:
 class SandboxExecutor:
     name = "sandbox"
 
-    def __init__(self, settings: Settings, tag_prefix: str) -> None:
+    def __init__(self, settings: Settings, tag_prefix: str, host_path: str = SYSTEM_PATH) -> None:
         self.settings = settings
         self.tag_prefix = tag_prefix
         self.bwrap = shutil.which("bwrap", path=SYSTEM_PATH)
@@ -180,7 +180,7 @@ class SandboxExecutor:
         self.prlimit = shutil.which("prlimit", path=SYSTEM_PATH)
         self.sh = shutil.which("sh", path=SYSTEM_PATH) or "/bin/sh"
         self.root = os.geteuid() == 0
-        self.host_path = SYSTEM_PATH
+        self.host_path = host_path  # where agent executables are looked up on the host
         self._availability: Availability | None = None
         self._probe_lock = asyncio.Lock()
         self._live: set[SandboxExecution] = set()

@@ -1,0 +1,93 @@
+"""Runs through every backend via the API; settings, metrics and the sandboxes endpoints."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fakes.daytona_emulator import DaytonaEmulator
+from helpers import events, wait_run
+
+from agent_manager.service import Service
+from agent_manager.settings import Settings
+from agent_manager.web.app import create_app
+
+
+async def test_untrusted_agent_runs_in_the_sandbox(client: httpx.AsyncClient) -> None:
+    await client.post("/api/agents", json={"name": "gem", "kind": "gemini", "trusted": False})
+    run = await wait_run(client, (await client.post("/api/runs", json={"agent": "gem", "prompt": "hi"})).json()["id"])
+    assert run["status"] == "succeeded", run
+    assert run["backend"] == "sandbox" and "untrusted" in run["route_reason"]
+    started = next(e for e in await events(client, run["id"]) if e["type"] == "run.started")
+    assert started["data"]["backend"] == "sandbox" and started["data"]["route_reason"] == run["route_reason"]
+    assert "Echo: hi" in run["output"]
+
+
+async def test_yolo_agent_is_treated_as_untrusted(client: httpx.AsyncClient) -> None:
+    await client.post("/api/agents", json={"name": "gem", "kind": "gemini", "args": ["--yolo"]})
+    run = await wait_run(client, (await client.post("/api/runs", json={"agent": "gem", "prompt": "hi"})).json()["id"])
+    assert run["backend"] == "sandbox" and "auto-approve" in run["route_reason"]
+
+
+async def test_daytona_requested_but_not_configured(client: httpx.AsyncClient) -> None:
+    await client.post("/api/agents", json={"name": "e", "command": "echo"})
+    r = await client.post("/api/runs", json={"agent": "e", "prompt": "x", "backend": "daytona"})
+    run = await wait_run(client, r.json()["id"])
+    assert run["status"] == "failed" and "DAYTONA_API_KEY" in run["error"]
+
+
+@pytest.fixture
+async def cloud_client(daytona_settings: Settings, fake_path: object) -> httpx.AsyncClient:
+    svc = Service(daytona_settings)
+    await svc.start()
+    app = create_app(daytona_settings, service=svc)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
+                                 headers={"Authorization": f"Bearer {app.state.token}"}) as c:
+        yield c
+    await svc.stop()
+
+
+async def test_run_on_daytona_and_sweep(cloud_client: httpx.AsyncClient, daytona_emulator: DaytonaEmulator) -> None:
+    client = cloud_client
+    await client.post("/api/agents", json={"name": "sh", "command": "sh", "args": ["-c", 'echo "[$1]"', "sh"],
+                                           "backend": "daytona"})
+    posted = await client.post("/api/runs", json={"agent": "sh", "prompt": "a b; c"})
+    run = await wait_run(client, posted.json()["id"])
+    assert run["status"] == "succeeded", run
+    assert run["backend"] == "daytona" and run["sandbox_id"] and run["output"] == "[a b; c]\n"
+    assert not daytona_emulator.sandboxes  # deleted after the run
+    listing = (await client.get("/api/sandboxes")).json()
+    assert listing == []
+    r = await client.post("/api/sandboxes/gc")
+    assert r.status_code == 200 and r.json() == {"deleted": 0}
+    metrics = (await client.get("/metrics")).text
+    assert 'agent_manager_runs_total{backend="daytona",status="succeeded"} 1' in metrics
+    assert "agent_manager_sandbox_create_seconds_count 1" in metrics
+
+
+async def test_settings_api_masks_secrets_and_validates(client: httpx.AsyncClient, settings: Settings) -> None:
+    r = await client.patch("/api/settings", json={"daytona_api_key": "dtn-secret-123", "execution_mode": "sandbox",
+                                                  "heavy_cpu": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["daytona_api_key"] == "********" and body["execution_mode"] == "sandbox" and body["heavy_cpu"] == 4
+    assert "dtn-secret-123" not in (await client.get("/api/settings")).text
+    assert settings.daytona_api_key is not None and settings.daytona_api_key.get_secret_value() == "dtn-secret-123"
+    assert "dtn-secret-123" in (settings.home / "config.toml").read_text()  # persisted for the next start
+    # Sending the mask back keeps the secret.
+    await client.patch("/api/settings", json={"daytona_api_key": "********"})
+    assert settings.daytona_api_key.get_secret_value() == "dtn-secret-123"
+    for bad, field in (({"execution_mode": "cloud"}, "execution_mode"), ({"nope": 1}, "nope"),
+                       ({"port": 1}, "port"), ({"max_concurrent_runs": 0}, "max_concurrent_runs")):
+        r = await client.patch("/api/settings", json=bad)
+        assert r.status_code == 422 and field in r.json()["error"]["message"]
+    assert settings.execution_mode == "sandbox"  # failed patches changed nothing
+
+
+async def test_metrics_format(client: httpx.AsyncClient) -> None:
+    await client.post("/api/agents", json={"name": "e", "command": "echo"})
+    await wait_run(client, (await client.post("/api/runs", json={"agent": "e", "prompt": "x"})).json()["id"])
+    text = (await client.get("/metrics")).text
+    assert 'agent_manager_runs_total{backend="local",status="succeeded"} 1' in text
+    assert "agent_manager_run_duration_seconds_count 1" in text
+    assert "agent_manager_queue_depth 0" in text
+    assert 'agent_manager_sandboxes_live{backend="sandbox"} 0' in text
