@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_manager.agents import get_kind
-from agent_manager.agents.base import AgentKind, Invocation
+from agent_manager.agents.base import AgentKind, Invocation, PlainTextParser
 from agent_manager.errors import AgentManagerError, Conflict
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
@@ -50,6 +50,9 @@ class RunRequest:
     workspace: Path | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    # Run exactly this argv instead of the agent's CLI (orchestration `shell` steps); the
+    # agent dict then only names the run and supplies env/backend/trust.
+    argv: list[str] | None = None
 
 
 @dataclass
@@ -108,8 +111,8 @@ class RunManager:
         kind = get_kind(agent["kind"])
         run_id = new_id("run")
         resume_id, cli_prompt = self._conversation_context(req, kind)
-        invocation = kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"),
-                                resume_id)
+        invocation = (Invocation(argv=list(req.argv)) if req.argv is not None else
+                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id))
         run = run_store.create(self.db, {
             "id": run_id, "agent_id": agent["id"], "agent_name": agent["name"], "prompt": req.prompt,
             "requested_backend": req.backend or req.step_backend or agent.get("backend"),
@@ -231,6 +234,8 @@ class RunManager:
         if live.end_reason:  # cancelled while starting
             asyncio.create_task(self._end(live))
         parser = kind.parser()
+        if isinstance(parser, PlainTextParser):
+            parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
         stdout_seen = False
         stderr_tail = ""
         try:
@@ -261,7 +266,10 @@ class RunManager:
             status = "failed"
             error = parser.error or (stderr_tail.strip()[-4000:] if not stdout_seen or not parser.answer else None)
             error = error or f"exited with code {code}"
-        self._finish(run_id, status, code, parser.answer, error, parser.usage, req, parser.session_id)
+        answer = parser.answer
+        if isinstance(parser, PlainTextParser) and parser.truncated:
+            answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
+        self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
 
     def _expire(self, live: _Live, reason: str) -> None:
         if live.end_reason is None:

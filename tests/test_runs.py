@@ -248,3 +248,19 @@ async def test_service_stop_ends_live_runs(settings: Settings) -> None:
     await again.start()
     assert run_store.get(again.database, run["id"])["status"] == "interrupted"
     await again.stop()
+
+
+async def test_stored_answer_is_capped_but_events_keep_everything(tmp_path: Path, fake_path: Path) -> None:
+    cfg = Settings(home=tmp_path / "home", output_cap_bytes=2048)
+    svc = Service(cfg)
+    await svc.start()
+    app = create_app(cfg, service=svc)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
+                                 headers={"Authorization": f"Bearer {app.state.token}"}) as client:
+        await add(client, "big", command=sys.executable, args=["-c", "print('x' * 10000)"])
+        run = await wait_run(client, (await start(client, "big", "go"))["id"])
+        assert run["output"].startswith("x" * 2048) and "truncated" in run["output"]
+        assert len(run["output"]) < 2200
+        raw = "".join(e["data"]["text"] for e in await events(client, run["id"]) if e["type"] == "output")
+        assert raw == "x" * 10000 + "\n"
+    await svc.stop()
