@@ -1,8 +1,8 @@
 """One contract, every backend: what the run layer relies on from any Executor.
 
 To add a backend, write a factory ``(settings, tag_prefix) -> Executor`` and add it to
-``BACKENDS`` — that is the only place. A factory may ``pytest.skip`` when its backend cannot
-run here; the fixture also skips when ``available()`` says no. The programs are small
+``BACKENDS`` — that is the only place. Every backend must be available here (the test command
+installs bubblewrap; Daytona runs against the emulator), so an unavailable one fails. The programs are small
 ``python3 -c`` / ``sh -c`` scripts resolved on the backend's own PATH.
 """
 
@@ -35,16 +35,23 @@ def _sandbox(settings: Settings, prefix: str) -> Executor:
     return SandboxExecutor(settings, prefix)
 
 
-BACKENDS: dict[str, Factory] = {"local": _local, "sandbox": _sandbox}
+def _daytona(settings: Settings, prefix: str) -> Executor:
+    from agent_manager.executors.daytona import DaytonaExecutor
+    return DaytonaExecutor(settings, prefix, retry_base_s=0.05)
+
+
+BACKENDS: dict[str, Factory] = {"local": _local, "sandbox": _sandbox, "daytona": _daytona}
 
 
 @pytest.fixture(params=list(BACKENDS))
-async def executor(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Executor]:
+async def executor(request: pytest.FixtureRequest, tmp_path: Path,
+                   daytona_settings: Settings) -> AsyncIterator[Executor]:
     settings = Settings(home=tmp_path / "home", kill_grace_s=0.3, stream_close_grace_s=1.0)
+    if request.param == "daytona":  # the real SDK against the emulator in tests/fakes
+        settings = daytona_settings
     backend = BACKENDS[request.param](settings, f"contract-{uuid.uuid4().hex[:8]}")
     availability = await backend.available()
-    if not availability.ok:
-        pytest.skip(f"{request.param} backend unavailable: {availability.reason}")
+    assert availability.ok, f"{request.param} backend unavailable here: {availability.reason}"
     yield backend
     await backend.close()
 
@@ -140,7 +147,7 @@ async def test_stdin_is_delivered(executor: Executor, workspace: Path) -> None:
 
 async def test_files_are_written_and_workspace_is_cwd(executor: Executor, workspace: Path) -> None:
     execution = await executor.start(spec(workspace, "sh", "-c", "cat input.txt; echo done > output.txt",
-                                          files={"input.txt": b"given"}))
+                                          files={"input.txt": b"given"}, outputs=["output.txt"]))
     code, out, _ = await collect(execution)
     assert code == 0 and out == "given"
     assert (workspace / "output.txt").read_text() == "done\n"
@@ -166,8 +173,9 @@ async def test_cancel_ends_the_whole_tree_with_escalation(executor: Executor, wo
 
 
 async def test_missing_executable_names_it(executor: Executor, workspace: Path) -> None:
+    """Raised by ``start`` where the backend can tell at once, else by ``wait`` (remote shells)."""
     with pytest.raises(ExecutionError, match="no-such-agent-cli-9f3"):
-        await executor.start(spec(workspace, "no-such-agent-cli-9f3", "--help"))
+        await collect(await executor.start(spec(workspace, "no-such-agent-cli-9f3", "--help")))
 
 
 async def test_prompt_with_shell_metacharacters_is_one_argument(executor: Executor, workspace: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from fakes.daytona_toolbox import EmuSession, add_toolbox_routes, kill_session
+from fakes.daytona_toolbox import EmuSession, add_toolbox_routes, kill_sandbox_processes, kill_session
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -159,6 +159,7 @@ class DaytonaEmulator:
             return None
         if sandbox.starter is not None:
             sandbox.starter.cancel()
+        kill_sandbox_processes(sandbox.id)
         for session in sandbox.sessions.values():
             await kill_session(session)
         sandbox.state = "destroyed"
@@ -307,6 +308,7 @@ class DaytonaEmulator:
 
     async def _stop_sandbox(self, request: web.Request) -> web.Response:
         sb = self.sandbox_or_404(request)
+        kill_sandbox_processes(sb.id)
         for session in sb.sessions.values():
             await kill_session(session)
         sb.sessions.clear()

@@ -73,6 +73,26 @@ def demux(log: bytes) -> tuple[str, str]:
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 
+SANDBOX_ENV = "DAYTONA_EMULATOR_SANDBOX"
+
+
+def kill_sandbox_processes(sandbox_id: str) -> None:
+    """A real sandbox's processes all die with it, even those that left the command's session:
+    every process the emulator starts carries the sandbox id in its environment."""
+    needle = f"{SANDBOX_ENV}={sandbox_id}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "environ"), "rb") as fh:
+                found = needle in fh.read().split(b"\0")
+        except OSError:
+            continue
+        if found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 async def kill_session(session: EmuSession) -> None:
     """SIGKILL every running command's process group, as deleting a sandbox does."""
     for cmd in session.commands.values():
@@ -211,6 +231,7 @@ class Toolbox:
             "HOME": str(sb.root),
             "LANG": "C.UTF-8",
             **sb.env,
+            SANDBOX_ENV: sb.id,
         }
         cmd.proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
@@ -302,6 +323,7 @@ class Toolbox:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(sb.root),
             **(body.get("envs") or {}),
+            SANDBOX_ENV: sb.id,
         }
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
