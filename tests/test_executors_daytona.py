@@ -20,7 +20,7 @@ from fakes.daytona_emulator import DaytonaEmulator
 from pydantic import SecretStr
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
-from agent_manager.executors import daytona as daytona_mod
+from agent_manager.executors import daytona_api
 from agent_manager.executors.base import Chunk, ExecSpec, Executor, Resources
 from agent_manager.executors.daytona import DaytonaExecutor, build_command, env_payload, list_sandboxes, sweep
 from agent_manager.settings import Settings
@@ -274,7 +274,7 @@ async def test_repeatedly_dropped_log_stream_falls_back_to_the_snapshot(
     assert code == 0 and text(chunks, "stdout") == "0\n1\n2\n" and text(chunks, "stderr") == "e\n"
     assert (
         len([r for r in daytona_emulator.requests if r[1].endswith("/logs")])
-        == daytona_mod.STREAM_ATTEMPTS + 1
+        == daytona_api.STREAM_ATTEMPTS + 1
     )
 
 
@@ -370,4 +370,4 @@ async def test_available_reasons(
     monkeypatch.setitem(sys.modules, "daytona", None)  # the optional extra is not installed
     missing = await DaytonaExecutor(daytona_settings, "i").available()
     assert missing.reason == "the daytona extra is not installed: pip install 'agent-manager[daytona]'"
-    assert daytona_mod.INSTALL_HINT == missing.reason
+    assert daytona_api.INSTALL_HINT == missing.reason

@@ -16,165 +16,38 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
-import re
-import shlex
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
-from agent_manager.executors.base import Availability, Chunk, ExecSpec, Stream
+from agent_manager.executors.base import Availability, ExecSpec
+from agent_manager.executors.daytona_api import (
+    AVAILABILITY_TTL_S,
+    LABEL,
+    POOL_LABEL,
+    REQUEST_TIMEOUT_S,
+    RUN_LABEL,
+    Profile,
+    T,
+    _client,
+    _delete,
+    _list,
+    _sdk,
+    _state,
+    list_sandboxes,
+    retrying,
+    sweep,
+)
+from agent_manager.executors.daytona_command import DaytonaExecution, build_command, env_payload
 from agent_manager.settings import Settings
 
 if TYPE_CHECKING:
     from daytona import AsyncDaytona, AsyncSandbox
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-Profile = tuple[Any, ...]
-
-LABEL, RUN_LABEL, POOL_LABEL = "agent-manager", "agent-manager-run", "agent-manager-pool"
-AVAILABILITY_TTL_S = 30.0
-DEFAULT_API_URL = "https://app.daytona.io/api"
-INSTALL_HINT = "the daytona extra is not installed: pip install 'agent-manager[daytona]'"
-REQUEST_TIMEOUT_S = 30.0
-TRANSFER_TIMEOUT_S = 600
-DELETE_TIMEOUT_S = 60.0
-CLIENT_SLACK_S = 10.0  # our own deadline on top of the SDK's, in case a call never returns
-STREAM_ATTEMPTS = 3
-MAX_UPLOAD_BYTES = 256 * 1024 * 1024
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
-NOT_FOUND_MARK = "agent-manager: executable not found in the sandbox: "
-STDIN_NAME = ".agent-manager-stdin"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-# Run as `sh -c PROLOGUE agent-manager SENTINEL CWD STDIN_FILE ARGV...`: read the environment from
-# stdin up to the sentinel, enter the working directory, exec the agent with its own stdin.
-PROLOGUE = """__am_s=$1 __am_d=$2 __am_i=${3:-/dev/null}; shift 3
-__am_e=
-while IFS= read -r __am_l; do [ "$__am_l" = "$__am_s" ] && break; __am_e="$__am_e$__am_l
-"; done
-eval "$__am_e"; unset __am_e __am_l __am_s
-mkdir -p "$__am_d" && cd "$__am_d" || exit 126
-command -v "$1" >/dev/null 2>&1 || { printf '%s%s\\n' '""" + NOT_FOUND_MARK + """' "$1" >&2; exit 127; }
-exec "$@" <"$__am_i"
-"""
-
-
-def _sdk() -> Any:
-    """The ``daytona`` module, imported on first use so the package works without the extra."""
-    try:
-        import daytona
-    except ImportError as exc:
-        raise ExecutorUnavailable(INSTALL_HINT) from exc
-    return daytona
-
-
-def build_command(argv: list[str], cwd: str, stdin_file: str | None, sentinel: str) -> str:
-    """The session command string: every element quoted, so the prompt stays one argument."""
-    return shlex.join(["sh", "-c", PROLOGUE, "agent-manager", sentinel, cwd, stdin_file or "", *argv])
-
-
-def env_payload(env: dict[str, str], sentinel: str) -> str:
-    """What the command reads from stdin before the agent starts: ``export`` lines, then the sentinel."""
-    for name in env:
-        if not _ENV_NAME.fullmatch(name):
-            raise ExecutionError(f"invalid environment variable name: {name!r}")
-    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()) + sentinel + "\n"
-
-
-def _status(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else getattr(exc.__cause__, "status", None)
-
-
-def _retryable(exc: BaseException, idempotent: bool) -> bool:
-    """429 was rejected before anything happened, so it is always safe to repeat."""
-    return _status(exc) == 429 or idempotent and (
-        _status(exc) in RETRY_STATUSES or isinstance(exc, _sdk().DaytonaConnectionError))
-
-
-async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout: float, *, attempts: int = 5,
-                   base_delay: float = 0.5, idempotent: bool = True) -> T:
-    """One SDK call with our own deadline, retrying 429/5xx; raises ExecutionError (cause: SDK error)."""
-    sdk = _sdk()
-    for attempt in range(1, attempts + 1):
-        try:
-            return await asyncio.wait_for(call(), timeout + CLIENT_SLACK_S)
-        except TimeoutError as exc:
-            raise ExecutionError(f"Daytona {what}: no answer within {timeout + CLIENT_SLACK_S:.0f}s") from exc
-        except sdk.DaytonaError as exc:
-            if attempt == attempts or not _retryable(exc, idempotent):
-                raise ExecutionError(f"Daytona {what} failed: {exc}", {"status": _status(exc)}) from exc
-            delay = min(base_delay * 2 ** (attempt - 1), 10.0) * random.uniform(0.5, 1.0)
-            with contextlib.suppress(TypeError, ValueError):
-                delay = max(delay, min(float((exc.headers or {}).get("Retry-After", 0)), 30.0))
-            log.info("Daytona %s: %s; retry %d/%d in %.2fs", what, exc, attempt, attempts - 1, delay)
-        await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _client(settings: Settings) -> AsyncDaytona:
-    """A client configured from settings alone (key, URL and target passed explicitly)."""
-    sdk = _sdk()
-    if not settings.daytona_configured or settings.daytona_api_key is None:
-        raise ExecutorUnavailable("DAYTONA_API_KEY is not set")
-    return sdk.AsyncDaytona(sdk.DaytonaConfig(
-        api_key=settings.daytona_api_key.get_secret_value(),
-        api_url=settings.daytona_api_url or DEFAULT_API_URL, target=settings.daytona_target))
-
-
-async def _list(client: AsyncDaytona, labels: dict[str, str], attempts: int = 5) -> list[AsyncSandbox]:
-    """All sandboxes whose labels include ``labels`` (every page)."""
-    query = _sdk().ListSandboxesQuery(labels=labels)
-
-    async def collect() -> list[AsyncSandbox]:
-        return [sb async for sb in client.list(query, request_timeout=REQUEST_TIMEOUT_S)]
-    return await retrying("list sandboxes", collect, REQUEST_TIMEOUT_S * 4, attempts=attempts)
-
-
-async def _delete(sb: AsyncSandbox, attempts: int = 5, base_delay: float = 0.5) -> None:
-    """Delete, treating "already gone" as success."""
-    try:
-        await retrying(f"delete sandbox {sb.id}", lambda: sb.delete(timeout=DELETE_TIMEOUT_S),
-                       DELETE_TIMEOUT_S, attempts=attempts, base_delay=base_delay)
-    except ExecutionError as exc:
-        if not isinstance(exc.__cause__, _sdk().DaytonaNotFoundError):
-            raise
-
-
-def _state(sb: Any) -> str:
-    return str(getattr(sb.state, "value", sb.state))
-
-
-async def list_sandboxes(settings: Settings) -> list[dict[str, Any]]:
-    """Every sandbox labelled ``agent-manager`` (any instance): ``agent-manager sandboxes list``."""
-    async with _client(settings) as client:
-        return [{"id": sb.id, "name": sb.name, "state": _state(sb), "instance": sb.labels.get(LABEL),
-                 "run": sb.labels.get(RUN_LABEL), "pool": POOL_LABEL in sb.labels, "labels": dict(sb.labels),
-                 "created_at": sb.created_at, "cpu": sb.cpu, "memory": sb.memory, "disk": sb.disk}
-                for sb in await _list(client, {}) if LABEL in sb.labels]
-
-
-async def sweep(settings: Settings, keep: frozenset[str] | set[str] = frozenset(),
-                instance: str | None = None) -> int:
-    """Delete leftover ``agent-manager`` sandboxes not in ``keep`` (only ``instance``'s if given);
-    unlabelled sandboxes are never touched. Returns how many were deleted."""
-    deleted = 0
-    async with _client(settings) as client:
-        for sb in await _list(client, {}):
-            if LABEL not in sb.labels or sb.id in keep or instance not in (None, sb.labels[LABEL]):
-                continue
-            try:
-                await _delete(sb)
-                deleted += 1
-            except ExecutionError as exc:
-                log.warning("could not delete leftover sandbox %s: %s", sb.id, exc)
-    return deleted
+log = logging.getLogger("agent_manager.executors.daytona")
+__all__ = ["DaytonaExecutor", "DaytonaExecution", "build_command", "env_payload", "list_sandboxes", "sweep"]
 
 
 class DaytonaExecutor:
@@ -381,194 +254,3 @@ class DaytonaExecutor:
             await self._client_obj.close()
             self._client_obj = None
 
-
-class DaytonaExecution:
-    """One command in one sandbox; the sandbox is deleted when the command is over."""
-
-    def __init__(self, executor: DaytonaExecutor, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str) -> None:
-        self.info: dict[str, str] = {"sandbox_id": sandbox.id}
-        self._ex, self._sb, self._spec = executor, sandbox, spec
-        self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""
-        self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
-        self._delivered: dict[Stream, int] = {"stdout": 0, "stderr": 0}
-        self._stderr_tail = ""
-        self._task: asyncio.Task[int] | None = None
-        self._cancelled = self._released = False
-
-    async def launch(self) -> None:
-        """Upload inputs, start the command, hand it its environment, start following it."""
-        ex, sb, spec, sdk = self._ex, self._sb, self._spec, _sdk()
-        self._remote_ws = str(PurePosixPath(await ex.call("get work dir", sb.get_work_dir)) / "workspace")
-        uploads = self._uploads(sdk)
-        if uploads:
-            await ex.call("upload files", lambda: sb.fs.upload_files(uploads, timeout=TRANSFER_TIMEOUT_S),
-                          TRANSFER_TIMEOUT_S)
-        await ex.call("create session", lambda: sb.process.create_session(
-            self._session, request_timeout=REQUEST_TIMEOUT_S))
-        sentinel = f"agent-manager-env-end-{uuid.uuid4().hex}"
-        stdin_file = f"{self._remote_ws}/{STDIN_NAME}" if spec.stdin is not None else None
-        command = build_command(spec.argv, self._remote_cwd(), stdin_file, sentinel)
-        request = sdk.SessionExecuteRequest(command=command, run_async=True, suppress_input_echo=True)
-        response = await ex.call("start command", lambda: sb.process.execute_session_command(
-            self._session, request, timeout=int(REQUEST_TIMEOUT_S)), idempotent=False)
-        self._cmd_id = response.cmd_id
-        payload = env_payload(spec.env, sentinel)
-        await ex.call("send environment", lambda: sb.process.send_session_command_input(
-            self._session, self._cmd_id, payload, request_timeout=REQUEST_TIMEOUT_S), idempotent=False)
-        self._task = asyncio.create_task(self._follow())
-
-    def _uploads(self, sdk: Any) -> list[Any]:
-        spec = self._spec
-        files: dict[str, Path | bytes] = {}
-        if spec.workspace is not None and spec.workspace.is_dir():
-            for path in sorted(spec.workspace.rglob("*")):
-                if path.is_file() and not path.is_symlink():  # never follow links out of the workspace
-                    files[path.relative_to(spec.workspace).as_posix()] = path
-        files.update({_safe_rel(rel): data for rel, data in spec.files.items()})
-        if spec.stdin is not None:
-            files[STDIN_NAME] = spec.stdin
-        total = sum(len(src) if isinstance(src, bytes) else src.stat().st_size for src in files.values())
-        if total > MAX_UPLOAD_BYTES:
-            raise ExecutionError(f"workspace too large for Daytona ({total} bytes > {MAX_UPLOAD_BYTES})")
-        return [sdk.FileUpload(source=src if isinstance(src, bytes) else str(src),
-                               destination=f"{self._remote_ws}/{rel}") for rel, src in files.items()]
-
-    def _remote_cwd(self) -> str:
-        """Relative, or inside the host workspace: mapped into the remote one; else used as is."""
-        cwd, ws = Path(self._spec.cwd or "."), self._spec.workspace
-        if ws is not None and cwd.is_absolute() and cwd.is_relative_to(ws):
-            cwd = cwd.relative_to(ws)
-        return str(cwd) if cwd.is_absolute() else str(PurePosixPath(self._remote_ws) / cwd.as_posix())
-
-    async def _follow(self) -> int:
-        """Stream to the end, read the exit code, fetch outputs; always delete the sandbox."""
-        try:
-            await asyncio.wait_for(self._stream(), self._spec.timeout_s + 60)
-            if self._cancelled:
-                return -signal.SIGKILL
-            code = await self._exit_code()
-            if code == 127 and NOT_FOUND_MARK in self._stderr_tail:
-                missing = self._stderr_tail.split(NOT_FOUND_MARK, 1)[1].splitlines()[0]
-                raise ExecutionError(f"{missing}: executable not found in the Daytona sandbox")
-            await self._fetch_outputs()
-            return code
-        except Exception as exc:
-            if self._cancelled:  # the sandbox is gone: whatever failed after cancel() is expected
-                return -signal.SIGKILL
-            if isinstance(exc, TimeoutError):
-                raise ExecutionError(f"Daytona command {self._cmd_id} outlived its timeout") from exc
-            raise
-        finally:
-            self._queue.put_nowait(None)
-            await asyncio.shield(self.release())
-
-    async def _emit(self, stream: Stream, text: str) -> None:
-        if stream == "stderr":
-            self._stderr_tail = (self._stderr_tail + text)[-4096:]
-        self._delivered[stream] += len(text)
-        await self._queue.put(Chunk(stream, text))
-
-    async def _stream(self) -> None:
-        """Live logs; reopen a dropped stream (skipping what was delivered), else use the snapshot."""
-        sdk, proc = _sdk(), self._sb.process
-        for attempt in range(STREAM_ATTEMPTS):
-            seen: dict[Stream, int] = {"stdout": 0, "stderr": 0}
-
-            def handler(stream: Stream, seen: dict[Stream, int] = seen) -> Callable[[str], Awaitable[None]]:
-                async def on_text(text: str) -> None:
-                    skip = self._delivered[stream] - seen[stream]
-                    seen[stream] += len(text)
-                    if skip < len(text):
-                        await self._emit(stream, text[max(skip, 0):])
-                return on_text
-            try:
-                await proc.get_session_command_logs_async(self._session, self._cmd_id,
-                                                          handler("stdout"), handler("stderr"))
-                return
-            except sdk.DaytonaError as exc:
-                if self._cancelled:
-                    return
-                log.warning("log stream of %s dropped (%s), attempt %d", self._sb.id, exc, attempt + 1)
-                await asyncio.sleep(self._ex.base_delay * 2 ** attempt)
-        await self._exit_code()
-        logs = await self._ex.call("get logs", lambda: proc.get_session_command_logs(
-            self._session, self._cmd_id, request_timeout=REQUEST_TIMEOUT_S))
-        for stream, text in (("stdout", logs.stdout or ""), ("stderr", logs.stderr or "")):
-            done = self._delivered[stream]  # type: ignore[index]
-            if len(text) > done:
-                await self._emit(stream, text[done:])  # type: ignore[arg-type]
-
-    async def _exit_code(self) -> int:
-        """The daemon ends the stream once the exit code exists; poll in case it lags."""
-        while True:
-            cmd = await self._ex.call("get command", lambda: self._sb.process.get_session_command(
-                self._session, self._cmd_id, request_timeout=REQUEST_TIMEOUT_S))
-            if cmd.exit_code is not None:
-                return int(cmd.exit_code)
-            await asyncio.sleep(0.2)
-
-    async def _fetch_outputs(self) -> None:
-        spec, sdk = self._spec, _sdk()
-        if not spec.outputs or spec.workspace is None:
-            return
-        wanted = {f"{self._remote_ws}/{_safe_rel(rel)}": _safe_rel(rel) for rel in spec.outputs}
-        requests = [sdk.FileDownloadRequest(source=src) for src in wanted]
-        results = await self._ex.call("download outputs", lambda: self._sb.fs.download_files(
-            requests, timeout=TRANSFER_TIMEOUT_S), TRANSFER_TIMEOUT_S)
-        root, missing = spec.workspace.resolve(), []
-        for result in results:
-            rel = wanted[result.source]
-            if result.error or not isinstance(result.result, bytes):
-                missing.append(rel)
-                continue
-            target = (root / rel).resolve()
-            if not target.is_relative_to(root):  # e.g. a symlink in the host workspace
-                raise ExecutionError(f"output path escapes the workspace: {rel}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(result.result)
-        if missing:
-            self.info["missing_outputs"] = ",".join(missing)
-
-    async def release(self) -> None:
-        """Delete the sandbox once; a failure is logged (auto-stop/delete and ``gc`` are the backstop)."""
-        if self._released:
-            return
-        self._released, self._ex.live = True, self._ex.live - 1
-        self._ex.running.discard(self)
-        try:
-            await self._ex.delete(self._sb)
-        except ExecutionError as exc:
-            log.error("could not delete Daytona sandbox %s: %s", self._sb.id, exc)
-
-    async def output(self) -> AsyncIterator[Chunk]:
-        while (chunk := await self._queue.get()) is not None:
-            yield chunk
-        self._queue.put_nowait(None)  # later readers end too
-
-    async def wait(self) -> int:
-        if self._task is None:
-            raise ExecutionError("the Daytona command was never started")
-        try:
-            return await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            if self._task.cancelled():  # cancel() gave up waiting for the follower
-                return -signal.SIGKILL
-            raise
-
-    async def cancel(self) -> None:
-        """Delete the sandbox (which kills everything in it); the follower then ends with -SIGKILL."""
-        self._cancelled = True
-        await asyncio.shield(self.release())
-        if self._task is not None and not self._task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self._ex.settings.kill_grace_s + 5)
-            except Exception:  # the follower's own error is wait()'s business; here we only end it
-                self._task.cancel()
-
-
-def _safe_rel(rel: str) -> str:
-    """A workspace-relative POSIX path that cannot climb out of the workspace."""
-    path = PurePosixPath(rel)
-    if path.is_absolute() or ".." in path.parts or not path.parts:
-        raise ExecutionError(f"path must be relative to the workspace: {rel!r}")
-    return path.as_posix()

@@ -1,0 +1,249 @@
+"""One agent command in one Daytona sandbox: start it, stream its logs, fetch outputs, clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from agent_manager.errors import ExecutionError
+from agent_manager.executors.base import Chunk, ExecSpec, Stream
+from agent_manager.executors.daytona_api import (
+    _ENV_NAME,
+    MAX_UPLOAD_BYTES,
+    NOT_FOUND_MARK,
+    REQUEST_TIMEOUT_S,
+    STDIN_NAME,
+    STREAM_ATTEMPTS,
+    TRANSFER_TIMEOUT_S,
+    _sdk,
+)
+
+if TYPE_CHECKING:
+    from daytona import AsyncSandbox
+
+    from agent_manager.executors.daytona import DaytonaExecutor
+
+log = logging.getLogger("agent_manager.executors.daytona")
+
+# Run as `sh -c PROLOGUE agent-manager SENTINEL CWD STDIN_FILE ARGV...`: read the environment from
+# stdin up to the sentinel, enter the working directory, exec the agent with its own stdin.
+PROLOGUE = """__am_s=$1 __am_d=$2 __am_i=${3:-/dev/null}; shift 3
+__am_e=
+while IFS= read -r __am_l; do [ "$__am_l" = "$__am_s" ] && break; __am_e="$__am_e$__am_l
+"; done
+eval "$__am_e"; unset __am_e __am_l __am_s
+mkdir -p "$__am_d" && cd "$__am_d" || exit 126
+command -v "$1" >/dev/null 2>&1 || { printf '%s%s\\n' '""" + NOT_FOUND_MARK + """' "$1" >&2; exit 127; }
+exec "$@" <"$__am_i"
+"""
+
+
+def build_command(argv: list[str], cwd: str, stdin_file: str | None, sentinel: str) -> str:
+    """The session command string: every element quoted, so the prompt stays one argument."""
+    return shlex.join(["sh", "-c", PROLOGUE, "agent-manager", sentinel, cwd, stdin_file or "", *argv])
+
+
+def env_payload(env: dict[str, str], sentinel: str) -> str:
+    """What the command reads from stdin before the agent starts: ``export`` lines, then the sentinel."""
+    for name in env:
+        if not _ENV_NAME.fullmatch(name):
+            raise ExecutionError(f"invalid environment variable name: {name!r}")
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()) + sentinel + "\n"
+
+
+class DaytonaExecution:
+    """One command in one sandbox; the sandbox is deleted when the command is over."""
+
+    def __init__(self, executor: DaytonaExecutor, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str) -> None:
+        self.info: dict[str, str] = {"sandbox_id": sandbox.id}
+        self._ex, self._sb, self._spec = executor, sandbox, spec
+        self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""
+        self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        self._delivered: dict[Stream, int] = {"stdout": 0, "stderr": 0}
+        self._stderr_tail = ""
+        self._task: asyncio.Task[int] | None = None
+        self._cancelled = self._released = False
+
+    async def launch(self) -> None:
+        """Upload inputs, start the command, hand it its environment, start following it."""
+        ex, sb, spec, sdk = self._ex, self._sb, self._spec, _sdk()
+        self._remote_ws = str(PurePosixPath(await ex.call("get work dir", sb.get_work_dir)) / "workspace")
+        uploads = self._uploads(sdk)
+        if uploads:
+            await ex.call("upload files", lambda: sb.fs.upload_files(uploads, timeout=TRANSFER_TIMEOUT_S),
+                          TRANSFER_TIMEOUT_S)
+        await ex.call("create session", lambda: sb.process.create_session(
+            self._session, request_timeout=REQUEST_TIMEOUT_S))
+        sentinel = f"agent-manager-env-end-{uuid.uuid4().hex}"
+        stdin_file = f"{self._remote_ws}/{STDIN_NAME}" if spec.stdin is not None else None
+        command = build_command(spec.argv, self._remote_cwd(), stdin_file, sentinel)
+        request = sdk.SessionExecuteRequest(command=command, run_async=True, suppress_input_echo=True)
+        response = await ex.call("start command", lambda: sb.process.execute_session_command(
+            self._session, request, timeout=int(REQUEST_TIMEOUT_S)), idempotent=False)
+        self._cmd_id = response.cmd_id
+        payload = env_payload(spec.env, sentinel)
+        await ex.call("send environment", lambda: sb.process.send_session_command_input(
+            self._session, self._cmd_id, payload, request_timeout=REQUEST_TIMEOUT_S), idempotent=False)
+        self._task = asyncio.create_task(self._follow())
+
+    def _uploads(self, sdk: Any) -> list[Any]:
+        spec = self._spec
+        files: dict[str, Path | bytes] = {}
+        if spec.workspace is not None and spec.workspace.is_dir():
+            for path in sorted(spec.workspace.rglob("*")):
+                if path.is_file() and not path.is_symlink():  # never follow links out of the workspace
+                    files[path.relative_to(spec.workspace).as_posix()] = path
+        files.update({_safe_rel(rel): data for rel, data in spec.files.items()})
+        if spec.stdin is not None:
+            files[STDIN_NAME] = spec.stdin
+        total = sum(len(src) if isinstance(src, bytes) else src.stat().st_size for src in files.values())
+        if total > MAX_UPLOAD_BYTES:
+            raise ExecutionError(f"workspace too large for Daytona ({total} bytes > {MAX_UPLOAD_BYTES})")
+        return [sdk.FileUpload(source=src if isinstance(src, bytes) else str(src),
+                               destination=f"{self._remote_ws}/{rel}") for rel, src in files.items()]
+
+    def _remote_cwd(self) -> str:
+        """Relative, or inside the host workspace: mapped into the remote one; else used as is."""
+        cwd, ws = Path(self._spec.cwd or "."), self._spec.workspace
+        if ws is not None and cwd.is_absolute() and cwd.is_relative_to(ws):
+            cwd = cwd.relative_to(ws)
+        return str(cwd) if cwd.is_absolute() else str(PurePosixPath(self._remote_ws) / cwd.as_posix())
+
+    async def _follow(self) -> int:
+        """Stream to the end, read the exit code, fetch outputs; always delete the sandbox."""
+        try:
+            await asyncio.wait_for(self._stream(), self._spec.timeout_s + 60)
+            if self._cancelled:
+                return -signal.SIGKILL
+            code = await self._exit_code()
+            if code == 127 and NOT_FOUND_MARK in self._stderr_tail:
+                missing = self._stderr_tail.split(NOT_FOUND_MARK, 1)[1].splitlines()[0]
+                raise ExecutionError(f"{missing}: executable not found in the Daytona sandbox")
+            await self._fetch_outputs()
+            return code
+        except Exception as exc:
+            if self._cancelled:  # the sandbox is gone: whatever failed after cancel() is expected
+                return -signal.SIGKILL
+            if isinstance(exc, TimeoutError):
+                raise ExecutionError(f"Daytona command {self._cmd_id} outlived its timeout") from exc
+            raise
+        finally:
+            self._queue.put_nowait(None)
+            await asyncio.shield(self.release())
+
+    async def _emit(self, stream: Stream, text: str) -> None:
+        if stream == "stderr":
+            self._stderr_tail = (self._stderr_tail + text)[-4096:]
+        self._delivered[stream] += len(text)
+        await self._queue.put(Chunk(stream, text))
+
+    async def _stream(self) -> None:
+        """Live logs; reopen a dropped stream (skipping what was delivered), else use the snapshot."""
+        sdk, proc = _sdk(), self._sb.process
+        for attempt in range(STREAM_ATTEMPTS):
+            seen: dict[Stream, int] = {"stdout": 0, "stderr": 0}
+
+            def handler(stream: Stream, seen: dict[Stream, int] = seen) -> Callable[[str], Awaitable[None]]:
+                async def on_text(text: str) -> None:
+                    skip = self._delivered[stream] - seen[stream]
+                    seen[stream] += len(text)
+                    if skip < len(text):
+                        await self._emit(stream, text[max(skip, 0):])
+                return on_text
+            try:
+                await proc.get_session_command_logs_async(self._session, self._cmd_id,
+                                                          handler("stdout"), handler("stderr"))
+                return
+            except sdk.DaytonaError as exc:
+                if self._cancelled:
+                    return
+                log.warning("log stream of %s dropped (%s), attempt %d", self._sb.id, exc, attempt + 1)
+                await asyncio.sleep(self._ex.base_delay * 2 ** attempt)
+        await self._exit_code()
+        logs = await self._ex.call("get logs", lambda: proc.get_session_command_logs(
+            self._session, self._cmd_id, request_timeout=REQUEST_TIMEOUT_S))
+        for stream, text in (("stdout", logs.stdout or ""), ("stderr", logs.stderr or "")):
+            done = self._delivered[stream]  # type: ignore[index]
+            if len(text) > done:
+                await self._emit(stream, text[done:])  # type: ignore[arg-type]
+
+    async def _exit_code(self) -> int:
+        """The daemon ends the stream once the exit code exists; poll in case it lags."""
+        while True:
+            cmd = await self._ex.call("get command", lambda: self._sb.process.get_session_command(
+                self._session, self._cmd_id, request_timeout=REQUEST_TIMEOUT_S))
+            if cmd.exit_code is not None:
+                return int(cmd.exit_code)
+            await asyncio.sleep(0.2)
+
+    async def _fetch_outputs(self) -> None:
+        spec, sdk = self._spec, _sdk()
+        if not spec.outputs or spec.workspace is None:
+            return
+        wanted = {f"{self._remote_ws}/{_safe_rel(rel)}": _safe_rel(rel) for rel in spec.outputs}
+        requests = [sdk.FileDownloadRequest(source=src) for src in wanted]
+        results = await self._ex.call("download outputs", lambda: self._sb.fs.download_files(
+            requests, timeout=TRANSFER_TIMEOUT_S), TRANSFER_TIMEOUT_S)
+        root, missing = spec.workspace.resolve(), []
+        for result in results:
+            rel = wanted[result.source]
+            if result.error or not isinstance(result.result, bytes):
+                missing.append(rel)
+                continue
+            target = (root / rel).resolve()
+            if not target.is_relative_to(root):  # e.g. a symlink in the host workspace
+                raise ExecutionError(f"output path escapes the workspace: {rel}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(result.result)
+        if missing:
+            self.info["missing_outputs"] = ",".join(missing)
+
+    async def release(self) -> None:
+        """Delete the sandbox once; a failure is logged (auto-stop/delete and ``gc`` are the backstop)."""
+        if self._released:
+            return
+        self._released, self._ex.live = True, self._ex.live - 1
+        self._ex.running.discard(self)
+        try:
+            await self._ex.delete(self._sb)
+        except ExecutionError as exc:
+            log.error("could not delete Daytona sandbox %s: %s", self._sb.id, exc)
+
+    async def output(self) -> AsyncIterator[Chunk]:
+        while (chunk := await self._queue.get()) is not None:
+            yield chunk
+        self._queue.put_nowait(None)  # later readers end too
+
+    async def wait(self) -> int:
+        if self._task is None:
+            raise ExecutionError("the Daytona command was never started")
+        try:
+            return await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if self._task.cancelled():  # cancel() gave up waiting for the follower
+                return -signal.SIGKILL
+            raise
+
+    async def cancel(self) -> None:
+        """Delete the sandbox (which kills everything in it); the follower then ends with -SIGKILL."""
+        self._cancelled = True
+        await asyncio.shield(self.release())
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self._ex.settings.kill_grace_s + 5)
+            except Exception:  # the follower's own error is wait()'s business; here we only end it
+                self._task.cancel()
+
+
+def _safe_rel(rel: str) -> str:
+    """A workspace-relative POSIX path that cannot climb out of the workspace."""
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ExecutionError(f"path must be relative to the workspace: {rel!r}")
+    return path.as_posix()
