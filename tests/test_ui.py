@@ -1,0 +1,520 @@
+"""The web UI in a real headless Chromium (the system one) against a real server on port 0.
+
+Every test collects console errors and uncaught page errors and fails on any. The only
+exception is Chromium's own network log line for an HTTP error status that a test provokes
+on purpose (e.g. the 422 of an invalid agent name): Chromium prints "Failed to load resource"
+for every 4xx fetch and no page can prevent it, so a test must declare such a status first.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from conftest import LiveServer
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+RESOURCE_ERROR = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
+TEN_LINES = "import time\nfor i in range(10):\n    print(f'line {i}', flush=True)\n    time.sleep(0.4)\n"
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@dataclass
+class UI:
+    page: Page
+    server: LiveServer
+    api: httpx.Client
+    errors: list[str] = field(default_factory=list)
+    expected_statuses: set[int] = field(default_factory=set)
+
+    def go(self, route: str) -> None:
+        self.page.goto(f"{self.server.url}/#{route}")
+
+    def agent(self, name: str, **fields: Any) -> dict[str, Any]:
+        response = self.api.post("/api/agents", json={"name": name, **fields})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def run(self, agent: str, prompt: str) -> dict[str, Any]:
+        response = self.api.post("/api/runs", json={"agent": agent, "prompt": prompt})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def status(self, run_id: str) -> str:
+        return str(self.api.get(f"/api/runs/{run_id}").json()["status"])
+
+    def wait_run(self, run_id: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.api.get(f"/api/runs/{run_id}").json()
+            if run["status"] not in ("queued", "running"):
+                return dict(run)
+            time.sleep(0.1)
+        raise AssertionError(f"run {run_id} did not finish")
+
+    def unexpected_errors(self) -> list[str]:
+        out = []
+        for error in self.errors:
+            match = RESOURCE_ERROR.search(error)
+            if match and int(match.group(1)) in self.expected_statuses:
+                continue
+            out.append(error)
+        return out
+
+
+def open_ui(browser: Browser, server: LiveServer, viewport: dict[str, int] | None = None) -> UI:
+    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    api = httpx.Client(base_url=server.url, headers=server.headers, timeout=15)
+    ui = UI(page, server, api)
+    page.on("console", lambda m: ui.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: ui.errors.append(f"pageerror: {e}"))
+    page.goto(f"{server.url}/login?token={server.token}")
+    expect(page.locator("h1")).to_have_text("Dashboard")
+    return ui
+
+
+@pytest.fixture
+def ui(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
+    session = open_ui(browser, live_server)
+    try:
+        yield session
+    finally:
+        session.page.context.close()
+        session.api.close()
+    assert session.unexpected_errors() == []
+
+
+@pytest.fixture
+def phone(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
+    session = open_ui(browser, live_server, PHONE)
+    try:
+        yield session
+    finally:
+        session.page.context.close()
+        session.api.close()
+    assert session.unexpected_errors() == []
+
+
+def output_of(page: Page) -> str:
+    return page.locator("[data-testid=output]").inner_text()
+
+
+# ---- agents ---------------------------------------------------------------------------------
+
+
+def test_unauthenticated_browser_gets_the_login_page(browser: Browser, live_server: LiveServer) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    response = page.goto(live_server.url + "/")
+    assert response is not None and response.status == 401
+    expect(page.get_by_label("Token")).to_be_visible()
+    context.close()
+
+
+def test_agent_form_shows_the_api_validation_error_then_creates(ui: UI) -> None:
+    ui.expected_statuses.add(422)
+    page = ui.page
+    ui.go("/agents/new")
+    page.get_by_label("Name", exact=True).fill("bad name!")
+    page.get_by_label("Command").fill(sys.executable)
+    page.get_by_role("button", name="Create agent").click()
+    name_row = page.locator(".field", has=page.get_by_label("Name", exact=True))
+    expect(name_row.locator(".field-error")).to_contain_text("pattern")
+    expect(page.get_by_label("Name", exact=True)).to_have_attribute("aria-invalid", "true")
+
+    page.get_by_label("Name", exact=True).fill("lister")
+    page.get_by_role("button", name="Add argument").click()
+    page.get_by_label("Argument", exact=True).nth(0).fill("-c")
+    page.get_by_role("button", name="Add argument").click()
+    page.get_by_label("Argument", exact=True).nth(1).fill("print('hi')")
+    page.get_by_role("button", name="Add variable").click()
+    page.get_by_label("Variable name").fill("API_TOKEN")
+    page.get_by_label("Variable value").fill("s3cret")
+    page.get_by_label("Working directory").fill("relative/dir")
+    page.get_by_role("button", name="Create agent").click()
+    wd_row = page.locator(".field", has=page.get_by_label("Working directory"))
+    expect(wd_row.locator(".field-error")).to_contain_text("absolute")
+    expect(name_row.locator(".field-error")).to_be_empty()
+
+    page.get_by_label("Working directory").fill("")
+    page.get_by_label("Backend").select_option("local")
+    page.get_by_label("Timeout (seconds)").fill("42")
+    page.get_by_label("Trusted").uncheck()
+    page.get_by_role("button", name="Create agent").click()
+    expect(page.locator("[data-agent=lister]")).to_be_visible()
+    agent = ui.api.get("/api/agents/lister").json()
+    assert agent["args"] == ["-c", "print('hi')"]
+    assert agent["env"] == {"API_TOKEN": "********"}
+    assert (agent["backend"], agent["timeout_s"], agent["trusted"]) == ("local", 42, False)
+
+    # Edit: the masked secret is sent back unchanged and the stored value is kept.
+    page.locator("[data-agent=lister]").get_by_role("link", name="Edit").click()
+    expect(page.get_by_label("Variable value")).to_have_value("********")
+    page.get_by_label("Model").fill("tiny-1")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("[data-agent=lister]")).to_contain_text("tiny-1")
+    run = ui.run("lister", "x")
+    assert ui.wait_run(run["id"])["status"] == "succeeded"
+
+
+def test_agent_form_with_the_keyboard_only(ui: UI) -> None:
+    page = ui.page
+    ui.go("/agents/new")
+    expect(page.get_by_label("Name", exact=True)).to_be_focused()
+    page.keyboard.type("keyboarder")
+    page.keyboard.press("Tab")  # kind
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.press("Tab")  # command
+    expect(page.get_by_label("Command")).to_be_focused()
+    page.keyboard.type("echo")
+    page.keyboard.press("Tab")  # "Add argument"
+    expect(page.get_by_role("button", name="Add argument")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Argument", exact=True)).to_be_focused()
+    page.keyboard.type("--flag")
+    page.keyboard.press("Enter")  # Enter in a field submits the form
+    expect(page.locator("[data-agent=keyboarder]")).to_be_visible()
+    assert ui.api.get("/api/agents/keyboarder").json()["args"] == ["--flag"]
+
+
+# ---- runs -----------------------------------------------------------------------------------
+
+
+def test_run_streams_lines_while_running_and_shows_the_result(ui: UI) -> None:
+    page = ui.page
+    ui.agent("counter", kind="generic", command="python3", args=["-u", "-c", TEN_LINES])
+    ui.go("/run?agent=counter")
+    page.get_by_label("Prompt").fill("count")
+    page.get_by_label("Backend").select_option("local")
+    page.get_by_label("Prompt").press("Enter")
+    expect(page.locator("[data-testid=output]")).to_contain_text("line 0")
+    run_id = re.search(r"#/runs/([^?]+)", page.url).group(1)  # type: ignore[union-attr]
+    assert ui.status(run_id) == "running"  # seen live, not after the fact
+    expect(page.locator("[data-testid=run-status]")).to_contain_text("running")
+    expect(page.locator("[data-testid=run-status]")).to_contain_text("succeeded", timeout=20_000)
+    expect(page.locator("[data-testid=exit-code]")).to_have_text("0")
+    expect(page.locator(".run-backend")).to_contain_text("local")
+    expect(page.locator(".route-reason")).to_contain_text("local")
+    expect(page.locator("[data-testid=duration]")).not_to_have_text("—")
+    text = output_of(page)
+    assert [text.count(f"line {i}\n") for i in range(10)] == [1] * 10
+    expect(page.locator("[data-testid=cancel]")).to_be_hidden()
+
+
+def test_cancel_a_long_run(ui: UI) -> None:
+    page = ui.page
+    ui.agent("sleeper", kind="generic", command="python3",
+             args=["-u", "-c", "import time\nprint('started', flush=True)\ntime.sleep(60)"])
+    ui.go("/run?agent=sleeper")
+    page.get_by_label("Prompt").fill("sleep")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator("[data-testid=output]")).to_contain_text("started")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("[data-testid=run-status]")).to_contain_text("cancelled")
+    run_id = re.search(r"#/runs/([^?]+)", page.url).group(1)  # type: ignore[union-attr]
+    assert ui.status(run_id) == "cancelled"
+
+
+def test_claude_run_shows_messages_tools_and_usage(ui: UI) -> None:
+    page = ui.page
+    ui.agent("claude", kind="claude")
+    run = ui.run("claude", "look around TOOL")
+    ui.go(f"/runs/{run['id']}")
+    expect(page.locator("[data-testid=tool]")).to_contain_text("Bash")
+    expect(page.locator("[data-testid=tool]")).to_contain_text("file.txt")
+    expect(page.locator("[data-testid=message]").last).to_contain_text("Echo: look around TOOL")
+    expect(page.locator("[data-testid=usage]")).to_contain_text("$0.0123")
+    failed = ui.run("claude", "please FAIL")
+    ui.go(f"/runs/{failed['id']}")
+    expect(page.locator("[data-testid=run-status]")).to_contain_text("failed")
+    expect(page.locator("[data-testid=exit-code]")).to_have_text("1")
+    expect(page.locator("[data-testid=error-event]")).to_contain_text("simulated failure")
+
+
+def test_reload_mid_stream_replays_every_line_once(ui: UI) -> None:
+    page = ui.page
+    ui.agent("counter", kind="generic", command="python3", args=["-u", "-c", TEN_LINES])
+    run = ui.run("counter", "count")
+    ui.go(f"/runs/{run['id']}")
+    expect(page.locator("[data-testid=output]")).to_contain_text("line 2")
+    assert ui.status(run["id"]) == "running"
+    page.reload()
+    expect(page.locator("[data-testid=output]")).to_contain_text("line 3")
+    expect(page.locator("[data-testid=run-status]")).to_contain_text("succeeded", timeout=20_000)
+    text = output_of(page)
+    assert [text.count(f"line {i}\n") for i in range(10)] == [1] * 10
+
+
+def test_sse_helper_dedupes_and_resumes_after_a_drop(ui: UI) -> None:
+    """follow() against a scripted EventSource: a browser-style replay after a reconnect is
+    deduplicated by seq, and when the browser gives up we reopen with ?after=<last seq>."""
+    result = ui.page.evaluate("""async () => {
+      const { follow } = await import('/static/lib/api.js');
+      const opened = [];
+      class FakeES {
+        static CONNECTING = 0; static OPEN = 1; static CLOSED = 2;
+        constructor(url) { this.url = url; this.readyState = 0; this.handlers = {}; opened.push(this); }
+        addEventListener(type, fn) { (this.handlers[type] ||= []).push(fn); }
+        close() { this.readyState = 2; }
+        emit(type, seq, data) {
+          const ev = new MessageEvent(type, { data: JSON.stringify(data), lastEventId: String(seq) });
+          (this.handlers[type] || []).forEach((fn) => fn(ev));
+          if (type === 'message' && this.onmessage) this.onmessage(ev);
+        }
+      }
+      const real = window.EventSource;
+      window.EventSource = FakeES;
+      const seen = [];
+      try {
+        follow('/api/runs/x/events', { onEvent: (type, data, seq) => seen.push([type, seq, data.text || null]) });
+        const a = opened[0];
+        a.emit('output', 1, { text: 'one' }); a.emit('output', 2, { text: 'two' });
+        a.readyState = 0; a.onerror();                      // dropped: the browser reconnects itself...
+        a.emit('output', 1, { text: 'one' }); a.emit('output', 2, { text: 'two' });  // ...and may replay
+        a.emit('message', 3, { text: 'hi' });
+        a.readyState = 2; a.onerror();                      // the browser gave up
+        await new Promise((r) => setTimeout(r, 1200));
+        const b = opened[1];
+        b.emit('message', 3, { text: 'hi' }); b.emit('output', 4, { text: 'four' });
+        b.emit('run.finished', 5, { status: 'succeeded' });
+        return { seen, urls: opened.map((s) => s.url), closed: b.readyState };
+      } finally { window.EventSource = real; }
+    }""")
+    assert [s[1] for s in result["seen"]] == [1, 2, 3, 4, 5]
+    assert result["urls"] == ["/api/runs/x/events", "/api/runs/x/events?after=3"]
+    assert result["closed"] == 2
+
+
+# ---- chat -----------------------------------------------------------------------------------
+
+
+def test_two_turn_chat_with_claude_streams_and_survives_a_reload(ui: UI) -> None:
+    page = ui.page
+    ui.agent("claude", kind="claude")
+    ui.go("/chat?agent=claude")
+    page.get_by_label("Message", exact=True).fill("hello there SLEEP=2")
+    page.get_by_label("Message", exact=True).press("Enter")
+    streaming = page.locator(".msg.assistant.streaming")
+    expect(streaming).to_contain_text("Working on it.")  # the reply streams while the run runs
+    runs = ui.api.get("/api/runs").json()["items"]
+    assert runs[0]["status"] == "running"
+    expect(page.locator(".msg.assistant").last).to_contain_text("Echo: hello there", timeout=20_000)
+    expect(streaming).to_have_count(0)
+
+    page.get_by_label("Message", exact=True).fill("second turn")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(page.locator(".msg.assistant").last).to_contain_text("[resumed ")
+    expect(page.locator(".msg.assistant").last).to_contain_text("Echo: second turn")
+
+    page.reload()
+    expect(page.locator(".msg")).to_have_count(4)
+    page.get_by_label("Message", exact=True).fill("third after reload")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(page.locator(".msg.assistant").last).to_contain_text("Echo: third after reload")
+    expect(page.locator(".msg.assistant").last).to_contain_text("[resumed ")
+    expect(page.locator(".chat-list")).to_contain_text("hello there")
+
+
+def test_agent_output_is_shown_as_text_never_executed(ui: UI) -> None:
+    page = ui.page
+    payload = ("print('<script>window.__pwned=1</script>')\n"
+               "print('<img src=x onerror=\"window.__pwned=2\">')\n"
+               "print('[click me](javascript:window.__pwned=3) **bold** <b>raw</b>')\n"
+               "print('```html\\n<iframe src=javascript:window.__pwned=4></iframe>\\n```')\n")
+    ui.agent("evil", kind="generic", command="python3", args=["-u", "-c", payload])
+    ui.agent("claude", kind="claude")
+    # The raw run view.
+    run = ui.run("evil", "go")
+    ui.go(f"/runs/{run['id']}")
+    expect(page.locator("[data-testid=run-status]")).to_contain_text("succeeded")
+    expect(page.locator("[data-testid=output]")).to_contain_text("<script>window.__pwned=1</script>")
+    expect(page.locator("[data-testid=output]")).to_contain_text('<img src=x onerror="window.__pwned=2">')
+    # The chat renders Markdown: still text, links only for http(s).
+    ui.go("/chat?agent=evil")
+    page.get_by_label("Message", exact=True).fill("hi")
+    page.get_by_label("Message", exact=True).press("Enter")
+    reply = page.locator(".msg.assistant").last
+    expect(reply).to_contain_text("<script>window.__pwned=1</script>")
+    expect(reply).to_contain_text("<b>raw</b>")
+    expect(reply.locator("strong")).to_have_text("bold")
+    expect(reply.locator("pre code")).to_contain_text("<iframe")
+    # Claude echoes the prompt: the user's own HTML is inert as well.
+    ui.go("/chat?agent=claude")
+    page.get_by_label("Message", exact=True).fill("<img src=x onerror=window.__pwned=5> see [x](https://example.org/a)")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(page.locator(".msg.assistant").last).to_contain_text("Echo: <img src=x onerror=window.__pwned=5>")
+    link = page.locator(".msg.assistant").last.locator("a[href^='https://example.org']")
+    expect(link).to_have_attribute("rel", re.compile("noopener"))
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("main img, main iframe, main script, a[href^='javascript']").count() == 0
+
+
+# ---- history, settings, navigation -----------------------------------------------------------
+
+
+def test_history_search_filters_and_conversations(ui: UI) -> None:
+    page = ui.page
+    ui.agent("claude", kind="claude")
+    ok = ui.run("claude", "zebra crossing")
+    bad = ui.run("claude", "yak shaving FAIL")
+    ui.wait_run(ok["id"])
+    ui.wait_run(bad["id"])
+    conv = ui.api.post("/api/conversations", json={"title": "Pelican facts", "agent": "claude"}).json()
+    ui.api.post("/api/conversations", json={"title": "Other things", "agent": "claude"})
+    ui.go("/history")
+    expect(page.locator("table.runs tbody tr")).to_have_count(2)
+    page.get_by_label("Search").fill("zebra")
+    page.get_by_label("Search").press("Enter")
+    expect(page.locator("table.runs tbody tr")).to_have_count(1)
+    expect(page.locator("table.runs")).to_contain_text("zebra crossing")
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Search").press("Enter")
+    expect(page.locator("table.runs tbody tr")).to_have_count(2)
+    page.get_by_label("Status").select_option("failed")
+    expect(page.locator("table.runs tbody tr")).to_have_count(1)
+    expect(page.locator("table.runs")).to_contain_text("yak shaving")
+    page.reload()  # the filters live in the URL
+    expect(page.get_by_label("Status")).to_have_value("failed")
+    expect(page.locator("main")).not_to_contain_text("null")
+    page.get_by_role("tab", name="Conversations").click()
+    page.get_by_label("Search").fill("pelican")
+    page.get_by_label("Search").press("Enter")
+    expect(page.locator(".results li")).to_have_count(1)
+    page.locator(".results li a").click()
+    expect(page).to_have_url(re.compile(f"#/chat/{conv['id']}"))
+
+
+def test_history_is_paginated(ui: UI) -> None:
+    page = ui.page
+    ui.agent("echo", kind="generic", command="echo")
+    runs = [ui.run("echo", f"number {i}") for i in range(23)]
+    for run in runs:
+        ui.wait_run(run["id"])
+    ui.go("/history")
+    expect(page.get_by_test_id("total")).to_have_text("23 runs")
+    expect(page.locator("table.runs tbody tr")).to_have_count(20)
+    expect(page.locator("table.runs tbody tr").first).to_contain_text("number 22")
+    expect(page.locator(".pager")).to_contain_text("Page 1 of 2")
+    page.get_by_role("button", name="Older →").click()
+    expect(page.locator("table.runs tbody tr")).to_have_count(3)
+    expect(page.locator("table.runs tbody tr").last).to_contain_text("number 0")
+
+
+def test_settings_show_and_save_with_api_errors(ui: UI) -> None:
+    ui.expected_statuses.add(422)
+    page = ui.page
+    ui.go("/settings")
+    page.get_by_label("Execution mode").select_option("local")
+    page.get_by_label("Stall timeout (s)").fill("-5")
+    page.get_by_role("button", name="Save settings").click()
+    row = page.locator(".field", has=page.get_by_label("Stall timeout (s)"))
+    expect(row.locator(".field-error")).to_contain_text("greater than or equal")
+    page.get_by_label("Stall timeout (s)").fill("30")
+    page.get_by_label("Daytona API key").fill("dtn-secret")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.locator(".toast")).to_contain_text("Settings saved")
+    current = ui.api.get("/api/settings").json()
+    assert (current["execution_mode"], current["stall_timeout_s"], current["daytona_api_key"]) == (
+        "local", 30, "********")
+    page.reload()
+    expect(page.get_by_label("Execution mode")).to_have_value("local")
+    expect(page.get_by_label("Daytona API key")).to_have_value("")
+    expect(page.get_by_label("Daytona API key")).to_have_attribute("placeholder", re.compile(r"\*{8}"))
+
+
+def test_missing_page_modules_say_not_available(ui: UI) -> None:
+    page = ui.page
+    ui.go("/no-such-page")
+    expect(page.locator("main")).to_contain_text("not available")
+    pages = set(ui.api.get("/ui/pages.json").json()["pages"])
+    for name in ("plans", "files", "users"):
+        link = page.get_by_role("navigation", name="Main").get_by_role("link", name=name.capitalize())
+        link.click()
+        if name not in pages:
+            expect(page.locator("main")).to_contain_text("not available")
+        else:
+            expect(page.locator("main h1")).to_be_visible()
+
+
+def test_dashboard_shows_agents_and_recent_runs(ui: UI) -> None:
+    page = ui.page
+    ui.agent("claude", kind="claude")
+    ui.agent("ghost", kind="aider", command="aider-not-installed-here")
+    ui.wait_run(ui.run("claude", "hello")["id"])
+    ui.go("/")
+    ghost = page.locator("[data-agent=ghost]")
+    expect(ghost).to_contain_text("not installed")
+    expect(ghost.locator(".install-hint")).to_contain_text("aider")
+    expect(page.locator("[data-agent=claude]")).to_contain_text("available")
+    row = page.locator("table.runs tbody tr").first
+    expect(row).to_contain_text("succeeded")
+    expect(row).to_contain_text("local")
+    expect(row).to_contain_text("auto:")
+
+
+# ---- phone ----------------------------------------------------------------------------------
+
+
+def test_every_page_fits_a_phone(phone: UI) -> None:
+    page = phone.page
+    agent = phone.agent("wide", kind="generic", command="python3",
+                        args=["-u", "-c", "print('x' * 3000)\nprint('word ' * 400)"])
+    phone.agent("claude", kind="claude")
+    run = phone.run("wide", "go")
+    phone.wait_run(run["id"])
+    conv = phone.api.post("/api/conversations", json={"title": "t" * 190, "agent": "claude"}).json()
+    phone.api.post(f"/api/conversations/{conv['id']}/messages", json={"content": "y" * 2000})
+    routes = ["/", "/agents", "/agents/new", f"/agents/{agent['id']}", "/run", f"/runs/{run['id']}", "/chat",
+              f"/chat/{conv['id']}", "/history", "/history?tab=chats", "/settings", "/plans", "/files", "/users"]
+    for route in routes:
+        phone.go(route)
+        expect(page.locator("main h1, main h2").first).to_be_attached()
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{route} is {width}px wide"
+    # Navigation stays reachable: the last nav entry can be used on a phone.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings").click()
+    expect(page.locator("main h1")).to_have_text("Settings")
+
+
+def test_stalled_run_shows_a_badge_until_output_resumes(ui: UI) -> None:
+    page = ui.page
+    assert ui.api.patch("/api/settings", json={"stall_timeout_s": 1}).status_code == 200
+    ui.agent("napper", kind="generic", command="python3",
+             args=["-u", "-c", "import time\nprint('before', flush=True)\ntime.sleep(3)\nprint('after', flush=True)"])
+    run = ui.run("napper", "nap")
+    ui.go(f"/runs/{run['id']}")
+    expect(page.locator("[data-testid=stalled]")).to_be_visible()
+    expect(page.locator("[data-testid=stalled]")).to_contain_text("stalled")
+    expect(page.locator("[data-testid=output]")).to_contain_text("after")
+    expect(page.locator("[data-testid=stalled]")).to_be_hidden()
+    expect(page.locator("[data-testid=run-status]")).to_contain_text("succeeded")
+
+
+def test_log_out(ui: UI) -> None:
+    page = ui.page
+    ui.expected_statuses.add(401)
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("Token")).to_be_visible()
+    response = page.goto(ui.server.url + "/")
+    assert response is not None and response.status == 401
