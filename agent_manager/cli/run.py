@@ -80,12 +80,14 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
     structured = not isinstance(get_kind(info["kind"]).parser(), PlainTextParser)
     body = {"agent": agent, "prompt": prompt, "backend": backend, "conversation_id": conversation_id,
             "timeout_s": timeout_s}
-    started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
+    started: dict[str, Any] = {}
     try:
+        started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
         final = follow(client, started["id"], raw, structured)
     except KeyboardInterrupt:
-        click.echo("\ncancelling…", err=True)
-        client.request("POST", f"/api/runs/{started['id']}/cancel")
+        if started:
+            click.echo("\ncancelling…", err=True)
+            client.request("POST", f"/api/runs/{started['id']}/cancel")
         sys.exit(130)
     status = final["status"]
     if status != "succeeded":
