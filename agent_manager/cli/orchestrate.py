@@ -1,0 +1,91 @@
+"""``agent-manager orchestrate PLAN.yaml``: run a plan and show its progress live."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from agent_manager.cli.client import Client
+from agent_manager.cli.run import sse_events
+
+MARKS = {"succeeded": ("✓", "green"), "failed": ("✗", "red"), "skipped": ("-", "yellow"),
+         "cancelled": ("■", "yellow")}
+
+
+def follow(client: Client, orch_id: str, total: int, quiet: bool) -> None:
+    """Print one line per step start/finish until the orchestration finishes (reconnects on drops)."""
+    last, done = 0, 0
+    while True:
+        try:
+            with client.http.stream("GET", f"/api/orchestrations/{orch_id}/events", params={"after": last},
+                                    headers={"Accept": "text/event-stream"}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    Client.check(response)
+                for seq, event, data in sse_events(response):
+                    last = seq
+                    if event == "step.finished":
+                        done += 1
+                    if not quiet:
+                        _print(event, data, done, total)
+                    if event == "orchestration.finished":
+                        return
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            continue
+
+
+def _print(event: str, data: dict[str, Any], done: int, total: int) -> None:
+    progress = f"[{done}/{total}]"
+    if event == "step.started":
+        where = data.get("backend") or "?"
+        run = f", run {data['run_id']}" if data.get("run_id") else ""
+        again = f" (attempt {data['attempt']})" if data.get("attempt", 1) > 1 else ""
+        click.echo(f"{progress} ▶ {data['step']} started on {where}{run}{again}", err=True)
+    elif event == "step.retrying":
+        click.echo(click.style(f"{progress} ↻ {data['step']} failed ({data.get('error')}); retrying in "
+                               f"{data['delay_s']:g} s", fg="yellow"), err=True)
+    elif event == "step.finished":
+        mark, colour = MARKS.get(data["status"], ("?", "white"))
+        took = f" in {data['duration_s']:.1f} s" if data.get("duration_s") is not None else ""
+        why = f": {data['error']}" if data.get("error") and data["status"] != "succeeded" else ""
+        click.echo(click.style(f"{progress} {mark} {data['step']} {data['status']}{took}{why}", fg=colour),
+                   err=True)
+    elif event == "orchestration.resumed":
+        click.echo(f"resumed: re-running {', '.join(data['rerun'])}", err=True)
+
+
+@click.command("orchestrate")
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the final state (with per-step times) as JSON.")
+@click.pass_obj
+def command(obj: dict[str, Any], plan_file: str, as_json: bool) -> None:
+    """Run the plan in PLAN_FILE (YAML or JSON); exits non-zero if any step did not succeed."""
+    client = Client(obj)
+    text = Path(plan_file).read_text()
+    orch = client.request("POST", "/api/orchestrations", json={"yaml": text})
+    total = orch["counts"]["total"]
+    if not as_json:
+        click.echo(f"orchestration {orch['id']} ({orch['name']}): {total} step(s), at most "
+                   f"{orch['max_parallel']} at once", err=True)
+    try:
+        follow(client, orch["id"], total, quiet=as_json)
+    except KeyboardInterrupt:
+        click.echo("\ncancelling…", err=True)
+        client.request("POST", f"/api/orchestrations/{orch['id']}/cancel")
+        sys.exit(130)
+    final = client.request("GET", f"/api/orchestrations/{orch['id']}")
+    if as_json:
+        click.echo(json.dumps(final, indent=2, ensure_ascii=False))
+    else:
+        counts = final["counts"]
+        summary = ", ".join(f"{counts[k]} {k}" for k in ("succeeded", "failed", "skipped", "cancelled", "pending")
+                            if counts.get(k))
+        colour = "green" if final["status"] == "succeeded" else "red"
+        click.echo(click.style(f"{final['status']}: {summary} (workspace {final['workspace']})", fg=colour),
+                   err=True)
+    sys.exit({"succeeded": 0, "cancelled": 130}.get(final["status"], 1))

@@ -1,0 +1,101 @@
+"""/api/orchestrations: run a plan, follow it live, cancel it, resume it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from agent_manager.orchestration import plan as plans
+from agent_manager.orchestration.engine import OrchestrationEngine
+from agent_manager.service import Service
+from agent_manager.store import agents as agent_store
+from agent_manager.store import orchestrations as store
+from agent_manager.web import sse
+from agent_manager.web.deps import owner_filter, principal, service
+from agent_manager.web.routers.plans import PlanInput
+
+router = APIRouter(prefix="/api/orchestrations", tags=["orchestrations"])
+OrchestrationStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
+
+
+def engine(svc: Service) -> OrchestrationEngine:
+    found: OrchestrationEngine = svc.extras["orchestrations"]
+    return found
+
+
+@router.post("", status_code=201)
+async def create_orchestration(body: PlanInput, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    """Validate the plan (422 naming the step on any problem) and start running it."""
+    plan = plans.load(body.data(), agent_store.list_all(svc.database))
+    who = principal(request)
+    return engine(svc).create(plan, owner=who.get("id"), user_trusted=bool(who.get("trusted", True)))
+
+
+@router.get("")
+async def list_orchestrations(request: Request, status: OrchestrationStatus | None = None,
+                              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                              svc: Service = Depends(service)) -> dict[str, Any]:
+    items, total = store.search(svc.database, owner=owner_filter(request), status=status, limit=limit,
+                                offset=offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{orch_id}")
+async def get_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    return store.view(svc.database, orch_id, owner_filter(request))
+
+
+@router.post("/{orch_id}/cancel")
+async def cancel_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    return await engine(svc).cancel(orch_id, owner_filter(request))
+
+
+@router.post("/{orch_id}/resume")
+async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    who = principal(request)
+    return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)))
+
+
+@router.get("/{orch_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+async def orchestration_events(orch_id: str, request: Request, after: int | None = Query(None, ge=0),
+                               limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
+    """SSE (Accept: text/event-stream) or a JSON list; ``?after=`` / ``Last-Event-ID`` resume."""
+    store.get_row(svc.database, orch_id, owner_filter(request))
+    start = sse.resume_point(request, after)
+    log = engine(svc).events
+    if sse.wants_sse(request):
+        return StreamingResponse(_frames(svc, orch_id, start), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return log.read(orch_id, start, limit)
+
+
+def _ends_stream(svc: Service, orch_id: str, seq: int) -> bool:
+    """An ``orchestration.finished`` ends the stream unless a resume came after it."""
+    row = svc.database.one("SELECT 1 FROM orchestration_events WHERE orchestration_id = ? AND seq > ?"
+                           " AND type = 'orchestration.resumed' LIMIT 1", (orch_id, seq))
+    return row is None
+
+
+async def _frames(svc: Service, orch_id: str, after: int) -> AsyncIterator[bytes]:
+    """``web.sse.frames`` with one difference: a resumed orchestration has several
+    ``orchestration.finished`` events, and only the last one ends the stream."""
+    log = engine(svc).events
+    while True:
+        rows = log.read_raw(orch_id, after, sse.BATCH)
+        if rows:
+            parts, done = [], False
+            for seq, type_, data in rows:
+                parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
+                after = seq
+                if type_ == "orchestration.finished" and _ends_stream(svc, orch_id, seq):
+                    done = True
+                    break
+            yield "".join(parts).encode()
+            if done:
+                return
+            continue
+        if not await log.wait(orch_id, after, sse.KEEPALIVE_S):
+            yield b": keepalive\n\n"

@@ -1,0 +1,82 @@
+"""/api/plans: draft a plan from a goal, publish the plan schema, validate a plan without running it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent_manager.errors import ValidationFailed
+from agent_manager.orchestration import plan as plans
+from agent_manager.orchestration import planner
+from agent_manager.service import Service
+from agent_manager.store import agents as agent_store
+from agent_manager.web.deps import principal, service
+
+router = APIRouter(prefix="/api/plans", tags=["plans"])
+
+
+class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(..., min_length=1, max_length=100_000)
+    planner: str | None = Field(None, description="agent name or id; default: the default_planner setting")
+
+    @field_validator("goal")
+    @classmethod
+    def _goal(cls, value: str) -> str:
+        if not value.strip() or "\x00" in value:
+            raise ValueError("must be non-empty text without NUL bytes")
+        return value
+
+
+class PlanDraft(BaseModel):
+    plan: plans.Plan
+    raw: str
+    run_ids: list[str]
+
+
+class PlanInput(BaseModel):
+    """A plan as data (``plan``) or as YAML/JSON text (``yaml``): exactly one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plan: dict[str, Any] | None = None
+    yaml: str | None = Field(None, max_length=5_000_000)
+
+    def data(self) -> Any:
+        if (self.plan is None) == (self.yaml is None):
+            raise ValidationFailed("give exactly one of \"plan\" (an object) or \"yaml\" (text)",
+                                   [{"field": "plan"}, {"field": "yaml"}])
+        return self.plan if self.plan is not None else plans.parse_text(self.yaml or "")
+
+
+@router.post("", response_model=PlanDraft, response_model_exclude_none=True, status_code=201)
+async def create_plan(body: PlanRequest, request: Request, svc: Service = Depends(service)) -> PlanDraft:
+    """Ask the planner agent for a draft plan. Nothing runs: review it, then POST /api/orchestrations."""
+    who = principal(request)
+    draft = await planner.draft(svc.database, svc.settings, svc.runs, body.goal, body.planner,
+                                owner=who.get("id"), user_trusted=bool(who.get("trusted", True)))
+    return PlanDraft(plan=draft.plan, raw=draft.raw, run_ids=draft.run_ids)
+
+
+@router.get("/schema")
+async def plan_schema() -> dict[str, Any]:
+    """The JSON Schema of a plan (DESIGN 3.4)."""
+    return plans.schema()
+
+
+@router.post("/validate")
+async def validate_plan(body: PlanInput, svc: Service = Depends(service)) -> dict[str, Any]:
+    """Every problem of a plan, each naming its step; with the DAG's layers when it is valid."""
+    try:
+        data = body.data()
+    except plans.PlanInvalid as exc:
+        return {"valid": False, "errors": [i.to_json() for i in exc.issues], "plan": None, "layers": []}
+    plan, issues = plans.check(data, agent_store.list_all(svc.database))
+    valid = plan is not None and not issues
+    return {"valid": valid, "errors": [i.to_json() for i in issues],
+            "plan": plans.to_data(plan) if plan is not None else None,
+            "layers": plans.layers(plan) if plan is not None and valid else [],
+            "yaml": plans.to_yaml(plan) if plan is not None and valid else None}

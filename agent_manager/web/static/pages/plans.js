@@ -1,0 +1,141 @@
+// Plans: a goal goes to the planner agent; the draft appears as a DAG picture and as YAML you
+// can edit (validated by the server as you type, every problem naming its step); Run starts it.
+// Below: the recent orchestrations.
+
+import { get, post } from "../lib/api.js";
+import { errorBox, field, h, setTitle } from "../lib/dom.js";
+import { dagView, ensureStyle, orchestrationsTable } from "./orchestration.js";
+
+const EXAMPLE = `name: example
+steps:
+  - id: write
+    agent: AGENT
+    prompt: "Write a haiku about graphs"
+  - id: save
+    action: write_file
+    path: haiku.txt
+    content: "{{ steps.write.output }}"
+    depends_on: [write]
+`;
+
+export async function render(root, { signal, navigate }) {
+  setTitle("Plans");
+  ensureStyle();
+  let agents = [];
+  let settings = {};
+  try {
+    [agents, settings] = await Promise.all([get("/api/agents", null, { signal }),
+      get("/api/settings", null, { signal }).catch(() => ({}))]);
+  } catch (err) {
+    if (err.name === "AbortError") return undefined;
+    root.append(h("h1", null, "Plans"), errorBox(err));
+    return undefined;
+  }
+
+  // -- goal → draft ------------------------------------------------------------------------
+  const goal = field({ label: "Goal", name: "goal",
+    input: h("textarea", { rows: "3", placeholder: "What should the agents achieve together?" }) });
+  const fallback = settings.default_planner || (agents[0] ? agents[0].name : "");
+  const planner = field({ label: "Planner agent", name: "planner",
+    input: h("select", null, agents.map((a) => h("option", { value: a.name, selected: a.name === fallback },
+      `${a.name} (${a.kind})`))) });
+  const draftButton = h("button", { type: "submit" }, "Draft plan");
+  const draftStatus = h("div", { "aria-live": "polite" });
+  const goalForm = h("form", { class: "form card", "aria-label": "Draft a plan", onSubmit: onDraft },
+    h("div", { class: "form-grid" }, goal.wrap, planner.wrap),
+    h("div", { class: "actions" }, draftButton, h("span", { class: "muted small" },
+      "The planner only drafts: nothing runs until you press Run.")), draftStatus);
+
+  // -- editor + preview ----------------------------------------------------------------------
+  const editor = h("textarea", { id: "plan-yaml", rows: "16", spellcheck: "false", class: "mono",
+    "aria-label": "Plan (YAML)", "aria-describedby": "plan-errors", style: { width: "100%" } });
+  editor.value = EXAMPLE.replace("AGENT", agents[0] ? agents[0].name : "my-agent");
+  const errors = h("div", { id: "plan-errors", role: "status", "aria-live": "polite", "data-testid": "plan-errors" });
+  const preview = h("div", { "data-testid": "plan-preview" });
+  const runButton = h("button", { type: "button", onClick: onRun, disabled: true }, "Run");
+  const raw = h("details", { hidden: true }, h("summary", null, "The planner's raw answer"), h("pre", { class: "mono small" }));
+  const recent = h("div", { "aria-live": "polite" });
+
+  root.append(h("div", { class: "page-head" }, h("h1", null, "Plans"),
+    h("a", { class: "button secondary", href: "#/orchestrations" }, "All orchestrations")),
+  agents.length ? goalForm : h("div", { class: "empty card" }, h("p", null, "Register an agent first."),
+    h("a", { class: "button", href: "#/agents/new" }, "New agent")),
+  h("section", { class: "card", "aria-label": "Plan editor", style: { marginTop: "1rem" } },
+    h("div", { class: "section-head" }, h("h2", null, "Plan")),
+    preview, h("label", { for: "plan-yaml" }, "Plan (YAML or JSON)"), editor, errors, raw,
+    h("div", { class: "actions" }, runButton)),
+  h("h2", null, "Recent orchestrations"), recent);
+
+  let timer = null;
+  let checking = 0;
+  editor.addEventListener("input", () => {
+    runButton.disabled = true;
+    clearTimeout(timer);
+    timer = setTimeout(validate, 300);
+  });
+
+  async function validate() {
+    const mine = ++checking;
+    try {
+      const result = await post("/api/plans/validate", { yaml: editor.value }, { signal });
+      if (mine !== checking) return;
+      runButton.disabled = !result.valid;
+      errors.replaceChildren(result.valid
+        ? h("p", { class: "muted small", "data-valid": "true" }, `Valid: ${result.plan.steps.length} steps in `
+          + `${result.layers.length} layer${result.layers.length === 1 ? "" : "s"}.`)
+        : h("ul", { class: "alert error", "data-valid": "false" }, result.errors.map((e) => h("li", null, e.message))));
+      if (result.plan) preview.replaceChildren(dagView(result.plan.steps));
+    } catch (err) {
+      if (err.name !== "AbortError") errors.replaceChildren(errorBox(err));
+    }
+  }
+
+  async function onDraft(event) {
+    event.preventDefault();
+    if (!goal.input.value.trim()) {
+      goal.setError("Describe the goal first.");
+      goal.input.focus();
+      return;
+    }
+    goal.setError("");
+    draftButton.disabled = true;
+    draftStatus.replaceChildren(h("p", { class: "muted" }, "The planner is thinking…"));
+    try {
+      const draft = await post("/api/plans", { goal: goal.input.value, planner: planner.input.value || undefined },
+        { signal });
+      const checked = await post("/api/plans/validate", { plan: draft.plan }, { signal });
+      editor.value = checked.yaml || JSON.stringify(draft.plan, null, 2);
+      raw.hidden = false;
+      raw.querySelector("pre").textContent = draft.raw;
+      draftStatus.replaceChildren(h("p", { class: "muted small" },
+        "Draft ready: review and edit it below, then press Run."));
+      await validate();
+      editor.focus();
+    } catch (err) {
+      if (err.name !== "AbortError") draftStatus.replaceChildren(errorBox(err));
+    } finally {
+      draftButton.disabled = false;
+    }
+  }
+
+  async function onRun() {
+    runButton.disabled = true;
+    try {
+      const orch = await post("/api/orchestrations", { yaml: editor.value }, { signal });
+      navigate(`/orchestrations/${encodeURIComponent(orch.id)}`);
+    } catch (err) {
+      if (err.name !== "AbortError") errors.replaceChildren(errorBox(err));
+      runButton.disabled = false;
+    }
+  }
+
+  validate();
+  try {
+    const data = await get("/api/orchestrations", { limit: 20 }, { signal });
+    recent.replaceChildren(data.items.length ? orchestrationsTable(data.items)
+      : h("p", { class: "empty" }, "Nothing has run yet."));
+  } catch (err) {
+    if (err.name !== "AbortError") recent.replaceChildren(errorBox(err));
+  }
+  return () => clearTimeout(timer);
+}
