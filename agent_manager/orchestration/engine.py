@@ -249,7 +249,7 @@ class OrchestrationEngine:
             seen.add(step_id)
             todo.extend(children[step_id])
             if live.status[step_id] == "pending":
-                reason = f"skipped: upstream step {failed!r} failed"
+                reason = f"upstream step {failed!r} failed"
                 self._emit(live, "step.finished", {"step": step_id, "status": "skipped", "duration_s": None,
                                                    "error": reason}, step_id, status="skipped", error=reason)
 
