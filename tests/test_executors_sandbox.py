@@ -8,6 +8,7 @@ namespace is still visible in the host's /proc).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -186,6 +187,75 @@ async def test_network_without_slirp_fails_closed(sandbox: SandboxExecutor, work
     sandbox.slirp4netns = None
     with pytest.raises(ExecutionError, match="slirp4netns"):
         await sandbox.start(ExecSpec(argv=["true"], workspace=workspace, network=True))
+
+
+async def test_network_without_unshare_fails_closed(sandbox: SandboxExecutor, workspace: Path) -> None:
+    sandbox.unshare = None
+    with pytest.raises(ExecutionError, match="unshare"):
+        await sandbox.start(ExecSpec(argv=["true"], workspace=workspace, network=True))
+
+
+def needs_slirp(sandbox: SandboxExecutor) -> None:
+    if sandbox.slirp4netns is None or not sandbox.root:
+        pytest.skip("network-on sandboxes need slirp4netns and a root service")
+
+
+LOOPBACK = """
+import json, socket
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+client = socket.create_connection(server.getsockname(), timeout=3)
+conn, _ = server.accept(); client.sendall(b"ping")
+print(json.dumps({"lo": conn.recv(4).decode(), "ifaces": sorted(name for _, name in socket.if_nameindex())}))
+"""
+
+
+async def test_concurrent_network_runs_all_start(sandbox: SandboxExecutor, tmp_path: Path) -> None:
+    """Regression: bwrap --unshare-net set up lo itself *after* writing the info fd, racing slirp4netns
+    (which also sets lo up): ~1 network run in 25 died with "loopback: Failed RTM_NEWADDR" or a
+    network-setup error, more when several started at once. Now slirp4netns alone owns lo."""
+    needs_slirp(sandbox)
+    gate = asyncio.Semaphore(5)
+
+    async def one(i: int) -> tuple[int, str, str]:
+        async with gate:
+            spec = ExecSpec(argv=["python3", "-c", LOOPBACK], workspace=tmp_path / f"ws{i}", network=True)
+            try:
+                return await collect(await sandbox.start(spec))
+            except ExecutionError as exc:
+                return -1, "", str(exc)
+
+    results = await asyncio.gather(*(one(i) for i in range(30)))
+    failed = [(code, err) for code, _, err in results if code != 0]
+    assert not failed, failed
+    for _, out, _ in results:  # loopback works inside, next to slirp's interface
+        assert json.loads(out) == {"lo": "ping", "ifaces": ["lo", "tap0"]}
+
+
+async def test_network_namespace_exists_before_bwrap(sandbox: SandboxExecutor, workspace: Path) -> None:
+    """bwrap itself already runs in the sandbox's netns (made by unshare before it), so it has no
+    loopback of its own to set up while slirp4netns configures the same namespace."""
+    needs_slirp(sandbox)
+    marker = sleep_marker()
+    execution = await sandbox.start(ExecSpec(argv=["sleep", marker], workspace=workspace, network=True))
+    try:
+        def sleeping() -> list[int]:  # bwrap's own processes carry the marker in their argv too
+            found = []
+            for pid in marker_pids(marker):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                        found.append(pid)
+            return found
+
+        for _ in range(100):
+            if sleeping():
+                break
+            await asyncio.sleep(0.05)
+        [inside] = sleeping()
+        bwrap_ns = os.readlink(f"/proc/{execution.inner.proc.pid}/ns/net")
+        assert bwrap_ns == os.readlink(f"/proc/{inside}/ns/net")
+        assert bwrap_ns != os.readlink("/proc/self/ns/net")
+    finally:
+        await execution.cancel()
 
 
 async def test_identity_is_unprivileged(sandbox: SandboxExecutor, workspace: Path) -> None:

@@ -16,8 +16,8 @@ What it is made of, and why (measurements: the isolation notes; user doc: docs/b
 * ``--die-with-parent`` and a pid namespace: if the service dies, the sandbox dies; bwrap is
   spawned from the event-loop thread, because the parent-death signal follows the thread;
 * no network unless ``spec.network`` is True, and then ``slirp4netns --disable-host-loopback``
-  (user-mode NAT in the sandbox's own netns): egress works, the host's loopback — where this
-  service listens — does not. Without slirp4netns, network-enabled runs fail closed;
+  (user-mode NAT in the sandbox's own netns, made by ``unshare --net``: see ``_bwrap_argv``):
+  egress works, the host's loopback — where this service listens — does not. Else fail closed;
 * a per-run cgroup for memory/pids/cpu (``cgroup.py``), or rlimits via ``prlimit`` when
   cgroups are not writable.
 """
@@ -52,8 +52,10 @@ NO_BWRAP = "bubblewrap is not installed: apt-get install bubblewrap"
 NO_SLIRP = ("this run needs network access, but the sandbox only provides it through slirp4netns "
             "(apt-get install slirp4netns), which is not installed; the sandbox never shares the host "
             "network. Install it, or turn network off for this agent")
+NO_UNSHARE = ("this run needs network access, but unshare (util-linux), which makes the sandbox's network "
+              "namespace, is not installed. Install it, or turn network off for this agent")
 NO_SLIRP_UNPRIVILEGED = ("network access for sandboxed runs is only supported when the service runs as "
-                         "root (slirp4netns cannot join bwrap's nested user namespace otherwise); "
+                         "root (slirp4netns cannot join the sandbox's network namespace otherwise); "
                          "the sandbox never shares the host network. Turn network off for this agent")
 APPARMOR_HINT = (" — on Ubuntu 23.10+ AppArmor blocks unprivileged user namespaces "
                  "(kernel.apparmor_restrict_unprivileged_userns=1); add an AppArmor profile for bwrap")
@@ -73,9 +75,7 @@ def _shebang(path: Path) -> list[str]:
             head = fh.read(256)
     except OSError:
         return []
-    if not head.startswith(b"#!"):
-        return []
-    return head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
+    return head[2:].split(b"\n", 1)[0].decode(errors="replace").split() if head.startswith(b"#!") else []
 
 
 class _Fds:
@@ -178,6 +178,7 @@ class SandboxExecutor:
         self.bwrap = shutil.which("bwrap", path=SYSTEM_PATH)
         self.slirp4netns = shutil.which("slirp4netns", path=SYSTEM_PATH)
         self.prlimit = shutil.which("prlimit", path=SYSTEM_PATH)
+        self.unshare = shutil.which("unshare", path=SYSTEM_PATH)
         self.sh = shutil.which("sh", path=SYSTEM_PATH) or "/bin/sh"
         self.root = os.geteuid() == 0
         self.host_path = host_path  # where agent executables are looked up on the host
@@ -227,10 +228,10 @@ class SandboxExecutor:
         if not availability.ok:
             raise ExecutorUnavailable(availability.reason)
         network = spec.network is True
-        if network and self.slirp4netns is None:
-            raise ExecutionError(NO_SLIRP)
-        if network and not self.root:
-            raise ExecutionError(NO_SLIRP_UNPRIVILEGED)
+        if network:  # fail closed: never the host's network
+            missing = NO_SLIRP if self.slirp4netns is None else NO_UNSHARE if self.unshare is None else ""
+            if missing or not self.root:
+                raise ExecutionError(missing or NO_SLIRP_UNPRIVILEGED)
         argv, binds, path_dirs = self._resolve_program(spec)
         if spec.workspace is not None:
             await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files)
@@ -285,8 +286,7 @@ class SandboxExecutor:
         """Read the sandbox's pid from bwrap's info fd, attach slirp4netns to its netns, wait
         until the interface is up, then let the command start (bwrap blocks on block_w)."""
         assert self.slirp4netns is not None
-        info = json.loads(await self._read_until(info_r, b"}"))
-        pid = int(info["child-pid"])
+        pid = int(json.loads(await self._read_until(info_r, b"}"))["child-pid"])
         # slirp (as root) enters the netns directly; --enable-sandbox then drops every capability
         # but CAP_NET_BIND_SERVICE and pivots into an empty root. The exit fd ends it with us.
         netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -294,8 +294,7 @@ class SandboxExecutor:
         exit_r, execution.slirp_exit_fd = os.pipe()
         fds = [netns, ready_w, exit_r]
         cmd = [self.slirp4netns, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
-               f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", "--netns-type=path", f"/proc/self/fd/{netns}",
-               "tap0"]
+               f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", "--netns-type=path", f"/proc/self/fd/{netns}", "tap0"]
         try:
             execution.slirp = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -348,9 +347,15 @@ class SandboxExecutor:
 
     def _bwrap_argv(self, spec: ExecSpec, argv: list[str], binds: list[Path], path_dirs: list[str],
                     fds: _Fds, network: tuple[int, int] | None) -> list[str]:
+        """With ``network`` (info fd, block fd), ``unshare --net`` execs bwrap in a new netns that bwrap shares,
+        so slirp4netns alone sets up lo. Not ``--unshare-net``: bwrap writes the info fd *before* its child adds
+        127.0.0.1 to lo, so slirp, started on it, could set lo up first (the kernel then adds 127.0.0.1/8) and
+        bwrap's NLM_F_EXCL add failed with EEXIST: "loopback: Failed RTM_NEWADDR" (1 run in ~25). Both halves
+        only here, together: ``--share-net`` without the unshare would be the host's network."""
         assert self.bwrap is not None
         uid = str(self.settings.sandbox_uid)
-        args = [self.bwrap, "--ro-bind", "/usr", "/usr"]
+        netns = [] if network is None else [str(self.unshare), "--net", "--"]  # start() checked it
+        args = [*netns, self.bwrap, "--ro-bind", "/usr", "/usr"]
         for name in SYSTEM_DIRS[1:]:
             p = Path(name)
             if p.is_symlink():
@@ -360,22 +365,17 @@ class SandboxExecutor:
         for name in ETC_ENTRIES:
             if os.path.lexists(name):
                 args += ["--ro-bind-try", name, name]
-        etc = {
-            "/etc/passwd": (f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-                            f"sandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n"),
-            "/etc/group": f"root:x:0:\nsandbox:x:{uid}:\n",
-            "/etc/hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-            "/etc/hostname": "sandbox\n",
-            "/etc/resolv.conf": f"nameserver {SLIRP_DNS}\n",
-        }
+        etc = {"/etc/passwd": (f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                               f"sandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n"),
+               "/etc/group": f"root:x:0:\nsandbox:x:{uid}:\n",
+               "/etc/hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+               "/etc/hostname": "sandbox\n", "/etc/resolv.conf": f"nameserver {SLIRP_DNS}\n"}
         for dest, content in etc.items():
             args += ["--ro-bind-data", str(fds.data(content)), dest]
         args += ["--dev", "/dev", "--proc", "/proc",
                  "--size", str(self.settings.sandbox_tmp_mb << 20), "--tmpfs", "/tmp"]
-        if spec.workspace is not None:
-            args += ["--bind", str(spec.workspace), "/workspace"]
-        else:
-            args += ["--size", str(self.settings.sandbox_tmp_mb << 20), "--tmpfs", "/workspace"]
+        args += (["--bind", str(spec.workspace), "/workspace"] if spec.workspace is not None
+                 else ["--size", str(self.settings.sandbox_tmp_mb << 20), "--tmpfs", "/workspace"])
         for bind in binds:
             args += ["--ro-bind", str(bind), str(bind)]
         env = {"PATH": SANDBOX_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.env}
@@ -387,7 +387,7 @@ class SandboxExecutor:
         args += ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
                  "--cap-drop", "ALL", "--uid", uid, "--gid", uid, "--hostname", "sandbox"]
         if network is not None:
-            args += ["--info-fd", str(network[0]), "--block-fd", str(network[1])]
+            args += ["--share-net", "--info-fd", str(network[0]), "--block-fd", str(network[1])]
         return [*args, "--remount-ro", "/", "--", *argv]
 
     @staticmethod
