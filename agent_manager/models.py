@@ -57,14 +57,14 @@ class AgentFields(Strict):
     @field_validator("args")
     @classmethod
     def _args(cls, value: list[str]) -> list[str]:
-        for item in value:
+        for item in value or []:  # None reaches here from AgentUpdate; the router refuses it by name
             _no_nul(item)
         return value
 
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, val in value.items():
+        for name, val in (value or {}).items():
             if not ENV_NAME_RE.match(name):
                 raise ValueError(f"invalid environment variable name {name!r}")
             _no_nul(val)

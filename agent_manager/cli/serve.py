@@ -46,7 +46,9 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
     except AgentManagerError as exc:
         raise click.ClickException(exc.message) from exc
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
@@ -61,6 +63,9 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
                    f"the token is kept in {settings.token_path}).")
     elif token:
         click.echo(f"Log in with the token in {settings.token_path} (`agent-manager token` prints it).")
+    if not is_loopback(settings.host):
+        click.echo("Reachable from other machines: add the host name clients use to allowed_hosts "
+                   "(AGENT_MANAGER_ALLOWED_HOSTS), and put TLS in front (see docs/security.md).")
     sys.stdout.flush()
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import html
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,15 +10,15 @@ from typing import Any
 
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_manager import __version__
 from agent_manager.errors import AgentManagerError
 from agent_manager.service import Service
 from agent_manager.settings import Settings
-from agent_manager.web import metrics
-from agent_manager.web.auth import COOKIE, LOGIN_PAGE, AuthMiddleware, ensure_token, session_value, tokens_match
+from agent_manager.web import auth, metrics
+from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
 from agent_manager.web.routers import agents, conversations, runs, sandboxes
 from agent_manager.web.routers import settings as settings_api
 
@@ -53,6 +52,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        # e.g. ?offset=10**30: SQLite integers are 64-bit
+        return error_response(422, "validation_failed", "a number in the request is out of range")
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _surrogates(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # JSON may carry lone surrogates ("\\ud800"), which are not text and cannot be stored
+        return error_response(422, "validation_failed", "the request contains invalid text (a lone surrogate)")
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -94,27 +103,20 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     @app.get("/login", include_in_schema=False, response_model=None)
     async def login(request: Request, token: str | None = None) -> Response:
         if token is not None:
-            return _login_with(token, app.state.token)
+            return auth.login(app, request.query_params.getlist("token"))
         return HTMLResponse(LOGIN_PAGE.format(error=""))
 
     @app.post("/login", include_in_schema=False, response_model=None)
     async def login_form(token: str = Form(...)) -> Response:
-        return _login_with(token, app.state.token)
+        return auth.login(app, [token])
 
-    app.add_middleware(AuthMiddleware, settings=settings, token=token,
-                       authenticate=svc.extras.get("authenticate"))
+    @app.post("/logout", include_in_schema=False, response_model=None)
+    async def logout() -> Response:
+        return auth.logout()
+
+    # The middleware finds user credentials through app.state.service at request time.
+    app.add_middleware(AuthMiddleware, settings=settings, token=token)
     return app
-
-
-def _login_with(given: str, expected: str | None) -> Response:
-    if expected is None:
-        return RedirectResponse("/", status_code=303)
-    if not tokens_match(given.strip(), expected):
-        return HTMLResponse(LOGIN_PAGE.format(error=html.escape("That token is not valid.")), status_code=401)
-    response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, session_value(expected), httponly=True, samesite="strict", path="/",
-                        max_age=30 * 24 * 3600)
-    return response
 
 
 

@@ -2,31 +2,50 @@
 
 An admin token is generated on first start and kept in a 0600 file in the data directory —
 never in argv or logs. The API takes it as ``Authorization: Bearer``; a browser exchanges it
-once at ``/login`` for an HttpOnly, SameSite=Strict session cookie. Independently of
-credentials, the Host header must name this service (DNS-rebinding defence) and a
-cookie-authenticated state change must come from our own origin (CSRF defence).
+once at ``/login`` for an HttpOnly, SameSite=Strict session cookie. Users created by the admin
+log in the same way with their own tokens (``store.users``); their cookie is an HMAC of their
+token hash, so rotating a token ends its sessions. Independently of credentials, the Host
+header must name this service (DNS-rebinding defence) and a cookie-authenticated state change
+or WebSocket upgrade must come from our own origin (CSRF defence). There is no CORS: a foreign
+page can never read a response.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import ipaddress
 import json
 import os
+import re
 import secrets
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent_manager.errors import ConfigError
 from agent_manager.settings import Settings
 
 COOKIE = "am_session"
-OPEN_PATHS = frozenset({"/api/health", "/login", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/api/health", "/login", "/logout", "/favicon.ico"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
+SESSION_MAX_AGE = 30 * 24 * 3600
+# Sent with every response: no framing (clickjacking), no MIME sniffing, and no Referer, so a
+# ``/login?token=`` URL never travels to another site.
+SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer")]
+ADMIN = {"id": None, "name": "admin", "admin": True, "trusted": True}
+
+Principal = dict[str, Any]
+Authenticate = Callable[..., Principal | None]
 
 
 def is_loopback(host: str) -> bool:
@@ -39,32 +58,52 @@ def is_loopback(host: str) -> bool:
 
 
 def ensure_token(path: Path) -> tuple[str, bool]:
-    """The admin token, creating it (mode 0600) on first start. Returns (token, created)."""
+    """The admin token, creating it (mode 0600) on first start. Returns (token, created).
+
+    A token file others can read is tightened to 0600; one whose content is not a plausible
+    token (too short, odd characters) is refused rather than silently trusted.
+    """
     if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, 0o600)
         token = path.read_text().strip()
         if token:
+            if not TOKEN_RE.match(token):
+                raise ConfigError(f"the token file {path} does not hold a valid token (16-256 characters of "
+                                  "A-Z a-z 0-9 _ . ~ -); delete it to get a new one")
             return token, False
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
+    os.replace(tmp, path)
     return token, True
 
 
 def session_value(token: str) -> str:
-    """The cookie value: derived from the token, so the token itself never sits in a cookie."""
+    """The admin cookie value: derived from the token, so the token itself never sits in a cookie."""
     return hmac.new(token.encode(), b"agent-manager-session-v1", hashlib.sha256).hexdigest()
 
 
+def user_session_value(secret: str, user_id: str, token_hash: str) -> str:
+    """A user's cookie: ``<id>.<hmac>``; changes when the user's token is rotated."""
+    mac = hmac.new(secret.encode(), f"agent-manager-user-session-v1:{user_id}:{token_hash}".encode(),
+                   hashlib.sha256).hexdigest()
+    return f"{user_id}.{mac}"
+
+
 def tokens_match(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+    """Constant-time comparison (never ``==`` on secrets)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
     values = [v for k, v in scope.get("headers", []) if k == name]
     if len(values) != 1:
-        return None if not values else ""  # a repeated credential header is refused
+        return None if not values else ""  # a repeated header is refused (ambiguous credentials)
     return values[0].decode("latin-1")
 
 
@@ -72,52 +111,91 @@ def _cookie(scope: Scope, name: str) -> str | None:
     raw = _header(scope, b"cookie")
     if not raw:
         return None
-    for part in raw.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return None
+    found = [value for key, _, value in (part.strip().partition("=") for part in raw.split(";")) if key == name]
+    return found[0] if len(found) == 1 else None
+
+
+def _service(scope: Scope) -> Any:
+    app = scope.get("app")
+    state = getattr(app, "state", None)
+    return getattr(state, "service", None)
+
+
+def default_authenticate(db: Any, secret: str, value: str, cookie: bool = False) -> Principal | None:
+    """Bearer token or session cookie of a user in ``store.users`` → principal, else None."""
+    from agent_manager.store import users as user_store
+
+    if cookie:
+        user_id, _, _mac = value.partition(".")
+        found = user_store.session_material(db, user_id) if user_id else None
+        if found is None:
+            return None
+        user, digest = found
+        if not tokens_match(value, user_session_value(secret, user["id"], digest)):
+            return None
+    else:
+        by_token = user_store.by_token(db, value)
+        if by_token is None:
+            return None
+        user = by_token
+    return {"id": user["id"], "name": user["name"], "admin": user["admin"], "trusted": user["trusted"]}
 
 
 class AuthMiddleware:
     """Pure ASGI so that streaming responses pass through untouched."""
 
     def __init__(self, app: ASGIApp, settings: Settings, token: str | None,
-                 authenticate: Any = None) -> None:
+                 authenticate: Authenticate | None = None) -> None:
         self.app = app
         self.settings = settings
         self.token = token
         self.session = session_value(token) if token else None
-        # Optional hook (users): bearer -> principal dict or None. The admin token always works.
+        # Optional override of how user credentials are checked: (value, cookie=False) -> principal | None.
+        # Without one, the service's user store is asked — looked up per request, because the
+        # service (and its database) starts after the app is built.
         self.authenticate = authenticate
 
     def allowed_host(self, host_header: str | None) -> bool:
         if not host_header:
             return False
-        host = urlsplit("//" + host_header).hostname or ""
-        if is_loopback(host) or host in self.settings.allowed_hosts:
+        try:
+            host = urlsplit("//" + host_header).hostname or ""
+        except ValueError:
+            return False
+        allowed = self.settings.allowed_hosts
+        if is_loopback(host) or host in allowed or "*" in allowed:
             return True
         return bool(self.settings.host) and host == self.settings.host and self.settings.host not in ("0.0.0.0", "::")
 
-    def principal(self, scope: Scope) -> tuple[dict[str, Any] | None, str]:
-        """(principal, how): how is "bearer", "cookie" or "" when not authenticated."""
+    def _user(self, scope: Scope, value: str, cookie: bool) -> Principal | None:
+        svc = _service(scope)
+        hook = self.authenticate or (svc.extras.get("authenticate") if svc is not None else None)
+        if hook is not None:
+            return hook(value, cookie=True) if cookie else hook(value)
+        db = getattr(svc, "db", None)
+        if db is None or self.token is None:
+            return None
+        return default_authenticate(db, self.token, value, cookie)
+
+    def principal(self, scope: Scope) -> tuple[Principal | None, str]:
+        """(principal, how): how is "bearer", "cookie", "open" or "" when not authenticated."""
         if self.token is None:
-            return {"id": None, "name": "admin", "admin": True, "trusted": True}, "open"
+            return dict(ADMIN), "open"
         auth = _header(scope, b"authorization")
-        if auth and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
+        if auth is not None:  # a (single) Authorization header decides alone; a bad one is not retried as cookie
+            scheme, _, given = auth.partition(" ")
+            given = given.strip()
+            if scheme.lower() != "bearer" or not given:
+                return None, ""
             if tokens_match(given, self.token):
-                return {"id": None, "name": "admin", "admin": True, "trusted": True}, "bearer"
-            if self.authenticate is not None:
-                user = self.authenticate(given)
-                if user is not None:
-                    return user, "bearer"
-            return None, ""
+                return dict(ADMIN), "bearer"
+            user = self._user(scope, given, cookie=False)
+            return (user, "bearer") if user is not None else (None, "")
         cookie = _cookie(scope, COOKIE)
         if cookie and self.session and tokens_match(cookie, self.session):
-            return {"id": None, "name": "admin", "admin": True, "trusted": True}, "cookie"
-        if cookie and self.authenticate is not None:
-            user = self.authenticate(cookie, cookie=True)
+            return dict(ADMIN), "cookie"
+        if cookie:
+            user = self._user(scope, cookie, cookie=True)
             if user is not None:
                 return user, "cookie"
         return None, ""
@@ -128,7 +206,8 @@ class AuthMiddleware:
             return
         if not self.allowed_host(_header(scope, b"host")):
             await _deny(scope, send, 403, "forbidden", "this Host is not allowed (DNS rebinding protection); "
-                        "add it to allowed_hosts if you reach the service under that name")
+                        "add it to allowed_hosts (AGENT_MANAGER_ALLOWED_HOSTS) if you reach the service under "
+                        "that name")
             return
         path = scope.get("path", "")
         principal, how = self.principal(scope)
@@ -137,23 +216,36 @@ class AuthMiddleware:
                         "<token>' or log in at /login with the token from the data directory")
             return
         method = scope.get("method", "GET")
-        if (scope["type"] == "websocket" or method not in SAFE_METHODS) and how in ("cookie", "open", ""):
-            if not self.same_origin(scope):
+        if (scope["type"] == "websocket" or method not in SAFE_METHODS) and how != "bearer":
+            if not self.same_origin(scope, strict=how == "cookie"):
                 await _deny(scope, send, 403, "forbidden", "cross-site request refused (Origin check)")
                 return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
 
-    def same_origin(self, scope: Scope) -> bool:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+    def same_origin(self, scope: Scope, strict: bool) -> bool:
+        """Origin must name this host. ``strict`` (cookie sessions): a request that carries
+        neither Origin nor Fetch metadata is refused too; browsers always send one of them."""
         origin = _header(scope, b"origin")
         host = _header(scope, b"host")
-        if origin:
-            return urlsplit(origin).netloc == host
+        if origin is not None:
+            try:
+                return bool(host) and urlsplit(origin).netloc == host
+            except ValueError:
+                return False
         fetch_site = _header(scope, b"sec-fetch-site")
-        if fetch_site:
+        if fetch_site is not None:
             return fetch_site in ("same-origin", "none")
         # Not a browser (no Origin, no Fetch metadata): curl or a script, which CSRF cannot forge.
-        return True
+        return not strict
 
 
 async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
@@ -168,11 +260,44 @@ async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) 
     else:
         body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode()
         content_type = b"application/json"
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+               (b"cache-control", b"no-store"), *SECURITY_HEADERS]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="agent-manager"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def login(app: Any, given: list[str]) -> Response:
+    """Exchange a token (admin or user) for a session cookie. ``given`` are all values sent:
+    more than one is refused, like a repeated credential header."""
+    expected: str | None = app.state.token
+    if expected is None:
+        return RedirectResponse("/", status_code=303)
+    if len(given) != 1:
+        return HTMLResponse(LOGIN_PAGE.format(error="Send exactly one token."), status_code=400)
+    token = given[0].strip()
+    if tokens_match(token, expected):
+        value = session_value(expected)
+    else:
+        svc = app.state.service
+        user = default_authenticate(svc.db, expected, token) if getattr(svc, "db", None) is not None else None
+        if user is None:
+            return HTMLResponse(LOGIN_PAGE.format(error=html.escape("That token is not valid.")), status_code=401)
+        from agent_manager.store import users as user_store
+
+        found = user_store.session_material(svc.db, user["id"])
+        assert found is not None
+        value = user_session_value(expected, user["id"], found[1])
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/", max_age=SESSION_MAX_AGE)
+    return response
+
+
+def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -180,8 +305,9 @@ LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
 input{{width:100%;padding:.6rem;font-size:1rem;box-sizing:border-box}}button{{margin-top:.8rem;padding:.6rem 1.2rem}}
 .error{{color:#b00020}}</style></head><body><h1>Agent Manager</h1>
-<p>Paste the admin token. It is in the file <code>admin-token</code> in the data directory
-(<code>agent-manager token</code> prints it).</p><p class="error" role="alert">{error}</p>
+<p>Paste your token. The admin token is in the file <code>admin-token</code> in the data directory
+(<code>agent-manager token</code> prints it); users get theirs from the admin.</p>
+<p class="error" role="alert">{error}</p>
 <form method="post" action="/login"><label for="token">Token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
 <button type="submit">Log in</button></form></body></html>"""

@@ -23,3 +23,21 @@ def owner_filter(request: Request) -> str | None:
     """None for the admin (sees everything); the user's id otherwise."""
     who = principal(request)
     return None if who.get("admin") else who.get("id")
+
+
+def require_admin(request: Request) -> None:
+    """Dependency for admin-only operations (users, agent and settings changes)."""
+    if not principal(request).get("admin"):
+        from agent_manager.errors import Forbidden
+
+        raise Forbidden("only the admin may do this")
+
+
+def audit(request: Request, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:
+    """Append who did what to the audit log (never pass secret values in ``details``)."""
+    from agent_manager.store import users as user_store
+
+    who = principal(request)
+    svc: Service = request.app.state.service
+    user_store.record(svc.database, str(who.get("name") or who.get("id") or "?"), action, target,
+                      {**(details or {}), **({"actor_id": who["id"]} if who.get("id") else {})})

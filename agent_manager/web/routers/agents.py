@@ -5,14 +5,14 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from agent_manager.agents import KINDS, get_kind
 from agent_manager.errors import ValidationFailed
 from agent_manager.models import MASK, Agent, AgentCreate, AgentUpdate, mask_env
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
-from agent_manager.web.deps import service
+from agent_manager.web.deps import audit, require_admin, service
 
 router = APIRouter(prefix="/api/agents", tags=["agents"])
 
@@ -40,9 +40,11 @@ async def list_agents(svc: Service = Depends(service)) -> list[Agent]:
     return [present(a) for a in agent_store.list_all(svc.database)]
 
 
-@router.post("", response_model=Agent, status_code=201)
-async def create_agent(body: AgentCreate, svc: Service = Depends(service)) -> Agent:
-    return present(agent_store.create(svc.database, _fields(body)))
+@router.post("", response_model=Agent, status_code=201, dependencies=[Depends(require_admin)])
+async def create_agent(body: AgentCreate, request: Request, svc: Service = Depends(service)) -> Agent:
+    agent = agent_store.create(svc.database, _fields(body))
+    audit(request, "agent.create", agent["id"], {"name": agent["name"], "kind": agent["kind"]})
+    return present(agent)
 
 
 @router.get("/{ref}", response_model=Agent)
@@ -50,8 +52,8 @@ async def get_agent(ref: str, svc: Service = Depends(service)) -> Agent:
     return present(agent_store.get(svc.database, ref))
 
 
-@router.patch("/{ref}", response_model=Agent)
-async def update_agent(ref: str, body: AgentUpdate, svc: Service = Depends(service)) -> Agent:
+@router.patch("/{ref}", response_model=Agent, dependencies=[Depends(require_admin)])
+async def update_agent(ref: str, body: AgentUpdate, request: Request, svc: Service = Depends(service)) -> Agent:
     current = agent_store.get(svc.database, ref)
     changes = body.model_dump(exclude_unset=True)
     if "command" in changes and changes["command"] is None:
@@ -61,10 +63,14 @@ async def update_agent(ref: str, body: AgentUpdate, svc: Service = Depends(servi
             raise ValidationFailed(f"{key}: must not be null", [{"field": key, "message": "must not be null"}])
     if "env" in changes:  # a masked value sent back means "keep the stored secret"
         changes["env"] = {k: (current["env"].get(k, "") if v == MASK else v) for k, v in changes["env"].items()}
-    return present(agent_store.update(svc.database, ref, changes))
+    updated = agent_store.update(svc.database, ref, changes)
+    audit(request, "agent.update", updated["id"], {"name": updated["name"], "fields": sorted(changes)})
+    return present(updated)
 
 
-@router.delete("/{ref}", status_code=204)
-async def delete_agent(ref: str, svc: Service = Depends(service)) -> Response:
+@router.delete("/{ref}", status_code=204, dependencies=[Depends(require_admin)])
+async def delete_agent(ref: str, request: Request, svc: Service = Depends(service)) -> Response:
+    agent = agent_store.get(svc.database, ref)
     agent_store.delete(svc.database, ref)
+    audit(request, "agent.delete", agent["id"], {"name": agent["name"]})
     return Response(status_code=204)

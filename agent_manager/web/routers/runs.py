@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from agent_manager.errors import Forbidden
 from agent_manager.executors.base import Resources
 from agent_manager.models import Event, Run, RunCreate, RunPage, RunStatus
 from agent_manager.runs import RunRequest
@@ -15,7 +16,7 @@ from agent_manager.store import agents as agent_store
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.web import sse
-from agent_manager.web.deps import owner_filter, principal, service
+from agent_manager.web.deps import audit, owner_filter, principal, service
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 RUN_TERMINAL = frozenset({"run.finished"})
@@ -27,6 +28,11 @@ def start_run(request: Request, svc: Service, agent_ref: str, prompt: str, *, co
     """Shared by POST /api/runs and the chat: resolve, check ownership, submit."""
     agent = agent_store.get(svc.database, agent_ref)
     who = principal(request)
+    if not who.get("trusted", True):  # untrusted users always run isolated (docs/security.md)
+        mode = svc.settings.execution_mode
+        pinned = backend or agent.get("backend") or (mode if mode != "auto" else None)
+        if pinned == "local":
+            raise Forbidden("untrusted users cannot run on the local backend; choose sandbox or daytona")
     if conversation_id:
         conv_store.get(svc.database, conversation_id, owner_filter(request))
     return svc.runs.submit(RunRequest(
@@ -58,7 +64,9 @@ async def get_run(run_id: str, request: Request, svc: Service = Depends(service)
 
 @router.post("/{run_id}/cancel", response_model=Run)
 async def cancel_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    return await svc.runs.cancel(run_id, owner_filter(request))
+    run = await svc.runs.cancel(run_id, owner_filter(request))
+    audit(request, "run.cancel", run_id, {"agent": run["agent_name"], "status": run["status"]})
+    return run
 
 
 @router.get("/{run_id}/events", response_model=list[Event],

@@ -11,7 +11,7 @@ from agent_manager.errors import Forbidden, ValidationFailed
 from agent_manager.models import MASK
 from agent_manager.service import Service
 from agent_manager.settings import MUTABLE_FIELDS, SECRET_FIELDS, Settings, write_config_file
-from agent_manager.web.deps import principal, service
+from agent_manager.web.deps import audit, principal, service
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 
@@ -51,6 +51,8 @@ async def patch_settings(request: Request, changes: dict[str, Any] = Body(...),
     write_config_file(svc.settings.home, {k: getattr(candidate, k) for k in changes})
     for key in changes:
         setattr(svc.settings, key, getattr(candidate, key))
+    audit(request, "settings.update", None, {k: (MASK if k in SECRET_FIELDS else getattr(candidate, k))
+                                             for k in sorted(changes)})
     return public_view(svc.settings)
 
 

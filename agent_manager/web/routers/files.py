@@ -1,0 +1,338 @@
+"""/api/files: browse, read and write files inside an agent's working directory, and nowhere else.
+
+Roots: the agent's ``working_dir``, else its default workspace ``<home>/workspaces/<name>``.
+Why two checks: ``realpath`` + ``commonpath`` decides whether the *name* stays inside the
+root (symlinks included), and the open then walks the resolved path one component at a time
+with directory fds and ``O_NOFOLLOW``, so a symlink swapped in between the check and the open
+(TOCTOU) fails with ELOOP instead of being followed. ``..``, absolute paths, backslashes and
+NUL bytes are refused before any of that. File content is only ever sent as JSON or as
+``application/octet-stream`` (with ``nosniff``), so a workspace file can never run as a page of
+this origin. Everyone signed in may read; writing needs the admin or a trusted user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from agent_manager.errors import AgentManagerError, BadRequest, Conflict, Forbidden, NotFound
+from agent_manager.service import Service
+from agent_manager.store import agents as agent_store
+from agent_manager.web.deps import audit, principal, service
+
+router = APIRouter(prefix="/api/files", tags=["files"])
+READ_CAP = 1_048_576
+WRITE_CAP = 8 * 1_048_576
+LIST_CAP = 5000
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class TooLarge(AgentManagerError):
+    status = 413
+    code = "too_large"
+
+
+class InsufficientStorage(AgentManagerError):
+    status = 507
+    code = "insufficient_storage"
+
+
+class FileEntry(BaseModel):
+    name: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    modified: str
+
+
+class DirListing(BaseModel):
+    type: Literal["dir"]
+    agent: str
+    root: str
+    path: str
+    entries: list[FileEntry]
+    truncated: bool
+
+
+class FileContent(BaseModel):
+    type: Literal["file"]
+    agent: str
+    path: str
+    size: int
+    modified: str
+    encoding: Literal["utf-8", "base64"]
+    content: str
+
+
+class FileWritten(BaseModel):
+    type: Literal["file"]
+    agent: str
+    path: str
+    size: int
+    modified: str
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def split_path(path: str) -> list[str]:
+    """The relative path's components; anything that could climb out is a 400."""
+    if "\x00" in path:
+        raise BadRequest("path: must not contain NUL bytes", [{"field": "path", "message": "NUL byte"}])
+    if "\\" in path:
+        raise BadRequest("path: use '/' as the separator (backslashes are refused)",
+                         [{"field": "path", "message": "backslash"}])
+    if path.startswith("/") or path.startswith("~"):
+        raise BadRequest("path: must be relative to the agent's working directory",
+                         [{"field": "path", "message": "absolute path"}])
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BadRequest("path: '..' is not allowed", [{"field": "path", "message": "parent reference"}])
+    if any(len(p.encode()) > 255 for p in parts):
+        raise BadRequest("path: a component is longer than 255 bytes", [{"field": "path", "message": "too long"}])
+    return parts
+
+
+def agent_root(svc: Service, agent: dict[str, Any]) -> tuple[Path, bool]:
+    """(root, is_default_workspace)."""
+    if agent.get("working_dir"):
+        return Path(agent["working_dir"]), False
+    return svc.settings.workspaces / agent["name"], True
+
+
+def _errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return NotFound(f"{rel or '/'}: no such file or directory")
+    if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.EXDEV):
+        return Forbidden(f"{rel or '/'}: not allowed (a symbolic link or a permission stops it)")
+    if exc.errno == errno.EISDIR:
+        return Conflict(f"{rel}: is a directory")
+    if exc.errno == errno.ENAMETOOLONG:
+        return BadRequest(f"{rel}: name too long")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("the disk holding the working directory is full")
+    if exc.errno == errno.EROFS:
+        return Forbidden(f"{rel}: the file system is read-only")
+    return AgentManagerError(f"{rel}: {exc.strerror or exc}")
+
+
+def resolve(root: Path, parts: list[str], home: Path) -> tuple[str, list[str]]:
+    """(real root, components of the resolved target below it), or Forbidden if it leaves the root."""
+    real_root = os.path.realpath(root)
+    real_home = os.path.realpath(home)
+    if real_root == "/" or os.path.commonpath([real_root, real_home]) == real_root:
+        raise Forbidden("this agent's working directory contains the service's data directory (or is /); "
+                        "the file browser does not serve it")
+    target = os.path.realpath(os.path.join(real_root, *parts))
+    if os.path.commonpath([real_root, target]) != real_root:
+        raise Forbidden("path: leads outside the agent's working directory")
+    rel = os.path.relpath(target, real_root)
+    return real_root, ([] if rel == "." else rel.split(os.sep))
+
+
+@contextlib.contextmanager
+def walk(real_root: str, dirs: list[str], create: bool = False) -> Iterator[int]:
+    """An fd of the directory ``real_root/dirs``, opened one component at a time without
+    following symlinks (optionally creating missing directories)."""
+    fd = os.open(real_root, DIR_FLAGS)
+    try:
+        for name in dirs:
+            try:
+                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(name, 0o755, dir_fd=fd)
+                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> Literal["file", "dir", "symlink", "other"]:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+def _listing(fd: int) -> tuple[list[dict[str, Any]], bool]:
+    entries: list[dict[str, Any]] = []
+    truncated = False
+    with os.scandir(os.dup(fd)) as it:  # scandir closes the fd it was given
+        for entry in it:
+            if len(entries) >= LIST_CAP:
+                truncated = True
+                break
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            entries.append({"name": entry.name, "type": _kind(info.st_mode), "size": info.st_size,
+                            "modified": _stamp(info.st_mtime)})
+    entries.sort(key=lambda e: (e["type"] != "dir", e["name"]))
+    return entries, truncated
+
+
+@router.get("", response_model=DirListing | FileContent,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def read(request: Request, agent: str = Query(..., min_length=1, max_length=256),
+               path: str = Query("", max_length=4096), raw: bool = False,
+               svc: Service = Depends(service)) -> Any:
+    """List a directory or read a file (JSON; ``raw=true`` sends a file's bytes as a download)."""
+    found = agent_store.get(svc.database, agent)
+    parts = split_path(path)
+    root, default = agent_root(svc, found)
+    if not parts and default and not root.exists():
+        return {"type": "dir", "agent": found["name"], "root": str(root), "path": "", "entries": [],
+                "truncated": False}
+    real_root, resolved = resolve(root, parts, svc.settings.home)
+    rel = "/".join(resolved)
+    try:
+        with walk(real_root, resolved[:-1]) as parent:
+            if not resolved:
+                entries, truncated = _listing(parent)
+                return {"type": "dir", "agent": found["name"], "root": str(root), "path": "", "entries": entries,
+                        "truncated": truncated}
+            name = resolved[-1]
+            info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                with walk(real_root, resolved) as here:
+                    entries, truncated = _listing(here)
+                return {"type": "dir", "agent": found["name"], "root": str(root), "path": rel, "entries": entries,
+                        "truncated": truncated}
+            if not stat.S_ISREG(info.st_mode):
+                raise Forbidden(f"{rel}: not a regular file")
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+            with os.fdopen(fd, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise Forbidden(f"{rel}: not a regular file")
+                if info.st_size > READ_CAP:
+                    raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
+                                   {"size": info.st_size, "limit": READ_CAP})
+                data = fh.read(READ_CAP + 1)[:READ_CAP]
+    except OSError as exc:
+        raise _errno_to_error(exc, rel) from exc
+    if raw:
+        return Response(data, media_type="application/octet-stream", headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(resolved[-1])}",
+            "Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
+    try:
+        content, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        content, encoding = base64.b64encode(data).decode(), "base64"
+    return {"type": "file", "agent": found["name"], "path": rel, "size": len(data),
+            "modified": _stamp(info.st_mtime), "encoding": encoding, "content": content}
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+async def _body(request: Request) -> bytes:
+    """The new content: raw bytes, or JSON ``{"content": str, "encoding": "utf-8"|"base64"}``."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > WRITE_CAP:
+            raise TooLarge(f"the body is more than the {WRITE_CAP}-byte limit", {"limit": WRITE_CAP})
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if "application/json" not in request.headers.get("content-type", ""):
+        return body
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("body: not valid JSON", [{"field": "body", "message": "invalid JSON"}]) from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("content"), str) or set(doc) - {"content", "encoding"}:
+        raise BadRequest("body: expected {\"content\": string, \"encoding\"?: \"utf-8\"|\"base64\"}",
+                         [{"field": "content", "message": "required string"}])
+    encoding = doc.get("encoding", "utf-8")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(doc["content"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest("content: not valid base64", [{"field": "content", "message": "bad base64"}]) from exc
+    if encoding != "utf-8":
+        raise BadRequest("encoding: must be utf-8 or base64", [{"field": "encoding", "message": "unknown"}])
+    return str(doc["content"]).encode("utf-8", "surrogatepass")
+
+
+WRITE_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "application/json": {"schema": {"type": "object", "additionalProperties": False, "required": ["content"],
+                                    "properties": {"content": {"type": "string"},
+                                                   "encoding": {"enum": ["utf-8", "base64"]}}}}}}}
+
+
+@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY)
+async def write(request: Request, agent: str = Query(..., min_length=1, max_length=256),
+                path: str = Query(..., min_length=1, max_length=4096),
+                svc: Service = Depends(service)) -> dict[str, Any]:
+    """Create or replace a file (atomically), creating missing parent directories."""
+    who = principal(request)
+    if not (who.get("admin") or who.get("trusted")):
+        raise Forbidden("only the admin and trusted users may write files")
+    found = agent_store.get(svc.database, agent)
+    parts = split_path(path)
+    if not parts:
+        raise BadRequest("path: name a file", [{"field": "path", "message": "empty"}])
+    data = await _body(request)
+    root, default = agent_root(svc, found)
+    if default:
+        root.mkdir(parents=True, exist_ok=True)
+    elif not root.is_dir():
+        raise NotFound(f"the working directory {root} does not exist")
+    real_root, resolved = resolve(root, parts, svc.settings.home)
+    rel = "/".join(resolved)
+    if not resolved:
+        raise Conflict("path: is the working directory itself")
+    try:
+        with walk(real_root, resolved[:-1], create=True) as parent:
+            name = resolved[-1]
+            mode = 0o644
+            with contextlib.suppress(FileNotFoundError):
+                current = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISDIR(current.st_mode):
+                    raise Conflict(f"{rel}: is a directory")
+                if not stat.S_ISREG(current.st_mode):
+                    raise Forbidden(f"{rel}: not a regular file")
+                mode = stat.S_IMODE(current.st_mode)
+            tmp = f".{name[:200]}.am-{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=parent)
+                raise
+            info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError as exc:
+        raise _errno_to_error(exc, rel) from exc
+    audit(request, "file.write", f"{found['name']}:{rel}", {"size": len(data)})
+    return {"type": "file", "agent": found["name"], "path": rel, "size": info.st_size,
+            "modified": _stamp(info.st_mtime)}
