@@ -112,3 +112,19 @@ async def test_heavy_without_daytona_runs_locally_and_says_why(cfg: Settings, cl
     assert r.backend == "local" and "not configured" in r.reason
     r = await route(RouteRequest(host_saturated=True), cloud, executors(daytona="Daytona API unreachable"))
     assert r.backend == "local" and "unreachable" in r.reason
+
+
+@pytest.mark.parametrize("req", [RouteRequest(user_trusted=False, run_backend="local"),
+                                 RouteRequest(user_trusted=False, step_backend="local"),
+                                 RouteRequest(user_trusted=False, agent_backend="local")])
+async def test_untrusted_user_never_runs_on_the_host(cfg: Settings, req: RouteRequest) -> None:
+    from agent_manager.errors import Forbidden
+    with pytest.raises(Forbidden, match="untrusted"):
+        await route(req, cfg, executors())
+
+
+async def test_untrusted_user_and_local_mode(cfg: Settings) -> None:
+    from agent_manager.errors import Forbidden
+    cfg.execution_mode = "local"
+    with pytest.raises(Forbidden, match="execution mode is local"):
+        await route(RouteRequest(user_trusted=False), cfg, executors())

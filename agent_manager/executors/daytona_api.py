@@ -117,7 +117,7 @@ async def list_sandboxes(settings: Settings) -> list[dict[str, Any]]:
         return [{"id": sb.id, "name": sb.name, "state": _state(sb), "instance": sb.labels.get(LABEL),
                  "run": sb.labels.get(RUN_LABEL), "pool": POOL_LABEL in sb.labels, "labels": dict(sb.labels),
                  "created_at": sb.created_at, "cpu": sb.cpu, "memory": sb.memory, "disk": sb.disk}
-                for sb in await _list(client, {}) if LABEL in sb.labels]
+                for sb in await _list(client, {}, attempts=2) if LABEL in sb.labels]
 
 
 async def sweep(settings: Settings, keep: frozenset[str] | set[str] = frozenset(),

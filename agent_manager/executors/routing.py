@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent_manager.errors import ExecutorUnavailable
+from agent_manager.errors import ExecutorUnavailable, Forbidden
 from agent_manager.executors.base import Executor, Resources
 from agent_manager.settings import Settings
 
@@ -41,15 +41,31 @@ async def _why_not(executors: dict[str, Executor], name: str) -> str | None:
     return None if availability.ok else availability.reason
 
 
-async def route(req: RouteRequest, settings: Settings, executors: dict[str, Executor]) -> Route:
-    """Pick a backend; raise ``ExecutorUnavailable`` with the reason when nothing fits."""
+def explicit_choice(req: RouteRequest, settings: Settings) -> tuple[str, str] | None:
+    """(backend, reason) when the run, the step, the agent or a fixed mode names a backend."""
     for chosen, who in ((req.run_backend, "the run"), (req.step_backend, "the plan step"),
                         (req.agent_backend, "the agent")):
         if chosen and chosen != "auto":
-            return await _explicit(executors, chosen, f"{chosen} requested by {who}")
+            return chosen, f"{chosen} requested by {who}"
     if settings.execution_mode != "auto":
-        mode = settings.execution_mode
-        return await _explicit(executors, mode, f"execution mode is {mode}")
+        return settings.execution_mode, f"execution mode is {settings.execution_mode}"
+    return None
+
+
+def check_isolation(req: RouteRequest, settings: Settings) -> None:
+    """An untrusted user's run never runs on the bare host, whatever was requested."""
+    choice = explicit_choice(req, settings)
+    if not req.user_trusted and choice is not None and choice[0] == "local":
+        raise Forbidden(f"runs of untrusted users must be isolated, but {choice[1]}; "
+                        "choose sandbox or daytona")
+
+
+async def route(req: RouteRequest, settings: Settings, executors: dict[str, Executor]) -> Route:
+    """Pick a backend; raise ``ExecutorUnavailable`` with the reason when nothing fits."""
+    check_isolation(req, settings)
+    choice = explicit_choice(req, settings)
+    if choice is not None:
+        return await _explicit(executors, *choice)
 
     untrusted = [why for flag, why in ((not req.agent_trusted, "the agent is marked untrusted"),
                                        (not req.user_trusted, "the user is untrusted"),

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from agent_manager.errors import Forbidden
 from agent_manager.executors.base import Resources
+from agent_manager.executors.routing import RouteRequest, check_isolation
 from agent_manager.models import Event, Run, RunCreate, RunPage, RunStatus
 from agent_manager.runs import RunRequest
 from agent_manager.service import Service
@@ -28,11 +28,9 @@ def start_run(request: Request, svc: Service, agent_ref: str, prompt: str, *, co
     """Shared by POST /api/runs and the chat: resolve, check ownership, submit."""
     agent = agent_store.get(svc.database, agent_ref)
     who = principal(request)
-    if not who.get("trusted", True):  # untrusted users always run isolated (docs/security.md)
-        mode = svc.settings.execution_mode
-        pinned = backend or agent.get("backend") or (mode if mode != "auto" else None)
-        if pinned == "local":
-            raise Forbidden("untrusted users cannot run on the local backend; choose sandbox or daytona")
+    # Refused now with a 403 rather than later as a failed run (docs/security.md).
+    check_isolation(RouteRequest(run_backend=backend, agent_backend=agent.get("backend"),
+                                 user_trusted=bool(who.get("trusted", True))), svc.settings)
     if conversation_id:
         conv_store.get(svc.database, conversation_id, owner_filter(request))
     return svc.runs.submit(RunRequest(
