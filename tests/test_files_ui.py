@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-from conftest import LiveServer
-from playwright.sync_api import Browser, expect
-from test_ui import UI, browser, open_ui  # noqa: F401  (browser is a fixture)
-
-
-@pytest.fixture
-def ui(browser: Browser, live_server: LiveServer) -> Iterator[UI]:  # noqa: F811
-    session = open_ui(browser, live_server)
-    try:
-        yield session
-    finally:
-        session.page.context.close()
-        session.api.close()
-    assert session.unexpected_errors() == []
+from playwright.sync_api import expect
+from ui_harness import UI
 
 
 def test_browse_and_edit_a_file(ui: UI, tmp_path: Path) -> None:

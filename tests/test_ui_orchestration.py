@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
-from conftest import LiveServer
-from playwright.sync_api import Browser, expect, sync_playwright
-from test_ui import CHROMIUM_ARGS, UI, open_ui
+from playwright.sync_api import expect
+from ui_harness import UI
 
 WORKER = ("import sys, time, re; p = sys.argv[1]; m = re.search(r'SLEEP=([0-9.]+)', p); "
           "time.sleep(float(m.group(1))) if m else None; sys.exit('asked to fail') if 'FAIL' in p else "
           "print('done: ' + p.splitlines()[0])")
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def ui(chromium: Browser, live_server: LiveServer) -> Iterator[UI]:
-    session = open_ui(chromium, live_server)
-    try:
-        yield session
-    finally:
-        session.page.context.close()
-        session.api.close()
-    assert session.unexpected_errors() == []
 
 
 def test_goal_to_plan_to_edit_to_run_all_green(ui: UI) -> None:

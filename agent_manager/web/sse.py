@@ -1,12 +1,12 @@
 """Server-sent events over an ``EventLog``: replay what was missed, then follow live.
 
 Framing (DESIGN 3.3): ``id: <seq>``, ``event: <type>``, ``data: <json>``. The stream closes
-after the log's terminal event, so a finished run replays and ends.
+after the event the caller's ``ends(type, seq)`` picks, so a finished run replays and ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -29,7 +29,10 @@ def wants_sse(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-async def frames(log: EventLog, key: str, after: int, terminal: frozenset[str]) -> AsyncIterator[bytes]:
+Ends = Callable[[str, int], bool]
+
+
+async def frames(log: EventLog, key: str, after: int, ends: Ends) -> AsyncIterator[bytes]:
     while True:
         rows = log.read_raw(key, after, BATCH)
         if rows:
@@ -38,7 +41,7 @@ async def frames(log: EventLog, key: str, after: int, terminal: frozenset[str]) 
             for seq, type_, data in rows:
                 parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
                 after = seq
-                if type_ in terminal:
+                if ends(type_, seq):
                     done = True
                     break
             yield "".join(parts).encode()
@@ -49,6 +52,6 @@ async def frames(log: EventLog, key: str, after: int, terminal: frozenset[str]) 
             yield b": keepalive\n\n"
 
 
-def stream(log: EventLog, key: str, after: int, terminal: frozenset[str]) -> StreamingResponse:
-    return StreamingResponse(frames(log, key, after, terminal), media_type="text/event-stream",
+def stream(log: EventLog, key: str, after: int, ends: Ends) -> StreamingResponse:
+    return StreamingResponse(frames(log, key, after, ends), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
 
 from agent_manager.orchestration import plan as plans
 from agent_manager.orchestration.engine import OrchestrationEngine
@@ -67,35 +65,14 @@ async def orchestration_events(orch_id: str, request: Request, after: int | None
     start = sse.resume_point(request, after)
     log = engine(svc).events
     if sse.wants_sse(request):
-        return StreamingResponse(_frames(svc, orch_id, start), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return sse.stream(log, orch_id, start, lambda type_, seq: type_ == "orchestration.finished"
+                          and _ends_stream(svc, orch_id, seq))
     return log.read(orch_id, start, limit)
 
 
 def _ends_stream(svc: Service, orch_id: str, seq: int) -> bool:
-    """An ``orchestration.finished`` ends the stream unless a resume came after it."""
+    """An ``orchestration.finished`` ends the stream unless a resume came after it (a resumed
+    orchestration has several)."""
     row = svc.database.one("SELECT 1 FROM orchestration_events WHERE orchestration_id = ? AND seq > ?"
                            " AND type = 'orchestration.resumed' LIMIT 1", (orch_id, seq))
     return row is None
-
-
-async def _frames(svc: Service, orch_id: str, after: int) -> AsyncIterator[bytes]:
-    """``web.sse.frames`` with one difference: a resumed orchestration has several
-    ``orchestration.finished`` events, and only the last one ends the stream."""
-    log = engine(svc).events
-    while True:
-        rows = log.read_raw(orch_id, after, sse.BATCH)
-        if rows:
-            parts, done = [], False
-            for seq, type_, data in rows:
-                parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
-                after = seq
-                if type_ == "orchestration.finished" and _ends_stream(svc, orch_id, seq):
-                    done = True
-                    break
-            yield "".join(parts).encode()
-            if done:
-                return
-            continue
-        if not await log.wait(orch_id, after, sse.KEEPALIVE_S):
-            yield b": keepalive\n\n"

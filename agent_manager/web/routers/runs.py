@@ -74,7 +74,7 @@ async def run_events(run_id: str, request: Request, after: int | None = Query(No
     run_store.get(svc.database, run_id, owner_filter(request))
     start = sse.resume_point(request, after)
     if sse.wants_sse(request):
-        return sse.stream(svc.runs.events, run_id, start, RUN_TERMINAL)
+        return sse.stream(svc.runs.events, run_id, start, lambda type_, _seq: type_ in RUN_TERMINAL)
     return svc.runs.events.read(run_id, start, limit)
 
 
