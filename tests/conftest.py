@@ -98,14 +98,21 @@ def start_server(home: Path, *extra: str, env: dict[str, str] | None = None) -> 
     raise RuntimeError("server never became healthy")
 
 
+def stop_server(server: LiveServer) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it does not end within 10 s."""
+    if server.proc.poll() is None:
+        server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait(5)
+
+
 @pytest.fixture
 def live_server(tmp_path: Path, fake_path: Path) -> Iterator[LiveServer]:
     server = start_server(tmp_path / "home", env={"AGENT_MANAGER_KILL_GRACE_S": "0.3"})
     try:
         yield server
     finally:
-        server.proc.terminate()
-        try:
-            server.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
+        stop_server(server)

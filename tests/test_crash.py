@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import FAKES_BIN, LiveServer, start_server
+from conftest import FAKES_BIN, LiveServer, start_server, stop_server
 from helpers import pids_with_marker, wait_gone
 
 
@@ -63,15 +62,6 @@ def _until(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def _stop(server: LiveServer) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
 
 
 def test_kill_9_during_runs_and_an_orchestration(tmp_path: Path, fake_path: Path) -> None:
@@ -152,9 +142,9 @@ def test_kill_9_during_runs_and_an_orchestration(tmp_path: Path, fake_path: Path
         assert final_orch["status"] == "succeeded", final_orch
         assert [s["status"] for s in final_orch["steps"]] == ["succeeded", "succeeded"]
     finally:
-        _stop(server)
+        stop_server(server)
         if second is not None:
-            _stop(second)
+            stop_server(second)
         for marker in [*markers, sleep_marker, sandbox_marker]:
             for pid in pids_with_marker(marker):  # only ever our own markers
                 with_suppress_kill(pid)

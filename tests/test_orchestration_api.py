@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import LiveServer, start_server
+from conftest import LiveServer, start_server, stop_server
 
 from agent_manager.service import Service
 
@@ -252,5 +252,4 @@ def test_resume_after_the_server_was_killed(live_server: LiveServer, tmp_path: P
         assert final["steps"][0]["run_id"] == view["steps"][0]["run_id"]
         assert final["steps"][2]["output"] == "done[c done[a]]"
     finally:
-        server.proc.terminate()
-        server.proc.wait(10)
+        stop_server(server)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import start_server
+from conftest import start_server, stop_server
 from fastapi import FastAPI
 from starlette.routing import Mount, Route, WebSocketRoute
 
@@ -360,5 +360,4 @@ def test_no_auth_on_loopback_is_allowed_but_still_checks_host_and_origin(tmp_pat
             r = c.post("/api/agents", json={"name": "x", "command": "echo"}, headers={"Origin": EVIL})
             assert r.status_code == 403
     finally:
-        server.proc.terminate()
-        server.proc.wait(10)
+        stop_server(server)

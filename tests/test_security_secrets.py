@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import start_server
+from conftest import start_server, stop_server
 
 DUMP = ("import os, sys, time\n"
         "print('ENV', sorted(os.environ.items()), flush=True)\n"
@@ -178,8 +178,7 @@ def test_canaries_appear_only_where_intended(tmp_path: Path, fake_path: Path) ->
             r = httpx.get(f"{server.url}/api/agents", headers={"Authorization": f"Bearer {admin_token[:-2]}zz"})
             cap.add("wrong token", r)
     finally:
-        server.proc.terminate()
-        server.proc.wait(10)
+        stop_server(server)
         pumper.join(5)
 
     leaky_ids = {r["id"] for r in leaky_runs}
