@@ -96,6 +96,8 @@ async def test_run_list_events_and_resume_conflicts(client: httpx.AsyncClient) -
     assert final["status"] == "succeeded"
     assert [s["status"] for s in final["steps"]] == ["succeeded"] * 3
     assert final["steps"][1]["output"] == "done[b done[a]]"
+    assert all(s["backend"] == "local" and s["route_reason"].startswith("auto:") for s in final["steps"][:2])
+    assert final["steps"][2]["backend"] == "service" and final["steps"][2]["route_reason"] is None
     assert final["started_at"].endswith("Z") and final["finished_at"] >= final["started_at"]
     listed = (await client.get("/api/orchestrations")).json()
     assert listed["total"] == 1 and listed["items"][0]["counts"]["succeeded"] == 3
@@ -104,6 +106,8 @@ async def test_run_list_events_and_resume_conflicts(client: httpx.AsyncClient) -
     events = (await client.get(f"/api/orchestrations/{orch['id']}/events")).json()
     assert events[0]["type"] == "orchestration.started" and events[-1]["type"] == "orchestration.finished"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    started = [e["data"] for e in events if e["type"] == "step.started"]
+    assert len(started) == 3 and all(d.get("route_reason") for d in started if d["backend"] == "local")
     async with client.stream("GET", f"/api/orchestrations/{orch['id']}/events",
                              headers={"Accept": "text/event-stream", "Last-Event-ID": "3"}) as response:
         body = (await response.aread()).decode()

@@ -328,11 +328,12 @@ class OrchestrationEngine:
             if live.cancelling:
                 with contextlib.suppress(Exception):
                     await self.runs.cancel(run_id)
-            backend = await self._run_started(run_id)
-            if backend is not None:
+            started = await self._run_started(run_id)
+            if started is not None:
+                backend = str(started.get("backend"))
                 self._emit(live, "step.started", {"step": step.id, "attempt": number, "run_id": run_id,
-                                                  "backend": backend}, step.id, run_id=run_id, backend=backend,
-                           attempts=live.attempts[step.id])
+                                                  "backend": backend, "route_reason": started.get("route_reason")},
+                           step.id, run_id=run_id, backend=backend, attempts=live.attempts[step.id])
             else:
                 store.update_step(self.db, live.id, step.id, run_id=run_id, attempts=live.attempts[step.id])
             final = await self.runs.wait(run_id)
@@ -344,14 +345,14 @@ class OrchestrationEngine:
             return _Attempt("cancelled", error=final["error"] or final["status"])
         return _Attempt("failed", error=final["error"] or f"run {final['status']}")
 
-    async def _run_started(self, run_id: str) -> str | None:
-        """The backend the run started on (from its event log), or None if it ended first."""
+    async def _run_started(self, run_id: str) -> dict[str, Any] | None:
+        """The run's ``run.started`` data (backend, route reason), or None if it ended first."""
         after = 0
         while True:
             for event in self.runs.events.read(run_id, after):
                 after = event["seq"]
                 if event["type"] == "run.started":
-                    return str(event["data"].get("backend"))
+                    return dict(event["data"])
                 if event["type"] == "run.finished":
                     return None
             await self.runs.events.wait(run_id, after, 5.0)

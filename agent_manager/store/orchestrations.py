@@ -70,12 +70,16 @@ def view(db: Database, orch_id: str, owner: str | None = None) -> dict[str, Any]
     orch = get_row(db, orch_id, owner)
     plan_steps = {s["id"]: s for s in orch["plan"]["steps"]}
     step_rows = steps(db, orch_id)
+    run_ids = [row["run_id"] for row in step_rows if row["run_id"]]
+    reasons = {r["id"]: r["route_reason"] for r in db.all(
+        f"SELECT id, route_reason FROM runs WHERE id IN ({', '.join('?' * len(run_ids))})", run_ids)}
     out_steps = []
     for row in step_rows:
         spec = plan_steps.get(row["step_id"], {})
         out_steps.append({
             "id": row["step_id"], "status": row["status"], "run_id": row["run_id"], "backend": row["backend"],
-            "attempts": row["attempts"], "queued_at": row["queued_at"], "started_at": row["started_at"],
+            "route_reason": reasons.get(row["run_id"]), "attempts": row["attempts"],
+            "queued_at": row["queued_at"], "started_at": row["started_at"],
             "finished_at": row["finished_at"], "duration_s": _duration(row["started_at"], row["finished_at"]),
             "output": row["output"], "error": row["error"],
             "action": spec.get("action") or ("agent" if spec.get("agent") else None),

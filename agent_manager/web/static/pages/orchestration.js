@@ -137,7 +137,8 @@ export function dagView(steps, { onOpen } = {}) {
     // A preview (no status yet) shows who does the work; a live node also its state and time.
     const sub = [step.status, took !== null ? fmtDuration(took) : null, what].filter(Boolean).join(" · ");
     const clickable = Boolean(step.run_id && onOpen);
-    const label = `${step.id}: ${sub}${clickable ? " (open its run)" : ""}`;
+    const why = step.route_reason ? ` — ${step.route_reason}` : "";
+    const label = `${step.id}: ${sub}${why}${clickable ? " (open its run)" : ""}`;
     const node = svg("g", { class: `dag-node${clickable ? " clickable" : ""}`, transform: `translate(${p.x},${p.y})`,
       "data-step": step.id, "data-status": status, "data-backend": step.backend || "",
       tabindex: clickable ? 0 : null, role: clickable ? "link" : "img", "aria-label": label },
@@ -313,7 +314,8 @@ function stepsTable(steps) {
       h("td", null, h("strong", null, s.id), h("div", { class: "muted small" }, s.agent || s.action || ""),
         s.error && s.status !== "succeeded" ? h("div", { class: "step-error small" }, s.error) : null),
       h("td", null, statusBadge(s.status)),
-      h("td", null, s.backend ? h("span", { class: `badge backend backend-${s.backend}` }, s.backend) : "—"),
+      h("td", null, s.backend ? h("span", { class: `badge backend backend-${s.backend}` }, s.backend) : "—",
+        s.route_reason ? h("div", { class: "muted small route-reason" }, s.route_reason) : null),
       h("td", null, fmtDuration(elapsed(s))),
       h("td", null, String(s.attempts)),
       h("td", null, s.run_id ? h("a", { href: `#/runs/${encodeURIComponent(s.run_id)}`, class: "mono small" }, "open")
