@@ -64,6 +64,7 @@ class _Live:
     end_reason: str | None = None  # "cancelled" | "timed_out" | "stalled" once we decided to end it
     last_output: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    ending: asyncio.Task[None] | None = None  # held so the loop cannot drop it half-way
 
 
 class RunManager:
@@ -232,7 +233,7 @@ class RunManager:
         timer = loop.call_later(timeout, self._expire, live, "timed_out")
         watchdog = asyncio.create_task(self._watch_stall(run_id, live)) if self.settings.stall_timeout_s else None
         if live.end_reason:  # cancelled while starting
-            asyncio.create_task(self._end(live))
+            live.ending = asyncio.create_task(self._end(live))
         parser = kind.parser()
         if isinstance(parser, PlainTextParser):
             parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
@@ -274,7 +275,7 @@ class RunManager:
     def _expire(self, live: _Live, reason: str) -> None:
         if live.end_reason is None:
             live.end_reason = reason
-            asyncio.create_task(self._end(live))
+            live.ending = asyncio.create_task(self._end(live))
 
     async def _end(self, live: _Live) -> None:
         if live.execution is not None:

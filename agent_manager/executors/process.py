@@ -104,6 +104,7 @@ class ProcessExecution:
                          asyncio.create_task(self._read(proc.stderr, "stderr"))]
         self._watcher = asyncio.create_task(self._watch())
         self._cancel_lock = asyncio.Lock()
+        self._stdin_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def spawn(cls, argv: list[str], *, env: dict[str, str], cwd: str | None, stdin: bytes | None,
@@ -123,7 +124,7 @@ class ProcessExecution:
         execution = cls(proc, tag, kill_grace_s=kill_grace_s, stream_close_grace_s=stream_close_grace_s,
                         info=info)
         if stdin is not None:
-            asyncio.create_task(execution._feed_stdin(stdin))
+            execution._stdin_task = asyncio.create_task(execution._feed_stdin(stdin))
         return execution
 
     async def _feed_stdin(self, data: bytes) -> None:
