@@ -83,8 +83,21 @@ def seed(api: httpx.Client) -> dict[str, Any]:
             break
         time.sleep(0.1)
     post(f"/api/conversations/{conv['id']}/messages", {"content": "And show a **short** example"})
+    plan = {"name": "release notes", "steps": [
+        {"id": "collect", "agent": "claude", "prompt": "List the changes since the last tag"},
+        {"id": "draft", "agent": "claude", "prompt": "Draft notes from:\n{{ steps.collect.output }}",
+         "depends_on": ["collect"]},
+        {"id": "translate", "agent": "claude", "prompt": "Translate them FAIL", "depends_on": ["draft"]},
+        {"id": "publish", "agent": "builder", "prompt": "publish", "depends_on": ["translate"]},
+        {"id": "save", "action": "write_file", "path": "NOTES.md", "content": "{{ steps.draft.output }}",
+         "depends_on": ["draft"]}]}
+    orch = post("/api/orchestrations", {"plan": plan})
+    for _ in range(100):
+        if api.get(f"/api/orchestrations/{orch['id']}").json()["status"] != "running":
+            break
+        time.sleep(0.1)
     time.sleep(1.0)
-    return {"run": runs[0]["id"], "tool_run": runs[1]["id"], "conv": conv["id"]}
+    return {"run": runs[0]["id"], "tool_run": runs[1]["id"], "conv": conv["id"], "orch": orch["id"]}
 
 
 def main(outdir: str) -> int:
@@ -101,7 +114,8 @@ def main(outdir: str) -> int:
                      "new-agent": "#/agents/new", "run": f"#/runs/{ids['run']}",
                      "run-tools": f"#/runs/{ids['tool_run']}",
                      "chat": f"#/chat/{ids['conv']}", "history": "#/history", "history-chats": "#/history?tab=chats",
-                     "settings": "#/settings", "plans": "#/plans"}
+                     "settings": "#/settings", "plans": "#/plans", "orchestration": f"#/orchestrations/{ids['orch']}",
+                     "files": "#/files", "users": "#/users"}
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 for size, (width, height) in SIZES.items():

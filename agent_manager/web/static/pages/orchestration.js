@@ -35,6 +35,16 @@ const STYLE = `
 .orch-counts { display: flex; flex-wrap: wrap; gap: .4rem; align-items: center; margin: .5rem 0; }
 .steps-table td, .steps-table th { vertical-align: top; }
 .step-error { color: var(--danger); white-space: pre-wrap; overflow-wrap: anywhere; }
+.route-reason { max-width: 18rem; }
+@media (max-width: 640px) {
+  .steps-table thead { display: none; }
+  .steps-table, .steps-table tbody, .steps-table tr, .steps-table td { display: block; width: 100%; }
+  .steps-table tr { padding: .6rem .7rem; border-bottom: 1px solid var(--border); display: flex; flex-wrap: wrap;
+    gap: .25rem .7rem; align-items: center; }
+  .steps-table td { border: 0; padding: 0; width: auto; }
+  .steps-table td:first-child { flex-basis: 100%; }
+  .steps-table .route-reason { display: none; }
+}
 `;
 
 // A constructed stylesheet: the service's CSP (style-src 'self') blocks <style> elements, and
