@@ -52,9 +52,21 @@ class Conflict(AgentManagerError):
     code = "conflict"
 
 
+class TooLarge(AgentManagerError):
+    status = 413
+    code = "too_large"
+
+
 class TooManyRequests(AgentManagerError):
     status = 429
     code = "too_many_requests"
+
+
+class InsufficientStorage(AgentManagerError):
+    """The disk is full: nothing was written."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class ConfigError(AgentManagerError):

@@ -3,6 +3,7 @@ client, and a real server process on port 0."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -36,8 +37,8 @@ def settings(tmp_path: Path, fake_path: Path) -> Settings:
     return Settings(home=tmp_path / "home", kill_grace_s=0.3, stream_close_grace_s=0.5)
 
 
-@pytest.fixture
-async def service(settings: Settings) -> AsyncIterator[Service]:
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[Service]:
     svc = Service(settings)
     await svc.start()
     try:
@@ -46,13 +47,25 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
         await svc.stop()
 
 
-@pytest.fixture
-async def client(settings: Settings, service: Service) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def in_process_client(settings: Settings, svc: Service) -> AsyncIterator[httpx.AsyncClient]:
     """An API client talking to the app in process, authenticated as the admin."""
-    app = create_app(settings, service=service)
+    app = create_app(settings, service=svc)
     headers = {"Authorization": f"Bearer {app.state.token}"}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers) as c:
+        yield c
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    async with running_service(settings) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def client(settings: Settings, service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process_client(settings, service) as c:
         yield c
 
 

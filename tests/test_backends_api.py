@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from conftest import in_process_client, running_service
 from fakes.daytona_emulator import DaytonaEmulator
 from helpers import events, wait_run
 
-from agent_manager.service import Service
 from agent_manager.settings import Settings
-from agent_manager.web.app import create_app
 
 
 async def test_untrusted_agent_runs_in_the_sandbox(client: httpx.AsyncClient) -> None:
@@ -37,13 +36,8 @@ async def test_daytona_requested_but_not_configured(client: httpx.AsyncClient) -
 
 @pytest.fixture
 async def cloud_client(daytona_settings: Settings, fake_path: object) -> httpx.AsyncClient:
-    svc = Service(daytona_settings)
-    await svc.start()
-    app = create_app(daytona_settings, service=svc)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
-                                 headers={"Authorization": f"Bearer {app.state.token}"}) as c:
+    async with running_service(daytona_settings) as svc, in_process_client(daytona_settings, svc) as c:
         yield c
-    await svc.stop()
 
 
 async def test_run_on_daytona_and_sweep(cloud_client: httpx.AsyncClient, daytona_emulator: DaytonaEmulator) -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import in_process_client, running_service
 from helpers import events, pids_with_marker, wait_gone, wait_run, wait_status
 
 from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.store import runs as run_store
-from agent_manager.web.app import create_app
 
 SLOW_LINES = ("import sys, time\n"
               "for i in range(int(sys.argv[1])):\n"
@@ -198,11 +198,7 @@ def limited(tmp_path: Path, fake_path: Path) -> Settings:
 
 
 async def test_concurrency_limit_queues_the_rest(limited: Settings) -> None:
-    svc = Service(limited)
-    await svc.start()
-    app = create_app(limited, service=svc)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
-                                 headers={"Authorization": f"Bearer {app.state.token}"}) as client:
+    async with running_service(limited) as svc, in_process_client(limited, svc) as client:
         await add(client, "nap", command="sleep")
         runs = [await start(client, "nap", "0.4") for _ in range(5)]
         peak = 0
@@ -213,54 +209,40 @@ async def test_concurrency_limit_queues_the_rest(limited: Settings) -> None:
                 break
             await asyncio.sleep(0.02)
         assert peak == 2
-    await svc.stop()
 
 
 async def test_unfinished_runs_become_interrupted_on_restart(settings: Settings) -> None:
-    svc = Service(settings)
-    await svc.start()
-    run_store.create(svc.database, {"id": "run_stale1", "agent_id": "a", "agent_name": "a", "prompt": "p",
-                                    "status": "running"})
-    run_store.create(svc.database, {"id": "run_stale2", "agent_id": "a", "agent_name": "a", "prompt": "p"})
-    await svc.stop()
-    again = Service(settings)
-    await again.start()
-    for run_id in ("run_stale1", "run_stale2"):
-        run = run_store.get(again.database, run_id)
-        assert run["status"] == "interrupted" and "service stopped" in run["error"]
-        assert again.runs.events.read(run_id)[-1]["type"] == "run.finished"
-    await again.stop()
+    async with running_service(settings) as svc:
+        run_store.create(svc.database, {"id": "run_stale1", "agent_id": "a", "agent_name": "a", "prompt": "p",
+                                        "status": "running"})
+        run_store.create(svc.database, {"id": "run_stale2", "agent_id": "a", "agent_name": "a", "prompt": "p"})
+    async with running_service(settings) as again:
+        for run_id in ("run_stale1", "run_stale2"):
+            run = run_store.get(again.database, run_id)
+            assert run["status"] == "interrupted" and "service stopped" in run["error"]
+            assert again.runs.events.read(run_id)[-1]["type"] == "run.finished"
 
 
 async def test_service_stop_ends_live_runs(settings: Settings) -> None:
     marker = f"am-stop-{uuid.uuid4().hex}"
     svc = Service(settings)
     await svc.start()
-    app = create_app(settings, service=svc)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
-                                 headers={"Authorization": f"Bearer {app.state.token}"}) as client:
+    async with in_process_client(settings, svc) as client:
         await add(client, "tree", command="tree-spawner")
         run = await start(client, "tree", marker)
         await wait_status(client, run["id"], "running")
         await svc.stop()
     assert wait_gone(marker) == []
-    again = Service(settings)
-    await again.start()
-    assert run_store.get(again.database, run["id"])["status"] == "interrupted"
-    await again.stop()
+    async with running_service(settings) as again:
+        assert run_store.get(again.database, run["id"])["status"] == "interrupted"
 
 
 async def test_stored_answer_is_capped_but_events_keep_everything(tmp_path: Path, fake_path: Path) -> None:
     cfg = Settings(home=tmp_path / "home", output_cap_bytes=2048)
-    svc = Service(cfg)
-    await svc.start()
-    app = create_app(cfg, service=svc)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
-                                 headers={"Authorization": f"Bearer {app.state.token}"}) as client:
+    async with running_service(cfg) as svc, in_process_client(cfg, svc) as client:
         await add(client, "big", command=sys.executable, args=["-c", "print('x' * 10000)"])
         run = await wait_run(client, (await start(client, "big", "go"))["id"])
         assert run["output"].startswith("x" * 2048) and "truncated" in run["output"]
         assert len(run["output"]) < 2200
         raw = "".join(e["data"]["text"] for e in await events(client, run["id"]) if e["type"] == "output")
         assert raw == "x" * 10000 + "\n"
-    await svc.stop()

@@ -29,7 +29,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from agent_manager.errors import AgentManagerError, BadRequest, Conflict, Forbidden, NotFound
+from agent_manager.errors import (
+    AgentManagerError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    TooLarge,
+)
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, principal, service
@@ -39,16 +47,6 @@ READ_CAP = 1_048_576
 WRITE_CAP = 8 * 1_048_576
 LIST_CAP = 5000
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class TooLarge(AgentManagerError):
-    status = 413
-    code = "too_large"
-
-
-class InsufficientStorage(AgentManagerError):
-    status = 507
-    code = "insufficient_storage"
 
 
 class FileEntry(BaseModel):
