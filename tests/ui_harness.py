@@ -93,26 +93,25 @@ def open_ui(browser: Browser, server: LiveServer, viewport: dict[str, int] | Non
     return ui
 
 
-@pytest.fixture
-def ui(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
-    session = open_ui(browser, live_server)
+def _session(browser: Browser, server: LiveServer, viewport: dict[str, int] | None = None) -> Iterator[UI]:
+    """A logged-in page for one test; fails the test on any unexpected console or page error."""
+    session = open_ui(browser, server, viewport)
     try:
         yield session
     finally:
         session.page.context.close()
         session.api.close()
     assert session.unexpected_errors() == []
+
+
+@pytest.fixture
+def ui(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
+    yield from _session(browser, live_server)
 
 
 @pytest.fixture
 def phone(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
-    session = open_ui(browser, live_server, PHONE)
-    try:
-        yield session
-    finally:
-        session.page.context.close()
-        session.api.close()
-    assert session.unexpected_errors() == []
+    yield from _session(browser, live_server, PHONE)
 
 
 def output_of(page: Page) -> str:
