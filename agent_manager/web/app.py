@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_manager import __version__
@@ -117,9 +117,3 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     # The middleware finds user credentials through app.state.service at request time.
     app.add_middleware(AuthMiddleware, settings=settings, token=token)
     return app
-
-
-
-
-
-__all__ = ["create_app", "PlainTextResponse"]

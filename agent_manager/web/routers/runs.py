@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
 
 from agent_manager.executors.base import Resources
 from agent_manager.executors.routing import RouteRequest, check_isolation
@@ -76,6 +75,3 @@ async def run_events(run_id: str, request: Request, after: int | None = Query(No
     if sse.wants_sse(request):
         return sse.stream(svc.runs.events, run_id, start, lambda type_, _seq: type_ in RUN_TERMINAL)
     return svc.runs.events.read(run_id, start, limit)
-
-
-__all__ = ["router", "start_run", "Response"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from agent_manager.errors import Forbidden, ValidationFailed
 from agent_manager.models import MASK
@@ -54,6 +54,3 @@ async def patch_settings(request: Request, changes: dict[str, Any] = Body(...),
     audit(request, "settings.update", None, {k: (MASK if k in SECRET_FIELDS else getattr(candidate, k))
                                              for k in sorted(changes)})
     return public_view(svc.settings)
-
-
-__all__ = ["router", "SecretStr"]
