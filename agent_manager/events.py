@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 from agent_manager.store.database import Database, dumps, now
+
+# How many logs' last seq numbers are cached. Dropping one is always safe (the table is the
+# truth and this process its only writer), so the cache is bounded, not cleared by hand.
+LAST_SEQ_CACHE = 4096
 
 
 class EventLog:
@@ -22,14 +27,32 @@ class EventLog:
         self.db = db
         self.table = table
         self.key_column = key_column
-        self._last: dict[str, int] = {}
+        self._last: OrderedDict[str, int] = OrderedDict()
         self._wakeups: dict[str, asyncio.Event] = {}
+        self.closed = False
 
     def last_seq(self, key: str) -> int:
-        if key not in self._last:
-            row = self.db.one(f"SELECT MAX(seq) AS s FROM {self.table} WHERE {self.key_column} = ?", (key,))
-            self._last[key] = int(row["s"]) if row and row["s"] is not None else 0
-        return self._last[key]
+        if key in self._last:
+            self._last.move_to_end(key)
+            return self._last[key]
+        row = self.db.one(f"SELECT MAX(seq) AS s FROM {self.table} WHERE {self.key_column} = ?", (key,))
+        seq = int(row["s"]) if row and row["s"] is not None else 0
+        self._remember(key, seq)
+        return seq
+
+    def _remember(self, key: str, seq: int) -> None:
+        self._last[key] = seq
+        self._last.move_to_end(key)
+        while len(self._last) > LAST_SEQ_CACHE:
+            self._last.popitem(last=False)
+
+    def close(self) -> None:
+        """The service is stopping: wake every waiter and make ``wait`` return at once, so
+        live readers (SSE streams) send what is stored and end."""
+        self.closed = True
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+        self._wakeups.clear()
 
     def append(self, key: str, type_: str, data: dict[str, Any]) -> int:
         """Persist one event (committed), then wake the readers of ``key``. Returns its seq."""
@@ -37,7 +60,7 @@ class EventLog:
         with self.db.transaction() as conn:
             conn.execute(f"INSERT INTO {self.table} ({self.key_column}, seq, type, data, created_at)"
                          " VALUES (?, ?, ?, ?, ?)", (key, seq, type_, dumps(data), now()))
-        self._last[key] = seq
+        self._remember(key, seq)
         wakeup = self._wakeups.pop(key, None)
         if wakeup is not None:
             wakeup.set()
@@ -59,6 +82,8 @@ class EventLog:
         """Wait until an event newer than ``after`` exists; False on timeout."""
         if self.last_seq(key) > after:
             return True
+        if self.closed:
+            return False
         wakeup = self._wakeups.setdefault(key, asyncio.Event())
         try:
             await asyncio.wait_for(wakeup.wait(), timeout)

@@ -18,6 +18,7 @@ from agent_manager.errors import ConfigError
 from agent_manager.executors.base import Executor
 from agent_manager.executors.local import LocalExecutor
 from agent_manager.executors.process import signal_tagged
+from agent_manager.instance import DataDirLock
 from agent_manager.runs import RunManager
 from agent_manager.settings import Settings
 from agent_manager.store import Database
@@ -73,6 +74,9 @@ class Service:
         self._runs: RunManager | None = None
         self.extras: dict[str, Any] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Taken by `serve` before the app is built (so a refusal is a clean message), else at start.
+        self.lock: DataDirLock | None = None
+        self._interrupted = False
 
     @property
     def runs(self) -> RunManager:
@@ -86,6 +90,9 @@ class Service:
 
     async def start(self) -> None:
         check_data_dir(self.settings)
+        if self.lock is None:
+            # Before the sweep below: a second service on this directory must harm nothing.
+            self.lock = DataDirLock.acquire(self.settings.home)
         # Whatever a crashed predecessor left running for this data directory ends now.
         killed = signal_tagged(self.prefix + ":", signal.SIGKILL)
         if killed:
@@ -122,14 +129,28 @@ class Service:
         except Exception as exc:  # reported, never fatal
             log.warning("Daytona start-up sweep failed: %s", exc)
 
-    async def stop(self) -> None:
+    async def interrupt(self) -> None:
+        """The first half of stopping, done before the web server waits for its connections:
+        every running orchestration and run ends ``interrupted`` and the event logs close, so
+        open SSE streams send the final events and end instead of holding the stop up."""
+        if self._interrupted:
+            return
+        self._interrupted = True
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if "orchestrations" in self.extras:  # before the runs: its steps are runs
-            await self.extras.pop("orchestrations").shutdown()
+        engine = self.extras.get("orchestrations")
+        if engine is not None:  # before the runs: its steps are runs
+            await engine.shutdown()
         if self._runs is not None:
             await self._runs.shutdown()
+            self._runs.events.close()
+        if engine is not None:
+            engine.events.close()
+
+    async def stop(self) -> None:
+        await self.interrupt()
+        self.extras.pop("orchestrations", None)
         for executor in self.executors.values():
             try:
                 await executor.close()
@@ -138,3 +159,6 @@ class Service:
         if self.db is not None:
             self.db.close()
             self.db = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

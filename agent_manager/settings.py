@@ -154,14 +154,41 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     env_values = _env_values(environ)
     home = Path(overrides.get("home") or env_values.get("home") or default_home()).expanduser()
-    merged: dict[str, Any] = read_config_file(home)
+    from_file = read_config_file(home)
+    merged: dict[str, Any] = dict(from_file)
     merged.update(env_values)
     merged.update(overrides)
     merged["home"] = home
     try:
         return Settings(**merged)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        def source(name: str) -> str:
+            if name in overrides:
+                return f"the option for {name}"
+            if name in env_values:
+                env = next((e for e, f in DAYTONA_ENV.items() if f == name and e in environ),
+                           ENV_PREFIX + name.upper())
+                return f"the environment variable {env}"
+            if name in from_file:
+                return f"{name} in {home / CONFIG_FILE}"
+            return name
+        raise ConfigError(describe_errors(exc, source)) from None
+
+
+def describe_errors(exc: ValidationError, source: Any = str) -> str:
+    """One plain sentence per invalid value (pydantic's own text carries a URL and jargon)."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{source(name)}: there is no setting called {name!r}")
+            continue
+        shown = repr(error.get("input"))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        reason = error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+        parts.append(f"{source(name)} is {shown}, but it should be {reason}"
+                     if error["msg"].startswith("Input should be") else f"{source(name)} is {shown}: {reason}")
+    return "invalid settings: " + "; ".join(parts) + "."
 
 
 def _toml_value(value: Any) -> str:

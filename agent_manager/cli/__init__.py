@@ -15,7 +15,8 @@ from agent_manager.cli import agents, run, serve
 @click.option("--home", type=click.Path(file_okay=False), default=None, envvar="AGENT_MANAGER_HOME",
               help="Data directory (default: the platform's user data dir).")
 @click.option("--url", default=None, envvar="AGENT_MANAGER_URL",
-              help="Service URL for client commands (default: http://<host>:<port> from settings).")
+              help="Service URL for client commands (default: the address the running service recorded "
+                   "in the data directory, else http://<host>:<port> from settings).")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, url: str | None) -> None:
     """Agent Manager: a control panel for command-line AI agents."""
@@ -24,6 +25,7 @@ def main(ctx: click.Context, home: str | None, url: str | None) -> None:
 
 main.add_command(serve.serve)
 main.add_command(serve.token)
+main.add_command(serve.url)
 main.add_command(agents.agents)
 main.add_command(run.run)
 for module_name in ("plan", "orchestrate", "sandboxes"):
