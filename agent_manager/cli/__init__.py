@@ -28,7 +28,7 @@ main.add_command(serve.token)
 main.add_command(serve.url)
 main.add_command(agents.agents)
 main.add_command(run.run)
-for module_name in ("plan", "orchestrate", "sandboxes"):
+for module_name in ("plan", "orchestrate", "sandboxes", "runs"):
     with contextlib.suppress(ImportError):
         module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])
         main.add_command(module.command)

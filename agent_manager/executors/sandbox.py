@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,6 +61,7 @@ NO_SLIRP_UNPRIVILEGED = ("network access for sandboxed runs is only supported wh
 APPARMOR_HINT = (" — on Ubuntu 23.10+ AppArmor blocks unprivileged user namespaces "
                  "(kernel.apparmor_restrict_unprivileged_userns=1); add an AppArmor profile for bwrap")
 SETUP_TIMEOUT_S = 10.0
+PROBE_RETRY_S = 30.0  # a failed probe is retried after this long
 # bwrap's own environment — pid 1 inside shows it (pitfall 3), so nothing of the service's.
 SPAWN_ENV = {"PATH": SYSTEM_PATH}
 
@@ -184,17 +186,22 @@ class SandboxExecutor:
         self.host_path = host_path  # where agent executables are looked up on the host
         self._availability: Availability | None = None
         self._probe_lock = asyncio.Lock()
+        self._retry_at = 0.0
         self._live: set[SandboxExecution] = set()
         with contextlib.suppress(OSError):
             sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
 
     async def available(self) -> Availability:
-        """Cached: bwrap present, and a trivial sandbox with the real profile actually runs."""
-        if self._availability is not None:
+        """Cached: bwrap present, and a trivial sandbox with the real profile actually runs.
+
+        A failure is cached only for ``PROBE_RETRY_S``: a transient one (a full /tmp, a
+        momentary fork failure) must not keep untrusted runs failing until a restart."""
+        if self._availability is not None and (self._availability.ok or time.monotonic() < self._retry_at):
             return self._availability
         async with self._probe_lock:
-            if self._availability is None:
+            if self._availability is None or (not self._availability.ok and time.monotonic() >= self._retry_at):
                 self._availability = await self._probe()
+                self._retry_at = time.monotonic() + PROBE_RETRY_S
         return self._availability
 
     async def _probe(self) -> Availability:

@@ -83,3 +83,24 @@ def search(db: Database, *, agent_id: str | None = None, status: str | None = No
 
 def unfinished(db: Database) -> list[dict[str, Any]]:
     return [row_to_dict(r) for r in db.all("SELECT * FROM runs WHERE status IN ('queued', 'running')")]
+
+
+def prune(db: Database, finished_before: str, batch: int = 500) -> int:
+    """Delete finished runs (row, events, search entry) that finished before the timestamp.
+
+    Chat messages keep their text (they only lose the link to the run); orchestration steps
+    keep their stored output. Done in batches so the write lock is never held for long.
+    """
+    deleted = 0
+    while True:
+        with db.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?"
+                " AND status NOT IN ('queued', 'running') LIMIT ?", (finished_before, batch))]
+            if not ids:
+                return deleted
+            marks = ", ".join("?" for _ in ids)
+            conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs_fts WHERE run_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+        deleted += len(ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
 
 from agent_manager.executors.base import Resources
 from agent_manager.executors.routing import RouteRequest, check_isolation
@@ -15,7 +16,7 @@ from agent_manager.store import agents as agent_store
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.web import sse
-from agent_manager.web.deps import audit, owner_filter, principal, service
+from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 RUN_TERMINAL = frozenset({"run.finished"})
@@ -52,6 +53,18 @@ async def list_runs(request: Request, agent: str | None = None, status: RunStatu
     items, total = run_store.search(svc.database, agent_id=agent_id, status=status, q=q,
                                     owner=owner_filter(request), limit=limit, offset=offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+class PruneRequest(BaseModel):
+    older_than_days: float = Field(..., ge=0, le=100_000, allow_inf_nan=False)
+
+
+@router.post("/prune", dependencies=[Depends(require_admin)])
+async def prune_runs(body: PruneRequest, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    """Delete finished runs (and their event logs) older than ``older_than_days``."""
+    deleted = svc.runs.prune(body.older_than_days)
+    audit(request, "runs.prune", None, {"older_than_days": body.older_than_days, "deleted": deleted})
+    return {"deleted": deleted, "older_than_days": body.older_than_days}
 
 
 @router.get("/{run_id}", response_model=Run)
