@@ -133,20 +133,23 @@ def sandbox_git(p: Paths, scratch: Path, tip: str) -> list[Mount]:
             Mount(INSIDE_OBJECTS, source=p.repo / "objects")]
 
 
-async def import_commits(p: Paths, scratch: Path, old: str) -> str | None:
-    """The sandboxed agent's commits, copied into the project when they extend the branch; the new
-    tip, or None (nothing committed, or history rewritten: then only the files count)."""
+async def import_commits(p: Paths, scratch: Path, old: str) -> tuple[str, bool]:
+    """The sandboxed agent's commits, copied into the project when they extend the branch.
+
+    Returns the new tip (``old`` when nothing was committed) and whether the agent rewrote the
+    history (then only its files count). Objects pass through ``pack-objects | index-pack``,
+    which checks every one of them; the private git dir's config is never read."""
     tip = git.read_ref_file(scratch / "refs" / "heads" / p.branch)
     if tip is None or tip == old:
-        return None
+        return old, False
     env = {"GIT_ALTERNATE_OBJECT_DIRECTORIES": str(scratch / "objects")}
     check = await git.run(["merge-base", "--is-ancestor", old, tip], git_dir=p.repo, env=env, check=False)
     if check.code != 0:
-        return None
+        return old, True
     pack = await git.run(["pack-objects", "--revs", "--stdout", "-q"], git_dir=p.repo, env=env,
                          stdin=f"{tip}\n^{old}\n".encode())
-    await git.run(["index-pack", "--stdin", "-q"], git_dir=p.repo, stdin=pack.out)
-    return tip if await git.rev(tip, git_dir=p.repo) else None
+    await git.run(["index-pack", "--stdin"], git_dir=p.repo, stdin=pack.out)
+    return (tip, False) if await git.rev(tip, git_dir=p.repo) else (old, True)
 
 
 async def settle(p: Paths, ws: dict[str, Any], message: str, *, scratch: Path | None = None,
@@ -157,9 +160,10 @@ async def settle(p: Paths, ws: dict[str, Any], message: str, *, scratch: Path | 
     p.worktree.mkdir(parents=True, exist_ok=True)
     # 1. the agent's own commits: on the branch (local) or in the sandbox's private git dir
     tip = await git.rev(f"refs/heads/{p.branch}", git_dir=p.repo) or old
+    rewritten = tip != old and not await git.is_ancestor(old, tip, git_dir=p.repo)
     if scratch is not None:
-        tip = await import_commits(p, scratch, old) or old
-    if tip != old and not await git.is_ancestor(old, tip, git_dir=p.repo):
+        tip, rewritten = await import_commits(p, scratch, old)
+    if rewritten:
         note = "the agent rewrote the branch's history; its files were kept as one commit on the branch"
         tip = old
     index = p.repo / f"am-index-{p.worktree.name}"

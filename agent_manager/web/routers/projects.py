@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from agent_manager.models import ProjectCreate
 from agent_manager.service import Service
-from agent_manager.web.deps import audit, principal, require_admin, service
+from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
 from agent_manager.workspaces import Workspaces
 from agent_manager.workspaces import records as rec
 
@@ -24,8 +24,11 @@ def workspaces(svc: Service) -> Workspaces:
     return found
 
 
-def view(svc: Service, project: dict[str, Any], with_workspaces: bool = False) -> dict[str, Any]:
-    spaces = rec.of_project(svc.database, project["id"], "open")
+def view(svc: Service, project: dict[str, Any], with_workspaces: bool = False,
+         owner: str | None = None) -> dict[str, Any]:
+    """A project; with its open workspaces (only the caller's own, unless admin)."""
+    spaces = [ws for ws in rec.of_project(svc.database, project["id"], "open")
+              if owner is None or ws["owner"] == owner]
     out = {k: project[k] for k in ("id", "name", "path", "git_url", "default_base", "created_at")}
     out["open_workspaces"] = len(spaces)
     if with_workspaces:
@@ -36,8 +39,8 @@ def view(svc: Service, project: dict[str, Any], with_workspaces: bool = False) -
 
 
 @router.get("")
-async def list_projects(svc: Service = Depends(service)) -> list[dict[str, Any]]:
-    return [view(svc, p) for p in rec.projects(svc.database)]
+async def list_projects(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
+    return [view(svc, p, owner=owner_filter(request)) for p in rec.projects(svc.database)]
 
 
 @router.post("", status_code=201)
@@ -49,8 +52,8 @@ async def create_project(body: ProjectCreate, request: Request, svc: Service = D
 
 
 @router.get("/{ref}")
-async def get_project(ref: str, svc: Service = Depends(service)) -> dict[str, Any]:
-    return view(svc, rec.project(svc.database, ref), with_workspaces=True)
+async def get_project(ref: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    return view(svc, rec.project(svc.database, ref), with_workspaces=True, owner=owner_filter(request))
 
 
 @router.delete("/{ref}", status_code=204, dependencies=[Depends(require_admin)])
