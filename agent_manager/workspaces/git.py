@@ -25,7 +25,7 @@ HEX_RE = re.compile(r"^[0-9a-f]{40}$")
 HARDENING = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.pager=cat",
              "-c", "core.askPass=", "-c", "credential.helper=", "-c", "protocol.ext.allow=never",
              "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "core.untrackedCache=false",
-             "-c", "diff.external=", "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main")
+             "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main")
 BASE_ENV = {
     "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "SSH_ASKPASS": "/bin/false",
     "GIT_SSH_COMMAND": "ssh -o BatchMode=yes", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C",

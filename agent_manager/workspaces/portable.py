@@ -31,10 +31,10 @@ COLLECT = r"""set -e
 B=$1 W=$2 S=$3 OUT=$4 C=$5 BR=$6
 mkdir -p "$W"
 export GIT_DIR="$S/repo" GIT_WORK_TREE="$W" GIT_INDEX_FILE="$S/index"
-G="git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c diff.external= -c core.autocrlf=false"
+G="git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core.autocrlf=false"
 $G read-tree "$C"
 $G add -A
-$G diff --cached --binary --full-index -M "$C" > "$OUT"
+$G diff --cached --binary --full-index -M --no-ext-diff --no-textconv "$C" > "$OUT"
 """
 
 
@@ -52,5 +52,7 @@ async def apply(repo: Path, worktree: Path, index: Path, patch: Path) -> None:
     hostile patch cannot write outside the worktree."""
     if patch.stat().st_size == 0:
         return
+    await git.run(["update-index", "-q", "--refresh"], git_dir=repo, work_tree=worktree, index=index, cwd=worktree,
+                  check=False)
     await git.run(["apply", "--index", "--binary", "--whitespace=nowarn", str(patch)], git_dir=repo,
                   work_tree=worktree, index=index, cwd=worktree)
