@@ -7,7 +7,8 @@ import contextlib
 import click
 
 from agent_manager import __version__
-from agent_manager.cli import agents, run, serve
+from agent_manager.cli import agents, projects, run, serve
+from agent_manager.cli import runs as runs_prune
 
 
 @click.group()
@@ -28,7 +29,10 @@ main.add_command(serve.token)
 main.add_command(serve.url)
 main.add_command(agents.agents)
 main.add_command(run.run)
-for module_name in ("plan", "orchestrate", "sandboxes", "runs"):
+main.add_command(projects.command)
+main.add_command(projects.runs)
+projects.runs.add_command(runs_prune.prune)
+for module_name in ("plan", "orchestrate", "sandboxes"):
     with contextlib.suppress(ImportError):
         module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])
         main.add_command(module.command)

@@ -109,11 +109,13 @@ def _positive_seconds(_ctx: click.Context, param: click.Parameter, value: float 
 @click.option("--timeout", "timeout_s", type=float, default=None, callback=_positive_seconds,
               help="Seconds before the run is killed.")
 @click.option("--raw", is_flag=True, help="Print the CLI's raw output instead of parsed messages.")
+@click.option("--project", default=None, help="Work on this project, on a new branch am/<run id>.")
+@click.option("--base", default=None, help="Branch or commit to start from (default: the project's base).")
 @click.option("--detach", is_flag=True,
               help="Start the run, print its id and return; the run goes on in the service.")
 @click.pass_obj
 def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conversation_id: str | None,
-        timeout_s: float | None, raw: bool, detach: bool) -> None:
+        timeout_s: float | None, raw: bool, project: str | None, base: str | None, detach: bool) -> None:
     """Run AGENT with PROMPT, streaming its output; exits with the agent's exit code.
 
     Ctrl-C, SIGTERM and SIGHUP (a closed terminal, `timeout`) cancel the run; --detach does not wait.
@@ -122,7 +124,7 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
     info = client.request("GET", f"/api/agents/{agent}")
     structured = not isinstance(get_kind(info["kind"]).parser(), PlainTextParser)
     body = {"agent": agent, "prompt": prompt, "backend": backend, "conversation_id": conversation_id,
-            "timeout_s": timeout_s}
+            "timeout_s": timeout_s, "project": project, "base": base}
     started: dict[str, Any] = {}
     if detach:
         started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
@@ -144,6 +146,11 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     status = final["status"]
+    if project:
+        from agent_manager.cli.projects import print_stat
+
+        click.echo("", err=True)
+        print_stat(client, f"/api/runs/{started['id']}/diff")
     if status != "succeeded":
         click.echo(click.style(f"run {started['id']} {status}: {final.get('error') or ''}".rstrip(": "),
                                fg="red"), err=True)

@@ -1,4 +1,4 @@
-"""``agent-manager runs prune``: apply run retention by hand."""
+"""``agent-manager runs prune``: apply run retention by hand (joins the ``runs`` group)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,13 @@ import click
 from agent_manager.cli.client import Client
 
 
-@click.group("runs")
-def command() -> None:
-    """Stored runs."""
-
-
 def _days(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise click.BadParameter(f"{value} is not a number of days; give 0 or more, e.g. 30")
     return value
 
 
-@command.command("prune")
+@click.command("prune")
 @click.option("--older-than", "days", type=float, default=None, callback=_days,
               help="Delete finished runs older than this many days (default: run_retention_days).")
 @click.pass_obj
