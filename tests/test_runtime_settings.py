@@ -225,3 +225,67 @@ async def test_daytona_output_queue_is_bounded() -> None:
     reader = execution.output()
     assert (await reader.__anext__()).text == "0\n"
     await asyncio.wait_for(execution._emit("stdout", "now there is room\n"), 1)
+
+
+def test_settings_page_shows_environment_set_values_read_only(tmp_path: Path, fake_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+    from ui_harness import CHROMIUM_ARGS, open_ui
+
+    server = start_server(tmp_path / "home", env={"AGENT_MANAGER_MAX_CONCURRENT_RUNS": "3"})
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                ui = open_ui(browser, server)
+                ui.go("/settings")
+                pinned = ui.page.locator("input[name=max_concurrent_runs]")
+                expect(pinned).to_be_disabled()
+                expect(pinned).to_have_value("3")
+                expect(ui.page.locator(".field", has=pinned)).to_contain_text("AGENT_MANAGER_MAX_CONCURRENT_RUNS")
+                # Saving other changes works and does not try to change the pinned one.
+                ui.page.locator("input[name=heavy_cpu]").fill("5")
+                ui.page.get_by_role("button", name="Save settings").click()
+                expect(ui.page.get_by_text("Settings saved")).to_be_visible()
+                assert ui.unexpected_errors() == []
+            finally:
+                browser.close()
+        body = httpx.get(f"{server.url}/api/settings", headers=server.headers).json()
+        assert body["heavy_cpu"] == 5 and body["max_concurrent_runs"] == 3
+    finally:
+        stop_server(server)
+
+
+def _another_value(name: str, current: object) -> object:
+    """A valid value different from ``current`` for the setting ``name``."""
+    field = Settings.model_fields[name]
+    annotation = str(field.annotation)
+    if name == "execution_mode":
+        return "local" if current != "local" else "auto"
+    if isinstance(current, bool):
+        return not current
+    if isinstance(current, int | float) and not isinstance(current, bool):
+        try:
+            Settings(**{name: current + 1})
+            return current + 1
+        except ValueError:
+            return current - 1
+    if "list" in annotation:
+        return ["agents.example.lan"]
+    if "SecretStr" in annotation:
+        return "a-new-secret"
+    return "another value"
+
+
+async def test_every_live_setting_changes_at_once(client: httpx.AsyncClient, service: object) -> None:
+    svc = service
+    body = (await client.get("/api/settings")).json()
+    for name in sorted(body["mutable"]):
+        if name.startswith("daytona_") or name.startswith("sandbox_"):
+            continue  # exercised against the emulator / by the sandbox tests; nothing to reach here
+        value = _another_value(name, body[name])
+        r = await client.patch("/api/settings", json={name: value})
+        assert r.status_code == 200, (name, value, r.text)
+        assert r.json()[name] == value, name
+        assert getattr(svc.settings, name) == value, name  # type: ignore[attr-defined]
+    saved = read_config_file(svc.settings.home)  # type: ignore[attr-defined]
+    assert set(saved) >= {n for n in body["mutable"] if not n.startswith(("daytona_", "sandbox_"))}
