@@ -24,7 +24,8 @@ def test_run_on_a_project_from_the_form_then_review_side_by_side_and_merge(ui: U
     page = ui.page
     ui.go("/run?agent=sh-agent&project=proj")
     expect(page.get_by_label("Project")).to_have_value("proj")
-    page.get_by_label("Prompt").fill("Edit the files\n" + EDIT_SCRIPT + " && printf 'def f():\\n    return 1\\n' > code.py")
+    code = " && printf 'def f():\\n    return 1\\n' > code.py"
+    page.get_by_label("Prompt").fill("Edit the files\n" + EDIT_SCRIPT + code)
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page).to_have_url(re.compile(r"#/runs/run_"))
     diff = page.locator("[data-testid=diff]")
