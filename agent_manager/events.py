@@ -60,13 +60,12 @@ class EventLog:
         """Persist one event, then wake the readers of ``key``; returns its seq.
 
         ``also`` are statements committed in the same transaction, before the event. Direct logs
-        (or ``direct=True``, for a key with nothing queued) commit before returning. Batched logs
-        queue the row; an ``output`` event may be merged into the previous queued output event of
-        the same stream, and then that event's seq is returned.
+        commit before returning, and so does a batched one with ``direct=True`` when nothing of
+        ``key`` is queued (no thread round trip: the end of a run wakes its DAG at once); else
+        the row queues behind the others. An ``output`` event may be merged into the previous
+        queued output event of the same stream, and then that event's seq is returned.
         """
-        if direct and key in self._tail:
-            raise RuntimeError(f"events of {key} are still queued; a direct append would overtake them")
-        if not self.batched or direct:
+        if not self.batched or (direct and key not in self._tail):
             seq = self.last_seq(key) + 1
             with self.db.transaction() as conn:
                 for statement, params in also or ():

@@ -331,7 +331,7 @@ class RunManager:
             data["usage"] = usage
         if error:
             data["error"] = error
-        self.events.append(run_id, "run.finished", data, also=final_row)  # row and event: one commit
+        self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
         self.finished_counts[(run["backend"] or "none", status)] += 1
         duration = run_store.duration(started, finished)
         if duration is not None:
