@@ -83,9 +83,20 @@ def search(db: Queryable, *, agent_id: str | None = None, status: str | None = N
         where.append("runs.id IN (SELECT run_id FROM runs_fts WHERE runs_fts MATCH ?)")
         params.append(fts_query(q))
     clause = ("WHERE " + " AND ".join(where)) if where else ""
+    order = "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
+    if q and fts_query(q):
+        # One full-text match for the page and the total (it is the expensive part); the window
+        # count sees every match before LIMIT. An empty page still needs its own count.
+        rows = db.all(f"SELECT runs.*, COUNT(*) OVER () AS total_matches FROM runs {clause} {order}",
+                      (*params, limit, offset))
+        if rows:
+            items = [row_to_dict(r) for r in rows]
+            for item in items:
+                del item["total_matches"]
+            return items, int(rows[0]["total_matches"])
+    else:
+        rows = db.all(f"SELECT * FROM runs {clause} {order}", (*params, limit, offset))
     total = db.one(f"SELECT COUNT(*) AS n FROM runs {clause}", params)
-    rows = db.all(f"SELECT * FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                  (*params, limit, offset))
     return [row_to_dict(r) for r in rows], int(total["n"]) if total else 0
 
 
