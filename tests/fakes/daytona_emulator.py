@@ -104,6 +104,8 @@ class DaytonaEmulator:
         self.peak_creating = 0
         self.keep_requests = True
         self._random = random.Random(0)
+        self.bytes_uploaded = 0  # file contents moved through the toolbox, for benches
+        self.bytes_downloaded = 0
         self._faults: list[FaultRule] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
