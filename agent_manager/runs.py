@@ -2,8 +2,11 @@
 
 Every event is committed to the run's log before anyone hears of it (``EventLog.append``),
 so the log is the single source of truth for live viewers, reconnecting clients and the
-history alike. The manager also owns the limits that are about the service rather than a
-backend: how many host runs at once, timeouts, stall detection and cancellation.
+history alike. Run logs are batched (committed by the event-writer thread), so the run's
+final row update travels in the same transaction as its ``run.finished`` event, and a run
+counts as done (``wait``) only once all its events are committed. The manager also owns the
+limits that are about the service rather than a backend: how many host runs at once,
+timeouts, stall detection and cancellation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
-from agent_manager.agents.base import AgentKind, Invocation, PlainTextParser
+from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
 from agent_manager.errors import AgentManagerError, Conflict, TooLarge, ValidationFailed
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
@@ -140,6 +143,7 @@ class _Live:
     phase: str = "queued"  # queued (routing, waiting for a slot) → starting → running
     backend: str | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # the run's status is final
+    previous_usage: dict[str, Any] | None = None  # the resumed session's last turn (Codex totals)
 
 
 class RunManager:
@@ -147,7 +151,8 @@ class RunManager:
         self.db = db
         self.settings = settings
         self.executors = executors
-        self.events = EventLog(db, "run_events", "run_id")
+        self.events = EventLog(db, "run_events", "run_id", batched=True)
+        self._finished: set[str] = set()  # finish recorded (maybe not yet committed) in this process
         self.host_slots = HostSlots(settings)
         self.host_running = 0
         self.queued = 0
@@ -163,9 +168,9 @@ class RunManager:
         stale = run_store.unfinished(self.db)
         for run in stale:
             reason = "the service stopped before this run finished"
-            run_store.update(self.db, run["id"], status="interrupted", error=reason, finished_at=now())
-            self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None,
-                                                           "error": reason})
+            self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None, "error": reason},
+                               run_store.update_statements(run["id"], status="interrupted", error=reason,
+                                                           finished_at=now()), direct=True)
         return len(stale)
 
     async def shutdown(self) -> None:
@@ -189,7 +194,8 @@ class RunManager:
         run_id = new_id("run")
         resume_id, cli_prompt = self._conversation_context(req, kind)
         invocation = (Invocation(argv=list(req.argv)) if req.argv is not None else
-                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id))
+                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id,
+                                 gateway=Gateway.of(agent)))
         check_argv_size(invocation.argv)
         if req.workspace is None and (problem := working_dir_problem(agent.get("working_dir"))):
             raise ValidationFailed(f"agent {agent['name']!r}: {problem}",
@@ -211,6 +217,8 @@ class RunManager:
         live = _Live()
         self.live[run_id] = live
         self.queued += 1
+        live.previous_usage = (run_store.last_usage(self.db, req.conversation_id, agent["id"], resume_id)
+                               if resume_id and req.conversation_id else None)
         live.task = asyncio.create_task(self._run(run_id, req, kind, invocation), name=f"run {run_id}")
         return run
 
@@ -229,6 +237,7 @@ class RunManager:
             # (its executor deletes it when interrupted). Answer now; the task cleans up behind.
             live.task.cancel()
             self._finish(run_id, "cancelled", None, None, "cancelled by the user", None)
+            await self.events.drained(run_id)
             return run_store.get(self.db, run_id)
         await self._end(live)
         await live.done.wait()
@@ -244,6 +253,7 @@ class RunManager:
         live = self.live.get(run_id)
         if live is not None:
             await live.finished.wait()
+            await self.events.drained(run_id)  # the finish is committed with its event
         return run_store.get(self.db, run_id)
 
     # -- the run itself --------------------------------------------------------------------
@@ -317,9 +327,13 @@ class RunManager:
             if queued:
                 self.queued -= 1
             live.finished.set()
-            live.done.set()
-            self.live.pop(run_id, None)
-            self.events.forget(run_id)
+            try:
+                await self.events.drained(run_id)
+            finally:
+                live.done.set()
+                self.live.pop(run_id, None)
+                self._finished.discard(run_id)
+                self.events.forget(run_id)
 
     async def _execute(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation,
                        backend: str, reason: str) -> None:
@@ -332,7 +346,7 @@ class RunManager:
         if invocation.prompt_file_at and invocation.prompt_file is not None:
             # A service file (like orchestration inputs): a git workspace does not commit it.
             req.files[name] = invocation.prompt_file.encode()
-        spec = ExecSpec(argv=list(invocation.argv), env=dict(agent["env"]), workspace=workspace,
+        spec = ExecSpec(argv=list(invocation.argv), env={**invocation.env, **agent["env"]}, workspace=workspace,
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
@@ -369,6 +383,7 @@ class RunManager:
         if live.end_reason:  # cancelled while starting
             live.ending = asyncio.create_task(self._end(live))
         parser = kind.parser()
+        parser.resumed(live.previous_usage)
         if isinstance(parser, PlainTextParser):
             parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
         stdout_seen = False
@@ -382,6 +397,7 @@ class RunManager:
                 if budget is None or size <= budget:
                     budget = None if budget is None else budget - size
                     self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
+                    await self.events.room()  # a producer faster than the disk waits here, not in memory
                 else:
                     if not dropped:
                         self.events.append(run_id, "output.truncated", {
@@ -413,7 +429,8 @@ class RunManager:
             status, error = "succeeded", None
         else:
             status = "failed"
-            error = parser.error or (stderr_tail.strip()[-4000:] if not stdout_seen or not parser.answer else None)
+            error = parser.error or (parser.failure(code, stderr_tail) if not stdout_seen or not parser.answer
+                                     else None)
             error = error or f"exited with code {code}"
         answer = parser.answer
         if isinstance(parser, PlainTextParser) and parser.truncated:
@@ -467,11 +484,14 @@ class RunManager:
     def _finish(self, run_id: str, status: str, code: int | None, answer: str | None, error: str | None,
                 usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None) -> None:
         run = run_store.get(self.db, run_id)
-        if run["status"] in TERMINAL_STATUSES:
+        if run["status"] in TERMINAL_STATUSES or run_id in self._finished:
             return
+        self._finished.add(run_id)
         finished = now()
-        run_store.update(self.db, run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
-                         session_id=session_id, finished_at=finished, started_at=run["started_at"] or finished)
+        started = run["started_at"] or finished
+        final_row = run_store.update_statements(
+            run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
+            session_id=session_id, finished_at=finished, started_at=started)
         if req is not None and req.conversation_id:
             reply = answer if answer is not None else f"[{status}] {error or ''}".strip()
             conv_store.add_message(self.db, req.conversation_id, "assistant", reply, req.agent["id"], run_id)
@@ -485,12 +505,12 @@ class RunManager:
             data["usage"] = usage
         if error:
             data["error"] = error
-        self.events.append(run_id, "run.finished", data)
+        self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
         live = self.live.get(run_id)
         if live is not None:
             live.finished.set()
-        final = run_store.get(self.db, run_id)
-        self.finished_counts[(final["backend"] or "none", status)] += 1
-        if final["duration_s"] is not None:
-            self.durations.append(final["duration_s"])
+        self.finished_counts[(run["backend"] or "none", status)] += 1
+        duration = run_store.duration(started, finished)
+        if duration is not None:
+            self.durations.append(duration)
             del self.durations[:-10_000]

@@ -11,7 +11,7 @@ substituted inside a longer element, so it can never be spliced into a flag.
 
 from __future__ import annotations
 
-from .base import PROMPT_FILE_TOKEN, PROMPT_TOKEN, AgentKind, Invocation
+from .base import PROMPT_FILE_TOKEN, PROMPT_TOKEN, AgentKind, Gateway, Invocation
 
 
 class GenericKind(AgentKind):
@@ -21,13 +21,18 @@ class GenericKind(AgentKind):
     supports_resume = False
 
     def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
-              resume_id: str | None = None) -> Invocation:
+              resume_id: str | None = None, gateway: Gateway | None = None) -> Invocation:
         argv = [self.executable(command)]
         file_at = tuple(i + 1 for i, a in enumerate(args) if a == PROMPT_FILE_TOKEN)
         if PROMPT_TOKEN in args or file_at:
             argv += [prompt if a == PROMPT_TOKEN else a for a in args]
         else:
             argv += [*args, prompt]
+        env: dict[str, str] = {}
+        if gateway:  # for the program to read; we cannot know its own mechanism
+            env["AGENT_MANAGER_API_BASE"] = gateway.base_url
+            if gateway.api_key:
+                env["AGENT_MANAGER_API_KEY"] = gateway.api_key
         if file_at:
-            return Invocation(argv=argv, prompt_file_at=file_at, prompt_file=prompt)
-        return Invocation(argv=argv)
+            return Invocation(argv=argv, env=env, prompt_file_at=file_at, prompt_file=prompt)
+        return Invocation(argv=argv, env=env)
