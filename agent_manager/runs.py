@@ -271,6 +271,7 @@ class RunManager:
         if isinstance(parser, PlainTextParser) and parser.truncated:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
         self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
+        run_store.index_stderr(self.db, run_id, stderr_tail)
 
     def _expire(self, live: _Live, reason: str) -> None:
         if live.end_reason is None:
