@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
-from agent_manager.agents.base import AgentKind, Invocation, PlainTextParser
+from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
 from agent_manager.errors import AgentManagerError, Conflict
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
@@ -72,6 +72,7 @@ class _Live:
     last_output: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     ending: asyncio.Task[None] | None = None  # held so the loop cannot drop it half-way
+    previous_usage: dict[str, Any] | None = None  # the resumed session's last turn (Codex totals)
 
 
 class RunManager:
@@ -121,7 +122,8 @@ class RunManager:
         run_id = new_id("run")
         resume_id, cli_prompt = self._conversation_context(req, kind)
         invocation = (Invocation(argv=list(req.argv)) if req.argv is not None else
-                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id))
+                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id,
+                                 gateway=Gateway.of(agent)))
         run = run_store.create(self.db, {
             "id": run_id, "agent_id": agent["id"], "agent_name": agent["name"], "prompt": req.prompt,
             "requested_backend": req.backend or req.step_backend or agent.get("backend"),
@@ -139,6 +141,8 @@ class RunManager:
         live = _Live()
         self.live[run_id] = live
         self.queued += 1
+        live.previous_usage = (run_store.last_usage(self.db, req.conversation_id, agent["id"], resume_id)
+                               if resume_id and req.conversation_id else None)
         live.task = asyncio.create_task(self._run(run_id, req, kind, invocation), name=f"run {run_id}")
         return run
 
@@ -235,7 +239,7 @@ class RunManager:
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
         workspace = req.workspace or (Path(agent["working_dir"]) if agent.get("working_dir")
                                       else self.settings.workspaces / agent["name"])
-        spec = ExecSpec(argv=invocation.argv, env=dict(agent["env"]), workspace=workspace,
+        spec = ExecSpec(argv=invocation.argv, env={**invocation.env, **agent["env"]}, workspace=workspace,
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
@@ -254,6 +258,7 @@ class RunManager:
         if live.end_reason:  # cancelled while starting
             live.ending = asyncio.create_task(self._end(live))
         parser = kind.parser()
+        parser.resumed(live.previous_usage)
         if isinstance(parser, PlainTextParser):
             parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
         stdout_seen = False
@@ -284,7 +289,8 @@ class RunManager:
             status, error = "succeeded", None
         else:
             status = "failed"
-            error = parser.error or (stderr_tail.strip()[-4000:] if not stdout_seen or not parser.answer else None)
+            error = parser.error or (parser.failure(code, stderr_tail) if not stdout_seen or not parser.answer
+                                     else None)
             error = error or f"exited with code {code}"
         answer = parser.answer
         if isinstance(parser, PlainTextParser) and parser.truncated:
