@@ -40,6 +40,7 @@ register(["run", "runs"], "run", "Run");
 register(["chat"], "chat", "Chat");
 register(["history"], "history", "History");
 register(["plans"], "plans", "Plans");
+register(["projects"], "projects", "Projects");
 register(["orchestrations", "orchestration"], "orchestration", null, "Plans");
 register(["files"], "files", "Files");
 register(["users"], "users", "Users");

@@ -8,6 +8,7 @@ import { follow, get, post } from "../lib/api.js";
 import { announce } from "../lib/attention.js";
 import { errorBox, fmtAgo, fmtDuration, h, setTitle, statusBadge, toast } from "../lib/dom.js";
 import { runView } from "../lib/runview.js";
+import { diffView } from "../lib/diff.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const NODE_W = 168;
@@ -259,12 +260,13 @@ export async function render(root, { id, query, signal, navigate }) {
   const graph = h("div");
   const message = h("div");
   const table = h("div");
+  const changes = view.workspace ? diffView(`/api/orchestrations/${encodeURIComponent(id)}`, { signal }) : null;
   const filesBox = h("div", { "data-testid": "plan-files" });
   const panel = h("aside", { class: "step-panel", hidden: true, "aria-label": "Step details",
     "data-testid": "step-panel", tabindex: "-1" });
   root.append(h("div", { class: "page-head" }, title, status, h("div", { class: "actions" }, cancel, resume, rerun)),
     meta, counts, message, graph, h("h2", null, "Steps"), table,
-    h("h2", null, "Files the plan wrote"), filesBox, panel);
+    changes ? changes.el : "", h("h2", null, "Files the plan wrote"), filesBox, panel);
 
   let stream = null;
   let refreshTimer = null;
@@ -399,6 +401,7 @@ export async function render(root, { id, query, signal, navigate }) {
     try {
       view = await get(`/api/orchestrations/${encodeURIComponent(id)}`, null, { signal });
       paint();
+      if (changes && view.status !== "running") changes.refresh();
       if (view.status !== "running" && stream) {
         stream.close();
         stream = null;

@@ -4,6 +4,7 @@
 import { get, post } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle } from "../lib/dom.js";
 import { announce } from "../lib/attention.js";
+import { diffView, projectInputs, withProject } from "../lib/diff.js";
 import { runView } from "../lib/runview.js";
 
 const BACKENDS = [["", "agent default / auto"], ["auto", "auto (routing policy)"], ["local", "local"],
@@ -67,7 +68,7 @@ export async function render(root, { id, query, signal, navigate }) {
           h("a", { class: "button secondary small", href: `#/run?agent=${encodeURIComponent(run.agent_name)}` },
             "New run"))),
       prompt,
-      runView(run, { signal }).el,
+      runWithChanges(run, signal),
       h("p", { class: "muted small mono" }, run.id)));
     return;
   }
@@ -80,10 +81,13 @@ export async function render(root, { id, query, signal, navigate }) {
     rows.prompt.input.focus();
   }
 
+  projectField(rows, form, query.get("project") || (run && run.project) || "", signal);
+
   async function onSubmit(event) {
     event.preventDefault();
     const body = { agent: rows.agent.input.value, prompt: rows.prompt.input.value };
     if (rows.backend.input.value) body.backend = rows.backend.input.value;
+    withProject(body, rows);
     submit.disabled = true;
     try {
       const started = await post("/api/runs", body);
@@ -96,4 +100,22 @@ export async function render(root, { id, query, signal, navigate }) {
       submit.disabled = false;
     }
   }
+}
+
+/** The live run, then (for a run on a project) its changes, reloaded when the run ends. */
+function runWithChanges(run, signal) {
+  const view = runView(run, { signal });
+  if (!run.workspace) return view.el;
+  const changes = diffView(`/api/runs/${encodeURIComponent(run.id)}`, { signal });
+  view.done.then(() => changes.refresh());
+  return h("div", null, view.el, changes.el);
+}
+
+/** Project / base inputs on the run form, shown once there is a project to pick. */
+async function projectField(rows, form, wanted, signal) {
+  const inputs = await projectInputs(signal, wanted);
+  if (!inputs) return;
+  Object.assign(rows, inputs);
+  const grid = form.querySelector(".form-grid");
+  if (grid) grid.append(inputs.project.wrap, inputs.base.wrap);
 }
