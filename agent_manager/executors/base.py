@@ -53,6 +53,9 @@ class ExecSpec:
     labels: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    run_as: str | None = None
+    """An OS user name the process becomes (local backend; only when the service is root).
+    ``None``: the service's own user."""
 
 
 @dataclass(frozen=True)
