@@ -14,10 +14,10 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
-from agent_manager.agents.base import AgentKind, Invocation, PlainTextParser
+from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
 from agent_manager.errors import AgentManagerError, Conflict
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
@@ -28,6 +28,9 @@ from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.store.database import new_id, now
+
+if TYPE_CHECKING:
+    from agent_manager.workspaces import Base, Workspaces
 
 log = logging.getLogger("agent_manager.runs")
 HOST_BACKENDS = frozenset({"local", "sandbox"})
@@ -53,6 +56,10 @@ class RunRequest:
     # Run exactly this argv instead of the agent's CLI (orchestration `shell` steps); the
     # agent dict then only names the run and supplies env/backend/trust.
     argv: list[str] | None = None
+    # Projects (DESIGN 3.7): an existing workspace to work in (conversation, plan step), or a
+    # resolved base to branch a new one from for this run alone (``am/<run id>``).
+    workspace_id: str | None = None
+    new_workspace: Base | None = None
 
 
 @dataclass
@@ -65,6 +72,7 @@ class _Live:
     last_output: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     ending: asyncio.Task[None] | None = None  # held so the loop cannot drop it half-way
+    previous_usage: dict[str, Any] | None = None  # the resumed session's last turn (Codex totals)
 
 
 class RunManager:
@@ -79,6 +87,7 @@ class RunManager:
         self.live: dict[str, _Live] = {}
         self.finished_counts: Counter[tuple[str, str]] = Counter()
         self.durations: list[float] = []
+        self.workspaces: Workspaces | None = None  # set by the service
 
     # -- lifecycle of the manager ---------------------------------------------------------
 
@@ -113,17 +122,27 @@ class RunManager:
         run_id = new_id("run")
         resume_id, cli_prompt = self._conversation_context(req, kind)
         invocation = (Invocation(argv=list(req.argv)) if req.argv is not None else
-                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id))
+                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id,
+                                 gateway=Gateway.of(agent)))
         run = run_store.create(self.db, {
             "id": run_id, "agent_id": agent["id"], "agent_name": agent["name"], "prompt": req.prompt,
             "requested_backend": req.backend or req.step_backend or agent.get("backend"),
             "conversation_id": req.conversation_id, "owner": req.owner})
+        if req.new_workspace is not None and self.workspaces is not None:
+            req.workspace_id = self.workspaces.record(req.new_workspace, "run", run_id, req.owner)["id"]
+        if req.workspace_id:
+            from agent_manager.workspaces import records as ws_records
+
+            ws_records.link(self.db, "runs", run_id, req.workspace_id)
+            run = run_store.get(self.db, run_id)
         if req.conversation_id:
             conv_store.add_message(self.db, req.conversation_id, "user", req.prompt, agent["id"], run_id)
         self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None})
         live = _Live()
         self.live[run_id] = live
         self.queued += 1
+        live.previous_usage = (run_store.last_usage(self.db, req.conversation_id, agent["id"], resume_id)
+                               if resume_id and req.conversation_id else None)
         live.task = asyncio.create_task(self._run(run_id, req, kind, invocation), name=f"run {run_id}")
         return run
 
@@ -198,11 +217,13 @@ class RunManager:
                     self.host_running -= host
         except AgentManagerError as exc:
             self.events.append(run_id, "error", {"message": exc.message})
+            await self._settle(run_id, req)
             self._finish(run_id, "failed", None, None, exc.message, None)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the workspace is settled at the next start (Workspaces.recover)
             self._finish(run_id, "interrupted", None, None, "the service stopped during this run", None)
         except Exception as exc:  # a bug: record it on the run instead of leaving it running
             log.exception("run %s crashed", run_id)
+            await self._settle(run_id, req)
             self._finish(run_id, "failed", None, None, f"internal error: {exc}", None)
         finally:
             if queued:
@@ -218,10 +239,12 @@ class RunManager:
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
         workspace = req.workspace or (Path(agent["working_dir"]) if agent.get("working_dir")
                                       else self.settings.workspaces / agent["name"])
-        spec = ExecSpec(argv=invocation.argv, env=dict(agent["env"]), workspace=workspace,
+        spec = ExecSpec(argv=invocation.argv, env={**invocation.env, **agent["env"]}, workspace=workspace,
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
+        if req.workspace_id and self.workspaces is not None:
+            spec = await self.workspaces.prepare(req.workspace_id, run_id, backend, spec)
         execution = await self.executors[backend].start(spec)
         live.execution = execution
         sandbox_id = execution.info.get("sandbox_id")
@@ -235,6 +258,7 @@ class RunManager:
         if live.end_reason:  # cancelled while starting
             live.ending = asyncio.create_task(self._end(live))
         parser = kind.parser()
+        parser.resumed(live.previous_usage)
         if isinstance(parser, PlainTextParser):
             parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
         stdout_seen = False
@@ -265,12 +289,31 @@ class RunManager:
             status, error = "succeeded", None
         else:
             status = "failed"
-            error = parser.error or (stderr_tail.strip()[-4000:] if not stdout_seen or not parser.answer else None)
+            error = parser.error or (parser.failure(code, stderr_tail) if not stdout_seen or not parser.answer
+                                     else None)
             error = error or f"exited with code {code}"
         answer = parser.answer
         if isinstance(parser, PlainTextParser) and parser.truncated:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
+        await self._settle(run_id, req, backend)
         self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
+
+    async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:
+        """Commit what the agent left in its workspace before the run is reported finished, so
+        whoever sees ``run.finished`` can review the diff. A failure is said, never fatal."""
+        if not req.workspace_id or self.workspaces is None or self.workspaces.busy.get(req.workspace_id) != run_id:
+            return  # no workspace, or this run never got to use it (e.g. another run holds it)
+        if backend is None:
+            backend = run_store.get(self.db, run_id)["backend"]
+        try:
+            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, backend, req.files,
+                                                                      run_id))
+        except AgentManagerError as exc:
+            self.events.append(run_id, "error", {"message": f"could not commit the workspace: {exc.message}"})
+            return
+        from agent_manager.workspaces import records as ws_records
+
+        self.events.append(run_id, "workspace", ws_records.public(ws) or {})
 
     def _expire(self, live: _Live, reason: str) -> None:
         if live.end_reason is None:

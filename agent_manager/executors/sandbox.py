@@ -48,7 +48,7 @@ from agent_manager.executors.sandbox_profile import (
     STAGE_SCRIPT,
     Program,
     bwrap_options,
-    etc_files,
+    data_files,
     resolve_program,
     stage_root,
 )
@@ -267,6 +267,10 @@ class SandboxExecutor:
             await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user)
             guard = await asyncio.to_thread(DiskGuard, spec.workspace, self.settings.sandbox_disk_mb << 20,
                                             self._noop)
+        for mount in spec.mounts:  # writable extra mounts (a worktree's private git dir) too
+            source = mount.source
+            if mount.writable and source is not None and user is not None:
+                await asyncio.to_thread(hand_over, source, user)
         tag = new_tag(self.tag_prefix)
         memory_mb = spec.resources.memory_mb or self.settings.sandbox_memory_mb
         cgroup = RunCgroup.create(cgroup_name(self.tag_prefix, tag.rsplit(":", 1)[-1]), memory_mb=memory_mb,
@@ -327,6 +331,7 @@ class SandboxExecutor:
         sources: list[Path] = []
         if user is not None:  # the sandbox user may not traverse to these: root stages them
             sources = ([spec.workspace] if spec.workspace is not None else []) + list(program.binds)
+            sources += [m.source for m in spec.mounts if m.source is not None and m.data is None]
         prefix: list[str] = []
         procs = cgroup.procs_files if cgroup is not None else []
         if procs or sources:
@@ -351,7 +356,7 @@ class SandboxExecutor:
             prefix += drop_to(user, no_new_privs=False)
         if network is not None:  # the netns slirp4netns joins, owned by the sandbox user's userns
             prefix += [str(self.unshare), "--user", "--map-root-user", "--net", "--"]
-        data_fd = {dest: fds.data(content) for dest, content in etc_files(self.settings).items()}
+        data_fd = {dest: fds.data(content) for dest, content in data_files(self.settings, spec).items()}
         options = bwrap_options(spec, program, self.settings, data_fd, staged, network)
         args_fd = fds.memfd(b"".join(o.encode() + b"\0" for o in options))
         return [*prefix, self.bwrap, "--args", str(args_fd), "--", *program.argv]

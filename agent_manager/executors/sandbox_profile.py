@@ -198,7 +198,8 @@ def bwrap_options(spec: ExecSpec, program: Program, settings: Settings, data_fd:
         if os.path.lexists(name):
             args += ["--ro-bind-try", name, name]
     for dest, fd in data_fd.items():
-        args += ["--ro-bind-data", str(fd), dest]
+        if dest.startswith("/"):
+            args += ["--ro-bind-data", str(fd), dest]
     args += ["--dev", "/dev", "--proc", "/proc"]
     for name in PROC_READ_ONLY:
         args += ["--ro-bind-try", name, name]
@@ -209,6 +210,14 @@ def bwrap_options(spec: ExecSpec, program: Program, settings: Settings, data_fd:
         args += ["--size", str(settings.sandbox_tmp_mb << 20), "--tmpfs", "/workspace"]
     for bind in program.binds:
         args += ["--ro-bind", sources.get(bind, str(bind)), str(bind)]
+    # spec.mounts (workspaces: a worktree's git dir), after /workspace so they may cover a path
+    # inside it, e.g. its .git file.
+    for mount in spec.mounts:
+        if mount.data is not None:
+            args += ["--ro-bind-data", str(data_fd[mount_key(mount.target)]), mount.target]
+        elif mount.source is not None:
+            args += ["--bind" if mount.writable else "--ro-bind",
+                     sources.get(mount.source, str(mount.source)), mount.target]
     env = {"PATH": SANDBOX_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.env}
     if program.path_dirs:
         env["PATH"] = ":".join([*program.path_dirs, env["PATH"]])
@@ -220,6 +229,20 @@ def bwrap_options(spec: ExecSpec, program: Program, settings: Settings, data_fd:
     if network is not None:
         args += ["--share-net", "--info-fd", str(network[0]), "--block-fd", str(network[1])]
     return [*args, "--remount-ro", "/"]
+
+
+def mount_key(target: str) -> str:
+    """The ``data_fd`` key of a data mount (kept apart from the generated /etc files)."""
+    return "mount:" + target
+
+
+def data_files(settings: Settings, spec: ExecSpec) -> dict[str, str]:
+    """Every file bwrap makes from data: the /etc files, then the spec's data mounts."""
+    files = etc_files(settings)
+    for mount in spec.mounts:
+        if mount.data is not None:
+            files[mount_key(mount.target)] = mount.data
+    return files
 
 
 def etc_files(settings: Settings) -> dict[str, str]:

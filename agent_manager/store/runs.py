@@ -83,3 +83,12 @@ def search(db: Database, *, agent_id: str | None = None, status: str | None = No
 
 def unfinished(db: Database) -> list[dict[str, Any]]:
     return [row_to_dict(r) for r in db.all("SELECT * FROM runs WHERE status IN ('queued', 'running')")]
+
+
+def last_usage(db: Database, conversation_id: str, agent_id: str, session_id: str) -> dict[str, Any] | None:
+    """The usage of the newest run that continued ``session_id`` in this conversation: what a
+    CLI reporting running session totals (Codex) needs to report the next turn on its own."""
+    row = db.one("SELECT usage FROM runs WHERE conversation_id = ? AND agent_id = ? AND session_id = ?"
+                 " AND usage IS NOT NULL ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                 (conversation_id, agent_id, session_id))
+    return json.loads(row["usage"]) if row and row["usage"] else None
