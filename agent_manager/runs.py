@@ -2,8 +2,11 @@
 
 Every event is committed to the run's log before anyone hears of it (``EventLog.append``),
 so the log is the single source of truth for live viewers, reconnecting clients and the
-history alike. The manager also owns the limits that are about the service rather than a
-backend: how many host runs at once, timeouts, stall detection and cancellation.
+history alike. Run logs are batched (committed by the event-writer thread), so the run's
+final row update travels in the same transaction as its ``run.finished`` event, and a run
+counts as done (``wait``) only once all its events are committed. The manager also owns the
+limits that are about the service rather than a backend: how many host runs at once,
+timeouts, stall detection and cancellation.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class RunManager:
         self.db = db
         self.settings = settings
         self.executors = executors
-        self.events = EventLog(db, "run_events", "run_id")
+        self.events = EventLog(db, "run_events", "run_id", batched=True)
+        self._finished: set[str] = set()  # finish recorded (maybe not yet committed) in this process
         self.host_slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self.host_running = 0
         self.queued = 0
@@ -96,9 +100,9 @@ class RunManager:
         stale = run_store.unfinished(self.db)
         for run in stale:
             reason = "the service stopped before this run finished"
-            run_store.update(self.db, run["id"], status="interrupted", error=reason, finished_at=now())
-            self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None,
-                                                           "error": reason})
+            self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None, "error": reason},
+                               run_store.update_statements(run["id"], status="interrupted", error=reason,
+                                                           finished_at=now()), direct=True)
         return len(stale)
 
     async def shutdown(self) -> None:
@@ -228,9 +232,13 @@ class RunManager:
         finally:
             if queued:
                 self.queued -= 1
-            live.done.set()
-            self.live.pop(run_id, None)
-            self.events.forget(run_id)
+            try:
+                await self.events.drained(run_id)
+            finally:
+                live.done.set()
+                self.live.pop(run_id, None)
+                self._finished.discard(run_id)
+                self.events.forget(run_id)
 
     async def _execute(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation,
                        backend: str, reason: str) -> None:
@@ -267,6 +275,7 @@ class RunManager:
             async for chunk in execution.output():
                 live.last_output = loop.time()
                 self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
+                await self.events.room()  # a producer faster than the disk waits here, not in memory
                 if chunk.stream == "stdout":
                     stdout_seen = stdout_seen or bool(chunk.text.strip())
                 else:
@@ -344,11 +353,14 @@ class RunManager:
     def _finish(self, run_id: str, status: str, code: int | None, answer: str | None, error: str | None,
                 usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None) -> None:
         run = run_store.get(self.db, run_id)
-        if run["status"] in TERMINAL_STATUSES:
+        if run["status"] in TERMINAL_STATUSES or run_id in self._finished:
             return
+        self._finished.add(run_id)
         finished = now()
-        run_store.update(self.db, run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
-                         session_id=session_id, finished_at=finished, started_at=run["started_at"] or finished)
+        started = run["started_at"] or finished
+        final_row = run_store.update_statements(
+            run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
+            session_id=session_id, finished_at=finished, started_at=started)
         if req is not None and req.conversation_id:
             reply = answer if answer is not None else f"[{status}] {error or ''}".strip()
             conv_store.add_message(self.db, req.conversation_id, "assistant", reply, req.agent["id"], run_id)
@@ -362,9 +374,9 @@ class RunManager:
             data["usage"] = usage
         if error:
             data["error"] = error
-        self.events.append(run_id, "run.finished", data)
-        final = run_store.get(self.db, run_id)
-        self.finished_counts[(final["backend"] or "none", status)] += 1
-        if final["duration_s"] is not None:
-            self.durations.append(final["duration_s"])
+        self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
+        self.finished_counts[(run["backend"] or "none", status)] += 1
+        duration = run_store.duration(started, finished)
+        if duration is not None:
+            self.durations.append(duration)
             del self.durations[:-10_000]
