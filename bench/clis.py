@@ -52,10 +52,12 @@ PROMPT = "Say the answer."
 
 
 def first_chunk(stub: ModelStub, since: int) -> float:
+    """The first chunk of the *last* streamed answer: the one the CLI prints (opencode first
+    streams a session title through the same endpoint)."""
     streamed = [e for e in stub.exchanges[since:] if e.mode == "answer" and e.chunk_times]
     if not streamed:
         raise RuntimeError("the CLI never asked the stub for a streamed answer")
-    return streamed[0].chunk_times[0]
+    return streamed[-1].chunk_times[0]
 
 
 async def through_product(client: httpx.AsyncClient, agent: str, stub: ModelStub) -> float:
