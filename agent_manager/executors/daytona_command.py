@@ -15,6 +15,7 @@ from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Chunk, ExecSpec, PortableRepo, Stream
 from agent_manager.executors.daytona_api import (
     _ENV_NAME,
+    MAX_RATE_LIMITED,
     MAX_UPLOAD_BYTES,
     NOT_FOUND_MARK,
     REQUEST_TIMEOUT_S,
@@ -22,6 +23,7 @@ from agent_manager.executors.daytona_api import (
     STREAM_ATTEMPTS,
     TRANSFER_TIMEOUT_S,
     _sdk,
+    _status,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from agent_manager.executors.daytona import DaytonaExecutor
 
 log = logging.getLogger("agent_manager.executors.daytona")
+# Output chunks a run may have waiting between the log stream and the run layer.
+OUTPUT_QUEUE_CHUNKS = 256
 
 # Run as `sh -c PROLOGUE agent-manager SENTINEL CWD STDIN_FILE ARGV...`: read the environment from
 # stdin up to the sentinel, enter the working directory, exec the agent with its own stdin.
@@ -65,6 +69,9 @@ class DaytonaExecution:
         self._ex, self._sb, self._spec = executor, sandbox, spec
         self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""
         self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        # Bounds the chunks waiting for the run layer: a reader slower than the log stream
+        # pauses the follower instead of growing the queue without end (None is not counted).
+        self._room = asyncio.Semaphore(OUTPUT_QUEUE_CHUNKS)
         self._delivered: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self._stderr_tail = ""
         self._task: asyncio.Task[int] | None = None
@@ -181,12 +188,14 @@ class DaytonaExecution:
         if stream == "stderr":
             self._stderr_tail = (self._stderr_tail + text)[-4096:]
         self._delivered[stream] += len(text)
-        await self._queue.put(Chunk(stream, text))
+        await self._room.acquire()
+        self._queue.put_nowait(Chunk(stream, text))
 
     async def _stream(self) -> None:
         """Live logs; reopen a dropped stream (skipping what was delivered), else use the snapshot."""
         sdk, proc = _sdk(), self._sb.process
-        for attempt in range(STREAM_ATTEMPTS):
+        attempt = limited = 0
+        while attempt < STREAM_ATTEMPTS:
             seen: dict[Stream, int] = {"stdout": 0, "stderr": 0}
 
             def handler(stream: Stream, seen: dict[Stream, int] = seen) -> Callable[[str], Awaitable[None]]:
@@ -203,8 +212,14 @@ class DaytonaExecution:
             except sdk.DaytonaError as exc:
                 if self._cancelled:
                     return
+                if _status(exc) == 429 and limited < MAX_RATE_LIMITED:  # not a drop: wait with everyone
+                    limited += 1
+                    self._ex.backoff.hit(None)
+                    await self._ex.backoff.gate()
+                    continue
                 log.warning("log stream of %s dropped (%s), attempt %d", self._sb.id, exc, attempt + 1)
                 await asyncio.sleep(self._ex.base_delay * 2 ** attempt)
+                attempt += 1
         await self._exit_code()
         logs = await self._ex.call("get logs", lambda: proc.get_session_command_logs(
             self._session, self._cmd_id, request_timeout=REQUEST_TIMEOUT_S))
@@ -258,6 +273,7 @@ class DaytonaExecution:
 
     async def output(self) -> AsyncIterator[Chunk]:
         while (chunk := await self._queue.get()) is not None:
+            self._room.release()
             yield chunk
         self._queue.put_nowait(None)  # later readers end too
 

@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store.database import Database, dumps, now
+from agent_manager.store.database import Database, Queryable, dumps, now
 
 
-def _duration(started: str | None, finished: str | None) -> float | None:
+def duration(started: str | None, finished: str | None) -> float | None:
     if not started or not finished:
         return None
     parse = datetime.fromisoformat
@@ -21,7 +21,7 @@ def _duration(started: str | None, finished: str | None) -> float | None:
 def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     data = dict(row)
     data["usage"] = json.loads(data["usage"]) if data["usage"] else None
-    data["duration_s"] = _duration(data["started_at"], data["finished_at"])
+    data["duration_s"] = duration(data["started_at"], data["finished_at"])
     return data
 
 
@@ -36,21 +36,37 @@ def create(db: Database, record: dict[str, Any]) -> dict[str, Any]:
     return get(db, record["id"])
 
 
-def get(db: Database, run_id: str, owner: str | None = None) -> dict[str, Any]:
+def get(db: Queryable, run_id: str, owner: str | None = None) -> dict[str, Any]:
     row = db.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None or (owner is not None and row["owner"] != owner):
         raise NotFound(f"run {run_id!r} not found")
     return row_to_dict(row)
 
 
-def update(db: Database, run_id: str, **changes: Any) -> None:
+def update_statements(run_id: str, **changes: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements of ``update``, for a caller that commits them with something else."""
     if "usage" in changes and changes["usage"] is not None:
         changes["usage"] = dumps(changes["usage"])
     assignments = ", ".join(f"{k} = ?" for k in changes)
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))]
+    if "output" in changes:
+        statements.append(("UPDATE runs_fts SET output = ? WHERE run_id = ?", (changes["output"] or "", run_id)))
+    return statements
+
+
+def update(db: Database, run_id: str, **changes: Any) -> None:
     with db.transaction() as conn:
-        conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))
-        if "output" in changes:
-            conn.execute("UPDATE runs_fts SET output = ? WHERE run_id = ?", (changes["output"] or "", run_id))
+        for statement, params in update_statements(run_id, **changes):
+            conn.execute(statement, params)
+
+
+def index_stderr(db: Database, run_id: str, stderr: str) -> None:
+    """Make a finished run findable by what it wrote to stderr too (the stored answer is stdout's)."""
+    if not stderr.strip():
+        return
+    with db.transaction() as conn:
+        conn.execute("UPDATE runs_fts SET output = output || char(10) || ? WHERE run_id = ?", (stderr, run_id))
 
 
 def fts_query(text: str) -> str:
@@ -59,7 +75,7 @@ def fts_query(text: str) -> str:
     return " ".join(f'"{w}"*' for w in words)
 
 
-def search(db: Database, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
+def search(db: Queryable, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
            owner: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     where, params = [], []
     if agent_id:
@@ -75,9 +91,20 @@ def search(db: Database, *, agent_id: str | None = None, status: str | None = No
         where.append("runs.id IN (SELECT run_id FROM runs_fts WHERE runs_fts MATCH ?)")
         params.append(fts_query(q))
     clause = ("WHERE " + " AND ".join(where)) if where else ""
+    order = "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
+    if q and fts_query(q):
+        # One full-text match for the page and the total (it is the expensive part); the window
+        # count sees every match before LIMIT. An empty page still needs its own count.
+        rows = db.all(f"SELECT runs.*, COUNT(*) OVER () AS total_matches FROM runs {clause} {order}",
+                      (*params, limit, offset))
+        if rows:
+            items = [row_to_dict(r) for r in rows]
+            for item in items:
+                del item["total_matches"]
+            return items, int(rows[0]["total_matches"])
+    else:
+        rows = db.all(f"SELECT * FROM runs {clause} {order}", (*params, limit, offset))
     total = db.one(f"SELECT COUNT(*) AS n FROM runs {clause}", params)
-    rows = db.all(f"SELECT * FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                  (*params, limit, offset))
     return [row_to_dict(r) for r in rows], int(total["n"]) if total else 0
 
 
@@ -92,3 +119,24 @@ def last_usage(db: Database, conversation_id: str, agent_id: str, session_id: st
                  " AND usage IS NOT NULL ORDER BY created_at DESC, rowid DESC LIMIT 1",
                  (conversation_id, agent_id, session_id))
     return json.loads(row["usage"]) if row and row["usage"] else None
+
+
+def prune(db: Database, finished_before: str, batch: int = 500) -> int:
+    """Delete finished runs (row, events, search entry) that finished before the timestamp.
+
+    Chat messages keep their text (they only lose the link to the run); orchestration steps
+    keep their stored output. Done in batches so the write lock is never held for long.
+    """
+    deleted = 0
+    while True:
+        with db.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?"
+                " AND status NOT IN ('queued', 'running') LIMIT ?", (finished_before, batch))]
+            if not ids:
+                return deleted
+            marks = ", ".join("?" for _ in ids)
+            conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs_fts WHERE run_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+        deleted += len(ids)
