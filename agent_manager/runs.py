@@ -11,23 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent_manager.agents import get_kind
 from agent_manager.agents.base import AgentKind, Invocation, PlainTextParser
-from agent_manager.errors import AgentManagerError, Conflict
+from agent_manager.errors import AgentManagerError, Conflict, ExecutionError
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
-from agent_manager.executors.routing import RouteRequest, route
+from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.models import TERMINAL_STATUSES
 from agent_manager.settings import Settings
 from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.store.database import new_id, now
+from agent_manager.workspaces import OsUser, agent_workspace, hand_over, lookup_user, reach_problem
 
 log = logging.getLogger("agent_manager.runs")
 HOST_BACKENDS = frozenset({"local", "sandbox"})
@@ -47,6 +50,8 @@ class RunRequest:
     resources: Resources = field(default_factory=Resources)
     owner: str | None = None
     user_trusted: bool = True
+    # Only the admin's runs may run as the service's own OS user (docs/security.md).
+    user_admin: bool = True
     workspace: Path | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
@@ -79,6 +84,9 @@ class RunManager:
         self.live: dict[str, _Live] = {}
         self.finished_counts: Counter[tuple[str, str]] = Counter()
         self.durations: list[float] = []
+        # Whether this process may switch to another OS user; a seam so tests can take the
+        # non-root path while CI runs as root.
+        self.is_root: Callable[[], bool] = lambda: os.geteuid() == 0
 
     # -- lifecycle of the manager ---------------------------------------------------------
 
@@ -146,6 +154,30 @@ class RunManager:
             await live.done.wait()
         return run_store.get(self.db, run_id)
 
+    def run_as_user(self, workspace: Path) -> tuple[OsUser | None, str]:
+        """(the OS user a non-admin local run switches to, None + why that is impossible)."""
+        name = self.settings.run_as_user
+        if not self.is_root():
+            return None, "the service does not run as root, so it cannot switch to another OS user"
+        user = lookup_user(name)
+        if user is None:
+            return None, (f"the run_as_user {name!r} does not exist on this host (create it: "
+                          f"useradd --system --no-create-home {name})")
+        home_owner = self.settings.home.stat().st_uid if self.settings.home.exists() else 0
+        if user.uid in (0, os.geteuid(), home_owner):
+            return None, f"the run_as_user {name!r} is the service's own user or owns the data directory"
+        # A process of the sandbox's host user can read the environment of (and ptrace) every
+        # sandboxed run, because their user namespaces belong to it: the two must differ.
+        sandbox_user = lookup_user(str(getattr(self.settings, "sandbox_user", "nobody")))
+        if sandbox_user is not None and sandbox_user.uid == user.uid:
+            return None, (f"the run_as_user {name!r} is also the sandbox's host user; give non-admin "
+                          "local runs a dedicated user")
+        problem = reach_problem(workspace, user)
+        if problem:
+            return None, (f"the workspace {workspace} is out of reach of {name!r} ({problem}; set "
+                          "workspaces_dir outside the data directory)")
+        return user, ""
+
     # -- the run itself --------------------------------------------------------------------
 
     def _conversation_context(self, req: RunRequest, kind: AgentKind) -> tuple[str | None, str]:
@@ -175,11 +207,14 @@ class RunManager:
         queued = True
         try:
             agent = req.agent
+            workspace = req.workspace or agent_workspace(self.settings, agent)
+            user, problem = (None, "") if req.user_admin else self.run_as_user(workspace)
             chosen = await route(RouteRequest(
                 run_backend=req.backend, step_backend=req.step_backend, agent_backend=agent.get("backend"),
                 agent_trusted=agent["trusted"], user_trusted=req.user_trusted,
                 auto_approve=kind.auto_approves(list(agent["args"])), resources=req.resources,
-                host_saturated=self.host_running >= self.settings.max_concurrent_runs),
+                host_saturated=self.host_running >= self.settings.max_concurrent_runs,
+                user_admin=req.user_admin, run_as=user.name if user else None, run_as_problem=problem),
                 self.settings, self.executors)
             run_store.update(self.db, run_id, backend=chosen.backend, route_reason=chosen.reason)
             slots: contextlib.AbstractAsyncContextManager[Any] = (
@@ -193,7 +228,7 @@ class RunManager:
                 host = chosen.backend in HOST_BACKENDS
                 self.host_running += host
                 try:
-                    await self._execute(run_id, req, kind, invocation, chosen.backend, chosen.reason)
+                    await self._execute(run_id, req, kind, invocation, chosen, workspace, user)
                 finally:
                     self.host_running -= host
         except AgentManagerError as exc:
@@ -212,17 +247,23 @@ class RunManager:
             self.events.forget(run_id)
 
     async def _execute(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation,
-                       backend: str, reason: str) -> None:
+                       chosen: Route, workspace: Path, user: OsUser | None) -> None:
         live = self.live[run_id]
         agent = req.agent
+        backend, reason = chosen.backend, chosen.reason
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
-        workspace = req.workspace or (Path(agent["working_dir"]) if agent.get("working_dir")
-                                      else self.settings.workspaces / agent["name"])
         spec = ExecSpec(argv=invocation.argv, env=dict(agent["env"]), workspace=workspace,
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
-        execution = await self.executors[backend].start(spec)
+        executor = self.executors[backend]
+        if chosen.run_as:
+            if user is None or not getattr(executor, "switches_user", False):
+                # Never fall back to the service's own user: that user can read the admin token.
+                raise ExecutionError(f"the {backend} backend cannot run this as {chosen.run_as!r}")
+            hand_over(workspace, user, self.settings)
+            spec.run_as = chosen.run_as
+        execution = await executor.start(spec)
         live.execution = execution
         sandbox_id = execution.info.get("sandbox_id")
         run_store.update(self.db, run_id, status="running", started_at=now(), sandbox_id=sandbox_id)

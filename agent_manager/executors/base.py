@@ -53,6 +53,9 @@ class ExecSpec:
     labels: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    # An OS user name the local backend switches to before exec (non-admin users' runs when the
+    # service is root); None runs as the service's own user.
+    run_as: str | None = None
 
 
 @dataclass(frozen=True)

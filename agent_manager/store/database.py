@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ class Database:
         try:
             if str(path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                _private_files(self.path)
             self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -116,6 +118,17 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _private_files(path: Path) -> None:
+    """The database and its -wal/-shm: 0600 from the first byte. SQLite creates -wal and -shm
+    (again after every checkpoint that removes them) with the database file's own mode, so a
+    0600 database keeps them 0600 too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,6 +1,6 @@
 """/api/files: browse, read and write files inside an agent's working directory, and nowhere else.
 
-Roots: the agent's ``working_dir``, else its default workspace ``<home>/workspaces/<name>``.
+Roots: the agent's ``working_dir``, else its default workspace ``<workspaces>/agents/<agent id>``.
 Why two checks: ``realpath`` + ``commonpath`` decides whether the *name* stays inside the
 root (symlinks included), and the open then walks the resolved path one component at a time
 with directory fds and ``O_NOFOLLOW``, so a symlink swapped in between the check and the open
@@ -41,6 +41,7 @@ from agent_manager.errors import (
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, principal, service
+from agent_manager.workspaces import agent_workspace
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 READ_CAP = 1_048_576
@@ -107,9 +108,7 @@ def split_path(path: str) -> list[str]:
 
 def agent_root(svc: Service, agent: dict[str, Any]) -> tuple[Path, bool]:
     """(root, is_default_workspace)."""
-    if agent.get("working_dir"):
-        return Path(agent["working_dir"]), False
-    return svc.settings.workspaces / agent["name"], True
+    return agent_workspace(svc.settings, agent), not agent.get("working_dir")
 
 
 def _errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
@@ -322,6 +321,9 @@ async def write(request: Request, agent: str = Query(..., min_length=1, max_leng
                          dir_fd=parent)
             try:
                 with os.fdopen(fd, "wb") as fh:
+                    owner = os.fstat(parent)
+                    if os.geteuid() == 0 and owner.st_uid != 0:  # a run-as user's workspace stays theirs
+                        os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
                     fh.write(data)
                 os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except BaseException:

@@ -29,7 +29,8 @@ async def create_orchestration(body: PlanInput, request: Request, svc: Service =
     """Validate the plan (422 naming the step on any problem) and start running it."""
     plan = plans.load(body.data(), agent_store.list_all(svc.database))
     who = principal(request)
-    return engine(svc).create(plan, owner=who.get("id"), user_trusted=bool(who.get("trusted", True)))
+    return engine(svc).create(plan, owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
+                              user_admin=bool(who.get("admin")))
 
 
 @router.get("")
@@ -54,11 +55,12 @@ async def cancel_orchestration(orch_id: str, request: Request, svc: Service = De
 @router.post("/{orch_id}/resume")
 async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     who = principal(request)
-    return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)))
+    return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
+                              user_admin=bool(who.get("admin")))
 
 
 @router.get("/{orch_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
-async def orchestration_events(orch_id: str, request: Request, after: int | None = Query(None, ge=0),
+async def orchestration_events(orch_id: str, request: Request, after: int | None = Query(None, ge=0, le=sse.MAX_SEQ),
                                limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
     """SSE (Accept: text/event-stream) or a JSON list; ``?after=`` / ``Last-Event-ID`` resume."""
     store.get_row(svc.database, orch_id, owner_filter(request))
