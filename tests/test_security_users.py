@@ -410,3 +410,36 @@ async def test_real_server_as_nobody_sends_users_to_the_sandbox(open_tmp: Path, 
         assert run["backend"] in ("sandbox", None) or run["status"] == "failed", run
         if run["backend"] == "sandbox":
             assert "does not run as root" in run["route_reason"], run["route_reason"]
+
+
+async def test_resume_runs_with_the_plan_owners_rights_not_the_resumers(env: Any) -> None:
+    svc, admin, user = env
+    if not (await svc.executors["sandbox"].available()).ok:
+        pytest.skip("bubblewrap is not usable here")
+    svc.runs.is_root = lambda: False
+    view = await _orchestration(user, Loot(), {"steps": [{"id": "s", "action": "shell", "argv": ["false"]}]})
+    assert view["status"] == "failed" and view["steps"][0]["backend"] == "sandbox"
+    r = await admin.post(f"/api/orchestrations/{view['id']}/resume")
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30
+    while (view := (await admin.get(f"/api/orchestrations/{view['id']}")).json())["status"] == "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    run = (await admin.get(f"/api/runs/{view['steps'][0]['run_id']}")).json()
+    assert run["backend"] == "sandbox" and "non-admin" in run["route_reason"], run
+
+
+async def test_files_api_refuses_hard_links_to_the_service_files(env: Any) -> None:
+    svc, admin, user = env
+    assert (await admin.post("/api/agents", json={"name": "h", "command": "true"})).status_code == 201
+    agent = (await admin.get("/api/agents/h")).json()
+    workspace = svc.settings.workspaces / "agents" / agent["id"]
+    workspace.mkdir(parents=True)
+    os.link(svc.settings.home / "admin-token", workspace / "innocent.txt")
+    (workspace / "fine.txt").write_text("ok")
+    os.link(workspace / "fine.txt", workspace / "fine-too.txt")  # ordinary hard links still read
+    for who in (user, admin):
+        r = await who.get("/api/files", params={"agent": "h", "path": "innocent.txt"})
+        assert r.status_code == 403 and svc.settings.home.name not in r.text, r.text
+        assert (svc.settings.home / "admin-token").read_text().strip() not in r.text
+        assert (await who.get("/api/files", params={"agent": "h", "path": "fine-too.txt"})).json()["content"] == "ok"

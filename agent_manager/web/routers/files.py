@@ -222,6 +222,8 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
                 info = os.fstat(fh.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise Forbidden(f"{rel}: not a regular file")
+                if info.st_nlink > 1 and _service_file(info, svc.settings.home):
+                    raise Forbidden(f"{rel}: a hard link to one of the service's own files")
                 if info.st_size > READ_CAP:
                     raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
                                    {"size": info.st_size, "limit": READ_CAP})
@@ -238,6 +240,19 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
         content, encoding = base64.b64encode(data).decode(), "base64"
     return {"type": "file", "agent": found["name"], "path": rel, "size": len(data),
             "modified": _stamp(info.st_mtime), "encoding": encoding, "content": content}
+
+
+def _service_file(info: os.stat_result, home: Path) -> bool:
+    """Whether ``info`` is a file of the data directory (token, database, config) under another name."""
+    try:
+        with os.scandir(home) as entries:
+            for entry in entries:
+                found = entry.stat(follow_symlinks=False)
+                if (found.st_dev, found.st_ino) == (info.st_dev, info.st_ino):
+                    return True
+    except OSError:
+        return True  # cannot tell: refuse
+    return False
 
 
 def _quote(name: str) -> str:

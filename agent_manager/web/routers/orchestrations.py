@@ -6,11 +6,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from agent_manager.errors import NotFound
 from agent_manager.orchestration import plan as plans
 from agent_manager.orchestration.engine import OrchestrationEngine
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
+from agent_manager.store import users as user_store
 from agent_manager.web import sse
 from agent_manager.web.deps import owner_filter, principal, service
 from agent_manager.web.routers.plans import PlanInput
@@ -54,7 +56,15 @@ async def cancel_orchestration(orch_id: str, request: Request, svc: Service = De
 
 @router.post("/{orch_id}/resume")
 async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    """Resumed steps run with the rights of the plan's *owner*, whoever resumes it: an admin
+    resuming a user's plan must not run that user's shell steps as the service's user."""
     who = principal(request)
+    owner = store.get_row(svc.database, orch_id, owner_filter(request))["owner"]
+    if owner is not None and owner != who.get("id"):
+        try:
+            who = user_store.get(svc.database, owner)
+        except NotFound:  # the owner was deleted: the least rights
+            who = {"trusted": False, "admin": False}
     return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
                               user_admin=bool(who.get("admin")))
 
