@@ -99,6 +99,9 @@ class Settings(BaseModel):
     daytona_create_timeout_s: float = Field(120, gt=0)
     daytona_warm_pool: int = Field(0, ge=0, le=64)
 
+    # projects and workspaces: open workspaces untouched this long are discarded (0 = keep)
+    workspace_retention_days: int = Field(14, ge=0)
+
     # orchestration
     default_planner: str | None = None
     orchestration_max_parallel: int = Field(4, ge=1, le=256)

@@ -32,7 +32,7 @@ from agent_manager.executors.base import Resources
 from agent_manager.executors.routing import RouteRequest, route
 from agent_manager.service import Service
 from agent_manager.settings import Settings
-from agent_manager.workspaces import lookup_user
+from agent_manager.workdirs import lookup_user
 
 # An unprivileged account other than the sandbox's host user (nobody) for local runs of
 # non-admin users; the default run_as_user (agent-manager-run) is not created by the tests.

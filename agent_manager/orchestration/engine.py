@@ -33,7 +33,7 @@ from agent_manager.store import Database
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
 from agent_manager.store.database import new_id, now
-from agent_manager.workspaces import orchestration_workspace, write_beneath
+from agent_manager.workdirs import orchestration_workspace, write_beneath
 
 log = logging.getLogger("agent_manager.orchestration")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})

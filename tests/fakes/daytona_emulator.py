@@ -90,6 +90,8 @@ class DaytonaEmulator:
         self.never_start: str | None = None  # None | "creating" | "error"
         self.drop_streams = 0
         self.drop_after_bytes = 1
+        self.bytes_uploaded = 0  # file contents moved through the toolbox, for benches
+        self.bytes_downloaded = 0
         self._faults: list[FaultRule] = []
         self._runner: web.AppRunner | None = None
         self.port = 0

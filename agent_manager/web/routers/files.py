@@ -41,7 +41,7 @@ from agent_manager.errors import (
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, principal, service
-from agent_manager.workspaces import agent_workspace
+from agent_manager.workdirs import agent_workspace
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 READ_CAP = 1_048_576
