@@ -282,3 +282,13 @@ def test_oversized_bodies_are_refused_early(tmp_path: Path, fake_path: Path, chu
         assert r.status_code == 200
     finally:
         stop_server(server)
+
+
+async def test_limits_follow_settings_changes_at_once(app: FastAPI, make: Any) -> None:
+    admin = make(app.state.token)
+    r = await admin.patch("/api/settings", json={"max_request_bytes": 2048, "auth_failures_allowed": 2})
+    assert r.status_code == 200, r.text
+    r = await admin.post("/api/runs", content=b"{" + b" " * 4096 + b"}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "max_request_bytes" in r.json()["error"]["message"]
+    wrong = make("W" * 43)
+    assert [(await wrong.get("/api/runs")).status_code for _ in range(3)] == [401, 401, 429]

@@ -130,9 +130,10 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         return auth.logout()
 
     # The middleware finds user credentials through app.state.service at request time.
-    app.state.throttle = throttle = FailureThrottle(settings.auth_failures_allowed)
+    app.state.throttle = throttle = FailureThrottle(lambda: settings.auth_failures_allowed)
     app.add_middleware(AuthMiddleware, settings=settings, token=token, throttle=throttle)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)  # outermost: before anything reads
+    # outermost: before anything reads the body
+    app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_request_bytes)
     return app
 
 

@@ -33,22 +33,25 @@ def too_large_message(limit: int) -> str:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    """``limit`` is asked per request, so a settings change applies at once."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
         self.app = app
-        self.limit = limit
+        self.get_limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.get_limit()
         lengths = [v for k, v in scope.get("headers", []) if k == b"content-length"]
         if lengths:
             value = lengths[0].strip()
             if len(lengths) > 1 or not value.isdigit():
                 await _refuse(send, 400, "bad_request", "Content-Length: must be one decimal number")
                 return
-            if int(value) > self.limit:
-                await _refuse(send, 413, "too_large", too_large_message(self.limit))
+            if int(value) > limit:
+                await _refuse(send, 413, "too_large", too_large_message(limit))
                 return
         received = 0
         tripped = False
@@ -58,9 +61,9 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     tripped = True
-                    raise HTTPException(413, too_large_message(self.limit))
+                    raise HTTPException(413, too_large_message(limit))
             return message
 
         async def closing_send(message: Message) -> None:
@@ -90,8 +93,8 @@ class FailureThrottle:
     """Per-client count of wrong credentials; past ``allowed`` of them, every further failure
     doubles a back-off (up to 5 minutes) during which failures are answered 429."""
 
-    def __init__(self, allowed: int) -> None:
-        self.allowed = allowed
+    def __init__(self, allowed: Callable[[], int]) -> None:
+        self.allowed = allowed  # asked at each failure, so a settings change applies at once
         self.clock: Callable[[], float] = time.monotonic
         self.clients: OrderedDict[str, _Record] = OrderedDict()
 
@@ -119,7 +122,7 @@ class FailureThrottle:
         now = self.clock()
         record.failures += 1
         record.last = now
-        over = record.failures - self.allowed
+        over = record.failures - self.allowed()
         if over <= 0:
             return 0.0
         backoff = min(MAX_BACKOFF_S, 2.0 ** min(over - 1, 16))
