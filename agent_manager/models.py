@@ -188,6 +188,8 @@ class Event(BaseModel):
 class ConversationCreate(Strict):
     title: str = Field("", max_length=200)
     agent: str | None = None
+    project: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = Field(None, min_length=1, max_length=250)
 
 
 class Message(BaseModel):
@@ -206,6 +208,8 @@ class Conversation(BaseModel):
     created_at: str
     updated_at: str
     messages: list[Message] | None = None
+    project: str | None = None
+    workspace: dict[str, Any] | None = None
 
 
 class MessageCreate(Strict):

@@ -302,7 +302,7 @@ async def test_workspaces_are_namespaced(env: Any) -> None:
         r = await admin.post("/api/runs", json={"agent": name, "prompt": "ignored"})
         await wait_run(admin, r.json()["id"])
     view = await _orchestration(admin, Loot(), {"steps": [{"id": "a", "action": "shell", "argv": ["touch", "orch"]}]})
-    orch_files = set(os.listdir(view["workspace"]))
+    orch_files = set(os.listdir(svc.settings.workspaces / "orchestrations" / view["id"]))
     assert orch_files == {"orch"}, orch_files
     seen: dict[str, set[str]] = {}
     for name in ("orchestrations", "agents", "x"):

@@ -85,7 +85,8 @@ def view(db: Database, orch_id: str, owner: str | None = None) -> dict[str, Any]
             "action": spec.get("action") or ("agent" if spec.get("agent") else None),
             "agent": spec.get("agent"), "depends_on": spec.get("depends_on", [])})
     return {"id": orch["id"], "name": orch["name"], "status": orch["status"], "error": orch["error"],
-            "max_parallel": orch["max_parallel"], "workspace": orch["workspace"],
+            "max_parallel": orch["max_parallel"], "workspace_dir": orch["workspace"],
+            "workspace_id": orch.get("workspace_id"),
             "counts": counts(step_rows), "created_at": orch["created_at"], "started_at": orch["started_at"],
             "finished_at": orch["finished_at"], "duration_s": _duration(orch["started_at"], orch["finished_at"]),
             "owner": orch["owner"], "plan": orch["plan"], "steps": out_steps}
