@@ -98,6 +98,7 @@ class Settings(BaseModel):
     daytona_auto_delete_minutes: int = Field(0, ge=-1)
     daytona_create_timeout_s: float = Field(120, gt=0)
     daytona_warm_pool: int = Field(0, ge=0, le=64)
+    daytona_max_concurrent_creates: int = Field(32, ge=1, le=4096)
 
     # projects and workspaces: open workspaces untouched this long are discarded (0 = keep)
     workspace_retention_days: int = Field(14, ge=0)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store.database import Database, dumps, now
+from agent_manager.store.database import Database, Queryable, dumps, now
 
 STEP_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "skipped")
 
@@ -92,7 +92,7 @@ def view(db: Database, orch_id: str, owner: str | None = None) -> dict[str, Any]
             "owner": orch["owner"], "plan": orch["plan"], "steps": out_steps}
 
 
-def search(db: Database, *, owner: str | None = None, status: str | None = None, limit: int = 50,
+def search(db: Queryable, *, owner: str | None = None, status: str | None = None, limit: int = 50,
            offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Newest first, with counts per step status (no outputs: a list must stay small)."""
     where, params = [], []

@@ -24,7 +24,7 @@ router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 async def list_conversations(request: Request, q: str | None = Query(None, max_length=500, pattern=NO_NUL),
                        limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
                        svc: Service = Depends(service)) -> list[dict[str, Any]]:
-    return conv_store.search(svc.database, q, owner_filter(request), limit, offset)
+    return await svc.database.read(conv_store.search, q, owner_filter(request), limit, offset)
 
 
 @router.post("", response_model=Conversation, status_code=201)

@@ -64,8 +64,8 @@ async def create_orchestration(body: OrchestrationInput, request: Request,
 async def list_orchestrations(request: Request, status: OrchestrationStatus | None = None,
                               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
                               svc: Service = Depends(service)) -> dict[str, Any]:
-    items, total = store.search(svc.database, owner=owner_filter(request), status=status, limit=limit,
-                                offset=offset)
+    items, total = await svc.database.read(store.search, owner=owner_filter(request), status=status,
+                                           limit=limit, offset=offset)
     for item in items:
         item.pop("workspace_id", None)
     return {"items": items, "total": total, "limit": limit, "offset": offset}

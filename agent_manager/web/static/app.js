@@ -34,6 +34,7 @@ const ROUTES = {
   orchestrations: "orchestration",
   files: "files",
   users: "users",
+  projects: "projects",
 };
 
 const NAV = [
@@ -43,6 +44,7 @@ const NAV = [
   ["/chat", "Chat", ["chat"]],
   ["/history", "History", ["history"]],
   ["/plans", "Plans", ["plans", "orchestration"]],
+  ["/projects", "Projects", ["projects"]],
   ["/files", "Files", ["files"]],
   ["/users", "Users", ["users"]],
   ["/settings", "Settings", ["settings"]],

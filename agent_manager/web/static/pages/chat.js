@@ -6,6 +6,7 @@ import { follow, get, post } from "../lib/api.js";
 import { stripAnsi } from "../lib/ansi.js";
 import { applyErrors, errorBox, field, fmtAgo, h, setTitle, statusBadge, TERMINAL, toast } from "../lib/dom.js";
 import { renderMarkdown } from "../lib/markdown.js";
+import { diffView, projectInputs, withProject } from "../lib/diff.js";
 import { stickyScroll } from "../lib/runview.js";
 
 const BACKENDS = [["", "default backend"], ["auto", "auto"], ["local", "local"], ["sandbox", "sandbox"],
@@ -75,6 +76,11 @@ export async function render(root, { id, query, signal, navigate }) {
         + "Gemini, Codex, opencode) continue their own session on every turn."),
       composer);
     rows.content.input.focus();
+    projectInputs(signal, query.get("project") || "").then((inputs) => {  // a chat on a project: one branch
+      if (!inputs) return;
+      Object.assign(rows, inputs);
+      composer.querySelector(".composer-bar")?.prepend(inputs.project.wrap, inputs.base.wrap);
+    });
     return undefined;
   }
 
@@ -86,6 +92,8 @@ export async function render(root, { id, query, signal, navigate }) {
     h("div", { class: "chat-head" }, h("a", { class: "back", href: "#/chat" }, "← Conversations"),
       h("h2", null, conv.title || "Untitled"), scroller.jumpButton),
     messages, composer);
+  const changes = conv.workspace ? diffView(`/api/conversations/${encodeURIComponent(conv.id)}`, { signal }) : null;
+  if (changes) pane.append(changes.el);
 
   let streaming = null;
 
@@ -164,6 +172,7 @@ export async function render(root, { id, query, signal, navigate }) {
     try {
       conv = await get(`/api/conversations/${encodeURIComponent(conv.id)}`, null, { signal });
       paint(conv.messages);
+      if (changes) changes.refresh();
       resumePending();
     } catch (err) {
       if (err.name !== "AbortError") messages.append(errorBox(err));
@@ -194,9 +203,9 @@ export async function render(root, { id, query, signal, navigate }) {
     send.disabled = true;
     try {
       if (!conv) {
-        const created = await post("/api/conversations", {
+        const created = await post("/api/conversations", withProject({
           title: content.trim().split("\n")[0].slice(0, 80), agent: rows.agent.input.value || null,
-        });
+        }, rows));
         const posted = await post(`/api/conversations/${encodeURIComponent(created.id)}/messages`, body(content));
         void posted;
         navigate(`/chat/${encodeURIComponent(created.id)}`);

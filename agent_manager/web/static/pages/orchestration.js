@@ -4,6 +4,7 @@
 
 import { follow, get, post } from "../lib/api.js";
 import { errorBox, fmtAgo, fmtDuration, h, setTitle, statusBadge, toast } from "../lib/dom.js";
+import { diffView } from "../lib/diff.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const NODE_W = 168;
@@ -230,8 +231,9 @@ export async function render(root, { id, signal, navigate }) {
   const graph = h("div");
   const message = h("div");
   const table = h("div");
+  const changes = view.workspace ? diffView(`/api/orchestrations/${encodeURIComponent(id)}`, { signal }) : null;
   root.append(h("div", { class: "page-head" }, title, status, h("div", { class: "actions" }, cancel, resume)),
-    meta, counts, message, graph, h("h2", null, "Steps"), table);
+    meta, counts, message, graph, h("h2", null, "Steps"), table, changes ? changes.el : "");
 
   let stream = null;
   let refreshTimer = null;
@@ -256,6 +258,7 @@ export async function render(root, { id, signal, navigate }) {
     try {
       view = await get(`/api/orchestrations/${encodeURIComponent(id)}`, null, { signal });
       paint();
+      if (changes && view.status !== "running") changes.refresh();
       if (view.status !== "running" && stream) {
         stream.close();
         stream = null;

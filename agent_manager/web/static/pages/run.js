@@ -2,6 +2,7 @@
 
 import { get, post } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle } from "../lib/dom.js";
+import { diffView, projectInputs, withProject } from "../lib/diff.js";
 import { runView } from "../lib/runview.js";
 
 const BACKENDS = [["", "agent default / auto"], ["auto", "auto (routing policy)"], ["local", "local"],
@@ -62,15 +63,18 @@ export async function render(root, { id, query, signal, navigate }) {
         h("span", { class: "muted" }, "Agent "), h("strong", null, run.agent_name),
         h("span", { class: "muted mono small" }, ` · ${run.id}`)),
       h("blockquote", { class: "prompt-text" }, run.prompt),
-      runView(run, { signal }).el));
+      runWithChanges(run, signal)));
   } else if (agents.length) {
     rows.prompt.input.focus();
   }
+
+  projectField(rows, form, query.get("project") || (run && run.project) || "", signal);
 
   async function onSubmit(event) {
     event.preventDefault();
     const body = { agent: rows.agent.input.value, prompt: rows.prompt.input.value };
     if (rows.backend.input.value) body.backend = rows.backend.input.value;
+    withProject(body, rows);
     submit.disabled = true;
     try {
       const started = await post("/api/runs", body);
@@ -82,4 +86,22 @@ export async function render(root, { id, query, signal, navigate }) {
       submit.disabled = false;
     }
   }
+}
+
+/** The live run, then (for a run on a project) its changes, reloaded when the run ends. */
+function runWithChanges(run, signal) {
+  const view = runView(run, { signal });
+  if (!run.workspace) return view.el;
+  const changes = diffView(`/api/runs/${encodeURIComponent(run.id)}`, { signal });
+  view.done.then(() => changes.refresh());
+  return h("div", null, view.el, changes.el);
+}
+
+/** Project / base inputs on the run form, shown once there is a project to pick. */
+async function projectField(rows, form, wanted, signal) {
+  const inputs = await projectInputs(signal, wanted);
+  if (!inputs) return;
+  Object.assign(rows, inputs);
+  const grid = form.querySelector(".form-grid");
+  if (grid) grid.append(inputs.project.wrap, inputs.base.wrap);
 }
