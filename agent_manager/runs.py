@@ -191,7 +191,7 @@ class RunManager:
             return None, f"the run_as_user {name!r} is the service's own user or owns the data directory"
         # A process of the sandbox's host user can read the environment of (and ptrace) every
         # sandboxed run, because their user namespaces belong to it: the two must differ.
-        sandbox_user = lookup_user(str(getattr(self.settings, "sandbox_user", "nobody")))
+        sandbox_user = lookup_user(self.settings.sandbox_user)
         if sandbox_user is not None and sandbox_user.uid == user.uid:
             return None, (f"the run_as_user {name!r} is also the sandbox's host user; give non-admin "
                           "local runs a dedicated user")
@@ -349,6 +349,7 @@ class RunManager:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
         await self._settle(run_id, req, backend)
         self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
+        run_store.index_stderr(self.db, run_id, stderr_tail)
 
     async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:
         """Commit what the agent left in its workspace before the run is reported finished, so

@@ -355,8 +355,12 @@ async def test_real_server_as_root_runs_users_as_run_as_user(open_tmp: Path, fak
     assert local, [r["route_reason"] for r in runs]
     for run in local:
         assert f"'{RUN_AS}'" in run["route_reason"], run["route_reason"]
-        if run["status"] == "succeeded" and run["agent_name"] == "thief":
-            assert f"uid {run_as.uid}" in run["output"] and not _read_secrets(run, home, server.proc.pid)
+    thieves = [r for r in local if r["agent_name"] == "thief"]
+    assert thieves and all(r["status"] == "succeeded" for r in thieves), thieves  # they did run, locally
+    for run in thieves:
+        assert f"uid {run_as.uid}" in run["output"] and not _read_secrets(run, home, server.proc.pid), run["output"]
+    cats = [r for r in local if r["agent_name"] == "cat"]
+    assert cats and all(r["status"] == "failed" and "Permission denied" in (r["error"] or "") for r in cats), cats
 
 
 def _as_nobody_env(home: Path) -> dict[str, str]:

@@ -86,9 +86,9 @@ class ExecSpec:
     outputs: list[str] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
     portable: PortableRepo | None = None
-    # An OS user name the local backend switches to before exec (non-admin users' runs when the
-    # service is root); None runs as the service's own user.
     run_as: str | None = None
+    """An OS user name the process becomes (local backend; only when the service is root).
+    ``None``: the service's own user."""
 
 
 @dataclass(frozen=True)

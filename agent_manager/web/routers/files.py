@@ -222,7 +222,7 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
                 info = os.fstat(fh.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise Forbidden(f"{rel}: not a regular file")
-                if info.st_nlink > 1 and _service_file(info, svc.settings.home):
+                if info.st_nlink > 1 and service_file(info, svc.settings.home):
                     raise Forbidden(f"{rel}: a hard link to one of the service's own files")
                 if info.st_size > READ_CAP:
                     raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
@@ -242,7 +242,7 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
             "modified": _stamp(info.st_mtime), "encoding": encoding, "content": content}
 
 
-def _service_file(info: os.stat_result, home: Path) -> bool:
+def service_file(info: os.stat_result, home: Path) -> bool:
     """Whether ``info`` is a file of the data directory (token, database, config) under another name."""
     try:
         with os.scandir(home) as entries:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,7 +15,7 @@ from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
 from agent_manager.store import users as user_store
-from agent_manager.web import sse
+from agent_manager.web import plan_files, sse
 from agent_manager.web.deps import owner_filter, principal, service
 from agent_manager.web.routers.plans import PlanInput
 from agent_manager.web.routers.projects import workspaces
@@ -83,8 +84,23 @@ async def cancel_orchestration(orch_id: str, request: Request, svc: Service = De
 
 @router.post("/{orch_id}/resume")
 async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    """Resumed steps run with the rights of the plan's *owner*, whoever resumes it: an admin
-    resuming a user's plan must not run that user's shell steps as the service's user."""
+    who = owner_rights(svc, request, orch_id)
+    return with_workspaces(svc, engine(svc).resume(orch_id, owner_filter(request),
+                                                   user_trusted=bool(who.get("trusted", True)),
+                                                   user_admin=bool(who.get("admin"))))
+
+
+@router.post("/{orch_id}/steps/{step_id}/retry")
+async def retry_step(orch_id: str, step_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    """Run one failed (or skipped/cancelled) step again, and the steps below it that it held back."""
+    who = owner_rights(svc, request, orch_id)
+    return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
+                              only=step_id, user_admin=bool(who.get("admin")))
+
+
+def owner_rights(svc: Service, request: Request, orch_id: str) -> dict[str, Any]:
+    """Resumed and retried steps run with the rights of the plan's *owner*, whoever asks: an admin
+    resuming a user's plan must not run that user's shell steps as the service's own OS user."""
     who = principal(request)
     owner = store.get_row(svc.database, orch_id, owner_filter(request))["owner"]
     if owner is not None and owner != who.get("id"):
@@ -92,9 +108,16 @@ async def resume_orchestration(orch_id: str, request: Request, svc: Service = De
             who = user_store.get(svc.database, owner)
         except NotFound:  # the owner was deleted: the least rights
             who = {"trusted": False, "admin": False}
-    return with_workspaces(svc, engine(svc).resume(orch_id, owner_filter(request),
-                                                   user_trusted=bool(who.get("trusted", True)),
-                                                   user_admin=bool(who.get("admin"))))
+    return who
+
+
+@router.get("/{orch_id}/files")
+async def orchestration_files(orch_id: str, request: Request, path: str = Query("", max_length=4096),
+                              raw: bool = False, svc: Service = Depends(service)) -> Any:
+    """The files the plan wrote in its workspace: without ``path`` a recursive list (bounded), with
+    ``path`` that file (JSON, or its bytes as a download with ``raw=true``)."""
+    orch = store.get_row(svc.database, orch_id, owner_filter(request))
+    return plan_files.read(Path(orch["workspace"]), path, raw, svc.settings.home)
 
 
 @router.get("/{orch_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
