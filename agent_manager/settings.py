@@ -71,7 +71,9 @@ class Settings(BaseModel):
     allow_fallback: bool = True
 
     # sandbox (bubblewrap)
-    sandbox_uid: int = 65534
+    sandbox_uid: int = 65534  # the uid *inside* the sandbox
+    sandbox_user: str = "nobody"  # the host user a root service drops to before bubblewrap
+    sandbox_disk_mb: int = Field(2048, ge=1)  # what one run may add to its workspace
     sandbox_memory_mb: int = Field(2048, ge=16)
     sandbox_pids_max: int = Field(256, ge=8)
     sandbox_tmp_mb: int = Field(256, ge=1)
