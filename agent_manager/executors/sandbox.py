@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -64,6 +65,7 @@ NO_UNSHARE = ("the sandbox needs unshare and nsenter (util-linux) to make and jo
 APPARMOR_HINT = (" — on Ubuntu 23.10+ AppArmor blocks unprivileged user namespaces "
                  "(kernel.apparmor_restrict_unprivileged_userns=1); add an AppArmor profile for bwrap")
 SETUP_TIMEOUT_S = 10.0
+PROBE_RETRY_S = 30.0  # a failed probe is retried after this long
 # bwrap's own environment — pid 1 inside shows it, so nothing of the service's.
 SPAWN_ENV = {"PATH": SYSTEM_PATH}
 
@@ -200,6 +202,7 @@ class SandboxExecutor:
         self.host_path = host_path  # where agent executables are looked up on the host
         self._availability: Availability | None = None
         self._probe_lock = asyncio.Lock()
+        self._retry_at = 0.0
         self._live: set[SandboxExecution] = set()
         with contextlib.suppress(OSError):
             sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
@@ -210,12 +213,16 @@ class SandboxExecutor:
         return HostUser.resolve(self.settings.sandbox_user) if self.root else None
 
     async def available(self) -> Availability:
-        """Cached: bwrap present, and a trivial sandbox with the real profile actually runs."""
-        if self._availability is not None:
+        """Cached: bwrap present, and a trivial sandbox with the real profile actually runs.
+
+        A failure is cached only for ``PROBE_RETRY_S``: a transient one (a full /tmp, a
+        momentary fork failure) must not keep untrusted runs failing until a restart."""
+        if self._availability is not None and (self._availability.ok or time.monotonic() < self._retry_at):
             return self._availability
         async with self._probe_lock:
-            if self._availability is None:
+            if self._availability is None or (not self._availability.ok and time.monotonic() >= self._retry_at):
                 self._availability = await self._probe()
+                self._retry_at = time.monotonic() + PROBE_RETRY_S
         return self._availability
 
     async def _probe(self) -> Availability:
