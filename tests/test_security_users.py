@@ -382,9 +382,15 @@ async def test_real_server_as_nobody_sends_users_to_the_sandbox(open_tmp: Path, 
                             env={**_as_nobody_env(home), "AM_CANARY": canary})
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on" in line, line + (proc.stdout.read() if proc.poll() is not None else "")
-        url = line.split("listening on ")[1].split()[0]
+        seen = ""
+        deadline = time.monotonic() + 30
+        while "listening on " not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "listening on " in seen, seen
+        url = seen.split("listening on ")[1].split()[0]
         for _ in range(100):
             try:
                 if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
