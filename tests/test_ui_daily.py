@@ -284,6 +284,15 @@ def test_files_save_upload_and_headers(sized: UI, tmp_path: object) -> None:
     page.get_by_label("Content of a.txt").fill("a longer text now\n")
     page.get_by_role("button", name="Save").click()
     expect(page.get_by_test_id("file-facts")).to_contain_text("18 B")  # not the stale "2 B"
+    # rename and delete from the listing (each asks first)
+    sized.go("/files/writer")
+    page.once("dialog", lambda dialog: dialog.accept("renamed.bin"))
+    listing.get_by_role("button", name="Rename up.bin").click()
+    expect(listing.locator("tr[data-name='renamed.bin']")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    listing.get_by_role("button", name="Delete renamed.bin").click()
+    expect(listing.locator("tr[data-name='renamed.bin']")).to_have_count(0)
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt"]
 
 
 def test_every_menu_entry_is_on_screen(sized: UI) -> None:
