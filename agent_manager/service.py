@@ -102,6 +102,8 @@ class Service:
         engine = self.extras["orchestrations"] = OrchestrationEngine(self.db, self.settings, self._runs)
         if engine.recover():
             log.warning("orchestrations left running by a previous start are now interrupted (resumable)")
+        from agent_manager.terminals import TerminalManager
+        self.extras["terminals"] = TerminalManager(self.settings, self.executors, self._runs)
         if self.settings.daytona_configured and "daytona" in self.executors:
             self._background.add(asyncio.create_task(self._prepare_daytona()))
 
@@ -126,6 +128,8 @@ class Service:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if "terminals" in self.extras:  # hold host slots and sandboxes: end them before the backends close
+            await self.extras.pop("terminals").shutdown()
         if "orchestrations" in self.extras:  # before the runs: its steps are runs
             await self.extras.pop("orchestrations").shutdown()
         if self._runs is not None:

@@ -87,6 +87,12 @@ class Settings(BaseModel):
     daytona_create_timeout_s: float = Field(120, gt=0)
     daytona_warm_pool: int = Field(0, ge=0, le=64)
 
+    # terminals (docs/terminals.md)
+    terminal_idle_timeout_s: float = Field(300, gt=0)
+    terminal_scrollback_bytes: int = Field(262_144, ge=0, le=16 * 1024 * 1024)
+    terminal_record: bool = False
+    terminal_max: int = Field(32, ge=1, le=1024)
+
     # orchestration
     default_planner: str | None = None
     orchestration_max_parallel: int = Field(4, ge=1, le=256)

@@ -69,6 +69,7 @@ class DaytonaExecutor:
         self._pool: dict[Profile, list[AsyncSandbox]] = {}
         self._refills: dict[Profile, asyncio.Task[None]] = {}
         self.running: set[DaytonaExecution] = set()
+        self.terminal_ids: set[str] = set()  # sandboxes of open terminals (executors.daytona_pty)
         self._closed = False
         self._available_until = 0.0
 
@@ -87,7 +88,7 @@ class DaytonaExecutor:
 
     def keep_ids(self) -> set[str]:
         """Sandboxes this executor is using right now (running or pooled): never swept."""
-        return {run.info["sandbox_id"] for run in self.running} | {
+        return {run.info["sandbox_id"] for run in self.running} | self.terminal_ids | {
             sb.id for pool in self._pool.values() for sb in pool}
 
     async def available(self) -> Availability:

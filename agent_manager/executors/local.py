@@ -7,7 +7,7 @@ import shutil
 import signal
 
 from agent_manager.executors.base import Availability, ExecSpec
-from agent_manager.executors.process import ProcessExecution, base_environment, new_tag, signal_tagged
+from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
 from agent_manager.settings import Settings
 
 
@@ -39,9 +39,12 @@ class LocalExecutor:
         resolved = shutil.which(argv[0], path=env.get("PATH"))
         if resolved and os.sep not in argv[0]:
             argv[0] = resolved
+        if spec.tty is not None:
+            argv = [*ctty_prefix(), *argv]
         return await ProcessExecution.spawn(
             argv, env=env, cwd=cwd, stdin=spec.stdin, tag=new_tag(self.tag_prefix),
-            kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s)
+            kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s,
+            tty=spec.tty)
 
     async def close(self) -> None:
         signal_tagged(self.tag_prefix + ":", signal.SIGKILL)

@@ -36,7 +36,14 @@ from pathlib import Path
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors.base import Availability, Chunk, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
-from agent_manager.executors.process import TAG_ENV, ProcessExecution, descendants, new_tag, signal_tagged
+from agent_manager.executors.process import (
+    TAG_ENV,
+    ProcessExecution,
+    ctty_prefix,
+    descendants,
+    new_tag,
+    signal_tagged,
+)
 from agent_manager.settings import Settings
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -233,6 +240,8 @@ class SandboxExecutor:
             if missing or not self.root:
                 raise ExecutionError(missing or NO_SLIRP_UNPRIVILEGED)
         argv, binds, path_dirs = self._resolve_program(spec)
+        if spec.tty is not None:  # an interactive terminal: bwrap's --new-session stays, setsid runs inside it
+            argv = [*ctty_prefix(), *argv]
         if spec.workspace is not None:
             await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files)
         tag = new_tag(self.tag_prefix)
@@ -254,7 +263,7 @@ class SandboxExecutor:
                 kill_grace_s=self.settings.kill_grace_s,
                 stream_close_grace_s=self.settings.stream_close_grace_s,
                 info={"sandbox": "bwrap", "cgroup": cgroup.path if cgroup else "", "tag": tag},
-                pass_fds=tuple(fds.child))
+                pass_fds=tuple(fds.child), tty=spec.tty)
         except BaseException:
             fds.close()
             for fd in (info_r, block_w):
