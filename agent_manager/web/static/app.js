@@ -34,6 +34,8 @@ const ROUTES = {
   orchestrations: "orchestration",
   files: "files",
   users: "users",
+  terminal: "terminal",
+  terminals: "terminal",
 };
 
 const NAV = [
@@ -44,6 +46,7 @@ const NAV = [
   ["/history", "History", ["history"]],
   ["/plans", "Plans", ["plans", "orchestration"]],
   ["/files", "Files", ["files"]],
+  ["/terminal", "Terminals", ["terminal"]],
   ["/users", "Users", ["users"]],
   ["/settings", "Settings", ["settings"]],
 ];

@@ -48,7 +48,9 @@ export async function render(root, { id, query, signal, navigate }) {
   });
 
   root.append(h("div", { class: "page-head" }, h("h1", null, run ? "Run" : "New run"),
-    run ? h("a", { class: "button secondary", href: `#/runs/${encodeURIComponent(run.id)}?again=1` }, "Edit & rerun")
+    run ? h("div", { class: "actions" },
+      h("a", { class: "button secondary", href: `#/runs/${encodeURIComponent(run.id)}?again=1` }, "Edit & rerun"),
+      h("a", { class: "button secondary", href: `#/terminal?run=${encodeURIComponent(run.id)}` }, "Terminal"))
       : null));
   if (!agents.length) {
     root.append(h("div", { class: "empty card" }, h("p", null, "Register an agent first."),
