@@ -26,7 +26,7 @@ main.add_command(serve.serve)
 main.add_command(serve.token)
 main.add_command(agents.agents)
 main.add_command(run.run)
-for module_name in ("plan", "orchestrate", "sandboxes"):
+for module_name in ("plan", "orchestrate", "sandboxes", "shell"):
     with contextlib.suppress(ImportError):
         module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])
         main.add_command(module.command)
