@@ -134,6 +134,8 @@ class RunCreate(Strict):
     agent: str = Field(..., min_length=1)
     prompt: str = Field(..., min_length=1, max_length=1_000_000)
     conversation_id: str | None = None
+    project: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = Field(None, min_length=1, max_length=250)
     backend: RequestedBackend | None = None
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     resources: ResourcesIn | None = None
@@ -164,6 +166,8 @@ class Run(BaseModel):
     started_at: str | None
     finished_at: str | None
     duration_s: float | None
+    project: str | None = None
+    workspace: dict[str, Any] | None = None
 
 
 class RunPage(BaseModel):
@@ -219,3 +223,19 @@ class MessageCreate(Strict):
 class MessagePosted(BaseModel):
     message: Message
     run: Run
+
+
+class ProjectCreate(Strict):
+    name: str = Field(..., pattern=NAME_RE)
+    path: str | None = Field(None, min_length=1, max_length=4096)
+    git_url: str | None = Field(None, min_length=1, max_length=4096)
+    base: str | None = Field(None, min_length=1, max_length=250)
+
+    @field_validator("path", "git_url", "base")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _no_nul(value) if value is not None else None
+
+
+class MergeRequest(Strict):
+    strategy: Literal["merge", "squash"] = "merge"

@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
 from agent_manager.agents.base import AgentKind, Invocation, PlainTextParser
@@ -28,6 +28,9 @@ from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.store.database import new_id, now
+
+if TYPE_CHECKING:
+    from agent_manager.workspaces import Base, Workspaces
 
 log = logging.getLogger("agent_manager.runs")
 HOST_BACKENDS = frozenset({"local", "sandbox"})
@@ -53,6 +56,10 @@ class RunRequest:
     # Run exactly this argv instead of the agent's CLI (orchestration `shell` steps); the
     # agent dict then only names the run and supplies env/backend/trust.
     argv: list[str] | None = None
+    # Projects (DESIGN 3.7): an existing workspace to work in (conversation, plan step), or a
+    # resolved base to branch a new one from for this run alone (``am/<run id>``).
+    workspace_id: str | None = None
+    new_workspace: Base | None = None
 
 
 @dataclass
@@ -79,6 +86,7 @@ class RunManager:
         self.live: dict[str, _Live] = {}
         self.finished_counts: Counter[tuple[str, str]] = Counter()
         self.durations: list[float] = []
+        self.workspaces: Workspaces | None = None  # set by the service
 
     # -- lifecycle of the manager ---------------------------------------------------------
 
@@ -118,6 +126,13 @@ class RunManager:
             "id": run_id, "agent_id": agent["id"], "agent_name": agent["name"], "prompt": req.prompt,
             "requested_backend": req.backend or req.step_backend or agent.get("backend"),
             "conversation_id": req.conversation_id, "owner": req.owner})
+        if req.new_workspace is not None and self.workspaces is not None:
+            req.workspace_id = self.workspaces.record(req.new_workspace, "run", run_id, req.owner)["id"]
+        if req.workspace_id:
+            from agent_manager.workspaces import records as ws_records
+
+            ws_records.link(self.db, "runs", run_id, req.workspace_id)
+            run = run_store.get(self.db, run_id)
         if req.conversation_id:
             conv_store.add_message(self.db, req.conversation_id, "user", req.prompt, agent["id"], run_id)
         self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None})
@@ -198,11 +213,13 @@ class RunManager:
                     self.host_running -= host
         except AgentManagerError as exc:
             self.events.append(run_id, "error", {"message": exc.message})
+            await self._settle(run_id, req)
             self._finish(run_id, "failed", None, None, exc.message, None)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the workspace is settled at the next start (Workspaces.recover)
             self._finish(run_id, "interrupted", None, None, "the service stopped during this run", None)
         except Exception as exc:  # a bug: record it on the run instead of leaving it running
             log.exception("run %s crashed", run_id)
+            await self._settle(run_id, req)
             self._finish(run_id, "failed", None, None, f"internal error: {exc}", None)
         finally:
             if queued:
@@ -222,6 +239,8 @@ class RunManager:
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
+        if req.workspace_id and self.workspaces is not None:
+            spec = await self.workspaces.prepare(req.workspace_id, run_id, backend, spec)
         execution = await self.executors[backend].start(spec)
         live.execution = execution
         sandbox_id = execution.info.get("sandbox_id")
@@ -270,7 +289,25 @@ class RunManager:
         answer = parser.answer
         if isinstance(parser, PlainTextParser) and parser.truncated:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
+        await self._settle(run_id, req, backend)
         self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
+
+    async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:
+        """Commit what the agent left in its workspace before the run is reported finished, so
+        whoever sees ``run.finished`` can review the diff. A failure is said, never fatal."""
+        if not req.workspace_id or self.workspaces is None or self.workspaces.busy.get(req.workspace_id) != run_id:
+            return  # no workspace, or this run never got to use it (e.g. another run holds it)
+        if backend is None:
+            backend = run_store.get(self.db, run_id)["backend"]
+        try:
+            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, backend, req.files,
+                                                                      run_id))
+        except AgentManagerError as exc:
+            self.events.append(run_id, "error", {"message": f"could not commit the workspace: {exc.message}"})
+            return
+        from agent_manager.workspaces import records as ws_records
+
+        self.events.append(run_id, "workspace", ws_records.public(ws) or {})
 
     def _expire(self, live: _Live, reason: str) -> None:
         if live.end_reason is None:

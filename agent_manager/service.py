@@ -98,14 +98,28 @@ class Service:
         recovered = self._runs.recover()
         if recovered:
             log.warning("marked %d unfinished run(s) from a previous start as interrupted", recovered)
+        from agent_manager.workspaces import Workspaces
+        workspaces = self.extras["workspaces"] = self._runs.workspaces = Workspaces(self.db, self.settings)
+        self._background.add(asyncio.create_task(self._tidy_workspaces(workspaces)))
         from agent_manager.orchestration.engine import OrchestrationEngine
         engine = self.extras["orchestrations"] = OrchestrationEngine(self.db, self.settings, self._runs)
         if engine.recover():
             log.warning("orchestrations left running by a previous start are now interrupted (resumable)")
         from agent_manager.terminals import TerminalManager
-        self.extras["terminals"] = TerminalManager(self.settings, self.executors, self._runs)
+        terminals = self.extras["terminals"] = TerminalManager(self.settings, self.executors, self._runs)
+        terminals.workspaces = self.extras.get("workspaces")
         if self.settings.daytona_configured and "daytona" in self.executors:
             self._background.add(asyncio.create_task(self._prepare_daytona()))
+
+    async def _tidy_workspaces(self, workspaces: Any) -> None:
+        """Commit what runs interrupted by a stop left in their workspaces, then prune old ones."""
+        try:
+            settled = await workspaces.recover()
+            if settled:
+                log.warning("committed the work of %d run(s) interrupted by the last stop", settled)
+            await workspaces.prune()
+        except Exception as exc:  # reported, never fatal
+            log.warning("workspace housekeeping failed: %s", exc)
 
     async def _prepare_daytona(self) -> None:
         """Sweep what a previous start of this instance left in Daytona, then fill the warm pool.

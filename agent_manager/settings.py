@@ -92,6 +92,8 @@ class Settings(BaseModel):
     terminal_scrollback_bytes: int = Field(262_144, ge=0, le=16 * 1024 * 1024)
     terminal_record: bool = False
     terminal_max: int = Field(32, ge=1, le=1024)
+    # projects and workspaces: open workspaces untouched this long are discarded (0 = keep)
+    workspace_retention_days: int = Field(14, ge=0)
 
     # orchestration
     default_planner: str | None = None

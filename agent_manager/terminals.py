@@ -70,6 +70,8 @@ class TerminalRequest:
     cols: int = 80
     rows: int = 24
     actor: str = "admin"
+    terminal_id: str = field(default_factory=lambda: new_id("term"))
+    workspace_id: str | None = None  # a project workspace made for this terminal: committed when it closes
 
 
 class Client:
@@ -127,6 +129,7 @@ class Terminal:
     workspace: Path | None = None
     scratch: bool = False
     actor: str = "admin"
+    workspace_id: str | None = None
     release_slot: bool = False
     idle_timer: asyncio.TimerHandle | None = None
     pump: asyncio.Task[None] | None = None
@@ -144,6 +147,7 @@ class TerminalManager:
         self.settings, self.executors, self.runs = settings, executors, runs
         self.terminals: dict[str, Terminal] = {}
         self.on_close: list[Any] = []  # callbacks (terminal, reason): the audit log
+        self.workspaces: Any = None  # workspaces.Workspaces, set by the service when projects exist
         self._opening = 0
 
     # -- opening -------------------------------------------------------------------------------
@@ -168,7 +172,7 @@ class TerminalManager:
             await self.runs.host_slots.acquire()
             self.runs.host_running += 1
         self._opening += 1
-        terminal_id = new_id("term")
+        terminal_id = req.terminal_id
         try:
             spec, shell = self._spec(req, agent, chosen.backend, terminal_id)
             cols, rows = clamp_size(req.cols, req.rows)
@@ -179,13 +183,15 @@ class TerminalManager:
                 self.runs.host_slots.release()
             if req.scratch and req.workspace is not None:
                 shutil.rmtree(req.workspace, ignore_errors=True)
+            if req.workspace_id is not None:
+                await self._settle(req.workspace_id, chosen.backend, terminal_id)
             raise
         finally:
             self._opening -= 1
         term = Terminal(id=terminal_id, owner=req.owner, backend=chosen.backend, route_reason=chosen.reason,
                         command=" ".join(spec.argv) if not shell or chosen.backend != "daytona" else "shell",
                         cols=cols, rows=rows, pty=pty, workspace=req.workspace, scratch=req.scratch,
-                        release_slot=host, actor=req.actor)
+                        release_slot=host, actor=req.actor, workspace_id=req.workspace_id)
         if self.settings.terminal_record:
             term.recorder = Recorder(self.settings.home / "terminals" / f"{terminal_id}.cast", cols, rows)
         self.terminals[terminal_id] = term
@@ -326,9 +332,21 @@ class TerminalManager:
                 term.recorder.close()
             if term.scratch and term.workspace is not None:
                 await asyncio.to_thread(shutil.rmtree, term.workspace, True)
+            if term.workspace_id is not None:
+                await self._settle(term.workspace_id, term.backend, term.id)
             for callback in self.on_close:
                 with contextlib.suppress(Exception):
                     callback(term, reason)
+
+    async def _settle(self, workspace_id: str, backend: str, terminal_id: str) -> None:
+        """Commit what was changed in a project workspace (on this host; Daytona's stay there)."""
+        if self.workspaces is None:
+            return
+        try:
+            await self.workspaces.settle(workspace_id, f"Terminal session {terminal_id}",
+                                         None if backend == "daytona" else "local")
+        except Exception:
+            log.exception("terminal %s: could not commit its workspace", terminal_id)
 
     async def shutdown(self) -> None:
         for term in list(self.terminals.values()):

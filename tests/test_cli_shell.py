@@ -64,8 +64,13 @@ def test_shell_detach_reattach_resize_exit(live_server: LiveServer, tmp_path: Pa
     first.expect(r"cli-42\r\n30 100")
     first.resize(120, 40)
     first.proc.send_signal(signal.SIGWINCH)
-    time.sleep(0.5)
-    first.send(b"stty size\r")
+    for _ in range(20):  # the resize travels CLI → service → PTY while we ask
+        first.send(b"stty size\r")
+        try:
+            first.expect(r"40 120", timeout=1)
+            break
+        except AssertionError:
+            continue
     first.expect(r"40 120")
     first.send(b"sleep 30\r")
     time.sleep(0.3)

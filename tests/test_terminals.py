@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -378,3 +379,40 @@ async def test_daytona_pty_that_never_connects(daytona_server: LiveServer,
         assert failed.status_code == 503, failed.text
         await until(lambda: not daytona_emulator.sandboxes, timeout=15)  # each sandbox deleted again
         assert (await api.get("/api/terminals")).json() == []
+
+
+async def test_terminals_in_project_and_run_workspaces(server: LiveServer, api: httpx.AsyncClient,
+                                                       wss: aiohttp.ClientSession, tmp_path: Path) -> None:
+    from workspace_helpers import add_project, add_shell_agent, git, make_repo, run_on_project
+
+    repo = make_repo(tmp_path / "repo")
+    await add_project(api, repo)
+    await add_shell_agent(api)
+    run = await run_on_project(api, "echo from-run > run.txt", backend="local")
+    # a run's terminal opens in that run's worktree, where its work is
+    term = await open_terminal(api, run_id=run["id"])
+    sock = await attach(wss, server.url, term["id"])
+    await sock.send("cat run.txt; git branch --show-current\n")
+    await sock.expect(rf"from-run\s+am/{run['id']}")
+    await sock.send("exit\n")
+    await sock.control("exit")
+    # a project's terminal gets its own worktree and branch; the user's checkout is untouched
+    before = git(repo, "status", "--porcelain")
+    term = await open_terminal(api, project="proj", backend="local")
+    sock = await attach(wss, server.url, term["id"])
+    await sock.send("git branch --show-current; echo edited > a.txt; echo made-$((1+1))\n")
+    await sock.expect(rf"am/{term['id']}")
+    await sock.expect(r"[\r\n]made-2")
+    assert (await api.delete(f"/api/terminals/{term['id']}")).status_code == 204
+    assert git(repo, "status", "--porcelain") == before and (repo / "a.txt").read_text() == "line 1\nline 2\n"
+    (bare,) = (server.home / "projects").glob("*.git")
+    log = subprocess.run(["git", "--git-dir", str(bare), "log", "-1", "--format=%s", f"am/{term['id']}"],
+                         capture_output=True, text=True)
+    assert "Terminal session" in log.stdout, log.stderr  # its edits were committed on its branch at close
+    shown = subprocess.run(["git", "--git-dir", str(bare), "show", f"am/{term['id']}:a.txt"],
+                           capture_output=True, text=True)
+    assert shown.stdout == "edited\n"
+    # a discarded run workspace has nothing to open
+    assert (await api.post(f"/api/runs/{run['id']}/discard")).status_code == 200
+    gone = await api.post("/api/terminals", json={"run_id": run["id"]})
+    assert gone.status_code == 409

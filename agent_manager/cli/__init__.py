@@ -7,7 +7,7 @@ import contextlib
 import click
 
 from agent_manager import __version__
-from agent_manager.cli import agents, run, serve
+from agent_manager.cli import agents, projects, run, serve
 
 
 @click.group()
@@ -26,6 +26,8 @@ main.add_command(serve.serve)
 main.add_command(serve.token)
 main.add_command(agents.agents)
 main.add_command(run.run)
+main.add_command(projects.command)
+main.add_command(projects.runs)
 for module_name in ("plan", "orchestrate", "sandboxes", "shell"):
     with contextlib.suppress(ImportError):
         module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])

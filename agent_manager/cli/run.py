@@ -71,15 +71,17 @@ def _print(event: str, data: dict[str, Any], raw: bool, structured: bool) -> Non
 @click.option("--conversation", "conversation_id", default=None, help="Continue this conversation.")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds before the run is killed.")
 @click.option("--raw", is_flag=True, help="Print the CLI's raw output instead of parsed messages.")
+@click.option("--project", default=None, help="Work on this project, on a new branch am/<run id>.")
+@click.option("--base", default=None, help="Branch or commit to start from (default: the project's base).")
 @click.pass_obj
 def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conversation_id: str | None,
-        timeout_s: float | None, raw: bool) -> None:
+        timeout_s: float | None, raw: bool, project: str | None, base: str | None) -> None:
     """Run AGENT with PROMPT, streaming its output; exits with the agent's exit code."""
     client = Client(obj)
     info = client.request("GET", f"/api/agents/{agent}")
     structured = not isinstance(get_kind(info["kind"]).parser(), PlainTextParser)
     body = {"agent": agent, "prompt": prompt, "backend": backend, "conversation_id": conversation_id,
-            "timeout_s": timeout_s}
+            "timeout_s": timeout_s, "project": project, "base": base}
     started: dict[str, Any] = {}
     try:
         started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
@@ -90,6 +92,11 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
             client.request("POST", f"/api/runs/{started['id']}/cancel")
         sys.exit(130)
     status = final["status"]
+    if project:
+        from agent_manager.cli.projects import print_stat
+
+        click.echo("", err=True)
+        print_stat(client, f"/api/runs/{started['id']}/diff")
     if status != "succeeded":
         click.echo(click.style(f"run {started['id']} {status}: {final.get('error') or ''}".rstrip(": "),
                                fg="red"), err=True)

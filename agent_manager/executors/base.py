@@ -31,6 +31,37 @@ class Resources:
     disk_gb: int | None = None
 
 
+@dataclass(frozen=True)
+class Mount:
+    """An extra path inside an isolated backend (the sandbox); host backends ignore it.
+
+    Either ``source`` (a host path, bound read-only unless ``writable``) or ``data`` (the text
+    of a read-only file made for this run) appears at ``target``. Workspaces use this to give
+    a worktree's ``.git`` what it needs and nothing more of the repository.
+    """
+
+    target: str
+    source: Path | None = None
+    data: str | None = None
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class PortableRepo:
+    """A git workspace in a form a remote backend can carry without knowing git (workspaces.portable).
+
+    The backend uploads ``bundle``, runs ``setup`` (``sh -c SETUP am BUNDLE WORKSPACE STATE ARGS...``)
+    before the command and ``collect`` (``sh -c COLLECT am BUNDLE WORKSPACE STATE OUT ARGS...``)
+    after it, then downloads OUT to ``changes`` on this host. The paths are the backend's choice.
+    """
+
+    bundle: Path
+    setup: str
+    collect: str
+    changes: Path
+    args: tuple[str, ...] = ()
+
+
 @dataclass
 class ExecSpec:
     """Everything a backend needs to start one process.
@@ -56,6 +87,8 @@ class ExecSpec:
     # A PTY slave fd (interactive terminals, local and sandbox only): the process gets it as
     # stdin/stdout/stderr and as its controlling terminal; ``stdin`` is then ignored.
     tty: int | None = None
+    mounts: list[Mount] = field(default_factory=list)
+    portable: PortableRepo | None = None
 
 
 @dataclass(frozen=True)

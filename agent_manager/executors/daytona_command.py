@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.errors import ExecutionError
-from agent_manager.executors.base import Chunk, ExecSpec, Stream
+from agent_manager.executors.base import Chunk, ExecSpec, PortableRepo, Stream
 from agent_manager.executors.daytona_api import (
     _ENV_NAME,
     MAX_UPLOAD_BYTES,
@@ -68,12 +68,18 @@ class DaytonaExecution:
         self._delivered: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self._stderr_tail = ""
         self._task: asyncio.Task[int] | None = None
-        self._cancelled = self._released = False
+        self._cancelled = self._released = self._collected = False
+        self._hold = asyncio.Lock()
+        self._carry = ""
 
     async def launch(self) -> None:
         """Upload inputs, start the command, hand it its environment, start following it."""
         ex, sb, spec, sdk = self._ex, self._sb, self._spec, _sdk()
-        self._remote_ws = str(PurePosixPath(await ex.call("get work dir", sb.get_work_dir)) / "workspace")
+        work_dir = PurePosixPath(await ex.call("get work dir", sb.get_work_dir))
+        self._remote_ws = str(work_dir / "workspace")
+        self._carry = str(work_dir / ".agent-manager")
+        if spec.portable is not None:
+            await self._setup_repo(spec.portable)
         uploads = self._uploads(sdk)
         if uploads:
             await ex.call("upload files", lambda: sb.fs.upload_files(uploads, timeout=TRANSFER_TIMEOUT_S),
@@ -95,7 +101,7 @@ class DaytonaExecution:
     def _uploads(self, sdk: Any) -> list[Any]:
         spec = self._spec
         files: dict[str, Path | bytes] = {}
-        if spec.workspace is not None and spec.workspace.is_dir():
+        if spec.workspace is not None and spec.workspace.is_dir() and spec.portable is None:
             for path in sorted(spec.workspace.rglob("*")):
                 if path.is_file() and not path.is_symlink():  # never follow links out of the workspace
                     files[path.relative_to(spec.workspace).as_posix()] = path
@@ -107,6 +113,39 @@ class DaytonaExecution:
             raise ExecutionError(f"workspace too large for Daytona ({total} bytes > {MAX_UPLOAD_BYTES})")
         return [sdk.FileUpload(source=src if isinstance(src, bytes) else str(src),
                                destination=f"{self._remote_ws}/{rel}") for rel, src in files.items()]
+
+    async def _exec(self, what: str, script: str, *args: str) -> None:
+        """One short ``sh -c`` command (not streamed); a non-zero exit is an ExecutionError."""
+        command = shlex.join(["sh", "-c", script, "agent-manager", *args])
+        result = await self._ex.call(what, lambda: self._sb.process.exec(command, timeout=TRANSFER_TIMEOUT_S),
+                                     TRANSFER_TIMEOUT_S + 30, idempotent=False)
+        if result.exit_code != 0:
+            raise ExecutionError(f"{what} failed in the Daytona sandbox: {(result.result or '').strip()[-500:]}")
+
+    async def _setup_repo(self, repo: PortableRepo) -> None:
+        """The workspace as a git repository: upload the bundle, clone it (workspaces.portable)."""
+        bundle = f"{self._carry}/base.bundle"
+        await self._ex.call("upload bundle", lambda: self._sb.fs.upload_file(
+            str(repo.bundle), bundle, timeout=TRANSFER_TIMEOUT_S), TRANSFER_TIMEOUT_S)
+        await self._exec("workspace set-up", repo.setup, bundle, self._remote_ws, f"{self._carry}/state",
+                         *repo.args)
+
+    async def _collect_changes(self) -> None:
+        """Everything the agent changed, as a binary patch, to ``portable.changes`` on this host."""
+        async with self._hold:  # release() waits: the sandbox must outlive the download
+            await self._collect_locked()
+
+    async def _collect_locked(self) -> None:
+        repo = self._spec.portable
+        if repo is None or self._collected or self._released:
+            return
+        self._collected = True
+        out = f"{self._carry}/changes.patch"
+        await self._exec("collecting changes", repo.collect, f"{self._carry}/base.bundle", self._remote_ws,
+                         f"{self._carry}/state", out, *repo.args)
+        repo.changes.parent.mkdir(parents=True, exist_ok=True)
+        await self._ex.call("download changes", lambda: self._sb.fs.download_file(
+            out, str(repo.changes), TRANSFER_TIMEOUT_S), TRANSFER_TIMEOUT_S)
 
     def _remote_cwd(self) -> str:
         """Relative, or inside the host workspace: mapped into the remote one; else used as is."""
@@ -125,6 +164,7 @@ class DaytonaExecution:
             if code == 127 and NOT_FOUND_MARK in self._stderr_tail:
                 missing = self._stderr_tail.split(NOT_FOUND_MARK, 1)[1].splitlines()[0]
                 raise ExecutionError(f"{missing}: executable not found in the Daytona sandbox")
+            await self._collect_changes()
             await self._fetch_outputs()
             return code
         except Exception as exc:
@@ -206,14 +246,15 @@ class DaytonaExecution:
 
     async def release(self) -> None:
         """Delete the sandbox once; a failure is logged (auto-stop/delete and ``gc`` are the backstop)."""
-        if self._released:
-            return
-        self._released, self._ex.live = True, self._ex.live - 1
-        self._ex.running.discard(self)
-        try:
-            await self._ex.delete(self._sb)
-        except ExecutionError as exc:
-            log.error("could not delete Daytona sandbox %s: %s", self._sb.id, exc)
+        async with self._hold:
+            if self._released:
+                return
+            self._released, self._ex.live = True, self._ex.live - 1
+            self._ex.running.discard(self)
+            try:
+                await self._ex.delete(self._sb)
+            except ExecutionError as exc:
+                log.error("could not delete Daytona sandbox %s: %s", self._sb.id, exc)
 
     async def output(self) -> AsyncIterator[Chunk]:
         while (chunk := await self._queue.get()) is not None:
@@ -231,8 +272,16 @@ class DaytonaExecution:
             raise
 
     async def cancel(self) -> None:
-        """Delete the sandbox (which kills everything in it); the follower then ends with -SIGKILL."""
+        """Delete the sandbox (which kills everything in it); the follower then ends with -SIGKILL.
+        A workspace's changes are collected first (the agent's session is ended before that)."""
         self._cancelled = True
+        if self._spec.portable is not None and self._cmd_id and not self._released:
+            async with self._hold:  # taken before anything yields: the follower cannot delete first
+                try:
+                    await asyncio.wait_for(self._sb.process.delete_session(self._session), REQUEST_TIMEOUT_S)
+                    await asyncio.wait_for(self._collect_locked(), TRANSFER_TIMEOUT_S)
+                except Exception as exc:  # the sandbox may be unreachable: what it held is then lost
+                    log.warning("could not collect the changes of cancelled sandbox %s: %s", self._sb.id, exc)
         await asyncio.shield(self.release())
         if self._task is not None and not self._task.done():
             try:

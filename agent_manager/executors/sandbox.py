@@ -387,6 +387,7 @@ class SandboxExecutor:
                  else ["--size", str(self.settings.sandbox_tmp_mb << 20), "--tmpfs", "/workspace"])
         for bind in binds:
             args += ["--ro-bind", str(bind), str(bind)]
+        args += self._mount_args(spec, fds)
         env = {"PATH": SANDBOX_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.env}
         if path_dirs:
             env["PATH"] = ":".join([*path_dirs, env["PATH"]])
@@ -398,6 +399,18 @@ class SandboxExecutor:
         if network is not None:
             args += ["--share-net", "--info-fd", str(network[0]), "--block-fd", str(network[1])]
         return [*args, "--remount-ro", "/", "--", *argv]
+
+    @staticmethod
+    def _mount_args(spec: ExecSpec, fds: _Fds) -> list[str]:
+        """``spec.mounts`` (workspaces: a worktree's git dir), after /workspace so they may cover a
+        path inside it, e.g. its ``.git`` file."""
+        args: list[str] = []
+        for mount in spec.mounts:
+            if mount.data is not None:
+                args += ["--ro-bind-data", str(fds.data(mount.data)), mount.target]
+            elif mount.source is not None:
+                args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
+        return args
 
     @staticmethod
     def _inside_cwd(spec: ExecSpec) -> str:

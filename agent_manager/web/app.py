@@ -89,6 +89,10 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router,
                    sandboxes.router):
         app.include_router(router)
+    from agent_manager.web.routers import projects, workspaces
+
+    for router in (projects.router, *workspaces.routers):
+        app.include_router(router)
     for optional in ("agent_manager.web.routers.plans", "agent_manager.web.routers.orchestrations",
                      "agent_manager.web.routers.users", "agent_manager.web.routers.files",
                      "agent_manager.web.routers.terminals"):

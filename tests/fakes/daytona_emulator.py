@@ -94,6 +94,8 @@ class DaytonaEmulator:
         self.drop_after_bytes = 1
         self.pty_fault: str | None = None  # None | "silent" | "error" (see daytona_pty.py)
         self.pty_toolbox: PtyToolbox | None = None
+        self.bytes_uploaded = 0  # file contents moved through the toolbox, for benches
+        self.bytes_downloaded = 0
         self._faults: list[FaultRule] = []
         self._runner: web.AppRunner | None = None
         self.port = 0

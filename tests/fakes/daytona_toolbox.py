@@ -316,7 +316,7 @@ class Toolbox:
         return web.Response(status=204)
 
     async def exec_simple(self, request: web.Request) -> web.Response:
-        """``process.exec``: one command, combined output (used by nothing in the executor)."""
+        """``process.exec``: one command, combined output (workspace set-up and change collection)."""
         sb = self.sandbox(request)
         body = await request.json()
         env = {
@@ -352,7 +352,9 @@ class Toolbox:
                 # aiohttp percent-encodes the filename, so the path field is authoritative
                 target = _resolve(sb, paths.get(index) or unquote(part.filename or ""))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(await part.read())
+                data = await part.read()
+                self.emu.bytes_uploaded += len(data)
+                target.write_bytes(data)
             else:
                 await part.release()
         return web.Response(status=200)
@@ -386,6 +388,7 @@ class Toolbox:
                 f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n"
             ).encode()
             body += data + b"\r\n"
+            self.emu.bytes_downloaded += len(data)
         body += f"--{boundary}--\r\n".encode()
         return web.Response(
             body=bytes(body), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from agent_manager.errors import ValidationFailed
 from agent_manager.executors.base import Resources
 from agent_manager.executors.routing import RouteRequest, check_isolation
 from agent_manager.models import Event, Run, RunCreate, RunPage, RunStatus
@@ -16,6 +17,8 @@ from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.web import sse
 from agent_manager.web.deps import audit, owner_filter, principal, service
+from agent_manager.web.routers.projects import workspaces
+from agent_manager.web.routers.workspaces import attach
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 RUN_TERMINAL = frozenset({"run.finished"})
@@ -23,7 +26,8 @@ RUN_TERMINAL = frozenset({"run.finished"})
 
 def start_run(request: Request, svc: Service, agent_ref: str, prompt: str, *, conversation_id: str | None,
               backend: str | None, timeout_s: float | None = None,
-              resources: Resources | None = None) -> dict[str, Any]:
+              resources: Resources | None = None, new_workspace: Any = None,
+              workspace_id: str | None = None) -> dict[str, Any]:
     """Shared by POST /api/runs and the chat: resolve, check ownership, submit."""
     agent = agent_store.get(svc.database, agent_ref)
     who = principal(request)
@@ -34,14 +38,25 @@ def start_run(request: Request, svc: Service, agent_ref: str, prompt: str, *, co
         conv_store.get(svc.database, conversation_id, owner_filter(request))
     return svc.runs.submit(RunRequest(
         agent=agent, prompt=prompt, conversation_id=conversation_id, backend=backend, timeout_s=timeout_s,
-        resources=resources or Resources(), owner=who.get("id"), user_trusted=bool(who.get("trusted", True))))
+        resources=resources or Resources(), owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
+        new_workspace=new_workspace, workspace_id=workspace_id))
 
 
 @router.post("", response_model=Run, status_code=201)
 async def create_run(body: RunCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     resources = Resources(cpu=body.resources.cpu, memory_mb=body.resources.memory_mb) if body.resources else None
-    return start_run(request, svc, body.agent, body.prompt, conversation_id=body.conversation_id,
-                     backend=body.backend, timeout_s=body.timeout_s, resources=resources)
+    if body.base and not body.project:
+        raise ValidationFailed("base: only with a project", [{"field": "base", "message": "needs project"}])
+    base = None
+    if body.project:
+        if body.conversation_id:
+            raise ValidationFailed("project: a conversation's turns use the conversation's project",
+                                   [{"field": "project", "message": "not with conversation_id"}])
+        agent_store.get(svc.database, body.agent)  # 404 for an unknown agent before any git work
+        base = await workspaces(svc).check_base(body.project, body.base)
+    run = start_run(request, svc, body.agent, body.prompt, conversation_id=body.conversation_id,
+                    backend=body.backend, timeout_s=body.timeout_s, resources=resources, new_workspace=base)
+    return attach(svc, run)
 
 
 @router.get("", response_model=RunPage)
@@ -51,19 +66,19 @@ async def list_runs(request: Request, agent: str | None = None, status: RunStatu
     agent_id = agent_store.get(svc.database, agent)["id"] if agent else None
     items, total = run_store.search(svc.database, agent_id=agent_id, status=status, q=q,
                                     owner=owner_filter(request), limit=limit, offset=offset)
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
+    return {"items": [attach(svc, r) for r in items], "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/{run_id}", response_model=Run)
 async def get_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    return run_store.get(svc.database, run_id, owner_filter(request))
+    return attach(svc, run_store.get(svc.database, run_id, owner_filter(request)))
 
 
 @router.post("/{run_id}/cancel", response_model=Run)
 async def cancel_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     run = await svc.runs.cancel(run_id, owner_filter(request))
     audit(request, "run.cancel", run_id, {"agent": run["agent_name"], "status": run["status"]})
-    return run
+    return attach(svc, run)
 
 
 @router.get("/{run_id}/events", response_model=list[Event],

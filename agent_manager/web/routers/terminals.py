@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request, Response, WebSocket
 from pydantic import Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from agent_manager.errors import AgentManagerError, ExecutionError, ExecutorUnavailable, NotFound
+from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, ExecutorUnavailable, NotFound
 from agent_manager.models import RequestedBackend, Strict
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
@@ -61,11 +61,12 @@ def _audit_close(svc: Service, term: Terminal, reason: str) -> None:
     user_store.record(svc.database, term.actor, "terminal.close", term.id, details)
 
 
-def _workspace(svc: Service, request: Request, body: TerminalCreate) -> tuple[TerminalRequest, dict[str, Any]]:
+async def _workspace(svc: Service, request: Request, body: TerminalCreate) -> tuple[TerminalRequest, dict[str, Any]]:
     """Where the terminal runs and what it starts; 404 for runs/agents/projects the caller cannot see."""
     who = principal(request)
     req = TerminalRequest(owner=who.get("id"), user_trusted=bool(who.get("trusted", True)), backend=body.backend,
-                          cols=body.cols, rows=body.rows, actor=str(who.get("name") or who.get("id") or "?"))
+                          cols=body.cols, rows=body.rows, actor=str(who.get("name") or who.get("id") or "?"),
+                          terminal_id=new_id("term"))
     details: dict[str, Any] = {}
     if body.agent:
         req.agent = agent_store.get(svc.database, body.agent)
@@ -74,42 +75,50 @@ def _workspace(svc: Service, request: Request, body: TerminalCreate) -> tuple[Te
         run = run_store.get(svc.database, body.run_id, owner_filter(request))
         req.run_backend = run.get("backend")
         details["run_id"] = run["id"]
-        path = (run.get("workspace") or {}).get("path") if isinstance(run.get("workspace"), dict) else None
-        if path:
-            req.workspace = Path(path)
-        else:
-            with contextlib.suppress(AgentManagerError):
-                run_agent = agent_store.get(svc.database, run["agent_id"])
-                req.workspace = (Path(run_agent["working_dir"]) if run_agent.get("working_dir")
-                                 else svc.settings.workspaces / run_agent["name"])
-            if req.workspace is None:
-                req.workspace = svc.settings.workspaces / str(run["agent_name"])
+        req.workspace = _run_workspace(svc, run)
     elif body.project:
-        req.workspace = _project_path(svc, body.project)
+        req.workspace, req.workspace_id = await _project_workspace(svc, body.project, req)
         details["project"] = body.project
     elif req.agent is not None:
         req.workspace = (Path(req.agent["working_dir"]) if req.agent.get("working_dir")
                          else svc.settings.workspaces / req.agent["name"])
     if req.workspace is None:
-        req.workspace = svc.settings.home / "terminals" / "scratch" / new_id("ws")
+        req.workspace = svc.settings.home / "terminals" / "scratch" / req.terminal_id
         req.scratch = True
     return req, details
 
 
-def _project_path(svc: Service, name: str) -> Path:
-    """A registered project's checkout (the projects feature), else 404."""
-    try:
-        from agent_manager.store import projects as project_store  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise NotFound(f"project {name!r} not found: this version has no projects") from exc
-    project = project_store.get(svc.database, name)
-    return Path(project["path"])
+def _run_workspace(svc: Service, run: dict[str, Any]) -> Path:
+    """The run's git worktree (projects), else the directory its agent ran in."""
+    from agent_manager.workspaces import records as ws_records
+
+    ws = ws_records.linked(svc.database, "runs", run["id"])
+    if ws is not None:
+        if ws["state"] != "open" or not Path(ws["path"]).is_dir():
+            raise Conflict(f"the workspace of run {run['id']} is {ws['state']}: there is nothing to open a "
+                           "terminal in", {"state": ws["state"]})
+        return Path(ws["path"])
+    with contextlib.suppress(AgentManagerError):
+        agent = agent_store.get(svc.database, run["agent_id"])
+        return Path(agent["working_dir"]) if agent.get("working_dir") else svc.settings.workspaces / agent["name"]
+    return svc.settings.workspaces / str(run["agent_name"])
+
+
+async def _project_workspace(svc: Service, name: str, req: TerminalRequest) -> tuple[Path, str]:
+    """A fresh workspace of the project (a worktree on branch ``am/<terminal id>``, from its
+    default base): the user's own checkout is never touched. Committed when the terminal closes."""
+    workspaces = svc.extras.get("workspaces")
+    if workspaces is None:
+        raise NotFound(f"project {name!r} not found: projects are not available")
+    base = await workspaces.check_base(name, None)
+    ws = await workspaces.create_from(base, "terminal", req.terminal_id, req.owner)
+    return Path(ws["path"]), str(ws["id"])
 
 
 @router.post("", status_code=201)
 async def open_terminal(body: TerminalCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     mgr = manager(svc)
-    req, details = _workspace(svc, request, body)
+    req, details = await _workspace(svc, request, body)
     try:
         term = await mgr.open(req)
     except ExecutionError as exc:  # the backend could not give us a terminal: not our bug, say why
