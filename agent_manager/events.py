@@ -4,44 +4,122 @@ Why readers poll the table instead of getting pushed copies: an event is committ
 anyone is told, so a reader that (re)connects with ``after=<seq>`` reads exactly what it
 missed from the same table the live path uses. Live delivery is then only a wake-up. No
 per-client queue exists, so a slow client cannot grow the service's memory.
+
+A log is either *direct* (each append commits on the main connection, inside the caller's
+transaction if there is one: the orchestration log, whose events share a transaction with the
+state they announce) or *batched* (appends go to the event-writer thread, ``store.writer``:
+the run logs, which carry every output chunk). A batched append returns its seq at once; the
+row becomes visible, and readers are woken, only after the writer has committed it. Readers
+therefore wait on the *committed* seq, never on the assigned one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from agent_manager.store.database import Database, dumps, now
+from agent_manager.store.writer import Row
+
+log = logging.getLogger("agent_manager.events")
+MERGE_LIMIT = 256 * 1024  # characters of output text one coalesced event may grow to
+DRAIN_TIMEOUT_S = 30.0
 
 
 class EventLog:
     """One log per owner row, in ``table`` keyed by ``key_column`` (e.g. run_events.run_id)."""
 
-    def __init__(self, db: Database, table: str, key_column: str) -> None:
+    def __init__(self, db: Database, table: str, key_column: str, *, batched: bool = False) -> None:
         self.db = db
         self.table = table
         self.key_column = key_column
-        self._last: dict[str, int] = {}
+        self.batched = batched
+        self._last: dict[str, int] = {}       # last seq handed out
+        self._committed: dict[str, int] = {}  # last seq readers may see
+        self._tail: dict[str, Row] = {}       # the newest queued row per key (may still grow)
         self._wakeups: dict[str, asyncio.Event] = {}
 
+    def _stored_max(self, key: str) -> int:
+        row = self.db.one(f"SELECT MAX(seq) AS s FROM {self.table} WHERE {self.key_column} = ?", (key,))
+        return int(row["s"]) if row and row["s"] is not None else 0
+
     def last_seq(self, key: str) -> int:
+        """The newest seq handed out (committed or still on its way to the table)."""
         if key not in self._last:
-            row = self.db.one(f"SELECT MAX(seq) AS s FROM {self.table} WHERE {self.key_column} = ?", (key,))
-            self._last[key] = int(row["s"]) if row and row["s"] is not None else 0
+            self._last[key] = self._committed[key] = self._stored_max(key)
         return self._last[key]
 
-    def append(self, key: str, type_: str, data: dict[str, Any]) -> int:
-        """Persist one event (committed), then wake the readers of ``key``. Returns its seq."""
+    def committed_seq(self, key: str) -> int:
+        self.last_seq(key)
+        return self._committed[key]
+
+    def append(self, key: str, type_: str, data: dict[str, Any],
+               also: list[tuple[str, tuple[Any, ...]]] | None = None, *, direct: bool = False) -> int:
+        """Persist one event, then wake the readers of ``key``; returns its seq.
+
+        ``also`` are statements committed in the same transaction, before the event. Direct logs
+        commit before returning, and so does a batched one with ``direct=True`` when nothing of
+        ``key`` is queued (no thread round trip: the end of a run wakes its DAG at once); else
+        the row queues behind the others. An ``output`` event may be merged into the previous
+        queued output event of the same stream, and then that event's seq is returned.
+        """
+        if not self.batched or (direct and key not in self._tail):
+            seq = self.last_seq(key) + 1
+            with self.db.transaction() as conn:
+                for statement, params in also or ():
+                    conn.execute(statement, params)
+                conn.execute(f"INSERT INTO {self.table} ({self.key_column}, seq, type, data, created_at)"
+                             " VALUES (?, ?, ?, ?, ?)", (key, seq, type_, dumps(data), now()))
+            self._last[key] = self._committed[key] = seq
+            self._wake(key)
+            return seq
+        writer = self.db.writer()
+        tail = self._tail.get(key)
+        if (type_ == "output" and not also and tail is not None and tail.type == "output"
+                and tail.data.get("stream") == data.get("stream") and tail.size < MERGE_LIMIT
+                and writer.merge(tail, str(data.get("text", "")))):
+            return tail.seq
         seq = self.last_seq(key) + 1
-        with self.db.transaction() as conn:
-            conn.execute(f"INSERT INTO {self.table} ({self.key_column}, seq, type, data, created_at)"
-                         " VALUES (?, ?, ?, ?, ?)", (key, seq, type_, dumps(data), now()))
+        text = data.get("text")
+        size = (len(text) if isinstance(text, str) else 0) + 128
+        row = Row(self.table, self.key_column, key, seq, type_, dict(data), now(), size, self._on_commit,
+                  list(also or ()))
+        writer.put(row)
         self._last[key] = seq
+        self._tail[key] = row
+        return seq
+
+    def _on_commit(self, row: Row) -> None:
+        """Called on the loop once the writer's transaction holding ``row`` has committed."""
+        if self._tail.get(row.key) is row:
+            del self._tail[row.key]
+        if row.seq > self._committed.get(row.key, 0):
+            self._committed[row.key] = row.seq
+        self._wake(row.key)
+
+    def _wake(self, key: str) -> None:
         wakeup = self._wakeups.pop(key, None)
         if wakeup is not None:
             wakeup.set()
-        return seq
+
+    async def room(self) -> None:
+        """For producers: wait while the writer holds too many uncommitted bytes."""
+        if self.batched:
+            await self.db.writer().room()
+
+    async def drained(self, key: str) -> None:
+        """Until every event appended to ``key`` so far is committed (bounded, for shutdown safety)."""
+        target = self.last_seq(key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while self.committed_seq(key) < target:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.error("events of %s not committed after %.0fs", key, DRAIN_TIMEOUT_S)
+                return
+            await self.wait(key, self.committed_seq(key), left)
 
     def read(self, key: str, after: int = 0, limit: int = 64) -> list[dict[str, Any]]:
         rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
@@ -56,16 +134,19 @@ class EventLog:
         return [(r["seq"], r["type"], r["data"]) for r in rows]
 
     async def wait(self, key: str, after: int, timeout: float) -> bool:
-        """Wait until an event newer than ``after`` exists; False on timeout."""
-        if self.last_seq(key) > after:
+        """Wait until a committed event newer than ``after`` exists; False on timeout."""
+        if self.committed_seq(key) > after:
             return True
         wakeup = self._wakeups.setdefault(key, asyncio.Event())
         try:
             await asyncio.wait_for(wakeup.wait(), timeout)
         except TimeoutError:
-            return self.last_seq(key) > after
+            return self.committed_seq(key) > after
         return True
 
     def forget(self, key: str) -> None:
-        """Drop cached state of a finished log (its rows stay)."""
+        """Drop cached state of a finished log (its rows stay); kept while rows are in flight."""
+        if key in self._tail:
+            return
         self._last.pop(key, None)
+        self._committed.pop(key, None)

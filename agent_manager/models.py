@@ -28,6 +28,15 @@ def mask_env(env: dict[str, str]) -> dict[str, str]:
     return {k: (MASK if is_secret_name(k) and v else v) for k, v in env.items()}
 
 
+def _api_base(value: str | None) -> str | None:
+    """An http(s) URL without spaces or control bytes, or None ("" clears it)."""
+    if value is None or value == "":
+        return None
+    if not re.fullmatch(r"https?://[^\s\x00-\x1f\x7f]+", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL bytes")
@@ -48,6 +57,22 @@ class AgentFields(Strict):
     trusted: bool = True
     timeout_s: float = Field(600, gt=0, le=7 * 24 * 3600)
     network: bool = False
+    # Your own model gateway: the base URL the CLI's SDK takes, and its key (a secret: shown
+    # masked, passed to the CLI only in its environment). See docs/agents.md.
+    api_base: str | None = Field(None, max_length=2048)
+    api_key: str | None = Field(None, max_length=8192)
+
+    @field_validator("api_base")
+    @classmethod
+    def _base(cls, value: str | None) -> str | None:
+        return _api_base(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError("must not contain control characters")
+        return value or None
 
     @field_validator("command", "model")
     @classmethod
@@ -100,8 +125,12 @@ class AgentUpdate(Strict):
     trusted: bool | None = None
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     network: bool | None = None
+    api_base: str | None = Field(None, max_length=2048)
+    api_key: str | None = Field(None, max_length=8192)
 
     _env = field_validator("env")(AgentFields._env.__func__)  # type: ignore[attr-defined]
+    _base = field_validator("api_base")(AgentFields._base.__func__)  # type: ignore[attr-defined]
+    _key = field_validator("api_key")(AgentFields._key.__func__)  # type: ignore[attr-defined]
     _args = field_validator("args")(AgentFields._args.__func__)  # type: ignore[attr-defined]
     _wd = field_validator("working_dir")(AgentFields._working_dir.__func__)  # type: ignore[attr-defined]
 
@@ -119,6 +148,8 @@ class Agent(BaseModel):
     trusted: bool
     timeout_s: float
     network: bool
+    api_base: str | None = None
+    api_key: str | None = None  # always MASK when set
     available: bool
     install_hint: str
     created_at: str
@@ -187,6 +218,8 @@ class Event(BaseModel):
 class ConversationCreate(Strict):
     title: str = Field("", max_length=200)
     agent: str | None = None
+    project: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = Field(None, min_length=1, max_length=250)
 
 
 class Message(BaseModel):
@@ -205,6 +238,8 @@ class Conversation(BaseModel):
     created_at: str
     updated_at: str
     messages: list[Message] | None = None
+    project: str | None = None
+    workspace: dict[str, Any] | None = None
 
 
 class MessageCreate(Strict):

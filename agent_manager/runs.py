@@ -2,8 +2,11 @@
 
 Every event is committed to the run's log before anyone hears of it (``EventLog.append``),
 so the log is the single source of truth for live viewers, reconnecting clients and the
-history alike. The manager also owns the limits that are about the service rather than a
-backend: how many host runs at once, timeouts, stall detection and cancellation.
+history alike. Run logs are batched (committed by the event-writer thread), so the run's
+final row update travels in the same transaction as its ``run.finished`` event, and a run
+counts as done (``wait``) only once all its events are committed. The manager also owns the
+limits that are about the service rather than a backend: how many host runs at once,
+timeouts, stall detection and cancellation.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
-from agent_manager.agents.base import AgentKind, Invocation, PlainTextParser
+from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
 from agent_manager.errors import AgentManagerError, Conflict
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
@@ -72,6 +75,7 @@ class _Live:
     last_output: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     ending: asyncio.Task[None] | None = None  # held so the loop cannot drop it half-way
+    previous_usage: dict[str, Any] | None = None  # the resumed session's last turn (Codex totals)
 
 
 class RunManager:
@@ -79,7 +83,8 @@ class RunManager:
         self.db = db
         self.settings = settings
         self.executors = executors
-        self.events = EventLog(db, "run_events", "run_id")
+        self.events = EventLog(db, "run_events", "run_id", batched=True)
+        self._finished: set[str] = set()  # finish recorded (maybe not yet committed) in this process
         self.host_slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self.host_running = 0
         self.queued = 0
@@ -95,9 +100,9 @@ class RunManager:
         stale = run_store.unfinished(self.db)
         for run in stale:
             reason = "the service stopped before this run finished"
-            run_store.update(self.db, run["id"], status="interrupted", error=reason, finished_at=now())
-            self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None,
-                                                           "error": reason})
+            self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None, "error": reason},
+                               run_store.update_statements(run["id"], status="interrupted", error=reason,
+                                                           finished_at=now()), direct=True)
         return len(stale)
 
     async def shutdown(self) -> None:
@@ -121,7 +126,8 @@ class RunManager:
         run_id = new_id("run")
         resume_id, cli_prompt = self._conversation_context(req, kind)
         invocation = (Invocation(argv=list(req.argv)) if req.argv is not None else
-                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id))
+                      kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id,
+                                 gateway=Gateway.of(agent)))
         run = run_store.create(self.db, {
             "id": run_id, "agent_id": agent["id"], "agent_name": agent["name"], "prompt": req.prompt,
             "requested_backend": req.backend or req.step_backend or agent.get("backend"),
@@ -139,6 +145,8 @@ class RunManager:
         live = _Live()
         self.live[run_id] = live
         self.queued += 1
+        live.previous_usage = (run_store.last_usage(self.db, req.conversation_id, agent["id"], resume_id)
+                               if resume_id and req.conversation_id else None)
         live.task = asyncio.create_task(self._run(run_id, req, kind, invocation), name=f"run {run_id}")
         return run
 
@@ -224,9 +232,13 @@ class RunManager:
         finally:
             if queued:
                 self.queued -= 1
-            live.done.set()
-            self.live.pop(run_id, None)
-            self.events.forget(run_id)
+            try:
+                await self.events.drained(run_id)
+            finally:
+                live.done.set()
+                self.live.pop(run_id, None)
+                self._finished.discard(run_id)
+                self.events.forget(run_id)
 
     async def _execute(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation,
                        backend: str, reason: str) -> None:
@@ -235,7 +247,7 @@ class RunManager:
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
         workspace = req.workspace or (Path(agent["working_dir"]) if agent.get("working_dir")
                                       else self.settings.workspaces / agent["name"])
-        spec = ExecSpec(argv=invocation.argv, env=dict(agent["env"]), workspace=workspace,
+        spec = ExecSpec(argv=invocation.argv, env={**invocation.env, **agent["env"]}, workspace=workspace,
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
@@ -254,6 +266,7 @@ class RunManager:
         if live.end_reason:  # cancelled while starting
             live.ending = asyncio.create_task(self._end(live))
         parser = kind.parser()
+        parser.resumed(live.previous_usage)
         if isinstance(parser, PlainTextParser):
             parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
         stdout_seen = False
@@ -262,6 +275,7 @@ class RunManager:
             async for chunk in execution.output():
                 live.last_output = loop.time()
                 self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
+                await self.events.room()  # a producer faster than the disk waits here, not in memory
                 if chunk.stream == "stdout":
                     stdout_seen = stdout_seen or bool(chunk.text.strip())
                 else:
@@ -284,7 +298,8 @@ class RunManager:
             status, error = "succeeded", None
         else:
             status = "failed"
-            error = parser.error or (stderr_tail.strip()[-4000:] if not stdout_seen or not parser.answer else None)
+            error = parser.error or (parser.failure(code, stderr_tail) if not stdout_seen or not parser.answer
+                                     else None)
             error = error or f"exited with code {code}"
         answer = parser.answer
         if isinstance(parser, PlainTextParser) and parser.truncated:
@@ -338,11 +353,14 @@ class RunManager:
     def _finish(self, run_id: str, status: str, code: int | None, answer: str | None, error: str | None,
                 usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None) -> None:
         run = run_store.get(self.db, run_id)
-        if run["status"] in TERMINAL_STATUSES:
+        if run["status"] in TERMINAL_STATUSES or run_id in self._finished:
             return
+        self._finished.add(run_id)
         finished = now()
-        run_store.update(self.db, run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
-                         session_id=session_id, finished_at=finished, started_at=run["started_at"] or finished)
+        started = run["started_at"] or finished
+        final_row = run_store.update_statements(
+            run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
+            session_id=session_id, finished_at=finished, started_at=started)
         if req is not None and req.conversation_id:
             reply = answer if answer is not None else f"[{status}] {error or ''}".strip()
             conv_store.add_message(self.db, req.conversation_id, "assistant", reply, req.agent["id"], run_id)
@@ -356,9 +374,9 @@ class RunManager:
             data["usage"] = usage
         if error:
             data["error"] = error
-        self.events.append(run_id, "run.finished", data)
-        final = run_store.get(self.db, run_id)
-        self.finished_counts[(final["backend"] or "none", status)] += 1
-        if final["duration_s"] is not None:
-            self.durations.append(final["duration_s"])
+        self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
+        self.finished_counts[(run["backend"] or "none", status)] += 1
+        duration = run_store.duration(started, finished)
+        if duration is not None:
+            self.durations.append(duration)
             del self.durations[:-10_000]

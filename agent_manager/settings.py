@@ -86,6 +86,7 @@ class Settings(BaseModel):
     daytona_auto_delete_minutes: int = Field(0, ge=-1)
     daytona_create_timeout_s: float = Field(120, gt=0)
     daytona_warm_pool: int = Field(0, ge=0, le=64)
+    daytona_max_concurrent_creates: int = Field(32, ge=1, le=4096)
 
     # terminals (docs/terminals.md)
     terminal_idle_timeout_s: float = Field(300, gt=0)

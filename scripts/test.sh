@@ -20,6 +20,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 make -s install
+# The real agent CLIs (pinned) that tests/test_real_clis.py drives; skipped when already there.
+./scripts/install-agent-clis.sh
 .venv/bin/ruff check agent_manager tests bench
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"

@@ -33,11 +33,19 @@ DANGEROUS = [
     'multi\nline "quoted" \'single\' `tick` \\ back',
     "  leading and trailing spaces  ",
     "ünïcødé ✓ 日本",
+    "/run touch /tmp/pwned",
+    "!touch /tmp/pwned",
 ]
 JSON_KINDS = ["gemini", "claude", "codex", "opencode"]
-PLAIN_KINDS = ["ollama", "llm", "aider"]
+PLAIN_KINDS = ["ollama", "llm"]
 ALL_KINDS = ["gemini", "claude", "codex", "ollama", "aider", "opencode", "llm", "generic"]
 COMMAND = {"generic": "some-tool"}
+STDIN_PROMPT_KINDS = {"codex", "opencode", "ollama", "llm"}  # aider's stdin only answers "n"
+
+
+def aider_text(prompt: str) -> str:
+    """What aider's --message carries: a prompt aider would run as a command gets a space."""
+    return f" {prompt}" if prompt[:1] in "/!" else prompt
 
 
 def fake_env() -> dict[str, str]:
@@ -87,7 +95,7 @@ def test_prompt_is_one_element_or_stdin_and_sets_no_flag(kind: str, prompt: str)
     other = build(kind, "PLACEHOLDER")
     k = KINDS[kind]
     assert not k.auto_approves(inv.argv[1:]), inv.argv
-    if inv.stdin is not None:
+    if kind in STDIN_PROMPT_KINDS:
         assert inv.stdin == prompt.encode()
         assert inv.argv == other.argv  # argv does not depend on the prompt at all
         return
@@ -99,7 +107,8 @@ def test_prompt_is_one_element_or_stdin_and_sets_no_flag(kind: str, prompt: str)
     if kind == "gemini":
         assert element == f"--prompt={prompt}"
     elif kind == "aider":
-        assert element == f"--message={prompt}"
+        assert element == f"--message={aider_text(prompt)}"
+        assert inv.stdin == other.stdin and set(inv.stdin or b"") == set(b"n\n")  # every question: no
     elif kind == "claude":
         assert element == prompt and inv.argv[i - 1] == "--" and i == len(inv.argv) - 1
     else:  # generic appends the bare prompt
@@ -114,12 +123,12 @@ def test_prompt_arrives_byte_identical_through_argv_dump(kind: str, prompt: str)
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout)
     assert seen["argv"] == inv.argv[1:]
-    if inv.stdin is not None:
+    if kind in STDIN_PROMPT_KINDS:
         assert seen["stdin"] == prompt
         assert seen["argv"] == build(kind, "PLACEHOLDER").argv[1:]  # the prompt is not in argv
     else:
-        assert seen["stdin"] == ""
-        expected = {"gemini": f"--prompt={prompt}", "aider": f"--message={prompt}"}.get(kind, prompt)
+        assert seen["stdin"] == (inv.stdin or b"").decode()
+        expected = {"gemini": f"--prompt={prompt}", "aider": f"--message={aider_text(prompt)}"}.get(kind, prompt)
         assert seen["argv"][-1] == expected  # every argv kind puts the prompt last
 
 
@@ -130,7 +139,7 @@ def test_fake_cli_receives_the_prompt_as_text(kind: str, prompt: str) -> None:
     proc = run(build(kind, prompt))
     assert proc.returncode == 0, proc.stderr
     parser, _ = parse(kind, proc.stdout, proc.stderr)
-    assert parser.answer is not None and f"Echo: {prompt}" in parser.answer
+    assert parser.answer is not None and f"Echo: {aider_text(prompt) if kind == 'aider' else prompt}" in parser.answer
 
 
 def test_generic_substitutes_only_whole_token_elements() -> None:
@@ -178,6 +187,8 @@ def test_ollama_needs_a_model() -> None:
         ("codex", ["--dangerously-bypass-approvals-and-sandbox"], True), ("codex", ["--full-auto"], True),
         ("codex", ["-s", "danger-full-access"], True), ("codex", ["--sandbox=read-only"], False),
         ("aider", ["--yes-always"], True), ("aider", ["--no-pretty"], False),
+        ("aider", ["--yes-a"], True), ("aider", ["--yes"], True), ("aider", ["--y"], True),
+        ("aider", ["--yes-always=true"], True), ("aider", ["--yes-alwaysx"], False), ("aider", ["-y"], False),
         ("opencode", ["--auto"], True), ("opencode", ["--agent", "build"], False),
         ("ollama", ["--verbose"], False), ("llm", ["-n"], False),
     ],
@@ -315,7 +326,7 @@ JUNK = [
 ]
 
 
-@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("kind", [k for k in ALL_KINDS if k != "aider"])  # any aider text can be an answer
 def test_junk_lines_never_raise_or_produce_events(kind: str) -> None:
     parser = KINDS[kind].parser()
     events: list[ParsedEvent] = []
@@ -357,7 +368,8 @@ def test_codex_documented_example_stream() -> None:
     assert events == [ParsedEvent("message", {"text": "4", "delta": False})]
     assert parser.session_id == "019a2d7a-41c4-78b1-b7cc-a45d62a89cd5"
     assert parser.usage == {"input_tokens": 2946, "output_tokens": 7, "total_tokens": 2953,
-                            "cached_input_tokens": 0}
+                            "cached_input_tokens": 0,
+                            "thread": {"input_tokens": 2946, "cached_input_tokens": 0, "output_tokens": 7}}
 
 
 def test_claude_api_error_result_is_an_error() -> None:

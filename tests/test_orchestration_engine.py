@@ -158,7 +158,7 @@ async def test_failure_skips_descendants_only(service: Service) -> None:
     assert "asked to fail" in step_of(final, "bad")["error"]
     assert step_of(final, "after-bad")["run_id"] is None and "upstream step 'bad' failed" in \
         step_of(final, "after-bad")["error"]
-    assert (Path(final["workspace"]) / "g" / "out.txt").read_text() == "done[good SLEEP=0.5]"
+    assert (Path(final["workspace_dir"]) / "g" / "out.txt").read_text() == "done[good SLEEP=0.5]"
     assert step_of(final, "after-good")["output"] == "g/out.txt"
 
 
@@ -170,7 +170,7 @@ async def test_retry_then_success_and_retries_exhausted(service: Service) -> Non
     final = await engine_of(service).wait(view["id"])
     flaky, once = step_of(final, "flaky"), step_of(final, "flaky-no-retry")
     assert flaky["status"] == "succeeded" and flaky["attempts"] == 2
-    assert (Path(final["workspace"]) / "counter").read_text() == "2"  # counter lives in the workspace
+    assert (Path(final["workspace_dir"]) / "counter").read_text() == "2"  # counter lives in the workspace
     assert once["status"] == "failed" and once["attempts"] == 1
     retrying = [d for t, d in event_types(service, view["id"]) if t == "step.retrying"]
     assert [(d["step"], d["attempt"]) for d in retrying] == [("flaky", 1)]
@@ -270,7 +270,7 @@ async def test_resume_after_the_service_stopped_mid_run(settings: Settings, tmp_
         final = await engine_of(svc2).wait(view["id"])
         assert final["status"] == "succeeded"
         assert step_of(final, "a")["run_id"] == first_a
-        assert (Path(final["workspace"]) / "c.txt").read_text() == "done[a]"
+        assert (Path(final["workspace_dir"]) / "c.txt").read_text() == "done[a]"
     finally:
         await svc2.stop()
 

@@ -144,3 +144,37 @@ async def test_discard_removes_worktree_and_branch(client: httpx.AsyncClient, tm
     assert not worktrees[0].exists()
     assert run["workspace"]["branch"] not in git(service_repo, "branch", "--list", "am/*")
     assert (await client.post(f"/api/runs/{run['id']}/merge", json={})).status_code == 409
+
+
+async def test_conversation_turns_share_one_branch(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    # generic agents get the history in front of the prompt: run only its last line
+    r = await client.post("/api/agents", json={"name": "last-line", "kind": "generic", "command": "sh",
+                                               "args": ["-c", 'eval "$(printf %s "$1" | tail -n 1)"', "sh",
+                                                        "{prompt}"]})
+    assert r.status_code == 201, r.text
+    await add_project(client, repo)
+    r = await client.post("/api/conversations", json={"title": "Refactor", "agent": "last-line", "project": "proj"})
+    assert r.status_code == 201, r.text
+    conv = r.json()
+    assert conv["workspace"]["branch"] == f"am/{conv['id']}" and conv["project"] == "proj"
+    from helpers import wait_run
+
+    first = (await client.post(f"/api/conversations/{conv['id']}/messages",
+                               json={"content": "Turn one\necho one > one.txt"})).json()["run"]
+    assert first["workspace"]["branch"] == f"am/{conv['id']}"
+    await wait_run(client, first["id"])
+    second = (await client.post(f"/api/conversations/{conv['id']}/messages",
+                                json={"content": "Turn two\ncat one.txt > two.txt"})).json()["run"]
+    done = await wait_run(client, second["id"])
+    assert done["status"] == "succeeded" and done["workspace"]["files_changed"] == 2
+    diff = (await client.get(f"/api/conversations/{conv['id']}/diff")).json()
+    assert statuses(diff) == {"one.txt": "added", "two.txt": "added"}
+    service_repo = next((tmp_path / "home" / "projects").glob("*.git"))
+    assert git(service_repo, "log", "--format=%s", f"am/{conv['id']}").splitlines()[:2] == ["Turn two", "Turn one"]
+    r = await client.post(f"/api/conversations/{conv['id']}/merge", json={"strategy": "squash"})
+    assert r.status_code == 200, r.text
+    assert (repo / "two.txt").read_text() == "one\n"
+    assert git(repo, "log", "-1", "--format=%s") == "Refactor"
+    r = await client.post("/api/conversations", json={"title": "x", "project": "proj", "base": "nope"})
+    assert r.status_code == 422

@@ -39,7 +39,15 @@ def test_cli_projects_run_with_stat_diff_merge(live_server: LiveServer, tmp_path
     assert (repo / "new.txt").exists() and git(repo, "status", "--porcelain") == ""
     again = am("runs", "merge", run_id)
     assert again.returncode != 0 and "already merged" in again.stderr
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("name: p\nsteps:\n  - id: one\n    agent: sh-agent\n    prompt: echo 1 > one.txt\n"
+                    "  - id: two\n    agent: sh-agent\n    prompt: cat one.txt > two.txt\n    depends_on: [one]\n")
+    orchestrated = am("orchestrate", str(plan), "--project", "proj")
+    assert orchestrated.returncode == 0, orchestrated.stderr
+    assert "(workspace am/orch_" in orchestrated.stderr and "2 file(s) changed" in orchestrated.stdout
+    orch_branch = orchestrated.stdout.strip().splitlines()[-1].split(":")[0]
     listed = am("projects", "list")
-    assert listed.stdout.startswith("proj\tmain\t0 open")
+    assert listed.stdout.startswith("proj\tmain\t3 open"), listed.stdout  # the orchestration and its 2 steps
+    assert orch_branch.endswith("/result")
     assert am("projects", "remove", "proj").returncode == 0
     assert am("projects", "list").stdout == ""

@@ -21,18 +21,42 @@ PROMPT_TOKEN = "{prompt}"
 
 @dataclass
 class Invocation:
-    """The argv to execute (prompt as exactly one element) or the prompt on stdin."""
+    """The argv to execute (prompt as exactly one element) or the prompt on stdin.
+
+    ``env`` holds what the kind itself needs in the CLI's environment: its quieting switches
+    and the translation of the agent's gateway. The agent's own ``env`` is laid over it, so a
+    user can still override any of these by name.
+    """
 
     argv: list[str]
     stdin: bytes | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The agent's own model endpoint: the base URL its CLI's SDK takes, and the key for it.
+
+    Each kind turns this into its CLI's own mechanism (environment variables, config
+    overrides, flags). The key only ever travels in the environment, never in argv.
+    """
+
+    base_url: str
+    api_key: str | None = None
+
+    @classmethod
+    def of(cls, agent: dict[str, Any]) -> Gateway | None:
+        base = agent.get("api_base")
+        return cls(str(base), agent.get("api_key") or None) if base else None
 
 
 @dataclass
 class ParsedEvent:
     """A structured event: ``message`` {text, delta?}, ``tool`` {name, input?, output?},
-    or ``error`` {message}."""
+    ``error`` {message}, or ``warning`` {message} (something the CLI reported that did not
+    fail the run)."""
 
-    type: Literal["message", "tool", "error"]
+    type: Literal["message", "tool", "error", "warning"]
     data: dict[str, Any]
 
 
@@ -70,6 +94,19 @@ class OutputParser:
 
     def parse_line(self, stream: Stream, line: str) -> list[ParsedEvent]:
         return []
+
+    def resumed(self, previous_usage: dict[str, Any] | None) -> None:
+        """Told, before a resumed turn starts, what the conversation's last turn reported.
+
+        For CLIs whose usage is a running total over the session (Codex), so this turn's
+        own usage can be told apart from the earlier turns'.
+        """
+
+    def failure(self, code: int | None, stderr_tail: str) -> str:
+        """The error of a failed run when the output said none: the CLI's last stderr,
+        stripped of terminal colour codes, or the exit code."""
+        text = strip_ansi(stderr_tail).strip()
+        return text[-4000:] if text else f"exited with code {code}"
 
     @property
     def answer(self) -> str | None:
@@ -113,9 +150,14 @@ class AgentKind:
     auto_approve_values: dict[str, frozenset[str]] = {}
     # Single-letter auto-approve flags that may appear bundled (``-sy``), e.g. {"y"}.
     auto_approve_short: frozenset[str] = frozenset()
+    # Auto-approve flags the CLI's parser also accepts abbreviated (Python argparse's
+    # ``allow_abbrev``), with the shortest prefix it takes, e.g. {"--yes-always": 3}.
+    auto_approve_abbrev: dict[str, int] = {}
+    # Whether the CLI shows the answer while the model is still writing it (docs/agents.md).
+    streams_answer: bool = False
 
     def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
-              resume_id: str | None = None) -> Invocation:
+              resume_id: str | None = None, gateway: Gateway | None = None) -> Invocation:
         raise NotImplementedError
 
     def parser(self) -> OutputParser:
@@ -131,6 +173,8 @@ class AgentKind:
         for i, arg in enumerate(args):
             name, eq, value = arg.partition("=")
             if name in self.auto_approve_flags:
+                return True
+            if any(len(name) >= n and flag.startswith(name) for flag, n in self.auto_approve_abbrev.items()):
                 return True
             if name in self.auto_approve_values:
                 if not eq:
@@ -150,6 +194,13 @@ class AgentKind:
 
 
 _SHORT_BUNDLE = re.compile(r"-[A-Za-z]+")
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences (colours, OSC titles): errors are read by
+    people in the API and the UI, not by a terminal."""
+    return _ANSI.sub("", text)
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -12,14 +12,48 @@ used), instructions are read from stdin".
 Prompt passing: stdin, with ``-`` as the PROMPT positional. Nothing the prompt contains
 ever reaches clap, and there is no per-argument size limit (argv elements are capped at
 128 KiB on Linux).
+
+Checked against Codex 0.171.0: the answer arrives only as the finished ``agent_message``
+item (no text deltas on the ``--json`` stream); ``turn.completed.usage`` on a resumed thread
+is the thread's running total, not the turn's; an ``item.completed`` item of type ``error``
+is a non-fatal warning ("a non-fatal error surfaced as an item", e.g. unknown model
+metadata); an API error arrives as an ``error`` event and again as ``turn.failed``, each
+with the provider's raw JSON body as the message.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import AgentKind, Invocation, JsonLinesParser, OutputParser, ParsedEvent, safe_id, safe_value
+from .base import (
+    AgentKind,
+    Gateway,
+    Invocation,
+    JsonLinesParser,
+    OutputParser,
+    ParsedEvent,
+    as_dict,
+    safe_id,
+    safe_value,
+)
+
+GATEWAY_PROVIDER = "agent_manager_gateway"
+GATEWAY_KEY_ENV = "AGENT_MANAGER_GATEWAY_API_KEY"
+USAGE_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
+
+
+def _api_message(raw: str) -> str:
+    """The message inside a provider's raw JSON error body, else ``raw`` as it is."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw
+    err = as_dict(as_dict(body).get("error"))
+    if isinstance(err.get("message"), str) and err["message"]:
+        return f"API error: {err['message']}"
+    return raw
 
 
 def _mcp_output(item: dict[str, Any]) -> str:
@@ -37,25 +71,29 @@ class CodexParser(JsonLinesParser):
     """The last ``agent_message`` is the answer; tools are command/MCP/file/web items."""
 
     _started: set[str] = field(default_factory=set)
+    # The thread's running totals before this run (from the conversation's previous turn).
+    _before: dict[str, int] = field(default_factory=dict)
+
+    def resumed(self, previous_usage: dict[str, Any] | None) -> None:
+        thread = as_dict(as_dict(previous_usage).get("thread"))
+        self._before = {k: v for k, v in thread.items() if isinstance(v, int) and not isinstance(v, bool)}
 
     def handle(self, obj: dict[str, Any]) -> list[ParsedEvent]:
         kind = obj["type"]
         if kind == "thread.started":
             self.session_id = str(obj["thread_id"])
         elif kind == "turn.completed":
-            usage = obj.get("usage") or {}
-            inp, out = usage.get("input_tokens"), usage.get("output_tokens")
-            total = inp + out if isinstance(inp, int) and isinstance(out, int) else None
-            self.add_usage(input_tokens=inp, output_tokens=out, total_tokens=total,
-                           cached_input_tokens=usage.get("cached_input_tokens"))
+            self._turn_usage(as_dict(obj.get("usage")))
             self.error = None  # a completed turn outranks earlier transient stream errors
-        elif kind == "turn.failed":
+        elif kind in ("turn.failed", "error"):
             err = obj.get("error")
-            self.error = str(err.get("message", "")) if isinstance(err, dict) else "codex turn failed"
-            return [ParsedEvent("error", {"message": self.error})]
-        elif kind == "error":
-            self.error = str(obj.get("message", "")) or "codex error"
-            return [ParsedEvent("error", {"message": self.error})]
+            raw = (err.get("message", "") if isinstance(err, dict) else "") if kind == "turn.failed" \
+                else obj.get("message", "")
+            message = _api_message(str(raw)) or f"codex {kind.replace('.', ' ')}"
+            if message == self.error:  # the same API error, reported a second time
+                return []
+            self.error = message
+            return [ParsedEvent("error", {"message": message})]
         elif kind in ("item.started", "item.completed"):
             return self._item(obj["item"], done=kind == "item.completed")
         return []
@@ -67,8 +105,8 @@ class CodexParser(JsonLinesParser):
                 return []
             self.final_answer = item["text"]
             return [ParsedEvent("message", {"text": item["text"], "delta": False})]
-        if itype == "error" and done:
-            return [ParsedEvent("error", {"message": str(item.get("message", ""))})]
+        if itype == "error" and done:  # non-fatal by Codex's own definition
+            return [ParsedEvent("warning", {"message": str(item.get("message", ""))})]
         tool = self._tool(item)
         if tool is None:
             return []
@@ -86,6 +124,22 @@ class CodexParser(JsonLinesParser):
         if "exit_code" in item:
             data["exit_code"] = item["exit_code"]
         return [ParsedEvent("tool", data)]
+
+    def _turn_usage(self, usage: dict[str, Any]) -> None:
+        """This turn's usage: the reported running total minus the thread's total before it.
+
+        The running total is kept in ``usage["thread"]`` so the next resumed turn can do the
+        same subtraction.
+        """
+        totals = {k: usage[k] for k in USAGE_KEYS if isinstance(usage.get(k), int)}
+        thread = as_dict(as_dict(self.usage).get("thread"))
+        before = {**self._before, **{k: v for k, v in thread.items() if isinstance(v, int)}}
+        turn = {k: max(0, v - before.get(k, 0)) for k, v in totals.items()}
+        if "input_tokens" in turn and "output_tokens" in turn:
+            turn["total_tokens"] = turn["input_tokens"] + turn["output_tokens"]
+        self.add_usage(**turn)
+        assert self.usage is not None
+        self.usage["thread"] = totals
 
     @staticmethod
     def _tool(item: dict[str, Any]) -> tuple[str, Any, str] | None:
@@ -116,16 +170,29 @@ class CodexKind(AgentKind):
     }
 
     def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
-              resume_id: str | None = None) -> Invocation:
+              resume_id: str | None = None, gateway: Gateway | None = None) -> Invocation:
         # --skip-git-repo-check: our workspaces are not necessarily git repositories.
-        argv = [self.executable(command), "exec", "--json", "--skip-git-repo-check"]
+        argv = [self.executable(command), "exec", "--json", "--skip-git-repo-check",
+                "-c", "check_for_update_on_startup=false", "-c", "analytics.enabled=false"]
+        env: dict[str, str] = {}
+        if gateway:
+            # A provider of our own through `-c` overrides (TOML values), not a config.toml
+            # in a separate CODEX_HOME: the thread store stays where `resume` finds it.
+            table = f"model_providers.{GATEWAY_PROVIDER}"
+            argv += ["-c", f"model_provider={GATEWAY_PROVIDER}",
+                     "-c", f"{table}.name=" + json.dumps("gateway"),
+                     "-c", f"{table}.base_url=" + json.dumps(gateway.base_url),
+                     "-c", f"{table}.wire_api=responses"]
+            if gateway.api_key:
+                argv += ["-c", f"{table}.env_key={GATEWAY_KEY_ENV}"]
+                env[GATEWAY_KEY_ENV] = gateway.api_key
         if model:
             argv.append(f"--model={safe_value(model)}")
         argv += args
         if resume_id:
             argv += ["resume", safe_id(resume_id)]
         argv.append("-")  # PROMPT "-": read the prompt from stdin
-        return Invocation(argv=argv, stdin=prompt.encode())
+        return Invocation(argv=argv, stdin=prompt.encode(), env=env)
 
     def parser(self) -> OutputParser:
         return CodexParser()

@@ -9,14 +9,69 @@ Prompt passing: gemini parses argv with yargs. ``["-p", prompt]`` is unsafe — 
 ``--yolo`` or ``-y`` becomes a flag and ``-p`` gets ``""`` (see isolation notes A.8). The
 single token ``--prompt=<prompt>`` is taken by yargs as the value verbatim, whatever it
 starts with, so that is the form used.
+
+Checked against Gemini CLI 0.61.0: headless runs refuse a workspace that was never trusted
+interactively (exit 55) unless ``GEMINI_CLI_TRUST_WORKSPACE=true``; the workspace is the
+one the product chose for the run, so the kind sets it (an agent's own ``env`` may say
+``false``). ``tool_result`` lines may carry no ``output``. Fatal errors exit with the codes
+of ``FatalError`` subclasses in ``packages/core/src/utils/errors.ts`` (41 auth, 42 input,
+44 sandbox, 52 config, 53 turn limit, 54 tool, 55 untrusted folder, 130 cancelled); an API
+error exits with its HTTP status modulo 256 (400 → 144) and is in ``result.error``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .base import AgentKind, Invocation, JsonLinesParser, OutputParser, ParsedEvent, safe_id, safe_value
+from .base import (
+    AgentKind,
+    Gateway,
+    Invocation,
+    JsonLinesParser,
+    OutputParser,
+    ParsedEvent,
+    as_dict,
+    safe_id,
+    safe_value,
+    strip_ansi,
+)
+
+# Read as the CLI's *system* settings (GEMINI_CLI_SYSTEM_SETTINGS_PATH) when the agent names a
+# gateway: GOOGLE_GEMINI_BASE_URL alone makes the CLI pick auth "gateway", which headless mode
+# rejects (exit 41); this file selects "gemini-api-key" and turns usage statistics off. The CLI
+# skips a system settings file under a group/world-writable directory, so it ships with the
+# package rather than being written to /tmp.
+GATEWAY_SETTINGS = Path(__file__).with_name("gemini_gateway_settings.json")
+EXIT_CODES = {
+    41: "authentication failed or the auth method is not usable headless",
+    42: "invalid input",
+    44: "sandbox error",
+    52: "invalid configuration",
+    53: "the session reached its turn limit",
+    54: "a tool failed fatally",
+    55: "the workspace is not trusted",
+    130: "cancelled",
+}
+_API_ERROR = re.compile(r"^\[API Error: (.*)\]$", re.S)
+
+
+def _api_message(message: str) -> str:
+    """``[API Error: {"error":{"message":…}}]`` → ``API Error: …`` (the provider's words)."""
+    match = _API_ERROR.match(message.strip())
+    if not match:
+        return message
+    try:
+        err = as_dict(as_dict(json.loads(match.group(1))).get("error"))
+    except ValueError:
+        return message
+    if isinstance(err.get("message"), str):
+        code = f" {err['code']}" if isinstance(err.get("code"), int) else ""
+        return f"API Error{code}: {err['message']}"
+    return message
 
 
 @dataclass
@@ -48,8 +103,10 @@ class GeminiParser(JsonLinesParser):
                 err = obj.get("error") or {}
                 data["output"] = obj.get("output") or (err.get("message") if isinstance(err, dict) else "")
                 data["is_error"] = True
-            else:
-                data["output"] = obj.get("output", "")
+            elif isinstance(obj.get("output"), str) and obj["output"]:
+                data["output"] = obj["output"]
+            if isinstance(obj.get("status"), str):
+                data["status"] = obj["status"]  # real lines may say only this
             return [ParsedEvent("tool", data)]
         if kind == "error":
             message = str(obj.get("message", ""))
@@ -70,9 +127,21 @@ class GeminiParser(JsonLinesParser):
             if obj.get("status") == "error":
                 err = obj.get("error")
                 message = str(err.get("message", "")) if isinstance(err, dict) else "gemini reported an error"
-                self.error = message or "gemini reported an error"
+                self.error = _api_message(message) or "gemini reported an error"
                 return [ParsedEvent("error", {"message": self.error})]
         return []
+
+    def failure(self, code: int | None, stderr_tail: str) -> str:
+        """Fatal errors are printed to stderr in colour, before any JSON: the last stderr
+        lines without escape codes, with what the exit code means."""
+        lines = [ln.strip() for ln in strip_ansi(stderr_tail).splitlines() if ln.strip()]
+        noise = ("Warning: 256-color", "Ripgrep is not available", "[STARTUP]", "    at ")
+        useful = [ln for ln in lines if not ln.startswith(noise)]
+        text = "\n".join(useful[-5:])[-4000:]
+        meaning = EXIT_CODES.get(code or 0)
+        if meaning:
+            return f"{text}\n(gemini exit code {code}: {meaning})" if text else f"gemini exit code {code}: {meaning}"
+        return text or f"exited with code {code}"
 
 
 class GeminiKind(AgentKind):
@@ -83,9 +152,10 @@ class GeminiKind(AgentKind):
     auto_approve_flags = frozenset({"--yolo", "-y"})
     auto_approve_values = {"--approval-mode": frozenset({"yolo", "auto_edit"})}
     auto_approve_short = frozenset({"y"})
+    streams_answer = True
 
     def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
-              resume_id: str | None = None) -> Invocation:
+              resume_id: str | None = None, gateway: Gateway | None = None) -> Invocation:
         argv = [self.executable(command), "--output-format", "stream-json"]
         if model:
             argv.append(f"--model={safe_value(model)}")
@@ -93,7 +163,13 @@ class GeminiKind(AgentKind):
             argv.append(f"--resume={safe_id(resume_id)}")
         argv += args
         argv.append(f"--prompt={prompt}")  # one token: yargs never reads it as a flag
-        return Invocation(argv=argv)
+        env = {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
+        if gateway:
+            env["GOOGLE_GEMINI_BASE_URL"] = gateway.base_url
+            env["GEMINI_CLI_SYSTEM_SETTINGS_PATH"] = str(GATEWAY_SETTINGS)
+            if gateway.api_key:
+                env["GEMINI_API_KEY"] = gateway.api_key
+        return Invocation(argv=argv, env=env)
 
     def parser(self) -> OutputParser:
         return GeminiParser()

@@ -11,19 +11,24 @@ option, and simonw/llm#871 notes ``--`` is not accepted for the default command.
 
 from __future__ import annotations
 
-from .base import AgentKind, Invocation, safe_value
+from .base import AgentKind, Gateway, Invocation, safe_value
 
 
 class LlmKind(AgentKind):
     name = "llm"
     default_command = "llm"
-    install_hint = "pipx install llm  (or: pip install llm; then llm keys set openai)"
+    install_hint = "pipx install llm"
     supports_resume = False  # `--cid` exists, but the plain output never reports the id
 
     def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
-              resume_id: str | None = None) -> Invocation:
+              resume_id: str | None = None, gateway: Gateway | None = None) -> Invocation:
         argv = [self.executable(command), "prompt"]
         if model:
             argv.append(f"--model={safe_value(model)}")
         argv += args
-        return Invocation(argv=argv, stdin=prompt.encode())
+        env: dict[str, str] = {}
+        if gateway:  # llm's OpenAI models use the openai SDK, which reads these
+            env["OPENAI_BASE_URL"] = gateway.base_url
+            if gateway.api_key:
+                env["OPENAI_API_KEY"] = gateway.api_key
+        return Invocation(argv=argv, stdin=prompt.encode(), env=env)

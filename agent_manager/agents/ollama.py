@@ -14,20 +14,21 @@ from __future__ import annotations
 
 from agent_manager.errors import ValidationFailed
 
-from .base import AgentKind, Invocation, safe_value
+from .base import AgentKind, Gateway, Invocation, safe_value
 
 
 class OllamaKind(AgentKind):
     name = "ollama"
     default_command = "ollama"
-    install_hint = "curl -fsSL https://ollama.com/install.sh | sh  (then: ollama pull MODEL)"
+    install_hint = "curl -fsSL https://ollama.com/install.sh | sh"
     supports_resume = False  # each `ollama run` is a fresh conversation
 
     def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
-              resume_id: str | None = None) -> Invocation:
+              resume_id: str | None = None, gateway: Gateway | None = None) -> Invocation:
         argv = [self.executable(command), "run", *args]
         if model:
             argv.append(safe_value(model))  # positional: safe_value refuses a leading "-"
         elif not any(not a.startswith("-") for a in args):
             raise ValidationFailed("an ollama agent needs a model (set `model`, e.g. llama3.2)")
-        return Invocation(argv=argv, stdin=prompt.encode())
+        env = {"OLLAMA_HOST": gateway.base_url} if gateway else {}  # the ollama server to use
+        return Invocation(argv=argv, stdin=prompt.encode(), env=env)

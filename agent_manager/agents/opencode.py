@@ -10,14 +10,21 @@ Format source: sst/opencode ``packages/opencode/src/cli/cmd/run.ts`` — with
 Prompt passing: stdin. ``run`` joins its positional words with spaces and wraps any word
 containing a space in double quotes, so an argv prompt would not arrive unchanged; piped
 stdin is used verbatim when no message words are given.
+
+Checked against opencode 1.18.33: ``run --format json`` prints each part once it is
+finished, so an answer arrives whole (no text deltas). A gateway becomes a provider of our
+own in ``OPENCODE_CONFIG_CONTENT`` (merged over the user's config), served by the bundled
+``@ai-sdk/openai-compatible`` package.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .base import (
     AgentKind,
+    Gateway,
     Invocation,
     JsonLinesParser,
     OutputParser,
@@ -26,6 +33,9 @@ from .base import (
     safe_id,
     safe_value,
 )
+
+GATEWAY_PROVIDER = "gateway"
+GATEWAY_KEY_ENV = "AGENT_MANAGER_GATEWAY_API_KEY"
 
 
 class OpencodeParser(JsonLinesParser):
@@ -72,14 +82,36 @@ class OpencodeKind(AgentKind):
     auto_approve_flags = frozenset({"--auto", "--yolo", "--dangerously-skip-permissions"})
 
     def build(self, command: str, args: list[str], prompt: str, model: str | None = None,
-              resume_id: str | None = None) -> Invocation:
+              resume_id: str | None = None, gateway: Gateway | None = None) -> Invocation:
         argv = [self.executable(command), "run", "--format", "json"]
+        env = {"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
+               "OPENCODE_DISABLE_LSP_DOWNLOAD": "1"}
         if model:
-            argv.append(f"--model={safe_value(model)}")
+            safe_value(model)
+        if gateway:
+            env.update(self.gateway_environment(gateway, model))
+        elif model:
+            argv.append(f"--model={model}")
         if resume_id:
             argv.append(f"--session={safe_id(resume_id)}")
         argv += args
-        return Invocation(argv=argv, stdin=prompt.encode())
+        return Invocation(argv=argv, stdin=prompt.encode(), env=env)
+
+    @staticmethod
+    def gateway_environment(gateway: Gateway, model: str | None) -> dict[str, str]:
+        """A ``gateway`` provider with the agent's model (``default`` when it names none)
+        selected; the key is referenced as ``{env:…}`` so it never sits in the config text."""
+        name = (model or "default").removeprefix(f"{GATEWAY_PROVIDER}/")
+        options: dict[str, Any] = {"baseURL": gateway.base_url}
+        env = {"OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1"}
+        if gateway.api_key:
+            options["apiKey"] = "{env:" + GATEWAY_KEY_ENV + "}"
+            env[GATEWAY_KEY_ENV] = gateway.api_key
+        config = {"provider": {GATEWAY_PROVIDER: {"npm": "@ai-sdk/openai-compatible", "name": "Gateway",
+                                                  "options": options, "models": {name: {"name": name}}}},
+                  "model": f"{GATEWAY_PROVIDER}/{name}"}
+        env["OPENCODE_CONFIG_CONTENT"] = json.dumps(config)
+        return env
 
     def parser(self) -> OutputParser:
         return OpencodeParser()

@@ -62,12 +62,15 @@ def _print(event: str, data: dict[str, Any], done: int, total: int) -> None:
 @click.command("orchestrate")
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the final state (with per-step times) as JSON.")
+@click.option("--project", default=None, help="Run on this project: a branch per step, one result branch.")
+@click.option("--base", default=None, help="Branch or commit to start from (default: the project's base).")
 @click.pass_obj
-def command(obj: dict[str, Any], plan_file: str, as_json: bool) -> None:
+def command(obj: dict[str, Any], plan_file: str, as_json: bool, project: str | None, base: str | None) -> None:
     """Run the plan in PLAN_FILE (YAML or JSON); exits non-zero if any step did not succeed."""
     client = Client(obj)
     text = Path(plan_file).read_text()
-    orch = client.request("POST", "/api/orchestrations", json={"yaml": text})
+    body = {"yaml": text, **({"project": project} if project else {}), **({"base": base} if base else {})}
+    orch = client.request("POST", "/api/orchestrations", json=body)
     total = orch["counts"]["total"]
     if not as_json:
         click.echo(f"orchestration {orch['id']} ({orch['name']}): {total} step(s), at most "
@@ -86,6 +89,10 @@ def command(obj: dict[str, Any], plan_file: str, as_json: bool) -> None:
         summary = ", ".join(f"{counts[k]} {k}" for k in ("succeeded", "failed", "skipped", "cancelled", "pending")
                             if counts.get(k))
         colour = "green" if final["status"] == "succeeded" else "red"
-        click.echo(click.style(f"{final['status']}: {summary} (workspace {final['workspace']})", fg=colour),
-                   err=True)
+        where = final["workspace"]["branch"] if final.get("workspace") else final["workspace_dir"]
+        click.echo(click.style(f"{final['status']}: {summary} (workspace {where})", fg=colour), err=True)
+        if final.get("workspace"):
+            from agent_manager.cli.projects import print_stat
+
+            print_stat(client, f"/api/orchestrations/{orch['id']}/diff")
     sys.exit({"succeeded": 0, "cancelled": 130}.get(final["status"], 1))

@@ -29,6 +29,7 @@ from agent_manager.executors.daytona_api import (
     POOL_LABEL,
     REQUEST_TIMEOUT_S,
     RUN_LABEL,
+    Backoff,
     Profile,
     T,
     _client,
@@ -55,6 +56,10 @@ class DaytonaExecutor:
 
     Metrics hooks: ``create_latencies`` (seconds per successful create, pool refills included)
     and ``live`` (sandboxes currently running a command for this executor).
+
+    Scale: one SDK client (one aiohttp session) serves every run, a run is a few coroutines
+    (no thread), at most ``daytona_max_concurrent_creates`` creates are in flight (the rest
+    wait their turn in order), and a 429 pauses every call through one shared ``Backoff``.
     """
 
     name = "daytona"
@@ -65,6 +70,8 @@ class DaytonaExecutor:
         self.create_latencies: list[float] = []
         self.live = 0
         self.attempts, self.base_delay = retry_attempts, retry_base_s
+        self.backoff = Backoff(retry_base_s)
+        self._creates = asyncio.Semaphore(settings.daytona_max_concurrent_creates)
         self._client_obj: AsyncDaytona | None = None
         self._pool: dict[Profile, list[AsyncSandbox]] = {}
         self._refills: dict[Profile, asyncio.Task[None]] = {}
@@ -72,14 +79,15 @@ class DaytonaExecutor:
         self.terminal_ids: set[str] = set()  # sandboxes of open terminals (executors.daytona_pty)
         self._closed = False
         self._available_until = 0.0
+        self._checking: asyncio.Task[Availability] | None = None
 
     async def call(self, what: str, call: Callable[[], Awaitable[T]], timeout: float = REQUEST_TIMEOUT_S,
                    idempotent: bool = True) -> T:
         return await retrying(what, call, timeout, attempts=self.attempts, base_delay=self.base_delay,
-                              idempotent=idempotent)
+                              idempotent=idempotent, backoff=self.backoff)
 
     async def delete(self, sb: AsyncSandbox) -> None:
-        await _delete(sb, self.attempts, self.base_delay)
+        await _delete(sb, self.attempts, self.base_delay, self.backoff)
 
     def client(self) -> AsyncDaytona:
         if self._client_obj is None:
@@ -92,13 +100,16 @@ class DaytonaExecutor:
             sb.id for pool in self._pool.values() for sb in pool}
 
     async def available(self) -> Availability:
-        """Cached for ``AVAILABILITY_TTL_S`` when good, so routing does not list sandboxes per run."""
+        """Cached for ``AVAILABILITY_TTL_S`` when good, so routing does not list sandboxes per run;
+        runs routed at the same moment share one check instead of each listing sandboxes."""
         now = asyncio.get_running_loop().time()
         if self._available_until > now:
             return Availability(True)
-        result = await self._check_available()
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.create_task(self._check_available())
+        result = await asyncio.shield(self._checking)
         if result.ok:
-            self._available_until = now + AVAILABILITY_TTL_S
+            self._available_until = max(self._available_until, now + AVAILABILITY_TTL_S)
         return result
 
     async def _check_available(self) -> Availability:
@@ -110,6 +121,9 @@ class DaytonaExecutor:
         try:
             await asyncio.wait_for(_list(client, {LABEL: self.instance_id}, attempts=1), 15)
         except ExecutionError as exc:
+            if isinstance(exc.__cause__, sdk.DaytonaRateLimitError):  # it answered and knew the key
+                self.backoff.hit(None)
+                return Availability(True)
             if isinstance(exc.__cause__, sdk.DaytonaAuthenticationError | sdk.DaytonaForbiddenError):
                 return Availability(False, f"Daytona rejected the API key: {exc.__cause__}")
             return Availability(False, f"Daytona API unreachable: {exc.__cause__ or exc}")
@@ -145,10 +159,20 @@ class DaytonaExecutor:
         unique = {k: v for k, v in labels.items() if k in (RUN_LABEL, POOL_LABEL)}
         timeout = self.settings.daytona_create_timeout_s
         params = self._params(profile, labels)
-        started = time.monotonic()
+        async def attempt() -> AsyncSandbox:
+            # create() is POST then polling GETs: a failure (a 429 on a poll, say) may come after
+            # the sandbox exists. Delete it before the retry creates another one.
+            try:
+                created: AsyncSandbox = await self.client().create(params, timeout=timeout)
+            except BaseException:
+                await asyncio.shield(self._delete_labelled(unique))
+                raise
+            return created
+
         try:
-            sb: AsyncSandbox = await self.call(
-                "create sandbox", lambda: self.client().create(params, timeout=timeout), timeout)
+            async with self._creates:  # in order: the first to ask is the first to create
+                started = time.monotonic()
+                sb = await self.call("create sandbox", attempt, timeout)
         except BaseException as exc:
             await asyncio.shield(self._delete_labelled(unique))
             if isinstance(exc, ExecutionError) and isinstance(exc.__cause__, _sdk().DaytonaTimeoutError):
@@ -160,7 +184,7 @@ class DaytonaExecutor:
     async def _delete_labelled(self, labels: dict[str, str], pool_only: bool = False) -> None:
         """Delete sandboxes found by label: strays of failed creates, or unfinished pool ones."""
         try:
-            for sb in await _list(self.client(), labels, self.attempts):
+            for sb in await _list(self.client(), labels, self.attempts, self.backoff):
                 if not pool_only or POOL_LABEL in sb.labels:
                     await self.delete(sb)
         except ExecutionError as exc:

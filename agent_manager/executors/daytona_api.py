@@ -34,6 +34,7 @@ CLIENT_SLACK_S = 10.0  # our own deadline on top of the SDK's, in case a call ne
 STREAM_ATTEMPTS = 3
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+MAX_RATE_LIMITED = 50  # 429s one call absorbs (with the shared back-off) before it fails
 NOT_FOUND_MARK = "agent-manager: executable not found in the sandbox: "
 STDIN_NAME = ".agent-manager-stdin"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -58,24 +59,86 @@ def _retryable(exc: BaseException, idempotent: bool) -> bool:
         _status(exc) in RETRY_STATUSES or isinstance(exc, _sdk().DaytonaConnectionError))
 
 
+class Backoff:
+    """One back-off shared by every call of an executor: a 429 slows the whole client down.
+
+    Why shared: a rate limit is per API key, not per run. With per-call back-off, hundreds of
+    runs each retry on their own schedule and keep the limit hit; here the first 429 sets a
+    "not before" time that every new call waits for, and each further 429 while it holds
+    doubles the pause (up to ``MAX_PAUSE_S``); a successful call resets the step.
+    """
+
+    MAX_PAUSE_S = 10.0
+
+    def __init__(self, base_delay: float = 0.5) -> None:
+        self.base_delay = base_delay
+        self.until = 0.0
+        self.step = 0
+        self.rate_limited = 0  # 429s seen (metrics and the scale bench)
+
+    async def gate(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (left := self.until - loop.time()) > 0:
+            await asyncio.sleep(left * random.uniform(1.0, 1.2))  # spread the restart a little
+
+    def hit(self, retry_after: float | None) -> float:
+        """A 429: pause everyone; returns the pause."""
+        self.rate_limited += 1
+        now = asyncio.get_running_loop().time()
+        if self.until <= now:  # a new episode; within one, later 429s only extend it
+            self.step = min(self.step + 1, 8)
+        pause = min(self.base_delay * 2 ** (self.step - 1), self.MAX_PAUSE_S)
+        if retry_after is not None:
+            pause = max(pause, min(retry_after, 30.0))
+        self.until = max(self.until, now + pause)
+        return pause
+
+    def ok(self) -> None:
+        if self.step and self.until <= asyncio.get_running_loop().time():
+            self.step = 0
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        value = (getattr(exc, "headers", None) or {}).get("Retry-After")
+        return float(value) if value is not None else None
+    return None
+
+
 async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout: float, *, attempts: int = 5,
-                   base_delay: float = 0.5, idempotent: bool = True) -> T:
-    """One SDK call with our own deadline, retrying 429/5xx; raises ExecutionError (cause: SDK error)."""
+                   base_delay: float = 0.5, idempotent: bool = True, backoff: Backoff | None = None) -> T:
+    """One SDK call with our own deadline, retrying 429/5xx; raises ExecutionError (cause: SDK error).
+
+    With ``backoff``, 429s pause every call sharing it and do not use up ``attempts`` (a rate
+    limit is not a failure of this call, only a reason to wait); 5xx still do.
+    """
     sdk = _sdk()
-    for attempt in range(1, attempts + 1):
+    attempt = limited = 0
+    while True:
+        if backoff is not None:
+            await backoff.gate()
+        attempt += 1
         try:
-            return await asyncio.wait_for(call(), timeout + CLIENT_SLACK_S)
+            result = await asyncio.wait_for(call(), timeout + CLIENT_SLACK_S)
         except TimeoutError as exc:
             raise ExecutionError(f"Daytona {what}: no answer within {timeout + CLIENT_SLACK_S:.0f}s") from exc
         except sdk.DaytonaError as exc:
-            if attempt == attempts or not _retryable(exc, idempotent):
+            if backoff is not None and _status(exc) == 429 and limited < MAX_RATE_LIMITED:
+                limited += 1
+                attempt -= 1
+                pause = backoff.hit(_retry_after(exc))
+                log.info("Daytona %s: rate limited; every call pauses %.2fs", what, pause)
+                continue
+            if attempt >= attempts or not _retryable(exc, idempotent):
                 raise ExecutionError(f"Daytona {what} failed: {exc}", {"status": _status(exc)}) from exc
             delay = min(base_delay * 2 ** (attempt - 1), 10.0) * random.uniform(0.5, 1.0)
-            with contextlib.suppress(TypeError, ValueError):
-                delay = max(delay, min(float((exc.headers or {}).get("Retry-After", 0)), 30.0))
+            delay = max(delay, min(_retry_after(exc) or 0.0, 30.0))
             log.info("Daytona %s: %s; retry %d/%d in %.2fs", what, exc, attempt, attempts - 1, delay)
-        await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+            await asyncio.sleep(delay)
+            continue
+        if backoff is not None:
+            backoff.ok()
+        return result
 
 
 def _client(settings: Settings) -> AsyncDaytona:
@@ -83,25 +146,31 @@ def _client(settings: Settings) -> AsyncDaytona:
     sdk = _sdk()
     if not settings.daytona_configured or settings.daytona_api_key is None:
         raise ExecutorUnavailable("DAYTONA_API_KEY is not set")
+    # No connection cap: every running command holds one log WebSocket on the shared aiohttp
+    # session, so the SDK's default cap (250) would make run 251 wait for run 1 to end before
+    # it could even create its sandbox. Concurrency is bounded by our own limits instead.
     return sdk.AsyncDaytona(sdk.DaytonaConfig(
         api_key=settings.daytona_api_key.get_secret_value(),
-        api_url=settings.daytona_api_url or DEFAULT_API_URL, target=settings.daytona_target))
+        api_url=settings.daytona_api_url or DEFAULT_API_URL, target=settings.daytona_target,
+        connection_pool_maxsize=None))
 
 
-async def _list(client: AsyncDaytona, labels: dict[str, str], attempts: int = 5) -> list[AsyncSandbox]:
+async def _list(client: AsyncDaytona, labels: dict[str, str], attempts: int = 5,
+                backoff: Backoff | None = None) -> list[AsyncSandbox]:
     """All sandboxes whose labels include ``labels`` (every page)."""
     query = _sdk().ListSandboxesQuery(labels=labels)
 
     async def collect() -> list[AsyncSandbox]:
         return [sb async for sb in client.list(query, request_timeout=REQUEST_TIMEOUT_S)]
-    return await retrying("list sandboxes", collect, REQUEST_TIMEOUT_S * 4, attempts=attempts)
+    return await retrying("list sandboxes", collect, REQUEST_TIMEOUT_S * 4, attempts=attempts, backoff=backoff)
 
 
-async def _delete(sb: AsyncSandbox, attempts: int = 5, base_delay: float = 0.5) -> None:
+async def _delete(sb: AsyncSandbox, attempts: int = 5, base_delay: float = 0.5,
+                  backoff: Backoff | None = None) -> None:
     """Delete, treating "already gone" as success."""
     try:
         await retrying(f"delete sandbox {sb.id}", lambda: sb.delete(timeout=DELETE_TIMEOUT_S),
-                       DELETE_TIMEOUT_S, attempts=attempts, base_delay=base_delay)
+                       DELETE_TIMEOUT_S, attempts=attempts, base_delay=base_delay, backoff=backoff)
     except ExecutionError as exc:
         if not isinstance(exc.__cause__, _sdk().DaytonaNotFoundError):
             raise

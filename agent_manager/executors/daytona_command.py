@@ -15,6 +15,7 @@ from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Chunk, ExecSpec, PortableRepo, Stream
 from agent_manager.executors.daytona_api import (
     _ENV_NAME,
+    MAX_RATE_LIMITED,
     MAX_UPLOAD_BYTES,
     NOT_FOUND_MARK,
     REQUEST_TIMEOUT_S,
@@ -22,6 +23,7 @@ from agent_manager.executors.daytona_api import (
     STREAM_ATTEMPTS,
     TRANSFER_TIMEOUT_S,
     _sdk,
+    _status,
 )
 
 if TYPE_CHECKING:
@@ -186,7 +188,8 @@ class DaytonaExecution:
     async def _stream(self) -> None:
         """Live logs; reopen a dropped stream (skipping what was delivered), else use the snapshot."""
         sdk, proc = _sdk(), self._sb.process
-        for attempt in range(STREAM_ATTEMPTS):
+        attempt = limited = 0
+        while attempt < STREAM_ATTEMPTS:
             seen: dict[Stream, int] = {"stdout": 0, "stderr": 0}
 
             def handler(stream: Stream, seen: dict[Stream, int] = seen) -> Callable[[str], Awaitable[None]]:
@@ -203,8 +206,14 @@ class DaytonaExecution:
             except sdk.DaytonaError as exc:
                 if self._cancelled:
                     return
+                if _status(exc) == 429 and limited < MAX_RATE_LIMITED:  # not a drop: wait with everyone
+                    limited += 1
+                    self._ex.backoff.hit(None)
+                    await self._ex.backoff.gate()
+                    continue
                 log.warning("log stream of %s dropped (%s), attempt %d", self._sb.id, exc, attempt + 1)
                 await asyncio.sleep(self._ex.base_delay * 2 ** attempt)
+                attempt += 1
         await self._exit_code()
         logs = await self._ex.call("get logs", lambda: proc.get_session_command_logs(
             self._session, self._cmd_id, request_timeout=REQUEST_TIMEOUT_S))

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -61,6 +62,52 @@ def tagged_pids(prefix: str) -> dict[int, str]:
                 found[int(entry.name)] = item.split(b"=", 1)[1].decode(errors="replace")
                 break
     return found
+
+
+class _Scans:
+    """Shares /proc scans between the runs that end at the same time, and runs them in a thread.
+
+    Why: a scan reads every process's environment (milliseconds with a few hundred processes),
+    and every run ends with one. Done on the loop per run, hundreds of concurrent runs spent
+    most of the loop's time in it. A caller joins the next scan (never one that began before
+    it asked, so nothing started before the request can be missed); one scan finds every tag.
+    """
+
+    def __init__(self) -> None:
+        self._next: asyncio.Future[dict[int, str]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    async def tagged(self, prefix: str) -> dict[int, str]:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        future = self._next
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
+        found = await asyncio.shield(future)
+        return {pid: tag for pid, tag in found.items() if tag.startswith(prefix)}
+
+    async def _work(self) -> None:
+        while (future := self._next) is not None:
+            self._next = None
+            try:
+                future.set_result(await asyncio.to_thread(tagged_pids, ""))
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except Exception as exc:  # the waiters get it
+                future.set_exception(exc)
+
+
+_scans: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Scans] = weakref.WeakKeyDictionary()
+
+
+async def tagged_pids_async(prefix: str) -> dict[int, str]:
+    """``tagged_pids`` off the loop, one shared scan for every caller waiting at the same time."""
+    loop = asyncio.get_running_loop()
+    scans = _scans.get(loop)
+    if scans is None:
+        scans = _scans[loop] = _Scans()
+    return await scans.tagged(prefix)
 
 
 def signal_tagged(prefix: str, sig: int) -> int:
@@ -166,7 +213,7 @@ class ProcessExecution:
         """After the leader exits, give the pipes a grace period, then end what holds them."""
         await self.proc.wait()
         done = (await asyncio.wait(self._readers, timeout=self._stream_close_grace_s))[0] if self._readers else set()
-        if len(done) < len(self._readers) or tagged_pids(self.tag):
+        if len(done) < len(self._readers) or await tagged_pids_async(self.tag):
             signal_tagged(self.tag, signal.SIGKILL)
         await asyncio.gather(*self._readers, return_exceptions=True)
         await self._queue.put(None)

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_manager.errors import Conflict
+from agent_manager.errors import AgentManagerError, Conflict
 from agent_manager.events import EventLog
+from agent_manager.orchestration.branches import StepBranches
 from agent_manager.orchestration.plan import Plan, Step, edges, heights, render
 from agent_manager.runs import RunManager, RunRequest
 from agent_manager.settings import Settings
@@ -61,6 +62,7 @@ class _Live:
     attempts: dict[str, int]
     runs: dict[str, str] = field(default_factory=dict)  # step id → its current run
     cancelling: bool = False
+    branches: StepBranches | None = None  # on a project: a git workspace per step
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -97,8 +99,10 @@ class OrchestrationEngine:
 
     # -- public operations -------------------------------------------------------------------
 
-    def create(self, plan: Plan, owner: str | None = None, user_trusted: bool = True) -> dict[str, Any]:
-        """Record the orchestration and start running it; returns its view."""
+    def create(self, plan: Plan, owner: str | None = None, user_trusted: bool = True,
+               base: Any = None) -> dict[str, Any]:
+        """Record the orchestration and start running it; returns its view. With ``base`` (a
+        resolved ``workspaces.Base``) every step works on its own branch of the project."""
         orch_id = new_id("orch")
         workspace = self.settings.workspaces / "orchestrations" / orch_id
         workspace.mkdir(parents=True, exist_ok=True)
@@ -108,8 +112,15 @@ class OrchestrationEngine:
                                "max_parallel": max_parallel, "workspace": str(workspace), "owner": owner,
                                "started_at": now()}, [s.id for s in plan.steps])
         ids = [s.id for s in plan.steps]
-        self._start(_Live(orch_id, plan, workspace, max_parallel, owner, user_trusted,
-                          dict.fromkeys(ids, "pending"), {}, dict.fromkeys(ids, 0)), resumed=False)
+        live = _Live(orch_id, plan, workspace, max_parallel, owner, user_trusted,
+                     dict.fromkeys(ids, "pending"), {}, dict.fromkeys(ids, 0))
+        if base is not None and self.runs.workspaces is not None:
+            from agent_manager.workspaces import records as ws_records
+
+            ows = self.runs.workspaces.record(base, "orchestration", orch_id, owner)
+            ws_records.link(self.db, "orchestrations", orch_id, ows["id"])
+            live.branches = StepBranches(self.db, self.runs.workspaces, ows["id"])
+        self._start(live, resumed=False)
         return store.view(self.db, orch_id)
 
     def resume(self, orch_id: str, owner: str | None = None, user_trusted: bool = True) -> dict[str, Any]:
@@ -135,6 +146,8 @@ class OrchestrationEngine:
                      {r["step_id"]: r["status"] if r["status"] == "succeeded" else "pending" for r in rows},
                      {r["step_id"]: r["output"] or "" for r in rows if r["status"] == "succeeded"},
                      {r["step_id"]: r["attempts"] for r in rows})
+        if orch.get("workspace_id") and self.runs.workspaces is not None:
+            live.branches = StepBranches(self.db, self.runs.workspaces, orch["workspace_id"])
         self._start(live, resumed=True)
         return store.view(self.db, orch_id)
 
@@ -211,6 +224,11 @@ class OrchestrationEngine:
                             self._queue(live, child, ready, height[child], position[child])
                 elif status == "failed":
                     self._skip_descendants(live, step_id, children)
+            if live.branches is not None:
+                try:
+                    await live.branches.result(live.id, plan, live.status)
+                except AgentManagerError as exc:
+                    self._emit(live, "error", {"message": f"cannot merge the steps' branches: {exc.message}"})
             if live.cancelling:
                 final, error = "cancelled", "cancelled by the user"
             elif all(s == "succeeded" for s in live.status.values()):
@@ -298,8 +316,13 @@ class OrchestrationEngine:
         return result.status
 
     async def _attempt(self, live: _Live, step: Step, number: int) -> _Attempt:
+        ws: dict[str, Any] | None = None
+        if live.branches is not None:
+            ws, why = await live.branches.prepare(live.id, step, live.owner)
+            if ws is None:
+                return _Attempt("failed", error=why)
         if step.kind == "write_file":
-            return self._write_file(live, step, number)
+            return await self._write_file(live, step, number, ws)
         if step.kind == "shell":
             argv = [render(arg, live.outputs) for arg in step.argv or []]
             shell: dict[str, Any] = {"id": "shell", "name": "shell", "kind": "generic", "command": argv[0],
@@ -318,6 +341,7 @@ class OrchestrationEngine:
         request.owner = live.owner
         request.user_trusted = live.user_trusted
         request.workspace = live.workspace
+        request.workspace_id = ws["id"] if ws else None
         try:
             run = self.runs.submit(request)
         except Exception as exc:  # e.g. an agent whose kind cannot build argv
@@ -357,9 +381,15 @@ class OrchestrationEngine:
                     return None
             await self.runs.events.wait(run_id, after, 5.0)
 
-    def _write_file(self, live: _Live, step: Step, number: int) -> _Attempt:
+    async def _write_file(self, live: _Live, step: Step, number: int, ws: dict[str, Any] | None) -> _Attempt:
         self._emit(live, "step.started", {"step": step.id, "attempt": number, "run_id": None, "backend": "service"},
                    step.id, backend="service", attempts=live.attempts[step.id])
+        if ws is not None and live.branches is not None:
+            try:
+                await live.branches.write(ws, step.path or "", render(step.content or "", live.outputs))
+            except (OSError, AgentManagerError) as exc:
+                return _Attempt("failed", error=f"cannot write {step.path}: {getattr(exc, 'message', exc)}")
+            return _Attempt("succeeded", output=step.path)
         root = live.workspace.resolve()
         target = (root / (step.path or "")).resolve()
         if not target.is_relative_to(root) or target == root:

@@ -11,6 +11,9 @@ from agent_manager.store.database import Database, dumps, new_id, now
 
 JSON_FIELDS = ("args", "env")
 BOOL_FIELDS = ("trusted", "network")
+# The gateway fields live in the env JSON column under names no environment variable can
+# have (models.ENV_NAME_RE), so they need no schema change and never reach a process env.
+GATEWAY_FIELDS = {"api_base": "@api_base", "api_key": "@api_key"}
 
 
 def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
@@ -19,7 +22,25 @@ def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
         data[name] = json.loads(data[name])
     for name in BOOL_FIELDS:
         data[name] = bool(data[name])
+    for name, stored in GATEWAY_FIELDS.items():
+        data[name] = data["env"].pop(stored, None)
     return data
+
+
+def _fold_gateway(fields: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Put ``api_base`` / ``api_key`` into ``env`` for storage (keeping current values that
+    ``fields`` does not change)."""
+    if not any(k in fields for k in ("env", *GATEWAY_FIELDS)):
+        return fields
+    out = {k: v for k, v in fields.items() if k not in GATEWAY_FIELDS}
+    base = current or {}
+    env = dict(fields.get("env", base.get("env", {})))
+    for name, stored in GATEWAY_FIELDS.items():
+        value = fields.get(name, base.get(name))
+        if value:
+            env[stored] = value
+    out["env"] = env
+    return out
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +56,7 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
 
 def create(db: Database, fields: dict[str, Any]) -> dict[str, Any]:
     stamp = now()
-    record = {"id": new_id("ag"), "created_at": stamp, "updated_at": stamp, **fields}
+    record = {"id": new_id("ag"), "created_at": stamp, "updated_at": stamp, **_fold_gateway(fields)}
     encoded = _encode(record)
     cols = ", ".join(encoded)
     marks = ", ".join("?" for _ in encoded)
@@ -68,7 +89,7 @@ def update(db: Database, ref: str, changes: dict[str, Any]) -> dict[str, Any]:
     agent = get(db, ref)
     if not changes:
         return agent
-    encoded = _encode({**changes, "updated_at": now()})
+    encoded = _encode({**_fold_gateway(changes, agent), "updated_at": now()})
     assignments = ", ".join(f"{k} = ?" for k in encoded)
     try:
         with db.transaction() as conn:

@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store.database import Database, dumps, new_id, now
+from agent_manager.store.database import Database, Queryable, dumps, new_id, now
 from agent_manager.store.runs import fts_query
 
 
@@ -33,7 +33,7 @@ def get(db: Database, conv_id: str, owner: str | None = None) -> dict[str, Any]:
     return _conv(row)
 
 
-def search(db: Database, q: str | None = None, owner: str | None = None, limit: int = 50,
+def search(db: Queryable, q: str | None = None, owner: str | None = None, limit: int = 50,
            offset: int = 0) -> list[dict[str, Any]]:
     where, params = [], []
     if owner is not None:

@@ -1,24 +1,43 @@
-"""The SQLite connection and its migrations.
+"""The SQLite connections and the migrations.
 
-Why one connection used from the event-loop thread: every statement here is short, SQLite
-serialises writers anyway, and one connection makes "persist, then announce" trivially
-ordered. WAL with ``synchronous=NORMAL`` keeps every committed event across a crash of the
-service (only a power loss can drop the last transactions).
+Three kinds of connection, each for what it is good at:
+
+- the main connection, used from the event-loop thread for short statements (create a run,
+  change its status) where the caller needs the result at once;
+- the event writer (``store.writer``), a thread with its own connection that commits the
+  high-rate event rows in one transaction per batch, off the loop;
+- read connections in a small thread pool (``Database.read``) for the queries that grow with
+  the data (search, counts, run lists), so a big history never stalls the loop.
+
+Writers take ``write_lock`` around their transactions: SQLite allows one writer at a time and
+its own busy handler waits by sleeping in steps of milliseconds, a Python lock hands over at
+once. The main connection never checkpoints the WAL (the writer thread does), so no
+checkpoint and its fsync ever run on the loop. WAL with ``synchronous=NORMAL`` keeps every
+committed transaction across a crash of the service (only a power loss can drop the last ones).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agent_manager.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent_manager.store.writer import EventWriter
+
+T = TypeVar("T")
+READ_THREADS = 2
 
 
 def now() -> str:
@@ -43,21 +62,81 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+class Queryable(Protocol):
+    """What the read-only store functions need: the main ``Database`` or a pooled ``Reader``."""
+
+    def one(self, sql: str, params: Any = ()) -> sqlite3.Row | None: ...
+
+    def all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]: ...
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    if read_only:
+        conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+class Reader:
+    """A read-only connection owned by one pool thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+
 class Database:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self.in_memory = str(path) == ":memory:"
         try:
-            if str(path) != ":memory:":
+            if not self.in_memory:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.execute("PRAGMA busy_timeout=5000")
+            self.conn = connect(path)
+            # Checkpoints (and their fsync) belong to the writer thread, never to the loop.
+            self.conn.execute("PRAGMA wal_autocheckpoint=0")
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the database {path}: {exc}") from exc
         self._depth = 0
+        self.write_lock = threading.Lock()
+        self._writer: EventWriter | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    def writer(self) -> EventWriter:
+        """The event-writer thread (started on first use, bound to the running loop)."""
+        if self._writer is None:
+            from agent_manager.store.writer import EventWriter
+            self._writer = EventWriter(self, asyncio.get_running_loop())
+        return self._writer
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(reader, *args)`` on a read connection in the pool: sees every committed row."""
+        if self.in_memory:  # a second connection would open a different, empty database
+            return fn(self, *args, **kwargs)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="am-db-read")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._reader(), *args, **kwargs))
+
+    def _reader(self) -> Reader:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, read_only=True)
+            self._readers.append(conn)
+        return Reader(conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -69,17 +148,18 @@ class Database:
             finally:
                 self._depth -= 1
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
-        finally:
-            self._depth = 0
+        with self.write_lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+            finally:
+                self._depth = 0
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
@@ -115,6 +195,18 @@ class Database:
         return applied
 
     def close(self) -> None:
+        """Commit what the writer still holds, then close every connection."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self.conn.close()
 
 

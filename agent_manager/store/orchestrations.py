@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store.database import Database, dumps, now
+from agent_manager.store.database import Database, Queryable, dumps, now
 
 STEP_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "skipped")
 
@@ -85,13 +85,14 @@ def view(db: Database, orch_id: str, owner: str | None = None) -> dict[str, Any]
             "action": spec.get("action") or ("agent" if spec.get("agent") else None),
             "agent": spec.get("agent"), "depends_on": spec.get("depends_on", [])})
     return {"id": orch["id"], "name": orch["name"], "status": orch["status"], "error": orch["error"],
-            "max_parallel": orch["max_parallel"], "workspace": orch["workspace"],
+            "max_parallel": orch["max_parallel"], "workspace_dir": orch["workspace"],
+            "workspace_id": orch.get("workspace_id"),
             "counts": counts(step_rows), "created_at": orch["created_at"], "started_at": orch["started_at"],
             "finished_at": orch["finished_at"], "duration_s": _duration(orch["started_at"], orch["finished_at"]),
             "owner": orch["owner"], "plan": orch["plan"], "steps": out_steps}
 
 
-def search(db: Database, *, owner: str | None = None, status: str | None = None, limit: int = 50,
+def search(db: Queryable, *, owner: str | None = None, status: str | None = None, limit: int = 50,
            offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Newest first, with counts per step status (no outputs: a list must stay small)."""
     where, params = [], []

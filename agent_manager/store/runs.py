@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store.database import Database, dumps, now
+from agent_manager.store.database import Database, Queryable, dumps, now
 
 
-def _duration(started: str | None, finished: str | None) -> float | None:
+def duration(started: str | None, finished: str | None) -> float | None:
     if not started or not finished:
         return None
     parse = datetime.fromisoformat
@@ -21,7 +21,7 @@ def _duration(started: str | None, finished: str | None) -> float | None:
 def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     data = dict(row)
     data["usage"] = json.loads(data["usage"]) if data["usage"] else None
-    data["duration_s"] = _duration(data["started_at"], data["finished_at"])
+    data["duration_s"] = duration(data["started_at"], data["finished_at"])
     return data
 
 
@@ -36,21 +36,29 @@ def create(db: Database, record: dict[str, Any]) -> dict[str, Any]:
     return get(db, record["id"])
 
 
-def get(db: Database, run_id: str, owner: str | None = None) -> dict[str, Any]:
+def get(db: Queryable, run_id: str, owner: str | None = None) -> dict[str, Any]:
     row = db.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None or (owner is not None and row["owner"] != owner):
         raise NotFound(f"run {run_id!r} not found")
     return row_to_dict(row)
 
 
-def update(db: Database, run_id: str, **changes: Any) -> None:
+def update_statements(run_id: str, **changes: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements of ``update``, for a caller that commits them with something else."""
     if "usage" in changes and changes["usage"] is not None:
         changes["usage"] = dumps(changes["usage"])
     assignments = ", ".join(f"{k} = ?" for k in changes)
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))]
+    if "output" in changes:
+        statements.append(("UPDATE runs_fts SET output = ? WHERE run_id = ?", (changes["output"] or "", run_id)))
+    return statements
+
+
+def update(db: Database, run_id: str, **changes: Any) -> None:
     with db.transaction() as conn:
-        conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))
-        if "output" in changes:
-            conn.execute("UPDATE runs_fts SET output = ? WHERE run_id = ?", (changes["output"] or "", run_id))
+        for statement, params in update_statements(run_id, **changes):
+            conn.execute(statement, params)
 
 
 def fts_query(text: str) -> str:
@@ -59,7 +67,7 @@ def fts_query(text: str) -> str:
     return " ".join(f'"{w}"*' for w in words)
 
 
-def search(db: Database, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
+def search(db: Queryable, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
            owner: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     where, params = [], []
     if agent_id:
@@ -75,11 +83,31 @@ def search(db: Database, *, agent_id: str | None = None, status: str | None = No
         where.append("runs.id IN (SELECT run_id FROM runs_fts WHERE runs_fts MATCH ?)")
         params.append(fts_query(q))
     clause = ("WHERE " + " AND ".join(where)) if where else ""
+    order = "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
+    if q and fts_query(q):
+        # One full-text match for the page and the total (it is the expensive part); the window
+        # count sees every match before LIMIT. An empty page still needs its own count.
+        rows = db.all(f"SELECT runs.*, COUNT(*) OVER () AS total_matches FROM runs {clause} {order}",
+                      (*params, limit, offset))
+        if rows:
+            items = [row_to_dict(r) for r in rows]
+            for item in items:
+                del item["total_matches"]
+            return items, int(rows[0]["total_matches"])
+    else:
+        rows = db.all(f"SELECT * FROM runs {clause} {order}", (*params, limit, offset))
     total = db.one(f"SELECT COUNT(*) AS n FROM runs {clause}", params)
-    rows = db.all(f"SELECT * FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                  (*params, limit, offset))
     return [row_to_dict(r) for r in rows], int(total["n"]) if total else 0
 
 
 def unfinished(db: Database) -> list[dict[str, Any]]:
     return [row_to_dict(r) for r in db.all("SELECT * FROM runs WHERE status IN ('queued', 'running')")]
+
+
+def last_usage(db: Database, conversation_id: str, agent_id: str, session_id: str) -> dict[str, Any] | None:
+    """The usage of the newest run that continued ``session_id`` in this conversation: what a
+    CLI reporting running session totals (Codex) needs to report the next turn on its own."""
+    row = db.one("SELECT usage FROM runs WHERE conversation_id = ? AND agent_id = ? AND session_id = ?"
+                 " AND usage IS NOT NULL ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                 (conversation_id, agent_id, session_id))
+    return json.loads(row["usage"]) if row and row["usage"] else None

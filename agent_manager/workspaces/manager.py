@@ -79,33 +79,57 @@ class Workspaces:
 
     async def create_from(self, base: Base, kind: str, owner_ref: str, owner: str | None,
                           merge_in: list[tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
-        """A workspace branched from ``base`` with other workspaces' branches merged in (plan
-        steps see their dependencies' changes). Conflict names both sides and the paths."""
+        """A workspace (with its worktree) branched from ``base`` with other workspaces' branches
+        merged in: a plan step sees exactly its dependencies' changes. A conflict is a Conflict
+        naming the steps merged and the paths. An earlier workspace of the same owner (a retry,
+        a resume) is discarded first."""
         existing = rec.find(self.db, kind, owner_ref)
         if existing is not None:
             await self.discard(existing["id"], force=True)
-            self.db.execute("DELETE FROM workspaces WHERE id = ?", (existing["id"],))
+            rec.forget(self.db, existing["id"])
         ws = self.record(base, kind, owner_ref, owner)
         p = self._paths(ws)
         async with self.lock(base.project["id"]):
-            head = base.commit
-            merged: list[str] = []
-            for label, other in merge_in or []:
-                if await git.is_ancestor(other["head_commit"], head, git_dir=p.repo):
-                    continue
+            try:
+                head = await self._merged_head(p.repo, base.commit, merge_in or [])
+                if head != base.commit:
+                    await git.run(["update-ref", f"refs/heads/{p.branch}", head], git_dir=p.repo)
+                    ws = rec.update(self.db, ws["id"], base_commit=head, head_commit=head)
+                await wsp.ensure(p, head)
+            except BaseException:
+                rec.forget(self.db, ws["id"])
+                raise
+        return ws
+
+    async def rebuild(self, ws_id: str, merge_in: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Point a workspace's branch at its base plus ``merge_in`` (an orchestration's result)."""
+        ws = rec.workspace(self.db, ws_id)
+        p = self._paths(ws)
+        async with self.lock(ws["project_id"]):
+            head = await self._merged_head(p.repo, ws["base_commit"], merge_in)
+            await git.run(["update-ref", f"refs/heads/{p.branch}", head], git_dir=p.repo)
+            stats = await review.diff_stats(p.repo, ws["base_commit"], head)
+        return rec.update(self.db, ws_id, head_commit=head, **stats)
+
+    @staticmethod
+    async def _merged_head(repo: Path, start: str, merge_in: list[tuple[str, dict[str, Any]]]) -> str:
+        head, merged = start, []
+        for label, other in merge_in:
+            if await git.is_ancestor(other["head_commit"], head, git_dir=repo):
+                merged.append(label)
+                continue
+            if await git.is_ancestor(head, other["head_commit"], git_dir=repo):
+                head = other["head_commit"]  # a fast-forward: nothing to combine
+            else:
                 try:
-                    head = await review.merge_commit(p.repo, head, other["head_commit"], "merge",
+                    head = await review.merge_commit(repo, head, other["head_commit"], "merge",
                                                      f"Merge {other['branch']} ({label})")
                 except Conflict as exc:
                     paths = [d["field"] for d in exc.details or []]
-                    raise Conflict(f"{' and '.join([*merged, label])} conflict in: {', '.join(paths)}",
+                    raise Conflict(f"the changes of {' and '.join([*merged, label])} conflict in: {', '.join(paths)}",
                                    exc.details) from exc
-                merged.append(label)
-            if head != base.commit:
-                await git.run(["update-ref", f"refs/heads/{p.branch}", head], git_dir=p.repo)
-                ws = rec.update(self.db, ws["id"], base_commit=head, head_commit=head)
-            await wsp.ensure(p, head)
-        return ws
+            merged.append(label)
+        return head
 
     # -- around a run --------------------------------------------------------------------------
 

@@ -70,6 +70,11 @@ def of_project(db: Database, project_id: str, state: str | None = None) -> list[
     return [dict(r) for r in db.all(sql + " ORDER BY w.created_at DESC", params)]
 
 
+def forget(db: Database, ws_id: str) -> None:
+    with db.transaction() as conn:
+        conn.execute("DELETE FROM workspaces WHERE id = ?", (ws_id,))
+
+
 def update(db: Database, ws_id: str, **changes: Any) -> dict[str, Any]:
     changes["updated_at"] = now()
     assignments = ", ".join(f"{k} = ?" for k in changes)

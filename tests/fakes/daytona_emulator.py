@@ -8,7 +8,8 @@ types, the required Sandbox DTO fields, the ``/api/socket.io/`` 404 the SDK tole
 Sandboxes are real enough to test an executor end to end: each has a private temporary
 directory used as its work dir, session commands run as local ``/bin/sh -c`` subprocesses in
 it (the daemon runs them through a shell too), and deleting a sandbox kills its process
-groups. Faults are injected per test through the public methods of ``DaytonaEmulator``.
+groups. Faults are injected per test through the public methods of ``DaytonaEmulator``;
+load is shaped by ``configure`` (create delay, latency per call, a rate of 429 answers).
 The toolbox half lives in ``daytona_toolbox.py`` to keep both files readable.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import random
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable
@@ -94,6 +96,18 @@ class DaytonaEmulator:
         self.drop_after_bytes = 1
         self.pty_fault: str | None = None  # None | "silent" | "error" (see daytona_pty.py)
         self.pty_toolbox: PtyToolbox | None = None
+        self.call_latency_s = 0.0
+        self.rate_429 = 0.0
+        self.rate_429_toolbox = False
+        self.api_rate_limit = 0.0
+        self._tokens = 0.0
+        self._refilled = 0.0
+        self.rate_limited = 0  # 429s answered because of ``rate_429`` or ``api_rate_limit``
+        self.peak_sandboxes = 0
+        self.creating = 0  # sandboxes still in their create delay
+        self.peak_creating = 0
+        self.keep_requests = True
+        self._random = random.Random(0)
         self.bytes_uploaded = 0  # file contents moved through the toolbox, for benches
         self.bytes_downloaded = 0
         self._faults: list[FaultRule] = []
@@ -118,6 +132,35 @@ class DaytonaEmulator:
         """The next ``count`` log WebSockets close with 1011 once ``after_bytes`` were sent."""
         self.drop_streams = count
         self.drop_after_bytes = after_bytes
+
+    def configure(self, *, create_delay_s: float | None = None, call_latency_s: float | None = None,
+                  rate_429: float | None = None, rate_429_toolbox: bool | None = None,
+                  api_rate_limit: float | None = None, keep_requests: bool | None = None,
+                  seed: int | None = None) -> None:
+        """Shape the service like a real, loaded one.
+
+        ``create_delay_s``: a new sandbox is ``creating`` this long. ``call_latency_s``: every
+        request waits this long before it is handled (a far-away API). ``rate_429``: this share of
+        control-plane requests (and toolbox ones with ``rate_429_toolbox``) is refused with 429,
+        at random. ``api_rate_limit``: control-plane requests beyond this many per second (a
+        token bucket holding one second's worth) are refused with 429, like a real limiter.
+        ``keep_requests`` False stops recording ``requests`` (a long load run would hold them all).
+        """
+        if api_rate_limit is not None:
+            self.api_rate_limit = api_rate_limit
+            self._tokens = api_rate_limit
+        if create_delay_s is not None:
+            self.create_delay_s = create_delay_s
+        if call_latency_s is not None:
+            self.call_latency_s = call_latency_s
+        if rate_429 is not None:
+            self.rate_429 = rate_429
+        if rate_429_toolbox is not None:
+            self.rate_429_toolbox = rate_429_toolbox
+        if keep_requests is not None:
+            self.keep_requests = keep_requests
+        if seed is not None:
+            self._random.seed(seed)
 
     def faults_pending(self) -> int:
         return sum(rule.remaining for rule in self._faults)
@@ -203,15 +246,35 @@ class DaytonaEmulator:
         body: Any = None
         if request.can_read_body and request.content_type == "application/json":
             body = await request.json()
-        self.requests.append((request.method, request.path, body))
-        if not request.path.startswith("/api/socket.io"):
-            if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-                return error_response(401, "Invalid credentials", "UNAUTHORIZED")
+        if self.keep_requests:
+            self.requests.append((request.method, request.path, body))
+        if request.path.startswith("/api/socket.io"):
+            return await handler(request)
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return error_response(401, "Invalid credentials", "UNAUTHORIZED")
+        if self.call_latency_s > 0:
+            await asyncio.sleep(self.call_latency_s)
         for rule in self._faults:
             if rule.remaining > 0 and fnmatch.fnmatchcase(key, rule.pattern):
                 rule.remaining -= 1
                 return error_response(rule.status, f"injected fault {rule.status}", f"HTTP_{rule.status}")
+        control = request.path.startswith("/api/sandbox")
+        if (self.rate_429 > 0 and (control or self.rate_429_toolbox) and self._random.random() < self.rate_429
+                or control and not self._take_token()):
+            self.rate_limited += 1
+            return error_response(429, "Too many requests", "TOO_MANY_REQUESTS")
         return await handler(request)
+
+    def _take_token(self) -> bool:
+        if self.api_rate_limit <= 0:
+            return True
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(self.api_rate_limit, self._tokens + (now - self._refilled) * self.api_rate_limit)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def sandbox_or_404(self, request: web.Request) -> EmuSandbox:
         sandbox = self.sandboxes.get(request.match_info["id"])
@@ -280,19 +343,25 @@ class DaytonaEmulator:
             disk=int(body.get("disk") or 3),
         )
         self.sandboxes[sandbox_id] = sb
+        self.peak_sandboxes = max(self.peak_sandboxes, len(self.sandboxes))
         if self.never_start == "error":
             sb.state, sb.error_reason = "error", "emulated: image pull failed"
         elif self.never_start is None:
             if self.create_delay_s > 0:
+                self.creating += 1
+                self.peak_creating = max(self.peak_creating, self.creating)
                 sb.starter = asyncio.create_task(self._start_later(sb, self.create_delay_s))
             else:
                 sb.state = "started"
         return web.json_response(self.dto(sb))
 
     async def _start_later(self, sb: EmuSandbox, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if sb.id in self.sandboxes:
-            sb.state = "started"
+        try:
+            await asyncio.sleep(delay)
+            if sb.id in self.sandboxes:
+                sb.state = "started"
+        finally:
+            self.creating -= 1
 
     async def _get(self, request: web.Request) -> web.Response:
         return web.json_response(self.dto(self.sandbox_or_404(request)))

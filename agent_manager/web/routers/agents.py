@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/agents", tags=["agents"])
 
 def present(agent: dict[str, Any]) -> Agent:
     kind = get_kind(agent["kind"])
-    return Agent(**{**agent, "env": mask_env(agent["env"]),
+    return Agent(**{**agent, "env": mask_env(agent["env"]), "api_key": MASK if agent.get("api_key") else None,
                     "available": shutil.which(agent["command"]) is not None,
                     "install_hint": kind.install_hint})
 
@@ -63,6 +63,8 @@ async def update_agent(ref: str, body: AgentUpdate, request: Request, svc: Servi
             raise ValidationFailed(f"{key}: must not be null", [{"field": key, "message": "must not be null"}])
     if "env" in changes:  # a masked value sent back means "keep the stored secret"
         changes["env"] = {k: (current["env"].get(k, "") if v == MASK else v) for k, v in changes["env"].items()}
+    if changes.get("api_key") == MASK:  # the masked key sent back: keep the stored one
+        del changes["api_key"]
     updated = agent_store.update(svc.database, ref, changes)
     audit(request, "agent.update", updated["id"], {"name": updated["name"], "fields": sorted(changes)})
     return present(updated)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field
 
+from agent_manager.errors import ValidationFailed
 from agent_manager.orchestration import plan as plans
 from agent_manager.orchestration.engine import OrchestrationEngine
 from agent_manager.service import Service
@@ -14,6 +16,8 @@ from agent_manager.store import orchestrations as store
 from agent_manager.web import sse
 from agent_manager.web.deps import owner_filter, principal, service
 from agent_manager.web.routers.plans import PlanInput
+from agent_manager.web.routers.projects import workspaces
+from agent_manager.workspaces import records as rec
 
 router = APIRouter(prefix="/api/orchestrations", tags=["orchestrations"])
 OrchestrationStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
@@ -24,37 +28,62 @@ def engine(svc: Service) -> OrchestrationEngine:
     return found
 
 
+class OrchestrationInput(PlanInput):
+    """A plan, optionally on a project: then every step works on its own branch (DESIGN 3.7)."""
+
+    project: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = Field(None, min_length=1, max_length=250)
+
+
+def with_workspaces(svc: Service, view: dict[str, Any]) -> dict[str, Any]:
+    """The view with the result ``workspace`` (object or null) and each step's own."""
+    ws_id = view.pop("workspace_id", None)
+    ws = rec.workspace(svc.database, ws_id) if ws_id else None
+    view["project"], view["workspace"] = (ws["project"] if ws else None), rec.public(ws)
+    for step in view["steps"]:
+        step["workspace"] = rec.public(rec.find(svc.database, "step", f"{view['id']}:{step['id']}")) if ws else None
+    return view
+
+
 @router.post("", status_code=201)
-async def create_orchestration(body: PlanInput, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+async def create_orchestration(body: OrchestrationInput, request: Request,
+                               svc: Service = Depends(service)) -> dict[str, Any]:
     """Validate the plan (422 naming the step on any problem) and start running it."""
     plan = plans.load(body.data(), agent_store.list_all(svc.database))
+    if body.base and not body.project:
+        raise ValidationFailed("base: only with a project", [{"field": "base", "message": "needs project"}])
+    base = await workspaces(svc).check_base(body.project, body.base) if body.project else None
     who = principal(request)
-    return engine(svc).create(plan, owner=who.get("id"), user_trusted=bool(who.get("trusted", True)))
+    return with_workspaces(svc, engine(svc).create(plan, owner=who.get("id"),
+                                                   user_trusted=bool(who.get("trusted", True)), base=base))
 
 
 @router.get("")
 async def list_orchestrations(request: Request, status: OrchestrationStatus | None = None,
                               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
                               svc: Service = Depends(service)) -> dict[str, Any]:
-    items, total = store.search(svc.database, owner=owner_filter(request), status=status, limit=limit,
-                                offset=offset)
+    items, total = await svc.database.read(store.search, owner=owner_filter(request), status=status,
+                                           limit=limit, offset=offset)
+    for item in items:
+        item.pop("workspace_id", None)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/{orch_id}")
 async def get_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    return store.view(svc.database, orch_id, owner_filter(request))
+    return with_workspaces(svc, store.view(svc.database, orch_id, owner_filter(request)))
 
 
 @router.post("/{orch_id}/cancel")
 async def cancel_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    return await engine(svc).cancel(orch_id, owner_filter(request))
+    return with_workspaces(svc, await engine(svc).cancel(orch_id, owner_filter(request)))
 
 
 @router.post("/{orch_id}/resume")
 async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     who = principal(request)
-    return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)))
+    return with_workspaces(svc, engine(svc).resume(orch_id, owner_filter(request),
+                                                   user_trusted=bool(who.get("trusted", True))))
 
 
 @router.get("/{orch_id}/events", responses={200: {"content": {"text/event-stream": {}}}})

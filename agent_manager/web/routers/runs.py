@@ -64,8 +64,9 @@ async def list_runs(request: Request, agent: str | None = None, status: RunStatu
               q: str | None = Query(None, max_length=500), limit: int = Query(50, ge=1, le=500),
               offset: int = Query(0, ge=0), svc: Service = Depends(service)) -> dict[str, Any]:
     agent_id = agent_store.get(svc.database, agent)["id"] if agent else None
-    items, total = run_store.search(svc.database, agent_id=agent_id, status=status, q=q,
-                                    owner=owner_filter(request), limit=limit, offset=offset)
+    # In the read pool: a count or a full-text match over a big history must not stall the loop.
+    items, total = await svc.database.read(run_store.search, agent_id=agent_id, status=status, q=q,
+                                           owner=owner_filter(request), limit=limit, offset=offset)
     return {"items": [attach(svc, r) for r in items], "total": total, "limit": limit, "offset": offset}
 
 

@@ -1,0 +1,197 @@
+"""The event writer: one thread, one connection, one transaction per batch of event rows.
+
+Why a thread: a commit per output chunk on the event loop was the service's main cost under
+load (every API request waited behind SQLite). Rows are queued by the loop and the thread
+writes whatever has accumulated in a single transaction, so a fast producer costs one commit
+per batch, not per event, and SQLite's own work runs beside the loop (the sqlite3 module
+releases the GIL while SQLite works).
+
+The guarantee does not change: nobody hears of a row before its transaction has committed.
+Readers only read the table, and the thread announces a batch to the loop
+(``call_soon_threadsafe``) after its COMMIT; ``EventLog`` then wakes the readers.
+
+While a row waits in the queue its text may still grow (``merge``): consecutive output chunks
+of one run become one event. That happens only while the thread is busy with the previous
+batch, so an idle service adds no delay, and a busy one at most one batch's commit time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent_manager.store.database import connect, dumps
+
+if TYPE_CHECKING:
+    from agent_manager.store.database import Database
+
+log = logging.getLogger("agent_manager.store")
+MAX_BATCH_ROWS = 4096
+MAX_BATCH_BYTES = 2 * 1024 * 1024  # bounds one transaction (and the delay a merged chunk sees)
+PENDING_LIMIT_BYTES = 16 * 1024 * 1024  # producers wait (``room``) beyond this many uncommitted bytes
+IDLE_CHECKPOINT_S = 5.0
+RETRY_S = 0.5
+
+
+@dataclass(eq=False)
+class Row:
+    """One event row on its way to the table; ``text`` of an output row may grow until taken."""
+
+    table: str
+    key_column: str
+    key: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: str
+    size: int
+    on_commit: Callable[[Row], None]
+    also: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)  # same transaction, before the row
+    taken: bool = False
+
+
+class EventWriter:
+    def __init__(self, db: Database, loop: asyncio.AbstractEventLoop) -> None:
+        self.db = db
+        self.loop = loop
+        self.pending_bytes = 0
+        self.commits = 0
+        self.rows_written = 0
+        self._conn = connect(db.path)
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[Row] = []
+        self._closing = False
+        self._room = asyncio.Event()
+        self._room.set()
+        self._thread = threading.Thread(target=self._main, name="am-db-writer", daemon=True)
+        self._thread.start()
+
+    # -- the loop's side ---------------------------------------------------------------------
+
+    def put(self, row: Row) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the event writer is closed")
+            self._queue.append(row)
+            self.pending_bytes += row.size
+            self._cond.notify()
+
+    def merge(self, row: Row, text: str) -> bool:
+        """Append ``text`` to a queued output row; False once the thread has taken it."""
+        with self._cond:
+            if row.taken:
+                return False
+            row.data["text"] += text
+            row.size += len(text)
+            self.pending_bytes += len(text)
+            return True
+
+    async def room(self) -> None:
+        """Wait while too many bytes are uncommitted (a producer faster than the disk)."""
+        while self.pending_bytes > PENDING_LIMIT_BYTES:
+            self._room.clear()
+            await self._room.wait()
+
+    def _announce(self, batch: list[Row]) -> None:
+        for row in batch:
+            row.on_commit(row)
+        if self.pending_bytes <= PENDING_LIMIT_BYTES:
+            self._room.set()
+
+    def close(self) -> None:
+        """Write everything still queued, then stop the thread (from the loop, at shutdown)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        last_checkpoint = time.monotonic()
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        if not self._cond.wait(IDLE_CHECKPOINT_S):
+                            break
+                    if not self._queue:
+                        if self._closing:
+                            return
+                        if time.monotonic() - last_checkpoint >= IDLE_CHECKPOINT_S:
+                            self._checkpoint()
+                            last_checkpoint = time.monotonic()
+                        continue
+                self._write_next()
+        finally:
+            self._conn.close()
+
+    def _checkpoint(self) -> None:
+        """The main connection never checkpoints; an idle writer catches the WAL up."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _write_next(self) -> None:
+        batch: list[Row] = []
+        for attempt in range(1, 1_000_000):
+            try:
+                with self.db.write_lock:
+                    if not batch:
+                        batch = self._take()
+                    self._commit(batch)
+                break
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                if self._closing and attempt >= 5:
+                    log.error("could not store %d event(s) at shutdown: %s", len(batch), exc)
+                    break
+                log.error("storing %d event(s) failed (attempt %d), retrying: %s", len(batch), attempt, exc)
+                time.sleep(RETRY_S)
+        size = sum(row.size for row in batch)
+        with self._cond:
+            self.pending_bytes -= size
+        self.commits += 1
+        self.rows_written += len(batch)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is left to wake
+            self.loop.call_soon_threadsafe(self._announce, batch)
+
+    def _take(self) -> list[Row]:
+        with self._cond:
+            batch: list[Row] = []
+            size = 0
+            for row in self._queue:
+                if batch and (len(batch) >= MAX_BATCH_ROWS or size + row.size > MAX_BATCH_BYTES):
+                    break
+                row.taken = True
+                batch.append(row)
+                size += row.size
+            del self._queue[:len(batch)]
+            return batch
+
+    def _commit(self, batch: list[Row]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        run: list[tuple[str, int, str, str, str]] = []
+        sql = ""
+        for row in batch:
+            insert = (f"INSERT INTO {row.table} ({row.key_column}, seq, type, data, created_at)"
+                      " VALUES (?, ?, ?, ?, ?)")
+            if row.also or insert != sql:
+                if run:
+                    conn.executemany(sql, run)
+                    run = []
+                for statement, params in row.also:
+                    conn.execute(statement, params)
+                sql = insert
+            run.append((row.key, row.seq, row.type, dumps(row.data), row.created_at))
+        if run:
+            conn.executemany(sql, run)
+        conn.execute("COMMIT")

@@ -1,0 +1,53 @@
+"""Hundreds of Daytona runs at once through the real service, against a slow, rate-limiting emulator.
+
+Not timed (bench/scale.py measures): it checks that every run succeeds with its own output,
+that no sandbox or process is left behind, that creates never exceed
+``daytona_max_concurrent_creates`` and that the emulator's 429s were absorbed, not failed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import running_service
+from fakes.daytona_emulator import DaytonaEmulator
+
+from agent_manager.executors.daytona import DaytonaExecutor
+from agent_manager.runs import RunRequest
+from agent_manager.settings import Settings
+from agent_manager.store import agents as agent_store
+from agent_manager.store import runs as run_store
+
+RUNS = 300
+MAX_CREATES = 16
+
+
+async def test_300_concurrent_daytona_runs_no_error_no_leak(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    daytona_emulator.configure(create_delay_s=0.3, call_latency_s=0.01, rate_429=0.05, keep_requests=False)
+    settings = daytona_settings.model_copy(update={
+        "daytona_max_concurrent_creates": MAX_CREATES, "daytona_create_timeout_s": 60, "max_concurrent_runs": 4})
+    async with running_service(settings) as svc:
+        executor = svc.executors["daytona"]
+        assert isinstance(executor, DaytonaExecutor)
+        executor.backoff.base_delay = 0.05  # the shared pause; production default 0.5 s
+        agent = agent_store.create(svc.database, {
+            "name": "cloud-echo", "kind": "generic", "command": "sh",
+            "args": ["-c", 'echo "begin $1"; sleep 0.2; echo "end $1"', "sh", "{prompt}"], "backend": "daytona"})
+        submitted = [svc.runs.submit(RunRequest(agent=agent, prompt=f"job-{i}", backend="daytona"))
+                     for i in range(RUNS)]
+        finals = await asyncio.wait_for(asyncio.gather(*(svc.runs.wait(r["id"]) for r in submitted)), 300)
+        bad = [(r["id"], r["status"], r["error"]) for r in finals if r["status"] != "succeeded"]
+        assert not bad, bad[:5]
+        for i, run in enumerate(finals):
+            assert run["backend"] == "daytona" and run["output"] == f"begin job-{i}\nend job-{i}\n", run
+        texts = "".join(e["data"]["text"] for e in svc.runs.events.read(finals[-1]["id"], 0, 1000)
+                        if e["type"] == "output")
+        assert texts == f"begin job-{RUNS - 1}\nend job-{RUNS - 1}\n"
+        assert run_store.search(svc.database, status="succeeded", limit=1)[1] == RUNS
+        assert executor.live == 0 and not executor.running
+    assert daytona_emulator.rate_limited > 0 and executor.backoff.rate_limited > 0  # 429s met, and absorbed
+    assert 0 < daytona_emulator.peak_creating <= MAX_CREATES
+    assert daytona_emulator.peak_sandboxes > MAX_CREATES  # runs did overlap
+    assert not daytona_emulator.sandboxes and not daytona_emulator.running_pids()
