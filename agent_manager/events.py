@@ -127,11 +127,11 @@ class EventLog:
         return [{"seq": r["seq"], "type": r["type"], "data": json.loads(r["data"]),
                  "created_at": r["created_at"]} for r in rows]
 
-    def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[tuple[int, str, str]]:
-        """(seq, type, data-as-JSON-text) without decoding: the SSE path sends the text as is."""
-        rows = self.db.all(f"SELECT seq, type, data FROM {self.table}"
+    def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[tuple[int, str, str, str]]:
+        """(seq, type, data-as-JSON-text, created_at) without decoding: the SSE path sends the text as is."""
+        rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
-        return [(r["seq"], r["type"], r["data"]) for r in rows]
+        return [(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
 
     async def wait(self, key: str, after: int, timeout: float) -> bool:
         """Wait until a committed event newer than ``after`` exists; False on timeout."""

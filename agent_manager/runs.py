@@ -306,6 +306,7 @@ class RunManager:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
         await self._settle(run_id, req, backend)
         self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
+        run_store.index_stderr(self.db, run_id, stderr_tail)
 
     async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:
         """Commit what the agent left in its workspace before the run is reported finished, so

@@ -61,6 +61,14 @@ def update(db: Database, run_id: str, **changes: Any) -> None:
             conn.execute(statement, params)
 
 
+def index_stderr(db: Database, run_id: str, stderr: str) -> None:
+    """Make a finished run findable by what it wrote to stderr too (the stored answer is stdout's)."""
+    if not stderr.strip():
+        return
+    with db.transaction() as conn:
+        conn.execute("UPDATE runs_fts SET output = output || char(10) || ? WHERE run_id = ?", (stderr, run_id))
+
+
 def fts_query(text: str) -> str:
     """Turn user text into a safe FTS5 query: every word must match, as a prefix."""
     words = [w.replace('"', '""') for w in text.split() if w.strip()]

@@ -109,7 +109,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     async def login(request: Request, token: str | None = None) -> Response:
         if token is not None:
             return auth.login(app, request.query_params.getlist("token"))
-        return HTMLResponse(LOGIN_PAGE.format(error=""))
+        return HTMLResponse(LOGIN_PAGE.format(error=""), headers=auth.LOGIN_HEADERS)
 
     @app.post("/login", include_in_schema=False, response_model=None)
     async def login_form(token: str = Form(...)) -> Response:

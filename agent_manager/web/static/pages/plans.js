@@ -3,6 +3,7 @@
 // Below: the recent orchestrations.
 
 import { get, post } from "../lib/api.js";
+import { announce } from "../lib/attention.js";
 import { errorBox, field, h, setTitle } from "../lib/dom.js";
 import { dagView, ensureStyle, orchestrationsTable } from "./orchestration.js";
 
@@ -18,7 +19,7 @@ steps:
     depends_on: [write]
 `;
 
-export async function render(root, { signal, navigate }) {
+export async function render(root, { query, signal, navigate }) {
   setTitle("Plans");
   ensureStyle();
   let agents = [];
@@ -122,6 +123,7 @@ export async function render(root, { signal, navigate }) {
     runButton.disabled = true;
     try {
       const orch = await post("/api/orchestrations", { yaml: editor.value }, { signal });
+      announce(orch.id, "orchestration");
       navigate(`/orchestrations/${encodeURIComponent(orch.id)}`);
     } catch (err) {
       if (err.name !== "AbortError") errors.replaceChildren(errorBox(err));
@@ -129,6 +131,18 @@ export async function render(root, { signal, navigate }) {
     }
   }
 
+  const from = query.get("from");
+  if (from) { // "Edit & re-run" of an orchestration: its plan, as YAML, ready to change
+    try {
+      const orch = await get(`/api/orchestrations/${encodeURIComponent(from)}`, null, { signal });
+      const checked = await post("/api/plans/validate", { plan: orch.plan }, { signal });
+      editor.value = checked.yaml || JSON.stringify(orch.plan, null, 2);
+      draftStatus.replaceChildren(h("p", { class: "muted small", "data-testid": "rerun-note" },
+        `The plan of "${orch.name}": edit it below, then press Run.`));
+    } catch (err) {
+      if (err.name !== "AbortError") errors.replaceChildren(errorBox(err));
+    }
+  }
   validate();
   try {
     const data = await get("/api/orchestrations", { limit: 20 }, { signal });
