@@ -166,10 +166,10 @@ class TerminalManager:
         chosen = Route(chosen.backend, chosen.reason.replace("requested by the run", "requested for this terminal"))
         host = chosen.backend in HOST_BACKENDS
         if host:
-            if self.runs.host_slots.locked():
+            if self.runs.host_slots.used >= self.settings.max_concurrent_runs:
                 raise TooManyRequests(f"all {self.settings.max_concurrent_runs} run slots of this host are busy "
                                       "(max_concurrent_runs); terminals count against them")
-            await self.runs.host_slots.acquire()
+            await self.runs.host_slots.__aenter__()  # free (checked above): never waits
             self.runs.host_running += 1
         self._opening += 1
         terminal_id = req.terminal_id
@@ -180,7 +180,7 @@ class TerminalManager:
         except BaseException:
             if host:
                 self.runs.host_running -= 1
-                self.runs.host_slots.release()
+                await self.runs.host_slots.__aexit__(None, None, None)
             if req.scratch and req.workspace is not None:
                 shutil.rmtree(req.workspace, ignore_errors=True)
             if req.workspace_id is not None:
@@ -327,7 +327,7 @@ class TerminalManager:
             if term.release_slot:
                 term.release_slot = False
                 self.runs.host_running -= 1
-                self.runs.host_slots.release()
+                await self.runs.host_slots.__aexit__(None, None, None)
             if term.recorder is not None:
                 term.recorder.close()
             if term.scratch and term.workspace is not None:

@@ -265,6 +265,10 @@ async def test_idle_timeout_and_recording(tmp_path: Path, fake_path: Path) -> No
             await sock.expect(r"secret-42")
             await sock.close()
             await until(lambda: not leftovers(srv.home), timeout=10)  # closed 1 s after the client left
+            for _ in range(100):
+                if (await api.get(f"/api/terminals/{term['id']}")).status_code == 404:
+                    break
+                await asyncio.sleep(0.05)
             assert (await api.get(f"/api/terminals/{term['id']}")).status_code == 404
             audit = (await api.get("/api/audit", params={"action": "terminal.close"})).json()
             entry = audit["items"][0]

@@ -284,6 +284,15 @@ def test_files_save_upload_and_headers(sized: UI, tmp_path: object) -> None:
     page.get_by_label("Content of a.txt").fill("a longer text now\n")
     page.get_by_role("button", name="Save").click()
     expect(page.get_by_test_id("file-facts")).to_contain_text("18 B")  # not the stale "2 B"
+    # rename and delete from the listing (each asks first)
+    sized.go("/files/writer")
+    page.once("dialog", lambda dialog: dialog.accept("renamed.bin"))
+    listing.get_by_role("button", name="Rename up.bin").click()
+    expect(listing.locator("tr[data-name='renamed.bin']")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    listing.get_by_role("button", name="Delete renamed.bin").click()
+    expect(listing.locator("tr[data-name='renamed.bin']")).to_have_count(0)
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt"]
 
 
 def test_every_menu_entry_is_on_screen(sized: UI) -> None:
@@ -469,3 +478,28 @@ def test_keyboard_palette_search_slash_and_theme(sized: UI) -> None:
     assert light != dark and dark == "rgb(15, 18, 23)"
     page.reload()
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+
+
+def test_save_a_plan_then_edit_and_run_it(sized: UI) -> None:
+    page = sized.page
+    accept_dialogs(sized)
+    sized.agent("worker", kind="generic", command="python3", args=["-c", WORKER, "{prompt}"])
+    sized.go("/plans")
+    expect(page.get_by_test_id("saved-plans")).to_contain_text("No saved plans yet")
+    expect(page.locator("[data-testid=plan-errors] [data-valid=true]")).to_be_visible()
+    page.get_by_role("button", name="Save plan").click()
+    expect(page.locator("#plan-save-error")).to_have_text("Give the plan a name.")
+    page.get_by_label("Save as").fill("haiku-maker")
+    page.get_by_role("button", name="Save plan").click()
+    saved = page.locator("[data-saved=haiku-maker]")
+    expect(saved).to_contain_text("2 steps")
+    page.locator("#plan-yaml").fill("name: other\nsteps:\n  - id: x\n    action: write_file\n    path: x\n"
+                                    "    content: y\n")
+    saved.get_by_role("button", name="Edit").click()
+    expect(page.locator("#plan-yaml")).to_have_value(re.compile(r"id: save"))
+    saved.get_by_role("button", name="Run").click()
+    expect(page).to_have_url(re.compile(r"#/orchestrations/orch_"))
+    expect(page.locator("[data-testid=orch-status]")).to_contain_text("succeeded", timeout=20_000)
+    sized.go("/plans")
+    page.locator("[data-saved=haiku-maker]").get_by_role("button", name="Delete").click()
+    expect(page.get_by_test_id("saved-plans")).to_contain_text("No saved plans yet")

@@ -61,8 +61,8 @@ def command(obj: dict[str, Any], agent: str | None, run_id: str | None, project:
         with session as ws:
             if interactive:
                 tty.setraw(sys.stdin.fileno(), termios.TCSANOW)  # TCSAFLUSH would drop keys typed meanwhile
-                old_winch = signal.signal(signal.SIGWINCH, lambda *_: ws.send_text(json.dumps({"resize": _size()})))
-            ws.send_text(json.dumps({"resize": _size()}))
+                old_winch = signal.signal(signal.SIGWINCH, lambda *_: _resize(ws))
+            _resize(ws)
             stop = threading.Event()
             threading.Thread(target=_pump_stdin, args=(ws, stop), daemon=True).start()
             try:
@@ -95,6 +95,11 @@ def command(obj: dict[str, Any], agent: str | None, run_id: str | None, project:
         click.echo(f"\r\ndetached; reattach with: agent-manager shell --attach {attach_id}", err=True)
         return
     sys.exit(exit_code if isinstance(exit_code, int) and 0 <= exit_code < 256 else 1 if exit_code else 0)
+
+
+def _resize(ws: Any) -> None:
+    with contextlib.suppress(Exception):  # the server may already be closing (the terminal ended)
+        ws.send_text(json.dumps({"resize": _size()}))
 
 
 def _pump_stdin(ws: Any, stop: threading.Event) -> None:

@@ -62,7 +62,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def ensure_token(path: Path) -> tuple[str, bool]:
+def ensure_token(path: Path, *, write: bool = True) -> tuple[str, bool]:
     """The admin token, creating it (mode 0600) on first start. Returns (token, created).
 
     A token file others can read is tightened to 0600; one whose content is not a plausible
@@ -78,14 +78,21 @@ def ensure_token(path: Path) -> tuple[str, bool]:
                 raise ConfigError(f"the token file {path} does not hold a valid token (16-256 characters of "
                                   "A-Z a-z 0-9 _ . ~ -); delete it to get a new one")
             return token, False
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
+    if write:
+        save_token(path, token)
+    return token, True
+
+
+def save_token(path: Path, token: str) -> None:
+    """Write a new token file (0600). ``serve`` calls it only once start-up has succeeded, so a
+    failed first start does not swallow the one-time login URL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     os.replace(tmp, path)
-    return token, True
 
 
 def session_value(token: str) -> str:

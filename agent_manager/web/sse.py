@@ -58,6 +58,8 @@ async def frames(log: EventLog, key: str, after: int, ends: Ends) -> AsyncIterat
             if done:
                 return
             continue
+        if log.closed:  # the service is stopping: what was stored has been sent
+            return
         if not await log.wait(key, after, KEEPALIVE_S):
             yield b": keepalive\n\n"
 
