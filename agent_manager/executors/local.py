@@ -29,6 +29,7 @@ from agent_manager.settings import Settings
 
 class LocalExecutor:
     name = "local"
+    switches_user = True  # honours ExecSpec.run_as (runs.py refuses run_as on backends that do not)
 
     def __init__(self, settings: Settings, tag_prefix: str, environ: dict[str, str] | None = None) -> None:
         self.settings = settings
