@@ -243,9 +243,11 @@ class Service:
 
         In the background: an unreachable Daytona must not delay or break the service's start.
         """
-        from agent_manager.executors import daytona
+        from agent_manager.executors import daytona, daytona_api
 
         try:
+            # The SDK takes about a second to import: do it in a thread, not on the loop.
+            await asyncio.to_thread(daytona_api._sdk)
             swept = await daytona.sweep(self.settings, instance=self.prefix)
             if swept:
                 log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
