@@ -26,6 +26,9 @@ from agent_manager.store.writer import Row
 log = logging.getLogger("agent_manager.events")
 MERGE_LIMIT = 256 * 1024  # characters of output text one coalesced event may grow to
 DRAIN_TIMEOUT_S = 30.0
+# How many logs' seq numbers are cached. Dropping one with nothing in flight is always safe
+# (the table is the truth), so the cache is bounded rather than trusted to be forgotten.
+LAST_SEQ_CACHE = 4096
 
 
 class EventLog:
@@ -40,6 +43,7 @@ class EventLog:
         self._committed: dict[str, int] = {}  # last seq readers may see
         self._tail: dict[str, Row] = {}       # the newest queued row per key (may still grow)
         self._wakeups: dict[str, asyncio.Event] = {}
+        self.closed = False
 
     def _stored_max(self, key: str) -> int:
         row = self.db.one(f"SELECT MAX(seq) AS s FROM {self.table} WHERE {self.key_column} = ?", (key,))
@@ -48,8 +52,27 @@ class EventLog:
     def last_seq(self, key: str) -> int:
         """The newest seq handed out (committed or still on its way to the table)."""
         if key not in self._last:
+            self._trim()
             self._last[key] = self._committed[key] = self._stored_max(key)
         return self._last[key]
+
+    def _trim(self) -> None:
+        """Keep the caches bounded: forget the oldest logs that have no row in flight (a
+        forgotten one is read back from the table when next used)."""
+        if len(self._last) < LAST_SEQ_CACHE:
+            return
+        excess = len(self._last) - LAST_SEQ_CACHE * 3 // 4
+        for key in [k for k in self._last if k not in self._tail][:excess]:
+            self._last.pop(key, None)
+            self._committed.pop(key, None)
+
+    def close(self) -> None:
+        """The service is stopping: wake every waiter and make ``wait`` return at once, so
+        live readers (SSE streams) send what is stored and end."""
+        self.closed = True
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+        self._wakeups.clear()
 
     def committed_seq(self, key: str) -> int:
         self.last_seq(key)
@@ -127,16 +150,18 @@ class EventLog:
         return [{"seq": r["seq"], "type": r["type"], "data": json.loads(r["data"]),
                  "created_at": r["created_at"]} for r in rows]
 
-    def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[tuple[int, str, str]]:
-        """(seq, type, data-as-JSON-text) without decoding: the SSE path sends the text as is."""
-        rows = self.db.all(f"SELECT seq, type, data FROM {self.table}"
+    def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[tuple[int, str, str, str]]:
+        """(seq, type, data-as-JSON-text, created_at) without decoding: the SSE path sends the text as is."""
+        rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
-        return [(r["seq"], r["type"], r["data"]) for r in rows]
+        return [(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
 
     async def wait(self, key: str, after: int, timeout: float) -> bool:
         """Wait until a committed event newer than ``after`` exists; False on timeout."""
         if self.committed_seq(key) > after:
             return True
+        if self.closed:
+            return False
         wakeup = self._wakeups.setdefault(key, asyncio.Event())
         try:
             await asyncio.wait_for(wakeup.wait(), timeout)

@@ -16,12 +16,13 @@ import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
 from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
-from agent_manager.errors import AgentManagerError, Conflict
+from agent_manager.errors import AgentManagerError, Conflict, TooLarge, ValidationFailed
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
 from agent_manager.executors.routing import RouteRequest, route
@@ -38,6 +39,70 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_manager.runs")
 HOST_BACKENDS = frozenset({"local", "sandbox"})
 STDERR_KEEP = 16_384
+# Linux refuses one argv element of MAX_ARG_STRLEN (32 pages) bytes or more, NUL included.
+MAX_ARG_BYTES = 32 * 4096 - 1
+PROMPT_FILE_NAME = ".agent-manager-prompt-{run_id}.txt"
+
+
+def working_dir_problem(path: str | None) -> str | None:
+    """Why ``path`` cannot be an agent's working directory, or None. It is never created for the
+    user: a typo must not become a new directory (as root, anywhere)."""
+    if not path:
+        return None
+    target = Path(path)
+    if not target.exists():
+        return f"working_dir {path} does not exist; create it first"
+    if not target.is_dir():
+        return f"working_dir {path} is not a directory"
+    return None
+
+
+def check_argv_size(argv: list[str]) -> None:
+    """Refuse, when the run is requested, an argv the kernel would refuse at exec."""
+    for element in argv:
+        size = len(element.encode("utf-8", "surrogatepass"))
+        if size > MAX_ARG_BYTES:
+            raise TooLarge(
+                f"the prompt is too long to pass as one command-line argument ({size} bytes; the limit is "
+                f"{MAX_ARG_BYTES} bytes). Shorten it, or give the agent's args the element {{prompt_file}} "
+                "(generic agents) so the prompt is passed in a file.",
+                [{"field": "prompt", "limit_bytes": MAX_ARG_BYTES, "size_bytes": size}])
+
+
+def prompt_file_path(backend: str, workspace: Path, name: str) -> str:
+    """The prompt file's path as the agent sees it: the host path for local runs, the fixed
+    mount point for the bubblewrap sandbox, and for remote backends (Daytona) the path relative
+    to the directory the agent starts in, which is where the workspace is uploaded."""
+    if backend == "local":
+        return str(workspace.resolve() / name)
+    if backend == "sandbox":
+        return f"/workspace/{name}"
+    return f"./{name}"
+
+
+class HostSlots:
+    """How many host runs may execute at once, following ``settings.max_concurrent_runs`` live:
+    raising the setting starts queued runs at once (``resize``), lowering it lets running ones
+    finish. Waiting is cancellable, so a queued run's cancel answers at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used < self.settings.max_concurrent_runs)
+            self.used += 1
+
+    async def __aexit__(self, *_exc: object) -> None:
+        async with self._cond:
+            self.used -= 1
+            self._cond.notify_all()
+
+    async def resize(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
 
 
 @dataclass
@@ -75,6 +140,9 @@ class _Live:
     last_output: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     ending: asyncio.Task[None] | None = None  # held so the loop cannot drop it half-way
+    phase: str = "queued"  # queued (routing, waiting for a slot) → starting → running
+    backend: str | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # the run's status is final
     previous_usage: dict[str, Any] | None = None  # the resumed session's last turn (Codex totals)
 
 
@@ -85,7 +153,7 @@ class RunManager:
         self.executors = executors
         self.events = EventLog(db, "run_events", "run_id", batched=True)
         self._finished: set[str] = set()  # finish recorded (maybe not yet committed) in this process
-        self.host_slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self.host_slots = HostSlots(settings)
         self.host_running = 0
         self.queued = 0
         self.live: dict[str, _Live] = {}
@@ -128,6 +196,10 @@ class RunManager:
         invocation = (Invocation(argv=list(req.argv)) if req.argv is not None else
                       kind.build(agent["command"], list(agent["args"]), cli_prompt, agent.get("model"), resume_id,
                                  gateway=Gateway.of(agent)))
+        check_argv_size(invocation.argv)
+        if req.workspace is None and (problem := working_dir_problem(agent.get("working_dir"))):
+            raise ValidationFailed(f"agent {agent['name']!r}: {problem}",
+                                   [{"field": "working_dir", "message": problem}])
         run = run_store.create(self.db, {
             "id": run_id, "agent_id": agent["id"], "agent_name": agent["name"], "prompt": req.prompt,
             "requested_backend": req.backend or req.step_backend or agent.get("backend"),
@@ -159,14 +231,29 @@ class RunManager:
             raise Conflict(f"run {run_id!r} is not running in this service")
         if live.end_reason is None:
             live.end_reason = "cancelled"
+        if live.task is not None and (live.phase == "queued" or (
+                live.phase == "starting" and live.backend not in HOST_BACKENDS)):
+            # Nothing runs yet: waiting for a slot, or a remote sandbox still being created
+            # (its executor deletes it when interrupted). Answer now; the task cleans up behind.
+            live.task.cancel()
+            self._finish(run_id, "cancelled", None, None, "cancelled by the user", None)
+            await self.events.drained(run_id)
+            return run_store.get(self.db, run_id)
         await self._end(live)
         await live.done.wait()
         return run_store.get(self.db, run_id)
 
+    def prune(self, older_than_days: float) -> int:
+        """Delete runs that finished more than ``older_than_days`` ago; returns how many."""
+        cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+        stamp = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return run_store.prune(self.db, stamp)
+
     async def wait(self, run_id: str) -> dict[str, Any]:
         live = self.live.get(run_id)
         if live is not None:
-            await live.done.wait()
+            await live.finished.wait()
+            await self.events.drained(run_id)  # the finish is committed with its event
         return run_store.get(self.db, run_id)
 
     # -- the run itself --------------------------------------------------------------------
@@ -205,6 +292,7 @@ class RunManager:
                 host_saturated=self.host_running >= self.settings.max_concurrent_runs),
                 self.settings, self.executors)
             run_store.update(self.db, run_id, backend=chosen.backend, route_reason=chosen.reason)
+            live.backend = chosen.backend
             slots: contextlib.AbstractAsyncContextManager[Any] = (
                 self.host_slots if chosen.backend in HOST_BACKENDS else contextlib.nullcontext())
             async with slots:
@@ -224,7 +312,13 @@ class RunManager:
             await self._settle(run_id, req)
             self._finish(run_id, "failed", None, None, exc.message, None)
         except asyncio.CancelledError:  # the workspace is settled at the next start (Workspaces.recover)
-            self._finish(run_id, "interrupted", None, None, "the service stopped during this run", None)
+            if live.end_reason == "cancelled":  # cancelled before anything ran: nothing to settle
+                if self.workspaces is not None and req.workspace_id and \
+                        self.workspaces.busy.get(req.workspace_id) == run_id:
+                    self.workspaces.busy.pop(req.workspace_id, None)
+                self._finish(run_id, "cancelled", None, None, "cancelled by the user", None)
+            else:
+                self._finish(run_id, "interrupted", None, None, "the service stopped during this run", None)
         except Exception as exc:  # a bug: record it on the run instead of leaving it running
             log.exception("run %s crashed", run_id)
             await self._settle(run_id, req)
@@ -232,6 +326,7 @@ class RunManager:
         finally:
             if queued:
                 self.queued -= 1
+            live.finished.set()
             try:
                 await self.events.drained(run_id)
             finally:
@@ -247,14 +342,36 @@ class RunManager:
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
         workspace = req.workspace or (Path(agent["working_dir"]) if agent.get("working_dir")
                                       else self.settings.workspaces / agent["name"])
-        spec = ExecSpec(argv=invocation.argv, env={**invocation.env, **agent["env"]}, workspace=workspace,
+        name = PROMPT_FILE_NAME.format(run_id=run_id)
+        if invocation.prompt_file_at and invocation.prompt_file is not None:
+            # A service file (like orchestration inputs): a git workspace does not commit it.
+            req.files[name] = invocation.prompt_file.encode()
+        spec = ExecSpec(argv=list(invocation.argv), env={**invocation.env, **agent["env"]}, workspace=workspace,
                         stdin=invocation.stdin, timeout_s=timeout, resources=req.resources,
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
+        live.phase = "starting"
         if req.workspace_id and self.workspaces is not None:
             spec = await self.workspaces.prepare(req.workspace_id, run_id, backend, spec)
-        execution = await self.executors[backend].start(spec)
-        live.execution = execution
+        prompt_file: Path | None = None
+        if name in req.files and spec.workspace is not None:
+            seen_as = prompt_file_path(backend, spec.workspace, name)
+            for index in invocation.prompt_file_at:
+                spec.argv[index] = seen_as
+            prompt_file = spec.workspace / name if backend in HOST_BACKENDS else None
+        try:
+            execution = await self.executors[backend].start(spec)
+            live.execution = execution
+            live.phase = "running"
+            await self._follow(run_id, req, kind, backend, reason, timeout, execution)
+        finally:
+            if prompt_file is not None:
+                with contextlib.suppress(OSError):
+                    prompt_file.unlink()
+
+    async def _follow(self, run_id: str, req: RunRequest, kind: AgentKind, backend: str, reason: str,
+                      timeout: float, execution: Execution) -> None:
+        live = self.live[run_id]
         sandbox_id = execution.info.get("sandbox_id")
         run_store.update(self.db, run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
         started = {"backend": backend, "route_reason": reason, **({"sandbox_id": sandbox_id} if sandbox_id else {})}
@@ -271,11 +388,21 @@ class RunManager:
             parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
         stdout_seen = False
         stderr_tail = ""
+        budget = self.settings.max_stored_output_mb * 1024 * 1024 or None  # 0: keep everything
+        dropped = 0
         try:
             async for chunk in execution.output():
                 live.last_output = loop.time()
-                self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
-                await self.events.room()  # a producer faster than the disk waits here, not in memory
+                size = len(chunk.text.encode("utf-8", "replace"))
+                if budget is None or size <= budget:
+                    budget = None if budget is None else budget - size
+                    self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
+                    await self.events.room()  # a producer faster than the disk waits here, not in memory
+                else:
+                    if not dropped:
+                        self.events.append(run_id, "output.truncated", {
+                            "limit_bytes": self.settings.max_stored_output_mb * 1024 * 1024})
+                    budget, dropped = 0, dropped + size
                 if chunk.stream == "stdout":
                     stdout_seen = stdout_seen or bool(chunk.text.strip())
                 else:
@@ -289,6 +416,10 @@ class RunManager:
             timer.cancel()
             if watchdog:
                 watchdog.cancel()
+            if dropped:  # said once, at the end, where a reader of the log looks for it
+                self.events.append(run_id, "output", {"stream": "stderr", "text": (
+                    f"\n[agent-manager: output truncated: {dropped} more bytes were not stored "
+                    f"(max_stored_output_mb = {self.settings.max_stored_output_mb})]\n")})
         if live.end_reason:
             status = "failed" if live.end_reason == "stalled" else live.end_reason
             error = {"cancelled": "cancelled by the user", "timed_out": f"timed out after {timeout:g} s",
@@ -306,6 +437,7 @@ class RunManager:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
         await self._settle(run_id, req, backend)
         self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
+        run_store.index_stderr(self.db, run_id, stderr_tail)
 
     async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:
         """Commit what the agent left in its workspace before the run is reported finished, so
@@ -375,6 +507,9 @@ class RunManager:
         if error:
             data["error"] = error
         self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
+        live = self.live.get(run_id)
+        if live is not None:
+            live.finished.set()
         self.finished_counts[(run["backend"] or "none", status)] += 1
         duration = run_store.duration(started, finished)
         if duration is not None:

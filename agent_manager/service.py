@@ -7,6 +7,7 @@ the HTTP app uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -14,16 +15,21 @@ import shutil
 import signal
 from typing import Any
 
-from agent_manager.errors import ConfigError
+from agent_manager.errors import ConfigError, ValidationFailed
 from agent_manager.executors.base import Executor
 from agent_manager.executors.local import LocalExecutor
 from agent_manager.executors.process import signal_tagged
+from agent_manager.instance import DataDirLock
 from agent_manager.runs import RunManager
 from agent_manager.settings import Settings
 from agent_manager.store import Database
 
 log = logging.getLogger("agent_manager")
 MIN_FREE_BYTES = 16 * 1024 * 1024
+# Settings the Daytona executor builds its client (or limits) from: a change means a new executor.
+DAYTONA_CLIENT_FIELDS = frozenset({"daytona_api_key", "daytona_api_url", "daytona_target",
+                                   "daytona_max_concurrent_creates"})
+PRUNE_EVERY_S = 3600.0
 
 
 def check_data_dir(settings: Settings) -> None:
@@ -73,6 +79,10 @@ class Service:
         self._runs: RunManager | None = None
         self.extras: dict[str, Any] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Taken by `serve` before the app is built (so a refusal is a clean message), else at start.
+        self.lock: DataDirLock | None = None
+        self._interrupted = False
+        self._prune_wakeup = asyncio.Event()
 
     @property
     def runs(self) -> RunManager:
@@ -86,6 +96,9 @@ class Service:
 
     async def start(self) -> None:
         check_data_dir(self.settings)
+        if self.lock is None:
+            # Before the sweep below: a second service on this directory must harm nothing.
+            self.lock = DataDirLock.acquire(self.settings.home)
         # Whatever a crashed predecessor left running for this data directory ends now.
         killed = signal_tagged(self.prefix + ":", signal.SIGKILL)
         if killed:
@@ -106,7 +119,97 @@ class Service:
         if engine.recover():
             log.warning("orchestrations left running by a previous start are now interrupted (resumable)")
         if self.settings.daytona_configured and "daytona" in self.executors:
-            self._background.add(asyncio.create_task(self._prepare_daytona()))
+            self._spawn(self._prepare_daytona())
+        self._spawn(self._prune_loop())
+
+    def _spawn(self, coro: Any) -> None:
+        """A background task the service keeps (and cancels at stop)."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- settings changed at runtime -------------------------------------------------------
+
+    async def check_settings(self, candidate: Settings) -> None:
+        """Refuse a combination the service could not run, before it is saved (422)."""
+        mode = candidate.execution_mode
+        if mode == self.settings.execution_mode and not (
+                mode == "daytona" and not candidate.daytona_configured):
+            return
+        if mode == "daytona":
+            if "daytona" not in self.executors:
+                raise ValidationFailed("execution_mode daytona needs the Daytona SDK: pip install "
+                                       "'agent-manager[daytona]'", [{"field": "execution_mode"}])
+            if not candidate.daytona_configured:
+                raise ValidationFailed("execution_mode daytona needs Daytona configured first: set daytona_api_key "
+                                       "(or DAYTONA_API_KEY) and, if not the default, daytona_api_url",
+                                       [{"field": "execution_mode"}])
+        if mode == "sandbox":
+            sandbox = self.executors.get("sandbox")
+            availability = await sandbox.available() if sandbox is not None else None
+            if availability is None or not availability.ok:
+                reason = availability.reason if availability is not None else "not installed"
+                raise ValidationFailed(f"execution_mode sandbox: the sandbox backend is unavailable: {reason}",
+                                       [{"field": "execution_mode"}])
+
+    async def apply_settings(self, changed: set[str]) -> None:
+        """Make changed settings take effect now. Most need nothing (every component reads the
+        shared Settings when it uses a value); these build something from them."""
+        if self._runs is not None and "max_concurrent_runs" in changed:
+            await self._runs.host_slots.resize()  # a raised limit starts queued runs now
+        if changed & DAYTONA_CLIENT_FIELDS:
+            self._rebuild_daytona()
+        elif changed & {"daytona_warm_pool", "daytona_image", "daytona_snapshot"}:
+            self._spawn(self._resize_pool(drain=bool(changed & {"daytona_image", "daytona_snapshot"})))
+        if "run_retention_days" in changed:
+            self._prune_wakeup.set()
+
+    def _rebuild_daytona(self) -> None:
+        """A new key, URL or target: new runs get a new executor (and client) at once; the old
+        one finishes its running sandboxes, then closes. Sweep and warm pool follow."""
+        old = self.executors.pop("daytona", None)
+        try:
+            from agent_manager.executors.daytona import DaytonaExecutor
+            self.executors["daytona"] = DaytonaExecutor(self.settings, self.prefix)
+        except ImportError:  # pragma: no cover - only without the SDK
+            return
+        if old is not None:
+            self._spawn(self._retire(old))
+        if self.settings.daytona_configured:
+            self._spawn(self._prepare_daytona())
+
+    @staticmethod
+    async def _retire(executor: Executor) -> None:
+        while getattr(executor, "running", None):
+            await asyncio.sleep(1.0)
+        try:
+            await executor.close()
+        except Exception as exc:  # reported, never fatal
+            log.warning("closing the previous Daytona client failed: %s", exc)
+
+    async def _resize_pool(self, drain: bool) -> None:
+        from agent_manager.executors import daytona
+
+        executor = self.executors.get("daytona")
+        if isinstance(executor, daytona.DaytonaExecutor) and self.settings.daytona_configured:
+            try:
+                await executor.resize_pool(drain=drain)
+            except Exception as exc:  # reported, never fatal
+                log.warning("resizing the Daytona warm pool failed: %s", exc)
+
+    async def _prune_loop(self) -> None:
+        """Apply ``run_retention_days`` at start, hourly, and when the setting changes."""
+        while True:
+            if self.settings.run_retention_days and self._runs is not None:
+                try:
+                    pruned = self._runs.prune(self.settings.run_retention_days)
+                    if pruned:
+                        log.info("deleted %d run(s) older than %d days", pruned, self.settings.run_retention_days)
+                except Exception:  # a bug, but never fatal to the service
+                    log.exception("pruning old runs failed")
+            self._prune_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._prune_wakeup.wait(), PRUNE_EVERY_S)
 
     async def _tidy_workspaces(self, workspaces: Any) -> None:
         """Commit what runs interrupted by a stop left in their workspaces, then prune old ones."""
@@ -135,14 +238,28 @@ class Service:
         except Exception as exc:  # reported, never fatal
             log.warning("Daytona start-up sweep failed: %s", exc)
 
-    async def stop(self) -> None:
+    async def interrupt(self) -> None:
+        """The first half of stopping, done before the web server waits for its connections:
+        every running orchestration and run ends ``interrupted`` and the event logs close, so
+        open SSE streams send the final events and end instead of holding the stop up."""
+        if self._interrupted:
+            return
+        self._interrupted = True
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if "orchestrations" in self.extras:  # before the runs: its steps are runs
-            await self.extras.pop("orchestrations").shutdown()
+        engine = self.extras.get("orchestrations")
+        if engine is not None:  # before the runs: its steps are runs
+            await engine.shutdown()
         if self._runs is not None:
             await self._runs.shutdown()
+            self._runs.events.close()
+        if engine is not None:
+            engine.events.close()
+
+    async def stop(self) -> None:
+        await self.interrupt()
+        self.extras.pop("orchestrations", None)
         for executor in self.executors.values():
             try:
                 await executor.close()
@@ -151,3 +268,6 @@ class Service:
         if self.db is not None:
             self.db.close()
             self.db = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

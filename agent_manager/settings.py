@@ -21,7 +21,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+import tomli_w
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError
 
 from agent_manager.errors import ConfigError
 
@@ -62,6 +63,8 @@ class Settings(BaseModel):
     history_chars: int = Field(12_000, ge=0)
     stall_timeout_s: float = Field(0, ge=0)
     stall_kill: bool = False
+    max_stored_output_mb: int = Field(50, ge=0)
+    run_retention_days: int = Field(0, ge=0)
 
     # routing
     execution_mode: ExecutionMode = "auto"
@@ -71,7 +74,9 @@ class Settings(BaseModel):
     allow_fallback: bool = True
 
     # sandbox (bubblewrap)
-    sandbox_uid: int = 65534
+    sandbox_uid: int = 65534  # the uid *inside* the sandbox
+    sandbox_user: str = "nobody"  # the host user a root service drops to before bubblewrap
+    sandbox_disk_mb: int = Field(2048, ge=1)  # what one run may add to its workspace
     sandbox_memory_mb: int = Field(2048, ge=16)
     sandbox_pids_max: int = Field(256, ge=8)
     sandbox_tmp_mb: int = Field(256, ge=1)
@@ -95,6 +100,14 @@ class Settings(BaseModel):
     default_planner: str | None = None
     orchestration_max_parallel: int = Field(4, ge=1, le=256)
 
+    # Which settings came from an environment variable (name → variable), set by load_settings:
+    # the API shows them and refuses to change them (the variable would win at the next start).
+    _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def from_env(self) -> dict[str, str]:
+        return dict(self._from_env)
+
     @property
     def db_path(self) -> Path:
         return self.home / "agent-manager.db"
@@ -113,8 +126,22 @@ class Settings(BaseModel):
 
 
 SECRET_FIELDS = frozenset(n for n, f in Settings.model_fields.items() if f.annotation == SecretStr | None)
-# Fields a running service may change through the API; the rest need a restart.
-MUTABLE_FIELDS = frozenset(Settings.model_fields) - {"home", "host", "port", "auth"}
+# Fields that only a restart can change (the listening socket, the data directory, auth); the
+# API refuses them live and says so. Every other field takes effect at once: components share
+# the one Settings object and read it when they use a value, and the few that build something
+# from settings are rebuilt by Service.apply_settings.
+RESTART_FIELDS = frozenset({"home", "host", "port", "auth"})
+MUTABLE_FIELDS = frozenset(Settings.model_fields) - RESTART_FIELDS
+
+
+def env_sources(environ: dict[str, str]) -> dict[str, str]:
+    """Setting name → the environment variable that sets it, for those the environment sets."""
+    found = {name: ENV_PREFIX + name.upper() for name in Settings.model_fields
+             if ENV_PREFIX + name.upper() in environ}
+    for env_name, field in DAYTONA_ENV.items():
+        if env_name in environ and field not in found:
+            found[field] = env_name
+    return found
 
 
 def _env_values(environ: dict[str, str]) -> dict[str, Any]:
@@ -158,25 +185,43 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     env_values = _env_values(environ)
     home = Path(overrides.get("home") or env_values.get("home") or default_home()).expanduser()
-    merged: dict[str, Any] = read_config_file(home)
+    from_file = read_config_file(home)
+    merged: dict[str, Any] = dict(from_file)
     merged.update(env_values)
     merged.update(overrides)
     merged["home"] = home
     try:
-        return Settings(**merged)
+        settings = Settings(**merged)
+        settings._from_env = {k: v for k, v in env_sources(environ).items() if k not in overrides}
+        return settings
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        def source(name: str) -> str:
+            if name in overrides:
+                return f"the option for {name}"
+            if name in env_values:
+                env = next((e for e, f in DAYTONA_ENV.items() if f == name and e in environ),
+                           ENV_PREFIX + name.upper())
+                return f"the environment variable {env}"
+            if name in from_file:
+                return f"{name} in {home / CONFIG_FILE}"
+            return name
+        raise ConfigError(describe_errors(exc, source)) from None
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
+def describe_errors(exc: ValidationError, source: Any = str) -> str:
+    """One plain sentence per invalid value (pydantic's own text carries a URL and jargon)."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{source(name)}: there is no setting called {name!r}")
+            continue
+        shown = repr(error.get("input"))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        reason = error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+        parts.append(f"{source(name)} is {shown}, but it should be {reason}"
+                     if error["msg"].startswith("Input should be") else f"{source(name)} is {shown}: {reason}")
+    return "invalid settings: " + "; ".join(parts) + "."
 
 
 def write_config_file(home: Path, values: dict[str, Any]) -> None:
@@ -192,8 +237,19 @@ def write_config_file(home: Path, values: dict[str, Any]) -> None:
     home.mkdir(parents=True, exist_ok=True)
     path = home / CONFIG_FILE
     tmp = path.with_suffix(".tmp")
-    lines = [f"{key} = {_toml_value(val)}" for key, val in sorted(current.items())]
+    # A real TOML writer: every string (quotes, backslashes, CR, control characters) is escaped
+    # so that what is written reads back as the same value at the next start.
+    text = tomli_w.dumps({key: _plain(val) for key, val in sorted(current.items())})
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    """TOML has no null and no Path: paths are written as strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

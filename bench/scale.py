@@ -178,7 +178,8 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     writer = workdir / "writer.py"
     writer.write_text(WRITER_AGENT)
     total = args.mb * MB
-    server = start_server(workdir / "thr-home", {})
+    # Every byte is followed and counted: no per-run storage cap (max_stored_output_mb) here.
+    server = start_server(workdir / "thr-home", {"AGENT_MANAGER_MAX_STORED_OUTPUT_MB": "0"})
     try:
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=None) as client:
             await add_agent(client, {"name": "writer", "command": sys.executable, "args": [str(writer), "{prompt}"]})

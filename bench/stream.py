@@ -320,7 +320,9 @@ def main() -> None:
     scripts.mkdir()
     (scripts / "latency.py").write_text(LATENCY_AGENT)
     (scripts / "writer.py").write_text(WRITER_AGENT)
-    server = start_server(tmp / "home", {"AGENT_MANAGER_MAX_CONCURRENT_RUNS": str(args.max_concurrent_runs)})
+    # The throughput case counts every byte of a --mb output: no per-run storage cap here.
+    server = start_server(tmp / "home", {"AGENT_MANAGER_MAX_CONCURRENT_RUNS": str(args.max_concurrent_runs),
+                                         "AGENT_MANAGER_MAX_STORED_OUTPUT_MB": "0"})
     try:
         results = asyncio.run(run_all(args, server, scripts))
     finally:

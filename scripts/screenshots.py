@@ -115,6 +115,8 @@ def main(outdir: str) -> int:
                      "run-tools": f"#/runs/{ids['tool_run']}",
                      "chat": f"#/chat/{ids['conv']}", "history": "#/history", "history-chats": "#/history?tab=chats",
                      "settings": "#/settings", "plans": "#/plans", "orchestration": f"#/orchestrations/{ids['orch']}",
+                     "orchestration-step": f"#/orchestrations/{ids['orch']}?step=translate",
+                     "plan-rerun": f"#/plans?from={ids['orch']}", "not-found": "#/no-such-page",
                      "files": "#/files", "users": "#/users"}
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -124,6 +126,10 @@ def main(outdir: str) -> int:
                     where = ["login"]
                     page.on("console", lambda m, w=where: m.type == "error" and errors.append(f"{w[0]}: {m.text}"))
                     page.on("pageerror", lambda e, w=where: errors.append(f"{w[0]}: {e}"))
+                    where[0] = "login page"  # its 401 is the point: Chromium logs it, not a problem
+                    page.goto(f"{url}/")  # the login page a new browser gets
+                    page.screenshot(path=str(out / f"login-{size}.png"), full_page=True)
+                    where[0] = "login"
                     page.goto(f"{url}/login?token={token}")
                     for name, route in pages.items():
                         where[0] = f"{name} ({size})"
@@ -139,6 +145,7 @@ def main(outdir: str) -> int:
         finally:
             proc.terminate()
             proc.wait(10)
+    errors = [e for e in errors if not e.startswith("login page: Failed to load resource")]
     for error in errors:
         print("UI problem:", error, file=sys.stderr)
     print(f"saved {len(list(out.glob('*.png')))} screenshots in {out}")

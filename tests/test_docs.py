@@ -28,3 +28,41 @@ def test_config_example_is_valid() -> None:
     example = re.search(r"```toml\n(.*?)```", text, re.DOTALL)
     assert example
     Settings(**tomllib.loads(example.group(1)))
+
+
+ROOT = DOCS.parent
+
+
+def test_ui_doc_lists_only_pages_that_exist() -> None:
+    from agent_manager.web.pages import available_pages
+
+    text = (DOCS / "ui.md").read_text()
+    assert "not available" not in text
+    for page in ("plans", "files", "users"):
+        assert page in available_pages()
+        assert f"`#/{page}" in text
+
+
+def test_configuration_doc_gives_the_real_home_option() -> None:
+    from click.testing import CliRunner
+
+    from agent_manager.cli import main
+
+    text = (DOCS / "configuration.md").read_text()
+    assert "serve --home" not in text and "--no-auth`, `--home`" not in text
+    assert "agent-manager --home DIR serve" in text
+    # ... and that is what the CLI really takes.
+    assert "--home" in CliRunner().invoke(main, ["--help"]).output
+    assert "--home" not in CliRunner().invoke(main, ["serve", "--help"]).output
+
+
+def test_security_doc_does_not_claim_a_one_time_token_url() -> None:
+    text = (DOCS / "security.md").read_text()
+    assert "only once" not in text
+
+
+def test_readme_curl_line_does_not_hard_code_the_port() -> None:
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if "curl" in line:
+            assert ":8765" not in line, line
+            assert "agent-manager url" in line

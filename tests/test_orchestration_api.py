@@ -129,13 +129,51 @@ async def test_cancel_and_resume_over_http(client: httpx.AsyncClient, service: S
             break
         await _sleep()
     cancelled = (await client.post(f"/api/orchestrations/{orch['id']}/cancel")).json()
-    assert cancelled["status"] == "cancelled" and cancelled["counts"]["cancelled"] == 1
+    # the step that never started is cancelled too, not left "pending" forever
+    assert cancelled["status"] == "cancelled" and cancelled["counts"]["cancelled"] == 2
+    assert [s["status"] for s in cancelled["steps"]] == ["cancelled", "cancelled"]
     # a resumed orchestration's SSE stream does not stop at the first orchestration.finished
     resumed = await client.post(f"/api/orchestrations/{orch['id']}/resume")
     assert resumed.status_code == 200 and resumed.json()["status"] == "running"
     await client.post(f"/api/orchestrations/{orch['id']}/cancel")
     events = (await client.get(f"/api/orchestrations/{orch['id']}/events")).json()
     assert [e["type"] for e in events].count("orchestration.finished") == 2
+
+
+async def test_retry_one_failed_step_and_read_the_files_a_plan_wrote(client: httpx.AsyncClient,
+                                                                     service: Service) -> None:
+    await add_agents(client)
+    flaky = ("import os, sys\nif not os.path.exists('flag'):\n    open('flag', 'w').close()\n"
+             "    sys.exit('first try fails')\nprint('second try ok')\n")
+    plan = {"steps": [{"id": "flaky", "action": "shell", "argv": ["python3", "-c", flaky]},
+                      {"id": "other-bad", "agent": "worker", "prompt": "FAIL"},
+                      {"id": "after", "action": "write_file", "path": "out/result.txt",
+                       "content": "{{ steps.flaky.output }}", "depends_on": ["flaky"]}]}
+    orch = (await client.post("/api/orchestrations", json={"plan": plan})).json()
+    view = await service.extras["orchestrations"].wait(orch["id"])
+    assert {s["id"]: s["status"] for s in view["steps"]} == {"flaky": "failed", "other-bad": "failed",
+                                                            "after": "skipped"}
+    base = f"/api/orchestrations/{orch['id']}"
+    assert (await client.post(f"{base}/steps/nope/retry")).status_code == 404
+    response = await client.post(f"{base}/steps/flaky/retry")
+    assert response.status_code == 200 and response.json()["status"] == "running"
+    view = await service.extras["orchestrations"].wait(orch["id"])
+    # only that step and what it held back ran again; the other failure keeps its result
+    assert {s["id"]: (s["status"], s["attempts"]) for s in view["steps"]} == {
+        "flaky": ("succeeded", 2), "other-bad": ("failed", 1), "after": ("succeeded", 1)}
+    assert (await client.post(f"{base}/steps/flaky/retry")).status_code == 409  # it succeeded now
+    listing = (await client.get(f"{base}/files")).json()
+    assert [f["path"] for f in listing["files"]] == ["flag", "out/result.txt"]
+    file = (await client.get(f"{base}/files", params={"path": "out/result.txt"})).json()
+    assert file["content"] == "second try ok" and file["encoding"] == "utf-8"
+    raw = await client.get(f"{base}/files", params={"path": "out/result.txt", "raw": "true"})
+    assert raw.content == b"second try ok" and raw.headers["content-type"] == "application/octet-stream"
+    for bad in ("../../admin-token", "/etc/passwd", "out/../../x"):
+        assert (await client.get(f"{base}/files", params={"path": bad})).status_code in (400, 403)
+    workspace = Path(service.settings.workspaces) / "orchestrations" / orch["id"]
+    (workspace / "escape").symlink_to(service.settings.home)
+    assert (await client.get(f"{base}/files", params={"path": "escape/admin-token"})).status_code in (403, 404)
+    assert (await client.get("/api/orchestrations/orch_nope/files")).status_code == 404
 
 
 async def test_planner_unwraps_fenced_and_json_wrapped_plans(client: httpx.AsyncClient) -> None:

@@ -32,7 +32,9 @@ def test_agent_form_shows_the_api_validation_error_then_creates(ui: UI) -> None:
     page.get_by_label("Command").fill(sys.executable)
     page.get_by_role("button", name="Create agent").click()
     name_row = page.locator(".field", has=page.get_by_label("Name", exact=True))
-    expect(name_row.locator(".field-error")).to_contain_text("pattern")
+    expect(name_row.locator(".field-error")).to_contain_text("Use only letters, digits")
+    expect(name_row.locator(".field-error")).not_to_contain_text("pattern")
+    expect(page.locator(".form-summary .alert")).to_have_count(0)  # said once, under the field
     expect(page.get_by_label("Name", exact=True)).to_have_attribute("aria-invalid", "true")
 
     page.get_by_label("Name", exact=True).fill("lister")
@@ -122,8 +124,11 @@ def test_cancel_a_long_run(ui: UI) -> None:
     page.get_by_label("Prompt").fill("sleep")
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator("[data-testid=output]")).to_contain_text("started")
+    page.once("dialog", lambda dialog: dialog.accept())  # cancel asks first
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("[data-testid=run-status]")).to_contain_text("cancelled")
+    expect(page.locator("[data-testid=exit-code]")).to_have_text("— (cancelled)")  # not "-2"
+    expect(page.locator(".run-error .alert.error")).to_have_count(0)  # the user's own cancel is no error
     run_id = re.search(r"#/runs/([^?]+)", page.url).group(1)  # type: ignore[union-attr]
     assert ui.status(run_id) == "cancelled"
 
@@ -321,7 +326,7 @@ def test_settings_show_and_save_with_api_errors(ui: UI) -> None:
     page.get_by_label("Stall timeout (s)").fill("-5")
     page.get_by_role("button", name="Save settings").click()
     row = page.locator(".field", has=page.get_by_label("Stall timeout (s)"))
-    expect(row.locator(".field-error")).to_contain_text("greater than or equal")
+    expect(row.locator(".field-error")).to_have_text("Must be 0 or more.")
     page.get_by_label("Stall timeout (s)").fill("30")
     page.get_by_label("Daytona API key").fill("dtn-secret")
     page.get_by_role("button", name="Save settings").click()
@@ -335,10 +340,11 @@ def test_settings_show_and_save_with_api_errors(ui: UI) -> None:
     expect(page.get_by_label("Daytona API key")).to_have_attribute("placeholder", re.compile(r"\*{8}"))
 
 
-def test_missing_page_modules_say_not_available(ui: UI) -> None:
+def test_mistyped_route_says_not_found_and_menu_pages_open(ui: UI) -> None:
     page = ui.page
     ui.go("/no-such-page")
-    expect(page.locator("main")).to_contain_text("not available")
+    expect(page.locator("main h1")).to_have_text("Not found")
+    expect(page.locator("main")).not_to_contain_text("not available")
     pages = set(ui.api.get("/ui/pages.json").json()["pages"])
     for name in ("plans", "files", "users"):
         link = page.get_by_role("navigation", name="Main").get_by_role("link", name=name.capitalize())

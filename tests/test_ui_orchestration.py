@@ -56,7 +56,13 @@ def test_goal_to_plan_to_edit_to_run_all_green(ui: UI) -> None:
     pending = page.evaluate("getComputedStyle(document.body).getPropertyValue('--ok')")
     assert colour and pending  # the succeeded colour comes from the theme's --ok
 
-    dag.locator(".dag-node[data-step=outline]").click()  # a node opens its run
+    dag.locator(".dag-node[data-step=outline]").click()  # a node opens its side panel, live log included
+    panel = page.locator("[data-testid=step-panel]")
+    expect(panel).to_be_visible()
+    expect(panel.locator("[data-testid=step-output]")).to_contain_text("done: Outline using:")
+    expect(panel.locator("[data-testid=output]")).to_contain_text("done: Outline using:")
+    expect(page).to_have_url(re.compile(r"\?step=outline"))
+    panel.get_by_role("link", name="open the run page").click()
     expect(page).to_have_url(re.compile(r"#/runs/run_"))
     expect(page.locator("[data-testid=output]")).to_contain_text("done: Outline using:")
 

@@ -115,4 +115,6 @@ def phone(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
 
 
 def output_of(page: Page) -> str:
-    return page.locator("[data-testid=output]").inner_text()
+    """The whole raw output of the run view: the log only keeps the rows in view in the DOM, so
+    this asks the log for its text instead of reading the page."""
+    return str(page.locator("[data-testid=output]").evaluate("el => el.logText ? el.logText() : el.innerText"))

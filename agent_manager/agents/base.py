@@ -17,6 +17,12 @@ from agent_manager.errors import ValidationFailed
 
 Stream = Literal["stdout", "stderr"]
 PROMPT_TOKEN = "{prompt}"
+# A generic agent's args element that becomes the path of a file holding the prompt (the path
+# as the agent sees it on its backend; the run layer writes the file and fills the path in).
+PROMPT_FILE_TOKEN = "{prompt_file}"
+# One JSON line longer than this cannot be a CLI event worth parsing: it is skipped (its raw
+# bytes are still in the output events) instead of growing the parser's buffer without end.
+MAX_LINE_CHARS = 8 * 1024 * 1024
 
 
 @dataclass
@@ -31,6 +37,9 @@ class Invocation:
     argv: list[str]
     stdin: bytes | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Positions in argv to replace by the prompt file's path, and the text that file holds.
+    prompt_file_at: tuple[int, ...] = ()
+    prompt_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,9 +84,16 @@ class OutputParser:
     error: str | None = None
     _partial: dict[str, str] = field(default_factory=dict)
 
+    _skipping: dict[str, bool] = field(default_factory=dict)
+
     def feed(self, stream: Stream, text: str) -> list[ParsedEvent]:
         buffered = self._partial.get(stream, "") + text
         *lines, rest = buffered.split("\n")
+        if self._skipping.get(stream) and lines:  # the end of an oversized line: drop it
+            lines.pop(0)
+            self._skipping[stream] = False
+        if len(rest) > MAX_LINE_CHARS:
+            rest, self._skipping[stream] = "", True
         self._partial[stream] = rest
         events: list[ParsedEvent] = []
         for line in lines:

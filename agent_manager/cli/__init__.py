@@ -8,6 +8,7 @@ import click
 
 from agent_manager import __version__
 from agent_manager.cli import agents, projects, run, serve
+from agent_manager.cli import runs as runs_prune
 
 
 @click.group()
@@ -15,7 +16,8 @@ from agent_manager.cli import agents, projects, run, serve
 @click.option("--home", type=click.Path(file_okay=False), default=None, envvar="AGENT_MANAGER_HOME",
               help="Data directory (default: the platform's user data dir).")
 @click.option("--url", default=None, envvar="AGENT_MANAGER_URL",
-              help="Service URL for client commands (default: http://<host>:<port> from settings).")
+              help="Service URL for client commands (default: the address the running service recorded "
+                   "in the data directory, else http://<host>:<port> from settings).")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, url: str | None) -> None:
     """Agent Manager: a control panel for command-line AI agents."""
@@ -24,10 +26,12 @@ def main(ctx: click.Context, home: str | None, url: str | None) -> None:
 
 main.add_command(serve.serve)
 main.add_command(serve.token)
+main.add_command(serve.url)
 main.add_command(agents.agents)
 main.add_command(run.run)
 main.add_command(projects.command)
 main.add_command(projects.runs)
+projects.runs.add_command(runs_prune.prune)
 for module_name in ("plan", "orchestrate", "sandboxes"):
     with contextlib.suppress(ImportError):
         module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])

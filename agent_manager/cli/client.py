@@ -9,7 +9,15 @@ import click
 import httpx
 
 from agent_manager.errors import AgentManagerError
-from agent_manager.settings import load_settings
+from agent_manager.instance import read_endpoint
+from agent_manager.settings import Settings, load_settings
+
+
+def service_url(settings: Settings, given: str | None) -> str:
+    """--url / AGENT_MANAGER_URL, else where the service on this data directory says it listens
+    (whatever --port it got), else the configured host and port."""
+    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return (given or read_endpoint(settings.home) or f"http://{host}:{settings.port}").rstrip("/")
 
 
 class Client:
@@ -18,8 +26,7 @@ class Client:
             settings = load_settings({"home": ctx_obj.get("home")})
         except AgentManagerError as exc:
             raise click.ClickException(exc.message) from exc
-        host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.url = (ctx_obj.get("url") or f"http://{host}:{settings.port}").rstrip("/")
+        self.url = service_url(settings, ctx_obj.get("url"))
         headers = {}
         token = os.environ.get("AGENT_MANAGER_TOKEN")
         if not token and settings.token_path.exists():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +18,7 @@ from agent_manager.agents import get_kind
 from agent_manager.agents.base import PlainTextParser
 from agent_manager.cli.client import Client
 
+RECONNECT_S = 5.0
 STATUS_EXIT = {"succeeded": 0, "cancelled": 130, "timed_out": 124, "interrupted": 1, "failed": 1}
 
 
@@ -34,13 +39,19 @@ def sse_events(response: httpx.Response) -> Iterator[tuple[int, str, dict[str, A
 
 
 def follow(client: Client, run_id: str, raw: bool, structured: bool) -> dict[str, Any]:
-    """Print the run's events until it finishes; reconnects from the last seen event."""
+    """Print the run's events until it finishes; reconnects from the last seen event.
+
+    A dropped stream is resumed; a service that stays unreachable for ``RECONNECT_S`` ends
+    the command with one line saying so (not a traceback).
+    """
     last = 0
+    lost_since: float | None = None
     while True:
         try:
             with client.http.stream("GET", f"/api/runs/{run_id}/events", params={"after": last},
                                     headers={"Accept": "text/event-stream"}) as response:
                 Client.check(response) if response.status_code >= 400 else None
+                lost_since = None
                 for seq, event, data in sse_events(response):
                     last = seq
                     _print(event, data, raw, structured)
@@ -48,6 +59,14 @@ def follow(client: Client, run_id: str, raw: bool, structured: bool) -> dict[str
                         return data
         except (httpx.RemoteProtocolError, httpx.ReadError):
             continue  # the stream dropped: resume after the last event we printed
+        except httpx.TransportError as exc:  # refused, reset, timed out: the service went away
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if now - lost_since >= RECONNECT_S:
+                raise click.ClickException(
+                    f"lost the connection to the service at {client.url} ({type(exc).__name__}); run {run_id} "
+                    "was interrupted if the service stopped") from None
+            time.sleep(0.5)
 
 
 def _print(event: str, data: dict[str, Any], raw: bool, structured: bool) -> None:
@@ -64,33 +83,68 @@ def _print(event: str, data: dict[str, Any], raw: bool, structured: bool) -> Non
         click.echo(click.style(f"[{event}] {data.get('message') or data}", fg="red"), err=True)
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: cancel the run as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _positive_seconds(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a number of seconds; give a positive finite number, e.g. 300")
+    return value
+
+
 @click.command()
 @click.argument("agent")
 @click.argument("prompt")
 @click.option("--backend", type=click.Choice(["local", "sandbox", "daytona", "auto"]), default=None)
 @click.option("--conversation", "conversation_id", default=None, help="Continue this conversation.")
-@click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds before the run is killed.")
+@click.option("--timeout", "timeout_s", type=float, default=None, callback=_positive_seconds,
+              help="Seconds before the run is killed.")
 @click.option("--raw", is_flag=True, help="Print the CLI's raw output instead of parsed messages.")
 @click.option("--project", default=None, help="Work on this project, on a new branch am/<run id>.")
 @click.option("--base", default=None, help="Branch or commit to start from (default: the project's base).")
+@click.option("--detach", is_flag=True,
+              help="Start the run, print its id and return; the run goes on in the service.")
 @click.pass_obj
 def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conversation_id: str | None,
-        timeout_s: float | None, raw: bool, project: str | None, base: str | None) -> None:
-    """Run AGENT with PROMPT, streaming its output; exits with the agent's exit code."""
+        timeout_s: float | None, raw: bool, project: str | None, base: str | None, detach: bool) -> None:
+    """Run AGENT with PROMPT, streaming its output; exits with the agent's exit code.
+
+    Ctrl-C, SIGTERM and SIGHUP (a closed terminal, `timeout`) cancel the run; --detach does not wait.
+    """
     client = Client(obj)
     info = client.request("GET", f"/api/agents/{agent}")
     structured = not isinstance(get_kind(info["kind"]).parser(), PlainTextParser)
     body = {"agent": agent, "prompt": prompt, "backend": backend, "conversation_id": conversation_id,
             "timeout_s": timeout_s, "project": project, "base": base}
     started: dict[str, Any] = {}
+    if detach:
+        started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
+        click.echo(started["id"])
+        return
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
         final = follow(client, started["id"], raw, structured)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped) as exc:
+        for sig in previous:  # a second signal while cancelling ends us at once
+            signal.signal(sig, signal.SIG_DFL)
         if started:
-            click.echo("\ncancelling…", err=True)
+            with contextlib.suppress(OSError):
+                click.echo("\ncancelling…", err=True)
             client.request("POST", f"/api/runs/{started['id']}/cancel")
-        sys.exit(130)
+        sys.exit(128 + exc.signum if isinstance(exc, _Stopped) else 130)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     status = final["status"]
     if project:
         from agent_manager.cli.projects import print_stat

@@ -1,4 +1,4 @@
-"""``agent-manager serve`` and ``agent-manager token``."""
+"""``agent-manager serve``, ``agent-manager token`` and ``agent-manager url``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import sys
 from typing import Any
 
 import click
+import uvicorn
 
 from agent_manager.errors import AgentManagerError
+from agent_manager.instance import DataDirLock, write_endpoint
 from agent_manager.settings import load_settings
-from agent_manager.web.auth import ensure_token, is_loopback
+from agent_manager.web.auth import ensure_token, is_loopback, save_token
+
+# How long uvicorn waits for connections after runs were interrupted and streams ended.
+STOP_GRACE_S = 3
 
 
 @click.command()
@@ -22,8 +27,6 @@ from agent_manager.web.auth import ensure_token, is_loopback
 @click.pass_obj
 def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool, log_level: str) -> None:
     """Start the service (web UI and API)."""
-    import uvicorn
-
     from agent_manager.web.app import create_app
 
     overrides: dict[str, Any] = {"home": obj.get("home"), "host": host, "port": port}
@@ -39,10 +42,16 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
             "commands. Remove --no-auth / AGENT_MANAGER_AUTH=off, or bind --host 127.0.0.1.")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from agent_manager.service import check_data_dir
+        from agent_manager.service import Service, check_data_dir
         check_data_dir(settings)
-        token, created = ensure_token(settings.token_path) if settings.auth else (None, False)
-        app = create_app(settings)
+        # The lock first: a second service on this data directory is refused before it touches
+        # anything (its start-up sweep would kill the first one's runs).
+        lock = DataDirLock.acquire(settings.home)
+        # A new token is written only once start-up has succeeded (see announce), so a crashed
+        # first start does not swallow the one-time login URL.
+        token, created = ensure_token(settings.token_path, write=False) if settings.auth else (None, False)
+        svc = Service(settings)
+        svc.lock = lock
     except AgentManagerError as exc:
         raise click.ClickException(exc.message) from exc
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -57,18 +66,52 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
     bound_port = sock.getsockname()[1]
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{shown_host}:{bound_port}"
-    click.echo(f"Agent Manager listening on {base}", err=False)
-    if created and token:
-        click.echo(f"First start: open {base}/login?token={token} to log in (shown once; "
-                   f"the token is kept in {settings.token_path}).")
-    elif token:
-        click.echo(f"Log in with the token in {settings.token_path} (`agent-manager token` prints it).")
-    if not is_loopback(settings.host):
-        click.echo("Reachable from other machines: add the host name clients use to allowed_hosts "
-                   "(AGENT_MANAGER_ALLOWED_HOSTS), and put TLS in front (see docs/security.md).")
-    sys.stdout.flush()
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+
+    def announce() -> None:
+        """Runs once the service has started: only now are the token and the endpoint written."""
+        if created and token:
+            save_token(settings.token_path, token)
+        write_endpoint(settings.home, client_url(settings.host, bound_port))
+        click.echo(f"Agent Manager listening on {base}")
+        if created and token:
+            click.echo(f"First start: open {base}/login?token={token} to log in (shown once; "
+                       f"the token is kept in {settings.token_path}).")
+        elif token:
+            click.echo(f"Log in with the token in {settings.token_path} (`agent-manager token` prints it).")
+        if not is_loopback(settings.host):
+            click.echo("Reachable from other machines: add the host name clients use to allowed_hosts "
+                       "(AGENT_MANAGER_ALLOWED_HOSTS), and put TLS in front (see docs/security.md).")
+        sys.stdout.flush()
+
+    app = create_app(settings, service=svc, token=token, on_started=announce)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=STOP_GRACE_S)
+    _Server(config, svc).run(sockets=[sock])
+
+
+def client_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses (a wildcard bind is reached through loopback)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _Server(uvicorn.Server):
+    """Stopping (SIGTERM, Ctrl-C) interrupts runs and ends SSE streams *before* uvicorn waits
+    for open connections, so a browser watching a run cannot hold the stop up."""
+
+    def __init__(self, config: uvicorn.Config, svc: Any) -> None:
+        super().__init__(config)
+        self.svc = svc
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await self.svc.interrupt()
+        except Exception:  # stopping goes on whatever happened
+            logging.getLogger("agent_manager").exception("interrupting runs at shutdown failed")
+        await super().shutdown(sockets)
 
 
 @click.command()
@@ -79,3 +122,16 @@ def token(obj: dict[str, Any]) -> None:
     if not settings.token_path.exists():
         raise click.ClickException("no token yet: start the service once with `agent-manager serve`")
     click.echo(settings.token_path.read_text().strip())
+
+
+@click.command()
+@click.pass_obj
+def url(obj: dict[str, Any]) -> None:
+    """Print the URL client commands use: the running service's own address, if one runs."""
+    from agent_manager.cli.client import service_url
+
+    try:
+        settings = load_settings({"home": obj.get("home")})
+    except AgentManagerError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(service_url(settings, obj.get("url")))

@@ -86,6 +86,9 @@ class ExecSpec:
     outputs: list[str] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
     portable: PortableRepo | None = None
+    run_as: str | None = None
+    """An OS user name the process becomes (local backend; only when the service is root).
+    ``None``: the service's own user."""
 
 
 @dataclass(frozen=True)

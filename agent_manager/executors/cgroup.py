@@ -119,6 +119,34 @@ class RunCgroup:
         return group
 
     @classmethod
+    def create_tracking(cls, name: str) -> RunCgroup | None:
+        """A group with no limits, only to hold a local run's tree together and end it whole:
+        a v2 directory (``cgroup.kill``) when cgroup2 is mounted, else the v1 ``pids``
+        hierarchy. ``None`` when neither is writable (service not root, read-only cgroupfs)."""
+        v1_mounts, v2_mount = _mounts()
+        own_v1, own_v2 = _own_paths()
+        group = cls(dirs=[])
+        try:
+            if v2_mount is not None:
+                group.kill_dir = group._mkdir(_under(v2_mount, own_v2 or "/") / name)
+            elif "pids" in v1_mounts:
+                group._mkdir(_under(v1_mounts["pids"], own_v1.get("pids", "/")) / name)
+            else:
+                return None
+        except OSError:
+            group.remove()
+            return None
+        return group
+
+    def join_argv(self, sh: str) -> list[str]:
+        """An argv prefix whose shell joins every directory of this group, then execs the
+        rest: no process of the run ever runs outside it, and no ``preexec_fn`` is needed."""
+        files = self.procs_files
+        script = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; '
+                  'n=$((n-1)); done; exec "$@"')
+        return [sh, "-c", script, "sh", str(len(files)), *files]
+
+    @classmethod
     def _create_v2(cls, parent: Path, name: str, memory_mb: int, pids_max: int,
                    cpu: float | None) -> RunCgroup | None:
         group = cls(dirs=[], v2=True)

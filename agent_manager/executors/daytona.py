@@ -278,3 +278,19 @@ class DaytonaExecutor:
             await self._client_obj.close()
             self._client_obj = None
 
+
+    async def resize_pool(self, drain: bool = False) -> None:
+        """Follow a changed ``daytona_warm_pool`` at once (or, with ``drain``, a new image or
+        snapshot): delete pooled sandboxes beyond the new size (all of them when draining),
+        then fill every pool up to the new size."""
+        keep = 0 if drain else self.settings.daytona_warm_pool
+        extra = []
+        for pool in self._pool.values():
+            extra += pool[keep:]
+            del pool[keep:]
+        for sb in extra:
+            with contextlib.suppress(ExecutionError):
+                await self.delete(sb)
+        for profile in list(self._pool):
+            await self._ensure_refill(profile, wait=True)
+        await self.warm(network=False)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from agent_manager.executors.daytona import DaytonaExecutor
 
 log = logging.getLogger("agent_manager.executors.daytona")
+# Output chunks a run may have waiting between the log stream and the run layer.
+OUTPUT_QUEUE_CHUNKS = 256
 
 # Run as `sh -c PROLOGUE agent-manager SENTINEL CWD STDIN_FILE ARGV...`: read the environment from
 # stdin up to the sentinel, enter the working directory, exec the agent with its own stdin.
@@ -67,6 +69,9 @@ class DaytonaExecution:
         self._ex, self._sb, self._spec = executor, sandbox, spec
         self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""
         self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        # Bounds the chunks waiting for the run layer: a reader slower than the log stream
+        # pauses the follower instead of growing the queue without end (None is not counted).
+        self._room = asyncio.Semaphore(OUTPUT_QUEUE_CHUNKS)
         self._delivered: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self._stderr_tail = ""
         self._task: asyncio.Task[int] | None = None
@@ -183,7 +188,8 @@ class DaytonaExecution:
         if stream == "stderr":
             self._stderr_tail = (self._stderr_tail + text)[-4096:]
         self._delivered[stream] += len(text)
-        await self._queue.put(Chunk(stream, text))
+        await self._room.acquire()
+        self._queue.put_nowait(Chunk(stream, text))
 
     async def _stream(self) -> None:
         """Live logs; reopen a dropped stream (skipping what was delivered), else use the snapshot."""
@@ -267,6 +273,7 @@ class DaytonaExecution:
 
     async def output(self) -> AsyncIterator[Chunk]:
         while (chunk := await self._queue.get()) is not None:
+            self._room.release()
             yield chunk
         self._queue.put_nowait(None)  # later readers end too
 

@@ -1,12 +1,27 @@
-"""The ``local`` backend: the agent runs as a child process on this host."""
+"""The ``local`` backend: the agent runs as a child process on this host.
+
+Each run gets a tracking cgroup where the host allows it (``cgroup.py``): its processes are
+then found and ended whatever they do to their session or environment, on cancel, when the
+run ends, at shutdown and — by name — at the next start after a crash. Without writable
+cgroups (service not root, read-only cgroupfs) the tag + parent-link fallback of
+``process.py`` applies.
+
+``ExecSpec.run_as`` names an OS user the run becomes (uid, gid, groups, no_new_privs) through
+``setpriv`` after joining the cgroup; the workspace is handed over to that user first.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
 
+from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
+from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
+from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, hand_over, write_files
 from agent_manager.executors.process import ProcessExecution, base_environment, new_tag, signal_tagged
 from agent_manager.settings import Settings
 
@@ -19,6 +34,12 @@ class LocalExecutor:
         self.tag_prefix = tag_prefix
         # The service's own environment minus everything but the basics an agent CLI needs.
         self.environ = base_environment(environ or {})
+        self.sh = shutil.which("sh", path=SYSTEM_PATH) or "/bin/sh"
+        self._live: set[ProcessExecution] = set()
+        try:
+            sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
+        except OSError:
+            pass
 
     async def available(self) -> Availability:
         return Availability(True)
@@ -27,21 +48,46 @@ class LocalExecutor:
         return shutil.which(command, path=self.environ.get("PATH")) is not None
 
     async def start(self, spec: ExecSpec) -> ProcessExecution:
+        user = HostUser.resolve(spec.run_as) if spec.run_as else None
         env = {**self.environ, **spec.env}
+        if user is not None:
+            env.update(USER=user.name, LOGNAME=user.name,
+                       HOME=user.home if os.path.isdir(user.home) else str(spec.workspace or "/"))
         cwd = spec.cwd or (str(spec.workspace) if spec.workspace else None)
         if spec.workspace:
-            spec.workspace.mkdir(parents=True, exist_ok=True)
-            for rel, data in spec.files.items():
-                target = spec.workspace / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+            write_files(spec.workspace, spec.files, user)
+            if user is not None:
+                hand_over(spec.workspace, user)
         argv = list(spec.argv)
         resolved = shutil.which(argv[0], path=env.get("PATH"))
         if resolved and os.sep not in argv[0]:
             argv[0] = resolved
-        return await ProcessExecution.spawn(
-            argv, env=env, cwd=cwd, stdin=spec.stdin, tag=new_tag(self.tag_prefix),
-            kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s)
+        elif not os.path.exists(os.path.join(cwd or "", argv[0])):  # the launch chain would only say 127
+            raise ExecutionError(f"executable not found: {argv[0]}", {"argv0": argv[0]})
+        prefix = drop_to(user, no_new_privs=True) if user is not None else []
+        tag = new_tag(self.tag_prefix)
+        cgroup = RunCgroup.create_tracking(cgroup_name(self.tag_prefix, tag.rsplit(":", 1)[-1]))
+        if cgroup is not None:
+            prefix = cgroup.join_argv(self.sh) + prefix
+        try:
+            execution = await ProcessExecution.spawn(
+                [*prefix, *argv], env=env, cwd=cwd, stdin=spec.stdin, tag=tag,
+                kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s,
+                cgroup=cgroup)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        if cgroup is not None:
+            execution.info["cgroup"] = cgroup.path
+        self._live.add(execution)
+        execution.finished.add_done_callback(lambda _t: self._live.discard(execution))
+        return execution
 
     async def close(self) -> None:
+        for execution in list(self._live):
+            execution.kill_tree()
         signal_tagged(self.tag_prefix + ":", signal.SIGKILL)
+        for execution in list(self._live):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(execution.finished), 5.0)

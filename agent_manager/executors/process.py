@@ -1,10 +1,20 @@
 """A child process tree on this host, shared by the local and sandbox backends.
 
-Why a tag: a process group does not hold an agent's tree together — anything that calls
-``setsid()`` leaves it. Every process we start carries ``AGENT_MANAGER_TAG=<prefix>:<id>`` in its
-environment, which its descendants inherit, so the tree can be found in ``/proc`` and ended
-whole: on cancel, after the run ends, at service shutdown, and after a crash (the next start
-kills everything tagged with this data directory's prefix).
+How the tree is found, strongest first:
+
+* **a cgroup per run** (``cgroup.py``) where the host lets us create one: the first process
+  joins it before exec, every descendant inherits it whatever it does (``setsid``, ``env -i``,
+  double fork), and ``cgroup.kill`` ends them all. A crashed predecessor's groups are swept at
+  start-up by name (this data directory's prefix);
+* **a tag**: every process carries ``AGENT_MANAGER_TAG=<prefix>:<id>`` in its environment, which
+  descendants inherit unless they clear it (``env -i``) — found in ``/proc`` on cancel, after the
+  run and after a crash;
+* **the parent links**: the descendants of the leader are snapshotted (pid + start time) each
+  time the tree is signalled, so a process that cleared its environment is still ended if it
+  had not yet been orphaned.
+
+Whatever holds the output pipes, a run's streams end at most ``stream_close_grace_s`` plus one
+second after its leader exits (or right after a cancel's last signal): the reader is abandoned.
 """
 
 from __future__ import annotations
@@ -18,12 +28,15 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Chunk, Stream
+from agent_manager.executors.cgroup import RunCgroup
 
 TAG_ENV = "AGENT_MANAGER_TAG"
 READ_SIZE = 65536
+ABANDON_S = 1.0  # after the last kill, how long a pipe may stay open before we stop reading it
 # Host variables an agent CLI legitimately needs; everything else (the service's own
 # secrets included) stays out of the child's environment.
 PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
@@ -132,6 +145,15 @@ def descendants(root: int) -> list[tuple[int, str]]:
     return found
 
 
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a process from a later one reusing its pid)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()[19]
+
+
 def new_tag(prefix: str) -> str:
     return f"{prefix}:{uuid.uuid4().hex[:16]}"
 
@@ -140,9 +162,13 @@ class ProcessExecution:
     """A started process: streams its output, waits for it, ends its whole tree."""
 
     def __init__(self, proc: asyncio.subprocess.Process, tag: str, *, kill_grace_s: float,
-                 stream_close_grace_s: float, info: dict[str, str] | None = None) -> None:
+                 stream_close_grace_s: float, info: dict[str, str] | None = None,
+                 cgroup: RunCgroup | None = None) -> None:
         self.proc = proc
         self.tag = tag
+        self.cgroup = cgroup
+        self._known: dict[int, str] = {}  # descendants seen while the leader lived: pid → start time
+        self._killed = asyncio.Event()
         self.info = info or {"pid": str(proc.pid)}
         self._kill_grace_s = kill_grace_s
         self._stream_close_grace_s = stream_close_grace_s
@@ -156,7 +182,8 @@ class ProcessExecution:
     @classmethod
     async def spawn(cls, argv: list[str], *, env: dict[str, str], cwd: str | None, stdin: bytes | None,
                     tag: str, kill_grace_s: float, stream_close_grace_s: float,
-                    info: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> ProcessExecution:
+                    info: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+                    cgroup: RunCgroup | None = None) -> ProcessExecution:
         env = {**env, TAG_ENV: tag}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -169,7 +196,7 @@ class ProcessExecution:
         except PermissionError as exc:
             raise ExecutionError(f"cannot execute {argv[0]}: permission denied") from exc
         execution = cls(proc, tag, kill_grace_s=kill_grace_s, stream_close_grace_s=stream_close_grace_s,
-                        info=info)
+                        info=info, cgroup=cgroup)
         if stdin is not None:
             execution._stdin_task = asyncio.create_task(execution._feed_stdin(stdin))
         return execution
@@ -194,13 +221,55 @@ class ProcessExecution:
                 return
 
     async def _watch(self) -> None:
-        """After the leader exits, give the pipes a grace period, then end what holds them."""
-        await self.proc.wait()
-        done, _ = await asyncio.wait(self._readers, timeout=self._stream_close_grace_s)
-        if len(done) < len(self._readers) or await tagged_pids_async(self.tag):
-            signal_tagged(self.tag, signal.SIGKILL)
+        """After the leader exits, give the pipes a grace period, then end what holds them; if
+        something we cannot find still holds them a second later, stop reading (never hang)."""
+        await self.exited()
+        readers: asyncio.Future[Any] = asyncio.gather(*self._readers, return_exceptions=True)
+        killed: asyncio.Future[Any] = asyncio.ensure_future(self._killed.wait())
+        await asyncio.wait([readers, killed], timeout=self._stream_close_grace_s,
+                           return_when=asyncio.FIRST_COMPLETED)
+        killed.cancel()
+        if not readers.done() or await tagged_pids_async(self.tag) or (
+                self.cgroup is not None and self.cgroup.pids()):
+            self.kill_tree()
+        done, pending = await asyncio.wait(self._readers, timeout=ABANDON_S)
+        for task in pending:
+            task.cancel()
+        if pending:  # a process we could not find holds the pipe: close our end
+            transport = getattr(self.proc, "_transport", None)
+            with contextlib.suppress(Exception):
+                transport.close()  # type: ignore[union-attr]
         await asyncio.gather(*self._readers, return_exceptions=True)
+        if self.cgroup is not None:
+            self.cgroup.kill()
+            await asyncio.to_thread(self.cgroup.remove)
         await self._queue.put(None)
+
+    @property
+    def finished(self) -> asyncio.Task[None]:
+        """Done once the process, its streams and its cgroup are gone."""
+        return self._watcher
+
+    async def exited(self) -> int:
+        """The leader's exit code, as soon as it exits. Not ``proc.wait()``: before Python 3.12
+        that also waits for the pipes to close, which a leftover descendant can delay forever."""
+        delay = 0.005
+        while self.proc.returncode is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.proc.returncode
+
+    def _leftovers(self) -> bool:
+        return bool(tagged_pids(self.tag) or (self.cgroup is not None and self.cgroup.pids()))
+
+    async def note(self, stream: Stream, text: str) -> None:
+        """Add a line of the service's own to the run's output (e.g. why it was stopped)."""
+        await self._queue.put(Chunk(stream, text))
+
+    def kill_tree(self) -> None:
+        """SIGKILL everything of this run now: cgroup, group, tag, remembered descendants."""
+        self._signal_tree(signal.SIGKILL)
+        self._killed.set()
 
     async def output(self) -> AsyncIterator[Chunk]:
         while True:
@@ -215,25 +284,45 @@ class ProcessExecution:
         return code if code is not None else -1
 
     async def cancel(self) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL — to the group and to every tagged escapee."""
+        """SIGINT, then SIGTERM, then SIGKILL — to the cgroup, the group and every escapee."""
         async with self._cancel_lock:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-                if self.proc.returncode is not None and not tagged_pids(self.tag):
+                if self.proc.returncode is not None and not self._leftovers():
+                    break
+                if sig == signal.SIGKILL:
+                    self.kill_tree()
                     break
                 self._signal_tree(sig)
-                if sig == signal.SIGKILL:
-                    break
                 await self._until_gone(self._kill_grace_s)
-            await self.proc.wait()
+            self._killed.set()
+            await self.exited()
 
     def _signal_tree(self, sig: int) -> None:
+        if self.proc.returncode is None:
+            for pid, _comm in descendants(self.proc.pid):
+                started = start_time(pid)
+                if started is not None:
+                    self._known.setdefault(pid, started)
+        if self.cgroup is not None:
+            if sig == signal.SIGKILL:
+                self.cgroup.kill()
+            else:
+                for pid in self.cgroup.pids():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
         signal_tagged(self.tag, sig)
+        for pid, started in list(self._known.items()):
+            if start_time(pid) != started:  # gone, or the pid now belongs to someone else
+                del self._known[pid]
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     async def _until_gone(self, seconds: float) -> None:
         deadline = asyncio.get_running_loop().time() + seconds
         while asyncio.get_running_loop().time() < deadline:
-            if self.proc.returncode is not None and not tagged_pids(self.tag):
+            if self.proc.returncode is not None and not self._leftovers():
                 return
             await asyncio.sleep(min(0.05, seconds))

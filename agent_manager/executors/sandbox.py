@@ -2,24 +2,29 @@
 
 What it is made of, and why (measurements: the isolation notes; user doc: docs/backends-sandbox.md):
 
-* a mount namespace with only read-only system dirs (``/usr`` + merged-usr symlinks, a few
-  non-secret ``/etc`` files, a generated passwd/hosts/resolv.conf), a size-bounded private
-  ``/tmp``, the workspace at ``/workspace`` (the only writable place) and, read-only at their
-  host paths, the dirs holding the agent executable and its interpreter; ``--remount-ro /``;
-* all namespaces unshared, ``--disable-userns`` (no nested userns to regain capabilities),
-  ``--cap-drop ALL``, ``--new-session`` (no TIOCSTI into the service's terminal);
-* an unprivileged uid inside (``settings.sandbox_uid``, no capabilities, no_new_privs). bwrap
-  itself runs as the service's user, so that uid maps to the service's host uid: owner checks
-  on the service user's files pass — which is why only non-secret paths are bound at all;
-* ``--clearenv`` plus an explicit environment, and bwrap started with a minimal environment:
-  with ``--unshare-pid``, ``/proc/1/environ`` inside shows *bwrap's* environment;
+* **never host root.** When the service is root, the launch chain drops to ``settings.sandbox_user``
+  (default ``nobody``) *before* bwrap, so the sandbox's user namespace maps to that host uid: a
+  namespace made by root would map its "unprivileged" uid to host root, and ``/proc/sys`` writes
+  inside (``kernel.core_pattern``) would own the host. ``/proc/sys``, ``/proc/sysrq-trigger`` & co.
+  are also bound read-only over the fresh ``/proc`` as a second wall. The launch chain, one pid
+  exec'ing into the next: ``unshare --mount`` + ``sh`` (as root: join the run's cgroups, stage the
+  host paths the sandbox user cannot traverse to) → ``prlimit`` (file-size cap) → ``setpriv`` (drop)
+  → [``unshare --user --map-root-user --net`` for networked runs] → ``bwrap --args FD``;
+* a mount namespace with only read-only system dirs, a few non-secret ``/etc`` files, a generated
+  passwd/hosts/resolv.conf, a size-bounded private ``/tmp``, the workspace at ``/workspace`` (the
+  only writable place, handed over to the sandbox user) and, read-only at their host paths, the
+  dirs holding the agent executable and its interpreter; ``--remount-ro /`` (sandbox_profile.py);
+* all namespaces unshared, ``--disable-userns``, ``--cap-drop ALL``, ``--new-session``;
+* the environment reaches the agent through bwrap's ``--args`` memfd, never a command line, and
+  bwrap itself starts with a minimal environment (pid 1 inside shows bwrap's environment);
 * ``--die-with-parent`` and a pid namespace: if the service dies, the sandbox dies; bwrap is
   spawned from the event-loop thread, because the parent-death signal follows the thread;
-* no network unless ``spec.network`` is True, and then ``slirp4netns --disable-host-loopback``
-  (user-mode NAT in the sandbox's own netns, made by ``unshare --net``: see ``_bwrap_argv``):
-  egress works, the host's loopback — where this service listens — does not. Else fail closed;
-* a per-run cgroup for memory/pids/cpu (``cgroup.py``), or rlimits via ``prlimit`` when
-  cgroups are not writable.
+* no network unless ``spec.network`` is True, and then ``slirp4netns --disable-host-loopback``,
+  run as the sandbox user and joining the run's own user+net namespace by pid (as rootless podman
+  does), so it works whether or not the service is root. Egress works, the host's loopback —
+  where this service listens — does not. Else fail closed;
+* a per-run cgroup for memory/pids/cpu (``cgroup.py``), or rlimits via ``prlimit`` when cgroups
+  are not writable; ``sandbox_disk_mb`` caps what a run adds to its workspace (``disk_guard.py``).
 """
 
 from __future__ import annotations
@@ -30,52 +35,39 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors.base import Availability, Chunk, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
+from agent_manager.executors.disk_guard import DiskGuard
+from agent_manager.executors.identity import HostUser, drop_to, hand_over, write_files
 from agent_manager.executors.process import TAG_ENV, ProcessExecution, descendants, new_tag, signal_tagged
+from agent_manager.executors.sandbox_profile import (
+    STAGE_SCRIPT,
+    Program,
+    bwrap_options,
+    data_files,
+    resolve_program,
+    stage_root,
+)
 from agent_manager.settings import Settings
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Visible inside as on the host (on merged-usr systems the last four are symlinks into /usr).
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
-# Host /etc entries an agent needs (TLS roots, linker cache, tool alternatives); nothing secret.
-ETC_ENTRIES = ("/etc/ssl/certs", "/etc/ssl/openssl.cnf", "/etc/ca-certificates", "/etc/alternatives",
-               "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/nsswitch.conf",
-               "/etc/localtime", "/etc/mime.types")
-SLIRP_DNS = "10.0.2.3"
 NO_BWRAP = "bubblewrap is not installed: apt-get install bubblewrap"
 NO_SLIRP = ("this run needs network access, but the sandbox only provides it through slirp4netns "
             "(apt-get install slirp4netns), which is not installed; the sandbox never shares the host "
             "network. Install it, or turn network off for this agent")
-NO_UNSHARE = ("this run needs network access, but unshare (util-linux), which makes the sandbox's network "
-              "namespace, is not installed. Install it, or turn network off for this agent")
-NO_SLIRP_UNPRIVILEGED = ("network access for sandboxed runs is only supported when the service runs as "
-                         "root (slirp4netns cannot join the sandbox's network namespace otherwise); "
-                         "the sandbox never shares the host network. Turn network off for this agent")
+NO_UNSHARE = ("the sandbox needs unshare and nsenter (util-linux) to make and join its network and mount "
+              "namespaces, and they are not installed: apt-get install util-linux")
 APPARMOR_HINT = (" — on Ubuntu 23.10+ AppArmor blocks unprivileged user namespaces "
                  "(kernel.apparmor_restrict_unprivileged_userns=1); add an AppArmor profile for bwrap")
 SETUP_TIMEOUT_S = 10.0
-# bwrap's own environment — pid 1 inside shows it (pitfall 3), so nothing of the service's.
+PROBE_RETRY_S = 30.0  # a failed probe is retried after this long
+# bwrap's own environment — pid 1 inside shows it, so nothing of the service's.
 SPAWN_ENV = {"PATH": SYSTEM_PATH}
-
-
-def _within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _shebang(path: Path) -> list[str]:
-    """The interpreter line of a script (``[]`` for binaries or unreadable files)."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(256)
-    except OSError:
-        return []
-    return head[2:].split(b"\n", 1)[0].decode(errors="replace").split() if head.startswith(b"#!") else []
 
 
 class _Fds:
@@ -90,6 +82,14 @@ class _Fds:
         os.close(write)
         self.child.append(read)
         return read
+
+    def memfd(self, content: bytes) -> int:
+        """A file holding ``content`` (no pipe-buffer limit), readable by the child from offset 0."""
+        fd = os.memfd_create("agent-manager-bwrap-args", 0)
+        os.write(fd, content)
+        os.lseek(fd, 0, os.SEEK_SET)
+        self.child.append(fd)
+        return fd
 
     def pipe(self, parent_reads: bool) -> tuple[int, int]:  # (parent end, child end)
         read, write = os.pipe()
@@ -109,15 +109,19 @@ class SandboxExecution:
     cgroup, the slirp4netns helper, and a graceful phase that signals the agent *inside*
     first (signalling bwrap would kill the whole sandbox at once, with no chance to save)."""
 
-    def __init__(self, inner: ProcessExecution, cgroup: RunCgroup | None, kill_grace_s: float) -> None:
+    def __init__(self, inner: ProcessExecution, cgroup: RunCgroup | None, kill_grace_s: float,
+                 guard: DiskGuard | None = None) -> None:
         self.inner = inner
         self.info = inner.info
         self.cgroup = cgroup
+        self.guard = guard
         self.slirp: asyncio.subprocess.Process | None = None
         self.slirp_exit_fd: int | None = None
         self._kill_grace_s = kill_grace_s
         self._cancel_lock = asyncio.Lock()
         self._cleanup = asyncio.create_task(self._cleanup_after_exit())
+        if guard is not None:
+            guard.start()
 
     def output(self) -> AsyncIterator[Chunk]:
         return self.inner.output()
@@ -138,7 +142,7 @@ class SandboxExecution:
                         with contextlib.suppress(ProcessLookupError, PermissionError):
                             os.kill(pid, sig)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.inner.proc.wait()), self._kill_grace_s)
+                    await asyncio.wait_for(asyncio.shield(self.inner.exited()), self._kill_grace_s)
             if self.cgroup is not None:
                 self.cgroup.kill()
             await self.inner.cancel()
@@ -147,6 +151,8 @@ class SandboxExecution:
     async def _cleanup_after_exit(self) -> None:
         """Once bwrap is gone: stop slirp, empty and remove the cgroup, note OOM kills."""
         await self.inner.wait()
+        if self.guard is not None:
+            await self.guard.stop()
         await self.stop_network()
         if self.cgroup is not None:
             self.cgroup.kill()
@@ -154,6 +160,17 @@ class SandboxExecution:
             if kills:
                 self.info["oom_kills"] = str(kills)
             await asyncio.to_thread(self.cgroup.remove)
+
+    async def disk_exceeded(self, added: int) -> None:
+        """The workspace grew past ``sandbox_disk_mb``: say so on stderr, end everything now."""
+        assert self.guard is not None
+        limit_mb = self.guard.limit_bytes >> 20
+        self.info["disk_exceeded"] = f"{added >> 20} MiB written, limit {limit_mb} MiB"
+        await self.inner.note("stderr", f"\n[agent-manager] the run wrote {added >> 20} MiB into its workspace, "
+                                        f"over the sandbox_disk_mb limit of {limit_mb} MiB; it was stopped.\n")
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        self.inner.kill_tree()
 
     async def stop_network(self) -> None:
         if self.slirp_exit_fd is not None:  # closing it tells slirp4netns to exit
@@ -179,30 +196,45 @@ class SandboxExecutor:
         self.slirp4netns = shutil.which("slirp4netns", path=SYSTEM_PATH)
         self.prlimit = shutil.which("prlimit", path=SYSTEM_PATH)
         self.unshare = shutil.which("unshare", path=SYSTEM_PATH)
+        self.nsenter = shutil.which("nsenter", path=SYSTEM_PATH)
         self.sh = shutil.which("sh", path=SYSTEM_PATH) or "/bin/sh"
         self.root = os.geteuid() == 0
         self.host_path = host_path  # where agent executables are looked up on the host
         self._availability: Availability | None = None
         self._probe_lock = asyncio.Lock()
+        self._retry_at = 0.0
         self._live: set[SandboxExecution] = set()
         with contextlib.suppress(OSError):
             sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
 
+    def user(self) -> HostUser | None:
+        """Who the sandbox runs as on the host: ``sandbox_user`` when the service is root, else
+        the service's own user (``None``: nothing to switch)."""
+        return HostUser.resolve(self.settings.sandbox_user) if self.root else None
+
     async def available(self) -> Availability:
-        """Cached: bwrap present, and a trivial sandbox with the real profile actually runs."""
-        if self._availability is not None:
+        """Cached: bwrap present, and a trivial sandbox with the real profile actually runs.
+
+        A failure is cached only for ``PROBE_RETRY_S``: a transient one (a full /tmp, a
+        momentary fork failure) must not keep untrusted runs failing until a restart."""
+        if self._availability is not None and (self._availability.ok or time.monotonic() < self._retry_at):
             return self._availability
         async with self._probe_lock:
-            if self._availability is None:
+            if self._availability is None or (not self._availability.ok and time.monotonic() >= self._retry_at):
                 self._availability = await self._probe()
+                self._retry_at = time.monotonic() + PROBE_RETRY_S
         return self._availability
 
     async def _probe(self) -> Availability:
         if self.bwrap is None:
             return Availability(False, NO_BWRAP)
+        if self.root and self.unshare is None:
+            return Availability(False, NO_UNSHARE)
         fds = _Fds()
         try:
-            argv = self._bwrap_argv(ExecSpec(argv=["/bin/true"]), ["/bin/true"], [], [], fds, network=None)
+            user = self.user()
+            argv = self._launch_argv(ExecSpec(argv=["/bin/true"]), Program(["/bin/true"]), None, user, fds,
+                                     network=None)
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, env=SPAWN_ENV, cwd="/", pass_fds=fds.child)
@@ -213,6 +245,8 @@ class SandboxExecutor:
                 proc.kill()
                 await proc.wait()
                 return Availability(False, "the bubblewrap probe did not finish in time")
+        except ExecutionError as exc:
+            return Availability(False, exc.message)
         except OSError as exc:
             return Availability(False, f"cannot start bubblewrap: {exc}")
         finally:
@@ -229,12 +263,21 @@ class SandboxExecutor:
             raise ExecutorUnavailable(availability.reason)
         network = spec.network is True
         if network:  # fail closed: never the host's network
-            missing = NO_SLIRP if self.slirp4netns is None else NO_UNSHARE if self.unshare is None else ""
-            if missing or not self.root:
-                raise ExecutionError(missing or NO_SLIRP_UNPRIVILEGED)
-        argv, binds, path_dirs = self._resolve_program(spec)
+            missing = (NO_SLIRP if self.slirp4netns is None
+                       else NO_UNSHARE if self.unshare is None or self.nsenter is None else "")
+            if missing:
+                raise ExecutionError(missing)
+        program = resolve_program(spec, self.host_path, self.settings)
+        user = self.user()
+        guard = None
         if spec.workspace is not None:
-            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files)
+            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user)
+            guard = await asyncio.to_thread(DiskGuard, spec.workspace, self.settings.sandbox_disk_mb << 20,
+                                            self._noop)
+        for mount in spec.mounts:  # writable extra mounts (a worktree's private git dir) too
+            source = mount.source
+            if mount.writable and source is not None and user is not None:
+                await asyncio.to_thread(hand_over, source, user)
         tag = new_tag(self.tag_prefix)
         memory_mb = spec.resources.memory_mb or self.settings.sandbox_memory_mb
         cgroup = RunCgroup.create(cgroup_name(self.tag_prefix, tag.rsplit(":", 1)[-1]), memory_mb=memory_mb,
@@ -247,13 +290,13 @@ class SandboxExecutor:
                 info_r, info_w = fds.pipe(parent_reads=True)
                 block_w, block_r = fds.pipe(parent_reads=False)
                 net_fds = (info_w, block_r)
-            full = self._wrapper(cgroup, memory_mb) + self._bwrap_argv(spec, argv, binds, path_dirs, fds,
-                                                                        network=net_fds)
+            full = self._launch_argv(spec, program, cgroup, user, fds, network=net_fds, memory_mb=memory_mb)
             inner = await ProcessExecution.spawn(
                 full, env=SPAWN_ENV, cwd="/", stdin=spec.stdin, tag=tag,
                 kill_grace_s=self.settings.kill_grace_s,
                 stream_close_grace_s=self.settings.stream_close_grace_s,
-                info={"sandbox": "bwrap", "cgroup": cgroup.path if cgroup else "", "tag": tag},
+                info={"sandbox": "bwrap", "cgroup": cgroup.path if cgroup else "", "tag": tag,
+                      "host_user": user.name if user else ""},
                 pass_fds=tuple(fds.child))
         except BaseException:
             fds.close()
@@ -265,12 +308,14 @@ class SandboxExecutor:
             raise
         fds.close()
         inner.info["pid"] = str(inner.proc.pid)
-        execution = SandboxExecution(inner, cgroup, self.settings.kill_grace_s)
+        execution = SandboxExecution(inner, cgroup, self.settings.kill_grace_s, guard)
+        if guard is not None:
+            guard.on_exceeded = execution.disk_exceeded
         self._live.add(execution)
         execution._cleanup.add_done_callback(lambda _t: self._live.discard(execution))
         if network:
             try:
-                await asyncio.wait_for(self._connect_network(execution, info_r, block_w, tag),
+                await asyncio.wait_for(self._connect_network(execution, info_r, block_w, tag, user),
                                        SETUP_TIMEOUT_S)
             except (TimeoutError, OSError, ValueError, ExecutionError) as exc:
                 await execution.cancel()
@@ -281,25 +326,76 @@ class SandboxExecutor:
                         os.close(fd)
         return execution
 
+    @staticmethod
+    async def _noop(_added: int) -> None:  # replaced once the execution exists
+        return None
+
+    def _launch_argv(self, spec: ExecSpec, program: Program, cgroup: RunCgroup | None, user: HostUser | None,
+                     fds: _Fds, network: tuple[int, int] | None, memory_mb: int = 0) -> list[str]:
+        """The whole exec chain (see the module docstring); every link execs the next on one pid."""
+        assert self.bwrap is not None
+        staged: dict[Path, str] = {}
+        sources: list[Path] = []
+        if user is not None:  # the sandbox user may not traverse to these: root stages them
+            sources = ([spec.workspace] if spec.workspace is not None else []) + list(program.binds)
+            sources += [m.source for m in spec.mounts if m.source is not None and m.data is None]
+        prefix: list[str] = []
+        procs = cgroup.procs_files if cgroup is not None else []
+        if procs or sources:
+            stage = ""
+            if sources:
+                stage = stage_root([Path(os.path.realpath(s)) for s in sources])
+                staged = {src: f"{stage}/{i}" for i, src in enumerate(sources)}
+                prefix += [str(self.unshare), "--mount", "--propagation", "private", "--"]
+            prefix += [self.sh, "-c", STAGE_SCRIPT, "sh", str(len(procs)), *procs, stage, str(len(sources)),
+                       *map(str, sources)]
+        if self.prlimit is not None:
+            disk = str(self.settings.sandbox_disk_mb << 20)
+            prefix += [self.prlimit, f"--fsize={disk}:{disk}"]
+            if cgroup is None and memory_mb:
+                data = str(memory_mb << 20)
+                prefix.append(f"--data={data}:{data}")
+                if user is None and not self.root:  # RLIMIT_NPROC counts per real uid, ignored for root
+                    nproc = self.settings.sandbox_pids_max
+                    prefix.append(f"--nproc={nproc}:{nproc}")
+            prefix.append("--")
+        if user is not None:
+            prefix += drop_to(user, no_new_privs=False)
+        if network is not None:  # the netns slirp4netns joins, owned by the sandbox user's userns
+            prefix += [str(self.unshare), "--user", "--map-root-user", "--net", "--"]
+        data_fd = {dest: fds.data(content) for dest, content in data_files(self.settings, spec).items()}
+        options = bwrap_options(spec, program, self.settings, data_fd, staged, network)
+        args_fd = fds.memfd(b"".join(o.encode() + b"\0" for o in options))
+        return [*prefix, self.bwrap, "--args", str(args_fd), "--", *program.argv]
+
     async def _connect_network(self, execution: SandboxExecution, info_r: int, block_w: int,
-                               tag: str) -> None:
-        """Read the sandbox's pid from bwrap's info fd, attach slirp4netns to its netns, wait
-        until the interface is up, then let the command start (bwrap blocks on block_w)."""
+                               tag: str, user: HostUser | None) -> None:
+        """Wait for bwrap's info fd (it has started, so the namespaces exist), attach slirp4netns
+        to the run's user+net namespace, wait until the interface is up, then let the command
+        start (bwrap blocks on block_w). slirp runs as the sandbox user: it parses the sandbox's
+        traffic and never needs root; --enable-sandbox then pivots it into an empty root."""
         assert self.slirp4netns is not None
-        pid = int(json.loads(await self._read_until(info_r, b"}"))["child-pid"])
-        # slirp (as root) enters the netns directly; --enable-sandbox then drops every capability
-        # but CAP_NET_BIND_SERVICE and pivots into an empty root. The exit fd ends it with us.
-        netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        json.loads(await self._read_until(info_r, b"}"))  # {"child-pid": …}: bwrap is up
+        holder = execution.inner.proc.pid  # bwrap's outer process sits in the unshare'd namespaces
+        userns = os.open(f"/proc/{holder}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        netns = os.open(f"/proc/{holder}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         ready_r, ready_w = os.pipe()
         exit_r, execution.slirp_exit_fd = os.pipe()
-        fds = [netns, ready_w, exit_r]
-        cmd = [self.slirp4netns, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
-               f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", "--netns-type=path", f"/proc/self/fd/{netns}", "tap0"]
+        fds = [userns, netns, ready_w, exit_r]
+        # nsenter --preserve-credentials: slirp enters the user namespace as its owner (uid 0 there,
+        # the sandbox user outside), so it may configure the netns and sandbox itself.
+        cmd = [str(self.nsenter), "--preserve-credentials", f"--user=/proc/self/fd/{userns}", "--",
+               self.slirp4netns, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
+               "--enable-seccomp", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+               "--netns-type=path", f"/proc/self/fd/{netns}", "tap0"]
+        as_user: dict[str, object] = {}
+        if user is not None:
+            as_user = {"user": user.uid, "group": user.gid, "extra_groups": []}
         try:
             execution.slirp = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, env={**SPAWN_ENV, TAG_ENV: tag}, cwd="/",
-                pass_fds=tuple(fds), start_new_session=True)
+                pass_fds=tuple(fds), start_new_session=True, **as_user)  # type: ignore[arg-type]
         finally:
             for fd in fds:
                 os.close(fd)
@@ -328,176 +424,11 @@ class SandboxExecutor:
             if close:
                 os.close(fd)
 
-    def _wrapper(self, cgroup: RunCgroup | None, memory_mb: int = 0) -> list[str]:
-        """What runs before bwrap, all exec'ing into each other on one pid: join the cgroup
-        (race-free: the shell joins, then execs), or else set rlimits."""
-        prefix: list[str] = []
-        if cgroup is not None:
-            files = cgroup.procs_files
-            script = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; '
-                      'n=$((n-1)); done; exec "$@"')
-            prefix = [self.sh, "-c", script, "sh", str(len(files)), *files]
-        elif memory_mb and self.prlimit is not None:
-            data = str(memory_mb << 20)
-            prefix = [self.prlimit, f"--data={data}:{data}"]
-            if not self.root:  # RLIMIT_NPROC counts per real uid and is ignored for root
-                prefix.append(f"--nproc={self.settings.sandbox_pids_max}:{self.settings.sandbox_pids_max}")
-            prefix.append("--")
-        return prefix
-
-    def _bwrap_argv(self, spec: ExecSpec, argv: list[str], binds: list[Path], path_dirs: list[str],
-                    fds: _Fds, network: tuple[int, int] | None) -> list[str]:
-        """With ``network`` (info fd, block fd), ``unshare --net`` execs bwrap in a new netns that bwrap shares,
-        so slirp4netns alone sets up lo. Not ``--unshare-net``: bwrap writes the info fd *before* its child adds
-        127.0.0.1 to lo, so slirp, started on it, could set lo up first (the kernel then adds 127.0.0.1/8) and
-        bwrap's NLM_F_EXCL add failed with EEXIST: "loopback: Failed RTM_NEWADDR" (1 run in ~25). Both halves
-        only here, together: ``--share-net`` without the unshare would be the host's network."""
-        assert self.bwrap is not None
-        uid = str(self.settings.sandbox_uid)
-        netns = [] if network is None else [str(self.unshare), "--net", "--"]  # start() checked it
-        args = [*netns, self.bwrap, "--ro-bind", "/usr", "/usr"]
-        for name in SYSTEM_DIRS[1:]:
-            p = Path(name)
-            if p.is_symlink():
-                args += ["--symlink", os.readlink(p), name]
-            elif p.is_dir():
-                args += ["--ro-bind", name, name]
-        for name in ETC_ENTRIES:
-            if os.path.lexists(name):
-                args += ["--ro-bind-try", name, name]
-        etc = {"/etc/passwd": (f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-                               f"sandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n"),
-               "/etc/group": f"root:x:0:\nsandbox:x:{uid}:\n",
-               "/etc/hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-               "/etc/hostname": "sandbox\n", "/etc/resolv.conf": f"nameserver {SLIRP_DNS}\n"}
-        for dest, content in etc.items():
-            args += ["--ro-bind-data", str(fds.data(content)), dest]
-        args += ["--dev", "/dev", "--proc", "/proc",
-                 "--size", str(self.settings.sandbox_tmp_mb << 20), "--tmpfs", "/tmp"]
-        args += (["--bind", str(spec.workspace), "/workspace"] if spec.workspace is not None
-                 else ["--size", str(self.settings.sandbox_tmp_mb << 20), "--tmpfs", "/workspace"])
-        for bind in binds:
-            args += ["--ro-bind", str(bind), str(bind)]
-        args += self._mount_args(spec, fds)
-        env = {"PATH": SANDBOX_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.env}
-        if path_dirs:
-            env["PATH"] = ":".join([*path_dirs, env["PATH"]])
-        args += ["--chdir", self._inside_cwd(spec), "--clearenv"]
-        for key, value in env.items():
-            args += ["--setenv", key, value]
-        args += ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-                 "--cap-drop", "ALL", "--uid", uid, "--gid", uid, "--hostname", "sandbox"]
-        if network is not None:
-            args += ["--share-net", "--info-fd", str(network[0]), "--block-fd", str(network[1])]
-        return [*args, "--remount-ro", "/", "--", *argv]
-
-    @staticmethod
-    def _mount_args(spec: ExecSpec, fds: _Fds) -> list[str]:
-        """``spec.mounts`` (workspaces: a worktree's git dir), after /workspace so they may cover a
-        path inside it, e.g. its ``.git`` file."""
-        args: list[str] = []
-        for mount in spec.mounts:
-            if mount.data is not None:
-                args += ["--ro-bind-data", str(fds.data(mount.data)), mount.target]
-            elif mount.source is not None:
-                args += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
-        return args
-
-    @staticmethod
-    def _inside_cwd(spec: ExecSpec) -> str:
-        """``spec.cwd`` as seen inside: host paths below the workspace map to /workspace."""
-        if not spec.cwd:
-            return "/workspace"
-        cwd = Path(spec.cwd)
-        if not cwd.is_absolute():
-            return str(Path("/workspace") / cwd)
-        if spec.workspace is not None:
-            with contextlib.suppress(ValueError):
-                return str(Path("/workspace") / cwd.resolve().relative_to(spec.workspace.resolve()))
-        return spec.cwd
-
-    def _prepare_workspace(self, workspace: Path, files: dict[str, bytes]) -> None:
-        """Write the input files before the sandbox sees the directory."""
-        workspace.mkdir(parents=True, exist_ok=True)
-        for rel, data in files.items():
-            target = workspace / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-
-    def _resolve_program(self, spec: ExecSpec) -> tuple[list[str], list[Path], list[str]]:
-        """Resolve argv[0] on the host, and decide which host dirs must be bound (read-only,
-        at the same path) so that it and its interpreter exist inside. Returns the argv, the
-        bind sources and dirs to prepend to PATH inside."""
-        if not spec.argv:
-            raise ExecutionError("empty command")
-        name = spec.argv[0]
-        host_path = spec.env.get("PATH") or self.host_path
-        if os.sep not in name:
-            found = shutil.which(name, path=host_path)
-        elif os.path.isabs(name):
-            found = name if os.path.isfile(name) and os.access(name, os.X_OK) else None
-        else:  # relative to the working directory inside the sandbox: nothing to bind
-            return list(spec.argv), [], []
-        if found is None:
-            raise ExecutionError(f"executable not found: {name}", {"argv0": name})
-        protected = [self.settings.home.resolve()]
-        if spec.workspace is not None:
-            protected.append(spec.workspace.resolve())
-        binds: list[Path] = []
-        path_dirs: list[str] = []
-        exe = Path(found)
-        self._expose(exe, binds, protected)
-        if not self._visible(exe, []):
-            path_dirs.append(str(exe.parent))
-        words = _shebang(Path(os.path.realpath(exe)))
-        if words:
-            interp = words[0]
-            if os.path.basename(interp) == "env":
-                self._expose(Path(interp), binds, protected)
-                rest = [w for w in words[1:] if not w.startswith("-")]
-                if rest and "=" not in rest[0]:
-                    inside_path = ":".join([*path_dirs, SANDBOX_PATH])
-                    target = shutil.which(rest[0], path=inside_path)
-                    if target is None:
-                        target = shutil.which(rest[0], path=host_path)
-                        if target is None:
-                            raise ExecutionError(f"interpreter {rest[0]} for {name} not found")
-                        path_dirs.append(str(Path(target).parent))
-                    self._expose(Path(target), binds, protected)
-            else:
-                self._expose(Path(interp), binds, protected)
-        return [str(exe), *spec.argv[1:]], self._dedupe(binds), path_dirs
-
-    @staticmethod
-    def _visible(path: Path, binds: list[Path]) -> bool:
-        roots = [Path(d) for d in SYSTEM_DIRS] + binds
-        return any(_within(path, root) for root in roots)
-
-    def _expose(self, path: Path, binds: list[Path], protected: list[Path]) -> None:
-        """Make ``path`` and its symlink target visible, binding a small enough root for each."""
-        for p in (path, Path(os.path.realpath(path))):
-            if not self._visible(p, binds):
-                binds.append(self._bind_root(p, protected))
-
-    @staticmethod
-    def _bind_root(file: Path, protected: list[Path]) -> Path:
-        """The install prefix for ``…/bin/x`` (so ``lib/`` comes along), else the file's dir,
-        else the file — never a dir holding the service's data dir or the workspace, and
-        never a top-level dir like /root or /tmp."""
-        parent = file.parent
-        candidates = [parent.parent, parent] if parent.name == "bin" else [parent]
-        for candidate in candidates:
-            if len(candidate.parts) >= 3 and not any(_within(p, candidate) for p in protected):
-                return candidate
-        return file
-
-    @staticmethod
-    def _dedupe(binds: list[Path]) -> list[Path]:
-        kept: list[Path] = []
-        for bind in sorted(set(binds), key=lambda p: len(p.parts)):
-            if not any(_within(bind, k) for k in kept):
-                kept.append(bind)
-        return kept
+    def _prepare_workspace(self, workspace: Path, files: dict[str, bytes], user: HostUser | None) -> None:
+        """Write the input files, then hand the tree to the sandbox user (so it can write it)."""
+        write_files(workspace, files, user)
+        if user is not None:
+            hand_over(workspace, user)
 
     async def close(self) -> None:
         """Service shutdown: end every sandbox of this instance, its slirp and its cgroup."""

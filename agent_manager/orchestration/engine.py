@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_manager.errors import AgentManagerError, Conflict
+from agent_manager.errors import AgentManagerError, Conflict, NotFound
 from agent_manager.events import EventLog
 from agent_manager.orchestration.branches import StepBranches
 from agent_manager.orchestration.plan import Plan, Step, edges, heights, render
@@ -123,8 +123,11 @@ class OrchestrationEngine:
         self._start(live, resumed=False)
         return store.view(self.db, orch_id)
 
-    def resume(self, orch_id: str, owner: str | None = None, user_trusted: bool = True) -> dict[str, Any]:
-        """Re-run every step that did not succeed, reusing the stored outputs of those that did."""
+    def resume(self, orch_id: str, owner: str | None = None, user_trusted: bool = True,
+               only: str | None = None) -> dict[str, Any]:
+        """Re-run every step that did not succeed, reusing the stored outputs of those that did.
+        ``only``: retry that one failed (or cancelled) step and the steps below it that were skipped
+        or cancelled because of it; other failed steps keep their result."""
         orch = store.get_row(self.db, orch_id, owner)
         if orch_id in self.live or orch["status"] == "running":
             raise Conflict(f"orchestration {orch_id!r} is still running")
@@ -132,6 +135,21 @@ class OrchestrationEngine:
         rows = store.steps(self.db, orch_id)
         reused = [r["step_id"] for r in rows if r["status"] == "succeeded"]
         rerun = [r["step_id"] for r in rows if r["status"] != "succeeded"]
+        if only is not None:
+            by_id = {r["step_id"]: r for r in rows}
+            if only not in by_id:
+                raise NotFound(f"orchestration {orch_id!r} has no step {only!r}")
+            if by_id[only]["status"] not in ("failed", "cancelled", "skipped"):
+                raise Conflict(f"step {only!r} is {by_id[only]['status']}: only a failed, skipped or cancelled "
+                               "step can be retried")
+            children = edges(plan)
+            below, todo = {only}, [only]
+            while todo:
+                for child in children[todo.pop()]:
+                    if child not in below:
+                        below.add(child)
+                        todo.append(child)
+            rerun = [s for s in rerun if s in below and by_id[s]["status"] != "failed" or s == only]
         if not rerun:
             raise Conflict(f"orchestration {orch_id!r} has nothing to resume: every step succeeded")
         with self.db.transaction():
@@ -143,7 +161,7 @@ class OrchestrationEngine:
         workspace = Path(orch["workspace"])
         workspace.mkdir(parents=True, exist_ok=True)
         live = _Live(orch_id, plan, workspace, orch["max_parallel"], orch["owner"], user_trusted,
-                     {r["step_id"]: r["status"] if r["status"] == "succeeded" else "pending" for r in rows},
+                     {r["step_id"]: "pending" if r["step_id"] in rerun else r["status"] for r in rows},
                      {r["step_id"]: r["output"] or "" for r in rows if r["status"] == "succeeded"},
                      {r["step_id"]: r["attempts"] for r in rows})
         if orch.get("workspace_id") and self.runs.workspaces is not None:
@@ -198,8 +216,9 @@ class OrchestrationEngine:
         children = edges(plan)
         height = heights(plan)
         position = {s.id: i for i, s in enumerate(plan.steps)}
+        # Only pending steps run: a retry of one step leaves the other failed ones as they are.
         unmet = {s.id: {d for d in s.depends_on if live.status[d] != "succeeded"}
-                 for s in plan.steps if live.status[s.id] != "succeeded"}
+                 for s in plan.steps if live.status[s.id] == "pending"}
         ready: list[tuple[int, int, str]] = []
         finished: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -231,10 +250,21 @@ class OrchestrationEngine:
                     self._emit(live, "error", {"message": f"cannot merge the steps' branches: {exc.message}"})
             if live.cancelling:
                 final, error = "cancelled", "cancelled by the user"
-            elif all(s == "succeeded" for s in live.status.values()):
-                final, error = "succeeded", None
+                for step_id, state in list(live.status.items()):
+                    if state == "pending":  # never started: it will not run now either
+                        self._emit(live, "step.finished", {"step": step_id, "status": "cancelled",
+                                                           "duration_s": None, "error": error},
+                                   step_id, status="cancelled", error=error)
             else:
-                final, error = "failed", _failure_summary(live.status)
+                for step_id, state in list(live.status.items()):
+                    if state == "pending":  # an upstream step kept its failure (a retry of another step)
+                        reason = "an upstream step did not succeed"
+                        self._emit(live, "step.finished", {"step": step_id, "status": "skipped", "duration_s": None,
+                                                           "error": reason}, step_id, status="skipped", error=reason)
+                if all(s == "succeeded" for s in live.status.values()):
+                    final, error = "succeeded", None
+                else:
+                    final, error = "failed", _failure_summary(live.status)
             self._finish_row(live.id, final, error)
         except asyncio.CancelledError:
             for task in tasks.values():

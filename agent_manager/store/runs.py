@@ -61,6 +61,14 @@ def update(db: Database, run_id: str, **changes: Any) -> None:
             conn.execute(statement, params)
 
 
+def index_stderr(db: Database, run_id: str, stderr: str) -> None:
+    """Make a finished run findable by what it wrote to stderr too (the stored answer is stdout's)."""
+    if not stderr.strip():
+        return
+    with db.transaction() as conn:
+        conn.execute("UPDATE runs_fts SET output = output || char(10) || ? WHERE run_id = ?", (stderr, run_id))
+
+
 def fts_query(text: str) -> str:
     """Turn user text into a safe FTS5 query: every word must match, as a prefix."""
     words = [w.replace('"', '""') for w in text.split() if w.strip()]
@@ -111,3 +119,24 @@ def last_usage(db: Database, conversation_id: str, agent_id: str, session_id: st
                  " AND usage IS NOT NULL ORDER BY created_at DESC, rowid DESC LIMIT 1",
                  (conversation_id, agent_id, session_id))
     return json.loads(row["usage"]) if row and row["usage"] else None
+
+
+def prune(db: Database, finished_before: str, batch: int = 500) -> int:
+    """Delete finished runs (row, events, search entry) that finished before the timestamp.
+
+    Chat messages keep their text (they only lose the link to the run); orchestration steps
+    keep their stored output. Done in batches so the write lock is never held for long.
+    """
+    deleted = 0
+    while True:
+        with db.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?"
+                " AND status NOT IN ('queued', 'running') LIMIT ?", (finished_before, batch))]
+            if not ids:
+                return deleted
+            marks = ", ".join("?" for _ in ids)
+            conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs_fts WHERE run_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+        deleted += len(ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Form, Request
@@ -17,7 +17,7 @@ from agent_manager import __version__
 from agent_manager.errors import AgentManagerError
 from agent_manager.service import Service
 from agent_manager.settings import Settings
-from agent_manager.web import auth, metrics
+from agent_manager.web import apidocs, auth, metrics
 from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
 from agent_manager.web.routers import agents, conversations, runs, sandboxes
 from agent_manager.web.routers import settings as settings_api
@@ -44,6 +44,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # its loc is (body, <character offset>): not a field
+                reason = (e.get("ctx") or {}).get("error") or "malformed"
+                offset = e.get("loc", ("body", 0))[-1]
+                message = f"the request body is not valid JSON ({reason} at character {offset})"
+                return error_response(422, "validation_failed", message, [{"field": "body", "message": message}])
         details = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
         return error_response(422, "validation_failed", message, details)
@@ -69,20 +75,27 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal", "internal error; see the service log")
 
 
-def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
+def create_app(settings: Settings, *, service: Service | None = None, token: str | None = None,
+               on_started: Callable[[], None] | None = None) -> FastAPI:
+    """``token``/``on_started`` come from ``serve``: it writes a new token file and announces
+    the URL only after the service has started, from ``on_started``."""
     svc = service or Service(settings)
-    token = ensure_token(settings.token_path)[0] if settings.auth else None
+    if token is None and settings.auth:
+        token = ensure_token(settings.token_path)[0]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.start()
+        if on_started is not None:
+            on_started()
         try:
             yield
         finally:
             await svc.stop()
 
-    app = FastAPI(title="Agent Manager", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="Agent Manager", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A local control panel for command-line AI agents.")
+    apidocs.install(app)
     app.state.service = svc
     app.state.token = token
     install_error_handlers(app)
@@ -108,7 +121,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     async def login(request: Request, token: str | None = None) -> Response:
         if token is not None:
             return auth.login(app, request.query_params.getlist("token"))
-        return HTMLResponse(LOGIN_PAGE.format(error=""))
+        return HTMLResponse(LOGIN_PAGE.format(error=""), headers=auth.LOGIN_HEADERS)
 
     @app.post("/login", include_in_schema=False, response_model=None)
     async def login_form(token: str = Form(...)) -> Response:

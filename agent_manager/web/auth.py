@@ -42,6 +42,11 @@ SESSION_MAX_AGE = 30 * 24 * 3600
 # ``/login?token=`` URL never travels to another site.
 SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer")]
+# The login page is the one exception: a form posted from a ``no-referrer`` page carries
+# ``Origin: null`` in Chromium, which the Origin check must refuse; ``same-origin`` keeps the
+# Referer (and so the Origin) inside this service while still never sending it elsewhere.
+LOGIN_REFERRER = (b"referrer-policy", b"same-origin")
+LOGIN_HEADERS = {"Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 ADMIN = {"id": None, "name": "admin", "admin": True, "trusted": True}
 
 Principal = dict[str, Any]
@@ -57,7 +62,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def ensure_token(path: Path) -> tuple[str, bool]:
+def ensure_token(path: Path, *, write: bool = True) -> tuple[str, bool]:
     """The admin token, creating it (mode 0600) on first start. Returns (token, created).
 
     A token file others can read is tightened to 0600; one whose content is not a plausible
@@ -73,14 +78,21 @@ def ensure_token(path: Path) -> tuple[str, bool]:
                 raise ConfigError(f"the token file {path} does not hold a valid token (16-256 characters of "
                                   "A-Z a-z 0-9 _ . ~ -); delete it to get a new one")
             return token, False
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
+    if write:
+        save_token(path, token)
+    return token, True
+
+
+def save_token(path: Path, token: str) -> None:
+    """Write a new token file (0600). ``serve`` calls it only once start-up has succeeded, so a
+    failed first start does not swallow the one-time login URL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     os.replace(tmp, path)
-    return token, True
 
 
 def session_value(token: str) -> str:
@@ -253,15 +265,17 @@ async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) 
         await send({"type": "websocket.close", "code": 4000 + status})
         return
     accept = _header(scope, b"accept") or ""
+    security = SECURITY_HEADERS
     if status == 401 and "text/html" in accept and not scope.get("path", "").startswith("/api/"):
         # A person in a browser: still a 401, but one they can act on.
         body = LOGIN_PAGE.format(error="").encode()
         content_type = b"text/html; charset=utf-8"
+        security = [h for h in SECURITY_HEADERS if h[0] != LOGIN_REFERRER[0]] + [LOGIN_REFERRER]
     else:
         body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode()
         content_type = b"application/json"
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-               (b"cache-control", b"no-store"), *SECURITY_HEADERS]
+               (b"cache-control", b"no-store"), *security]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="agent-manager"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -275,7 +289,8 @@ def login(app: Any, given: list[str]) -> Response:
     if expected is None:
         return RedirectResponse("/", status_code=303)
     if len(given) != 1:
-        return HTMLResponse(LOGIN_PAGE.format(error="Send exactly one token."), status_code=400)
+        return HTMLResponse(LOGIN_PAGE.format(error="Send exactly one token."), status_code=400,
+                            headers=LOGIN_HEADERS)
     token = given[0].strip()
     if tokens_match(token, expected):
         value = session_value(expected)
@@ -283,7 +298,8 @@ def login(app: Any, given: list[str]) -> Response:
         svc = app.state.service
         user = default_authenticate(svc.db, expected, token) if getattr(svc, "db", None) is not None else None
         if user is None:
-            return HTMLResponse(LOGIN_PAGE.format(error=html.escape("That token is not valid.")), status_code=401)
+            return HTMLResponse(LOGIN_PAGE.format(error=html.escape("That token is not valid.")), status_code=401,
+                                headers=LOGIN_HEADERS)
         from agent_manager.store import users as user_store
 
         found = user_store.session_material(svc.db, user["id"])
@@ -301,13 +317,26 @@ def logout() -> Response:
 
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>Agent Manager — log in</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
-input{{width:100%;padding:.6rem;font-size:1rem;box-sizing:border-box}}button{{margin-top:.8rem;padding:.6rem 1.2rem}}
-.error{{color:#b00020}}</style></head><body><h1>Agent Manager</h1>
+<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="color-scheme" content="light dark">
+<title>Log in · Agent Manager</title><link rel="icon" href="/favicon.ico" type="image/svg+xml">
+<style>:root{{--bg:#f6f7f9;--panel:#fff;--text:#1c2330;--muted:#5f6b7c;--border:#dde1e7;--accent:#3b5bdb;
+--danger:#c92a2a}}@media (prefers-color-scheme:dark){{:root{{--bg:#0f1217;--panel:#171b22;--text:#e4e8ef;
+--muted:#97a1b0;--border:#2a303b;--accent:#7b93ff;--danger:#ff6b6b}}}}
+*{{box-sizing:border-box}}body{{margin:0;min-height:100vh;display:grid;place-items:center;padding:1rem;
+font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:var(--bg);color:var(--text)}}
+main{{width:100%;max-width:26rem;background:var(--panel);border:1px solid var(--border);border-radius:12px;
+padding:1.5rem}}h1{{font-size:1.35rem;margin:0 0 .6rem}}h1 span{{color:var(--accent)}}
+p{{color:var(--muted);margin:.4rem 0 1rem}}code{{font-size:.9em}}
+label{{font-weight:600;display:block;margin-bottom:.3rem}}
+input{{width:100%;padding:.6rem;font:inherit;color:inherit;background:var(--panel);border:1px solid var(--border);
+border-radius:8px}}input:focus-visible{{outline:3px solid #f59f00;outline-offset:2px}}
+button{{margin-top:.9rem;width:100%;padding:.65rem 1.2rem;font:inherit;font-weight:600;border:0;border-radius:8px;
+background:var(--accent);color:#fff;cursor:pointer}}.error{{color:var(--danger);font-weight:600;margin:0 0 .8rem}}
+.error:empty{{display:none}}</style></head><body><main class="login"><h1><span aria-hidden="true">◆</span>
+Agent Manager</h1>
 <p>Paste your token. The admin token is in the file <code>admin-token</code> in the data directory
 (<code>agent-manager token</code> prints it); users get theirs from the admin.</p>
-<p class="error" role="alert">{error}</p>
+<p class="error" role="alert" data-testid="login-error">{error}</p>
 <form method="post" action="/login"><label for="token">Token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
-<button type="submit">Log in</button></form></body></html>"""
+<button type="submit">Log in</button></form></main></body></html>"""

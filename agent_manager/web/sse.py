@@ -1,6 +1,7 @@
 """Server-sent events over an ``EventLog``: replay what was missed, then follow live.
 
-Framing (DESIGN 3.3): ``id: <seq>``, ``event: <type>``, ``data: <json>``. The stream closes
+Framing (DESIGN 3.3): ``id: <seq>``, ``event: <type>``, ``data: <json>`` (with ``at``, the time it
+was stored). The stream closes
 after the event the caller's ``ends(type, seq)`` picks, so a finished run replays and ends.
 """
 
@@ -32,14 +33,23 @@ def wants_sse(request: Request) -> bool:
 Ends = Callable[[str, int], bool]
 
 
+def with_time(data: str, at: str) -> str:
+    """The stored JSON object with ``"at"`` (when the event was stored) added, without decoding it:
+    a replayed log then shows when each line was written, not when it was replayed."""
+    if not data.startswith("{") or '"at":' in data:
+        return data
+    return f'{{"at":"{at}"}}' if data.strip() == "{}" else f'{{"at":"{at}",{data[1:]}'
+
+
+
 async def frames(log: EventLog, key: str, after: int, ends: Ends) -> AsyncIterator[bytes]:
     while True:
         rows = log.read_raw(key, after, BATCH)
         if rows:
             parts = []
             done = False
-            for seq, type_, data in rows:
-                parts.append(f"id: {seq}\nevent: {type_}\ndata: {data}\n\n")
+            for seq, type_, data, at in rows:
+                parts.append(f"id: {seq}\nevent: {type_}\ndata: {with_time(data, at)}\n\n")
                 after = seq
                 if ends(type_, seq):
                     done = True
@@ -48,6 +58,8 @@ async def frames(log: EventLog, key: str, after: int, ends: Ends) -> AsyncIterat
             if done:
                 return
             continue
+        if log.closed:  # the service is stopping: what was stored has been sent
+            return
         if not await log.wait(key, after, KEEPALIVE_S):
             yield b": keepalive\n\n"
 

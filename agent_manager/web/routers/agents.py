@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from agent_manager.agents import KINDS, get_kind
 from agent_manager.errors import ValidationFailed
 from agent_manager.models import MASK, Agent, AgentCreate, AgentUpdate, mask_env
+from agent_manager.runs import working_dir_problem
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, require_admin, service
@@ -24,8 +25,15 @@ def present(agent: dict[str, Any]) -> Agent:
                     "install_hint": kind.install_hint})
 
 
+def _check_working_dir(path: str | None) -> None:
+    """A missing working directory is refused, never created (as root that could be anywhere)."""
+    if (problem := working_dir_problem(path)) is not None:
+        raise ValidationFailed(problem, [{"field": "working_dir", "message": problem}])
+
+
 def _fields(body: AgentCreate) -> dict[str, Any]:
     fields = body.model_dump()
+    _check_working_dir(fields.get("working_dir"))
     if not fields.get("command"):
         default = KINDS[body.kind].default_command
         if not default:
@@ -61,6 +69,8 @@ async def update_agent(ref: str, body: AgentUpdate, request: Request, svc: Servi
     for key in ("name", "kind", "trusted", "timeout_s", "network", "args", "env"):
         if key in changes and changes[key] is None:
             raise ValidationFailed(f"{key}: must not be null", [{"field": key, "message": "must not be null"}])
+    if changes.get("working_dir"):
+        _check_working_dir(changes["working_dir"])
     if "env" in changes:  # a masked value sent back means "keep the stored secret"
         changes["env"] = {k: (current["env"].get(k, "") if v == MASK else v) for k, v in changes["env"].items()}
     if changes.get("api_key") == MASK:  # the masked key sent back: keep the stored one

@@ -1,4 +1,5 @@
-"""/api/files: browse, read and write files inside an agent's working directory, and nowhere else.
+"""/api/files: browse, read, write, rename and delete files inside an agent's working directory, and
+nowhere else.
 
 Roots: the agent's ``working_dir``, else its default workspace ``<home>/workspaces/<name>``.
 Why two checks: ``realpath`` + ``commonpath`` decides whether the *name* stays inside the
@@ -334,3 +335,68 @@ async def write(request: Request, agent: str = Query(..., min_length=1, max_leng
     audit(request, "file.write", f"{found['name']}:{rel}", {"size": len(data)})
     return {"type": "file", "agent": found["name"], "path": rel, "size": info.st_size,
             "modified": _stamp(info.st_mtime)}
+
+
+def _entry(svc: Service, agent: str, path: str) -> tuple[dict[str, Any], str, list[str], str, str]:
+    """(agent, real root, parent components, last name, relative path) for an entry to change.
+    Only the parent is resolved: the entry itself is acted on without following it, so a symlink
+    is renamed or removed, never what it points to."""
+    found = agent_store.get(svc.database, agent)
+    parts = split_path(path)
+    if not parts:
+        raise BadRequest("path: name a file or directory", [{"field": "path", "message": "empty"}])
+    root, _ = agent_root(svc, found)
+    if not root.is_dir():
+        raise NotFound(f"the working directory {root} does not exist")
+    real_root, parent = resolve(root, parts[:-1], svc.settings.home)
+    return found, real_root, parent, parts[-1], "/".join([*parent, parts[-1]])
+
+
+def _may_write(request: Request) -> None:
+    who = principal(request)
+    if not (who.get("admin") or who.get("trusted")):
+        raise Forbidden("only the admin and trusted users may change files")
+
+
+@router.delete("", status_code=204)
+async def remove(request: Request, agent: str = Query(..., min_length=1, max_length=256),
+                 path: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> Response:
+    """Delete a file, a symlink (not its target) or an empty directory."""
+    _may_write(request)
+    found, real_root, parent, name, rel = _entry(svc, agent, path)
+    try:
+        with walk(real_root, parent) as fd:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            raise Conflict(f"{rel}: the directory is not empty") from exc
+        raise _errno_to_error(exc, rel) from exc
+    audit(request, "file.delete", f"{found['name']}:{rel}")
+    return Response(status_code=204)
+
+
+@router.post("/move")
+async def move(request: Request, agent: str = Query(..., min_length=1, max_length=256),
+               path: str = Query(..., min_length=1, max_length=4096),
+               to: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> dict[str, Any]:
+    """Rename or move an entry inside the working directory; never replaces an existing one (409)."""
+    _may_write(request)
+    found, real_root, parent, name, rel = _entry(svc, agent, path)
+    _, dst_root, dst_parent, dst_name, dst_rel = _entry(svc, agent, to)
+    try:
+        with walk(real_root, parent) as src_fd, walk(dst_root, dst_parent, create=True) as dst_fd:
+            os.stat(name, dir_fd=src_fd, follow_symlinks=False)  # 404 for a missing source
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(dst_name, dir_fd=dst_fd, follow_symlinks=False)
+                raise Conflict(f"{dst_rel}: already exists")
+            os.rename(name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise BadRequest(f"{rel}: cannot be moved into itself", [{"field": "to", "message": "inside"}]) from exc
+        raise _errno_to_error(exc, rel) from exc
+    audit(request, "file.move", f"{found['name']}:{rel}", {"to": dst_rel})
+    return {"agent": found["name"], "path": dst_rel, "from": rel}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,7 +14,7 @@ from agent_manager.orchestration.engine import OrchestrationEngine
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
-from agent_manager.web import sse
+from agent_manager.web import plan_files, sse
 from agent_manager.web.deps import owner_filter, principal, service
 from agent_manager.web.routers.plans import PlanInput
 from agent_manager.web.routers.projects import workspaces
@@ -84,6 +85,23 @@ async def resume_orchestration(orch_id: str, request: Request, svc: Service = De
     who = principal(request)
     return with_workspaces(svc, engine(svc).resume(orch_id, owner_filter(request),
                                                    user_trusted=bool(who.get("trusted", True))))
+
+
+@router.post("/{orch_id}/steps/{step_id}/retry")
+async def retry_step(orch_id: str, step_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    """Run one failed (or skipped/cancelled) step again, and the steps below it that it held back."""
+    who = principal(request)
+    return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
+                              only=step_id)
+
+
+@router.get("/{orch_id}/files")
+async def orchestration_files(orch_id: str, request: Request, path: str = Query("", max_length=4096),
+                              raw: bool = False, svc: Service = Depends(service)) -> Any:
+    """The files the plan wrote in its workspace: without ``path`` a recursive list (bounded), with
+    ``path`` that file (JSON, or its bytes as a download with ``raw=true``)."""
+    orch = store.get_row(svc.database, orch_id, owner_filter(request))
+    return plan_files.read(Path(orch["workspace"]), path, raw, svc.settings.home)
 
 
 @router.get("/{orch_id}/events", responses={200: {"content": {"text/event-stream": {}}}})

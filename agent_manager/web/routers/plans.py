@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent_manager.errors import ValidationFailed
+from agent_manager.models import NAME_RE
 from agent_manager.orchestration import plan as plans
 from agent_manager.orchestration import planner
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
-from agent_manager.web.deps import principal, service
+from agent_manager.store import saved_plans
+from agent_manager.web.deps import owner_filter, principal, service
 
 router = APIRouter(prefix="/api/plans", tags=["plans"])
 
@@ -80,3 +82,37 @@ async def validate_plan(body: PlanInput, svc: Service = Depends(service)) -> dic
             "plan": plans.to_data(plan) if plan is not None else None,
             "layers": plans.layers(plan) if plan is not None and valid else [],
             "yaml": plans.to_yaml(plan) if plan is not None and valid else None}
+
+
+class SavedPlanInput(PlanInput):
+    """A plan to keep under ``name`` (saving the same name again replaces it)."""
+
+    name: str = Field(..., pattern=NAME_RE)
+
+
+@router.get("/saved")
+async def list_saved(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
+    """Your saved plans (the admin's list has everyone's), by name."""
+    return saved_plans.list_all(svc.database, owner_filter(request))
+
+
+@router.post("/saved", status_code=201)
+async def save_plan(body: SavedPlanInput, request: Request, response: Response,
+                    svc: Service = Depends(service)) -> dict[str, Any]:
+    """Validate the plan (422 naming the step) and keep it; 200 when it replaced one of that name."""
+    plan = plans.load(body.data(), agent_store.list_all(svc.database))
+    saved, created = saved_plans.save(svc.database, body.name, plans.to_data(plan), principal(request).get("id"))
+    if not created:
+        response.status_code = 200
+    return saved
+
+
+@router.get("/saved/{plan_id}")
+async def get_saved(plan_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    return saved_plans.get(svc.database, plan_id, owner_filter(request))
+
+
+@router.delete("/saved/{plan_id}", status_code=204)
+async def delete_saved(plan_id: str, request: Request, svc: Service = Depends(service)) -> Response:
+    saved_plans.delete(svc.database, plan_id, owner_filter(request))
+    return Response(status_code=204)

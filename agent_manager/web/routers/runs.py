@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
 
 from agent_manager.errors import ValidationFailed
 from agent_manager.executors.base import Resources
@@ -16,7 +17,7 @@ from agent_manager.store import agents as agent_store
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.web import sse
-from agent_manager.web.deps import audit, owner_filter, principal, service
+from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
 from agent_manager.web.routers.projects import workspaces
 from agent_manager.web.routers.workspaces import attach
 
@@ -68,6 +69,18 @@ async def list_runs(request: Request, agent: str | None = None, status: RunStatu
     items, total = await svc.database.read(run_store.search, agent_id=agent_id, status=status, q=q,
                                            owner=owner_filter(request), limit=limit, offset=offset)
     return {"items": [attach(svc, r) for r in items], "total": total, "limit": limit, "offset": offset}
+
+
+class PruneRequest(BaseModel):
+    older_than_days: float = Field(..., ge=0, le=100_000, allow_inf_nan=False)
+
+
+@router.post("/prune", dependencies=[Depends(require_admin)])
+async def prune_runs(body: PruneRequest, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
+    """Delete finished runs (and their event logs) older than ``older_than_days``."""
+    deleted = svc.runs.prune(body.older_than_days)
+    audit(request, "runs.prune", None, {"older_than_days": body.older_than_days, "deleted": deleted})
+    return {"deleted": deleted, "older_than_days": body.older_than_days}
 
 
 @router.get("/{run_id}", response_model=Run)

@@ -14,41 +14,37 @@
  *   - `render` may return a cleanup function; it runs before the next page renders.
  *   - Set the tab title with setTitle(text) from lib/dom.js.
  *
- * Routes: "#/<name>/<id>…" loads pages/<ROUTES[name] || name>.js. The page list comes from
- * /ui/pages.json, so a nav entry whose module does not exist yet shows "not available"
- * instead of a failed import.
+ * Routes: "#/<name>/<id>…" loads pages/<ROUTES[name]>.js; a page is added with ONE register() line
+ * below. An unknown route says "Not found"; a registered page whose module is not shipped yet
+ * (absent from /ui/pages.json) says "not available" instead of failing an import.
+ * The shell also runs the theme toggle, the keyboard shortcuts ("/" search, Ctrl/Cmd-K palette)
+ * and lib/attention.js (running badge, tab title/favicon, notifications).
  */
 
+import { startAttention } from "./lib/attention.js";
 import { clear, errorBox, h, setTitle } from "./lib/dom.js";
+import { openPalette } from "./lib/palette.js";
 
-const ROUTES = {
-  "": "dashboard",
-  agents: "agents",
-  run: "run",
-  runs: "run",
-  chat: "chat",
-  history: "history",
-  settings: "settings",
-  plans: "plans",
-  orchestration: "orchestration",
-  orchestrations: "orchestration",
-  files: "files",
-  users: "users",
-  projects: "projects",
-};
-
-const NAV = [
-  ["/", "Dashboard", ["dashboard"]],
-  ["/agents", "Agents", ["agents"]],
-  ["/run", "Run", ["run"]],
-  ["/chat", "Chat", ["chat"]],
-  ["/history", "History", ["history"]],
-  ["/plans", "Plans", ["plans", "orchestration"]],
-  ["/projects", "Projects", ["projects"]],
-  ["/files", "Files", ["files"]],
-  ["/users", "Users", ["users"]],
-  ["/settings", "Settings", ["settings"]],
-];
+// The pages: one register() line each — route names (the first word of "#/<route>/…"), the module
+// in pages/<module>.js, and the menu label (null: reachable by link only).
+const ROUTES = {};
+const NAV = [];
+function register(routes, module, label = null, menuOf = null) {
+  for (const r of routes) ROUTES[r] = module;
+  if (label) NAV.push([`/${routes[0]}`.replace(/^\/$/, "/"), label, [module]]);
+  if (menuOf) NAV.find(([, l]) => l === menuOf)[2].push(module); // highlight that menu entry
+}
+register([""], "dashboard", "Dashboard");
+register(["agents"], "agents", "Agents");
+register(["run", "runs"], "run", "Run");
+register(["chat"], "chat", "Chat");
+register(["history"], "history", "History");
+register(["plans"], "plans", "Plans");
+register(["projects"], "projects", "Projects");
+register(["orchestrations", "orchestration"], "orchestration", null, "Plans");
+register(["files"], "files", "Files");
+register(["users"], "users", "Users");
+register(["settings"], "settings", "Settings");
 
 let available = null;
 let current = { controller: null, cleanup: null };
@@ -90,13 +86,17 @@ function parseHash() {
   return { name, parts: segments.slice(1), query: new URLSearchParams(queryPart), path: `/${segments.join("/")}` };
 }
 
+// The running count lives in the menu (History lists the runs); kept across route changes.
+const runningBadge = h("span", { class: "nav-badge", hidden: true, "data-testid": "running-badge" });
+
 function buildNav(activeModule) {
   const nav = document.getElementById("nav");
   clear(nav);
   const list = h("ul", { class: "nav-list" });
   for (const [href, label, modules] of NAV) {
     const active = modules.includes(activeModule);
-    list.append(h("li", null, h("a", { href: `#${href}`, "aria-current": active ? "page" : null }, label)));
+    list.append(h("li", null, h("a", { href: `#${href}`, "aria-current": active ? "page" : null }, label,
+      label === "History" ? runningBadge : null)));
   }
   nav.append(list);
 }
@@ -104,7 +104,7 @@ function buildNav(activeModule) {
 async function route() {
   const myTurn = ++renderCount;
   const { name, parts, query, path } = parseHash();
-  const module = ROUTES[name] ?? name;
+  const module = ROUTES[name];
   buildNav(module);
   if (current.controller) current.controller.abort();
   if (typeof current.cleanup === "function") {
@@ -121,7 +121,7 @@ async function route() {
   const root = h("section", { class: `page page-${module || "dashboard"}` });
   main.append(root);
 
-  if (!/^[a-z][a-z0-9_-]*$/.test(module)) {
+  if (!module) {
     notFound(root, path);
     return;
   }
@@ -163,8 +163,10 @@ function notAvailable(root, module) {
 
 function notFound(root, path) {
   setTitle("Not found");
-  root.append(h("h1", null, "Not found"), h("p", null, `There is no page at ${path}. `,
-    h("a", { href: "#/" }, "Go to the dashboard")));
+  root.append(h("h1", null, "Not found"), h("div", { class: "empty card", "data-testid": "not-found" },
+    h("p", null, `There is no page at ${path}.`),
+    h("p", null, h("a", { href: "#/" }, "Go to the dashboard"), " · or press ",
+      h("kbd", null, "Ctrl"), " ", h("kbd", null, "K"), " to jump anywhere.")));
 }
 
 window.addEventListener("hashchange", () => {
@@ -173,4 +175,56 @@ window.addEventListener("hashchange", () => {
     if (main && !main.contains(document.activeElement)) main.focus({ preventScroll: true });
   });
 });
+// ---- theme: the system's by default, or the one the user picked (kept in this browser) ----
+const THEMES = ["system", "light", "dark"];
+function applyTheme(theme) {
+  const root = document.documentElement;
+  if (theme === "light" || theme === "dark") root.dataset.theme = theme;
+  else delete root.dataset.theme;
+  const button = document.getElementById("theme-toggle");
+  if (button) {
+    button.textContent = { system: "◐", light: "☀", dark: "☾" }[theme] || "◐";
+    button.title = `Theme: ${theme} (click to change)`;
+    button.setAttribute("aria-label", `Theme: ${theme}`);
+    button.dataset.theme = theme;
+  }
+}
+function storedTheme() {
+  try {
+    return localStorage.getItem("am-theme") || "system";
+  } catch {
+    return "system";
+  }
+}
+applyTheme(storedTheme());
+document.getElementById("theme-toggle")?.addEventListener("click", () => {
+  const next = THEMES[(THEMES.indexOf(storedTheme()) + 1) % THEMES.length];
+  try {
+    localStorage.setItem("am-theme", next);
+  } catch {
+    /* private mode: this page only */
+  }
+  applyTheme(next);
+});
+
+// ---- keyboard: "/" finds, Ctrl/Cmd-K jumps ----
+const palette = () => openPalette({ pages: NAV.map(([href, label]) => [href, label]), navigate });
+document.getElementById("palette-open")?.addEventListener("click", palette);
+document.addEventListener("keydown", (event) => {
+  const typing = event.target instanceof HTMLElement
+    && (event.target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(event.target.tagName));
+  if ((event.ctrlKey || event.metaKey) && !event.altKey && event.key.toLowerCase() === "k") {
+    event.preventDefault();
+    palette();
+  } else if (event.key === "/" && !typing && !event.ctrlKey && !event.metaKey && !event.altKey) {
+    const search = document.querySelector("main input[type=search]");
+    if (search) {
+      event.preventDefault();
+      search.focus();
+      search.select();
+    }
+  }
+});
+
+startAttention({ badge: runningBadge, bell: document.getElementById("notify-toggle"), navigate });
 route(); // module scripts run once the document is parsed

@@ -3,7 +3,9 @@
  *
  * Exports
  *   class AnsiRenderer
- *     new AnsiRenderer(container)   appends into `container` (a <pre> or <div class="term">)
+ *     new AnsiRenderer(container, sink?)   appends into `container` (a <pre> or <div class="term">),
+ *                                   or, with `sink(text, className, rgbStyle|null)`, hands styled
+ *                                   pieces to it instead (and keeps no copy of the text)
  *     .write(text, cls?)            append a chunk; escape sequences may be split across chunks;
  *                                   `cls` adds a class to every span of this chunk (e.g. "stderr")
  *     .flush()                      emit a dangling partial escape sequence as text
@@ -27,8 +29,9 @@ function fresh() {
 }
 
 export class AnsiRenderer {
-  constructor(container) {
+  constructor(container, sink = null) {
     this.container = container;
+    this.sink = sink; // (text, className, rgbStyle|null) instead of DOM nodes (see logview.js)
     this.state = fresh();
     this.pending = "";
     this.plain = "";
@@ -69,7 +72,7 @@ export class AnsiRenderer {
     if (!text) return;
     text = text.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, ""); // keeps \t and \n; drops \r and stray controls
     if (!text) return;
-    this.plain += text;
+    if (!this.sink) this.plain += text;
     const s = this.state;
     const classes = [];
     let fg = s.inverse ? s.bg : s.fg;
@@ -88,6 +91,10 @@ export class AnsiRenderer {
     const rgb = {};
     if (Array.isArray(fg)) rgb.color = `rgb(${fg.join(",")})`;
     if (Array.isArray(bg)) rgb.backgroundColor = `rgb(${bg.join(",")})`;
+    if (this.sink) {
+      this.sink(text, classes.join(" "), rgb.color || rgb.backgroundColor ? rgb : null);
+      return;
+    }
     if (!classes.length && !rgb.color && !rgb.backgroundColor) {
       const lastNode = this.container.lastChild;
       if (lastNode && lastNode.nodeType === Node.TEXT_NODE) lastNode.appendData(text);

@@ -13,7 +13,8 @@
  *   class ApiError extends Error
  *       .status  HTTP status (0 = network failure)      .code  e.g. "validation_failed", "not_found"
  *       .message the API's message                      .details the raw details (list or null)
- *       .fields  {fieldName: message} built from details[].field ("args.0" also sets "args")
+ *       .fields  {fieldName: message} built from details[].field ("args.0" also sets "args"), in
+ *                plain words (friendly()); .message lists them as "Field: message" lines
  *       .fieldError(name) -> message for that field (or one of its sub-fields) or ""
  *   follow(url, {onEvent, after=0, terminal=["run.finished"], types=[], signal, onState})
  *       -> {close(), lastSeq(), listen(type)}
@@ -43,7 +44,7 @@ export class ApiError extends Error {
     if (Array.isArray(details)) {
       for (const d of details) {
         if (!d || typeof d.field !== "string") continue;
-        const msg = d.message || "invalid";
+        const msg = friendly(d.message || "invalid");
         const parts = d.field.split(".");
         for (let i = parts.length; i >= 1; i--) {
           const key = parts.slice(0, i).join(".");
@@ -56,6 +57,40 @@ export class ApiError extends Error {
   fieldError(name) {
     return this.fields[name] || "";
   }
+}
+
+/** Pydantic's wording ("String should match pattern '^[A-Za-z0-9]…'") in words a person uses. */
+export function friendly(message) {
+  const text = String(message || "");
+  let m;
+  if (/should match pattern/i.test(text)) {
+    const pattern = /'(.*)'/.exec(text)?.[1] || "";
+    if (pattern.includes("A-Za-z0-9") || pattern.includes("\\w")) {
+      const bare = pattern.replace(/\w-\w/g, "");
+      const extra = [...new Set(bare.match(/[._-]/g) || [])].map((c) => `'${c}'`);
+      return `Use only letters, digits${extra.length ? ` and ${extra.join(" ")}` : ""} — no spaces.`;
+    }
+    return "This value is not in the expected format.";
+  }
+  if (/^field required$/i.test(text)) return "Required.";
+  if ((m = /should have at least (\d+) (character|item)/i.exec(text))) {
+    return m[1] === "1" ? "Required." : `At least ${m[1]} ${m[2]}s.`;
+  }
+  if ((m = /should have at most (\d+) (character|item)/i.exec(text))) return `At most ${m[1]} ${m[2]}s.`;
+  if ((m = /should be greater than or equal to (\S+)/i.exec(text))) return `Must be ${m[1]} or more.`;
+  if ((m = /should be greater than (\S+)/i.exec(text))) return `Must be more than ${m[1]}.`;
+  if ((m = /should be less than or equal to (\S+)/i.exec(text))) return `Must be ${m[1]} or less.`;
+  if ((m = /should be less than (\S+)/i.exec(text))) return `Must be less than ${m[1]}.`;
+  if (/should be a valid integer/i.test(text)) return "Must be a whole number.";
+  if (/should be a valid number/i.test(text)) return "Must be a number.";
+  if (/should be a valid boolean/i.test(text)) return "Must be yes or no.";
+  if ((m = /^Input should be (.+)$/i.exec(text))) return `Must be ${m[1]}.`;
+  if (/^Value error, /.test(text)) return capital(text.replace(/^Value error, /, ""));
+  return capital(text);
+}
+
+function capital(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
 }
 
 export function qs(query) {
@@ -95,10 +130,20 @@ export async function api(path, { method = "GET", body, query, signal } = {}) {
   }
   if (!response.ok) {
     const error = payload && payload.error ? payload.error : {};
-    throw new ApiError(response.status, error.code || "http_error",
-      error.message || `${response.status} ${response.statusText}`, error.details);
+    let message = error.message || `${response.status} ${response.statusText}`;
+    if (error.code === "validation_failed" && Array.isArray(error.details) && error.details.length) {
+      // "name: String should match…" → "Name: Use letters…" (one line per field)
+      message = error.details.filter((d) => d && d.field).map((d) => `${label(d.field)}: ${friendly(d.message)}`)
+        .join("\n") || message;
+    }
+    throw new ApiError(response.status, error.code || "http_error", message, error.details);
   }
   return payload;
+}
+
+function label(fieldName) {
+  const last = String(fieldName).split(".").filter((p) => !/^\d+$/.test(p)).pop() || fieldName;
+  return capital(last.replace(/_/g, " "));
 }
 
 export const get = (path, query, opts = {}) => api(path, { ...opts, query });
@@ -119,6 +164,9 @@ export function follow(url, { onEvent, after = 0, terminal = ["run.finished"], t
     "run.stalled", "run.resumed", ...terminal, ...extra]);
 
   function handle(ev) {
+    // EventSource fires its own "error" (a dropped connection) as a plain Event; a run's SSE event
+    // named "error" arrives as a MessageEvent with data. Only the latter is an event of the run.
+    if (!(ev instanceof MessageEvent)) return;
     const seq = Number.parseInt(ev.lastEventId, 10);
     if (Number.isFinite(seq)) {
       if (seq <= last) return; // already delivered (replay after a reconnect)

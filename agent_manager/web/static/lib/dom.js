@@ -18,6 +18,7 @@
  *   toast(message, kind="info")     transient notice in the corner (aria-live)
  *   errorBox(err) -> Element        a role=alert box for any thrown error
  *   setTitle(text)                  the browser tab title ("text · Agent Manager")
+ *   setTitlePrefix(prefix)          "(2) " before it, for the running count
  *   TERMINAL                        Set of terminal run statuses
  */
 
@@ -85,6 +86,9 @@ export function field({ label, input, hint, name }) {
   const wrap = isCheck
     ? h("div", { class: "field check" }, input, labelEl, hintEl, error)
     : h("div", { class: "field" }, labelEl, input, hintEl, error);
+  // An error is about the value that was sent: editing the field takes it away (no stale messages).
+  input.addEventListener("input", () => setError(""));
+  input.addEventListener("change", () => setError(""));
   function setError(message) {
     error.textContent = message || "";
     if (message) input.setAttribute("aria-invalid", "true");
@@ -107,7 +111,10 @@ export function applyErrors(summary, err, rows) {
   }
   if (summary) {
     clear(summary);
-    if (err) summary.append(errorBox(err));
+    // Field messages are shown under their fields; the banner is for what no field explains.
+    const unmatched = err && Array.isArray(err.details) && err.details.some((d) => d && d.field
+      && !Object.keys(rows).some((name) => d.field === name || d.field.startsWith(`${name}.`)));
+    if (err && (!matched || unmatched)) summary.append(errorBox(err));
   }
   if (first) first.focus();
   return matched;
@@ -183,6 +190,16 @@ export function toast(message, kind = "info") {
   setTimeout(() => el.remove(), 4000);
 }
 
+let baseTitle = "Agent Manager";
+let titlePrefix = "";
+
 export function setTitle(text) {
-  document.title = text ? `${text} · Agent Manager` : "Agent Manager";
+  baseTitle = text ? `${text} · Agent Manager` : "Agent Manager";
+  document.title = titlePrefix + baseTitle;
+}
+
+/** A prefix for the tab title, e.g. "(2) " while two runs work (lib/attention.js sets it). */
+export function setTitlePrefix(prefix) {
+  titlePrefix = prefix || "";
+  document.title = titlePrefix + baseTitle;
 }

@@ -6,17 +6,17 @@
  *       `run` is a Run from the API. The view follows GET /api/runs/{id}/events (SSE) from the
  *       start, so a reload replays everything once; `done` resolves with the final Run.
  *       Shows status, backend badge + route reason, sandbox id, exit code, duration, usage, a
- *       stalled badge, a Cancel button, parsed messages/tools/errors, and the raw output
- *       (ANSI colours, stderr marked) in a box that auto-scrolls until the user scrolls up.
+ *       stalled badge, a Cancel button (asks first), parsed messages/tools/errors (each failure
+ *       once), and the raw output in a logView (lib/logview.js: line numbers, search, follow…).
  *   stickyScroll(box) -> {update(), jumpButton}   keep a scroll box pinned to its bottom
  */
 
 import { follow, get, post } from "./api.js";
-import { AnsiRenderer } from "./ansi.js";
+import { logView } from "./logview.js";
 import {
   backendBadge, fmtDuration, fmtUsage, h, statusBadge, TERMINAL, toast,
 } from "./dom.js";
-import { renderMarkdown } from "./markdown.js";
+import { MarkdownStream } from "./markdown.js";
 
 export function stickyScroll(box) {
   let stuck = true;
@@ -69,12 +69,9 @@ export function runView(run, { signal, onFinished, compact = false } = {}) {
     "Cancel");
   const errorArea = h("div", { class: "run-error" });
   const activity = h("div", { class: "activity", "aria-label": "Messages and tool calls" });
-  const output = h("pre", { class: "term", tabindex: "0", role: "log", "aria-label": "Raw output",
-    "data-testid": "output" });
-  const scroller = stickyScroll(output);
-  const ansi = new AnsiRenderer(output);
-  const emptyOutput = h("p", { class: "muted small output-empty" }, "No output yet.");
+  const log = logView({ label: "Output", filename: `${run.id}.log` });
   const tools = new Map();
+  const errorsShown = new Set();
   let lastMessage = null;
 
   const el = h("div", { class: `runview${compact ? " compact" : ""}`, "data-run-id": run.id },
@@ -87,15 +84,14 @@ export function runView(run, { signal, onFinished, compact = false } = {}) {
       h("div", null, h("dt", null, "Sandbox"), sandbox)),
     errorArea,
     activity,
-    h("div", { class: "output-wrap" },
-      h("div", { class: "output-label" }, h("span", null, "Output"), scroller.jumpButton),
-      emptyOutput, output));
+    h("div", { class: "output-wrap" }, log.el));
 
   function paint() {
     status.replaceChildren(statusBadge(state.status));
     backend.replaceChildren(state.backend ? backendBadge(state.backend, state.route_reason) : "");
     reason.textContent = state.route_reason || "";
-    exit.textContent = state.exit_code ?? "—";
+    // A cancel is the user's own doing: no signal number dressed up as an exit code.
+    exit.textContent = state.status === "cancelled" ? "— (cancelled)" : (state.exit_code ?? "—");
     usage.textContent = fmtUsage(state.usage);
     sandbox.textContent = state.sandbox_id || "—";
     cancel.hidden = TERMINAL.has(state.status);
@@ -104,12 +100,18 @@ export function runView(run, { signal, onFinished, compact = false } = {}) {
     } else if (startedAt) {
       duration.textContent = `${fmtDuration((Date.now() - startedAt) / 1000)}…`;
     }
-    if (state.error && TERMINAL.has(state.status) && state.status !== "succeeded") {
+    if (state.status === "cancelled") {
+      errorArea.replaceChildren(h("div", { class: "alert note", "data-testid": "run-note" }, "Cancelled."));
+    } else if (state.error && TERMINAL.has(state.status) && state.status !== "succeeded"
+      && !errorsShown.has(state.error.trim())) {
       errorArea.replaceChildren(h("div", { class: "alert error", role: "alert" }, state.error));
     }
+    if (TERMINAL.has(state.status) && !log.lineCount()) log.el.querySelector(".output-empty").textContent =
+      "The run printed nothing.";
   }
 
   async function onCancel() {
+    if (!window.confirm("Cancel this run? Its process is stopped.")) return;
     cancel.disabled = true;
     try {
       state = { ...state, ...(await post(`/api/runs/${encodeURIComponent(run.id)}/cancel`)) };
@@ -126,11 +128,12 @@ export function runView(run, { signal, onFinished, compact = false } = {}) {
     if (data.delta && lastMessage) {
       lastMessage.text += text;
     } else {
-      lastMessage = { text, body: h("div", { class: "md" }) };
+      const body = h("div", { class: "md" });
+      lastMessage = { text, body, md: new MarkdownStream(body) };
       activity.append(h("div", { class: "item message", "data-testid": "message" },
-        h("div", { class: "item-label" }, "Assistant"), lastMessage.body));
+        h("div", { class: "item-label" }, "Assistant"), body));
     }
-    lastMessage.body.replaceChildren(renderMarkdown(lastMessage.text));
+    lastMessage.md.update(lastMessage.text);
   }
 
   function addTool(data) {
@@ -157,16 +160,18 @@ export function runView(run, { signal, onFinished, compact = false } = {}) {
 
   function onEvent(type, data) {
     if (type === "output") {
-      emptyOutput.hidden = true;
       stalled.hidden = true; // output again: no longer stalled (run.resumed may never come if it ends now)
-      ansi.write(String(data.text ?? ""), data.stream === "stderr" ? "stderr" : "");
-      scroller.update();
+      log.write(String(data.text ?? ""), data.stream === "stderr" ? "stderr" : "stdout", data.at);
     } else if (type === "message") {
       addMessage(data);
     } else if (type === "tool") {
       addTool(data);
     } else if (type === "error") {
       lastMessage = null;
+      const text = String(data.message ?? "").trim();
+      if (!text || errorsShown.has(text)) return;
+      errorsShown.add(text);
+      errorArea.replaceChildren(); // the same failure is not repeated as a banner
       activity.append(h("div", { class: "item error-item", role: "alert", "data-testid": "error-event" },
         h("div", { class: "item-label" }, "Error"), String(data.message ?? "")));
     } else if (type === "run.queued") {
@@ -187,7 +192,7 @@ export function runView(run, { signal, onFinished, compact = false } = {}) {
       state.exit_code = data.exit_code ?? state.exit_code;
       state.usage = data.usage || state.usage;
       state.error = data.error || state.error;
-      ansi.flush();
+      log.flush();
       stalled.hidden = true;
       finish();
     }

@@ -4,8 +4,12 @@
 
 import { follow, get, post } from "../lib/api.js";
 import { stripAnsi } from "../lib/ansi.js";
-import { applyErrors, errorBox, field, fmtAgo, h, setTitle, statusBadge, TERMINAL, toast } from "../lib/dom.js";
-import { renderMarkdown } from "../lib/markdown.js";
+import {
+  applyErrors, errorBox, field, fmtAgo, fmtDuration, h, setTitle, statusBadge, TERMINAL, toast,
+} from "../lib/dom.js";
+import { announce } from "../lib/attention.js";
+import { copyText } from "../lib/logview.js";
+import { MarkdownStream, renderMarkdown } from "../lib/markdown.js";
 import { diffView, projectInputs, withProject } from "../lib/diff.js";
 import { stickyScroll } from "../lib/runview.js";
 
@@ -93,23 +97,43 @@ export async function render(root, { id, query, signal, navigate }) {
       h("h2", null, conv.title || "Untitled"), scroller.jumpButton),
     messages, composer);
   const changes = conv.workspace ? diffView(`/api/conversations/${encodeURIComponent(conv.id)}`, { signal }) : null;
-  if (changes) pane.append(changes.el);
+  if (changes) pane.insertBefore(changes.el, composer); // the message box stays last (pinned)
 
   let streaming = null;
 
-  function bubble(message) {
+  function bubble(message, previous = null, isLast = false) {
     const isUser = message.role === "user";
     const body = isUser ? h("div", { class: "plain" }, message.content) : h("div", { class: "md" },
       renderMarkdown(message.content));
+    if (!isUser) addCodeCopy(body);
+    const took = !isUser && previous && previous.role === "user"
+      ? (Date.parse(message.created_at) - Date.parse(previous.created_at)) / 1000 : null;
+    const when = h("time", { class: "muted small when", datetime: message.created_at || null,
+      title: message.created_at ? new Date(message.created_at).toLocaleString() : null },
+    message.created_at ? clock(message.created_at) : "",
+    took !== null && Number.isFinite(took) ? ` · took ${fmtDuration(took)}` : "");
+    const actions = h("div", { class: "msg-actions quiet" },
+      h("button", { type: "button", class: "copy", "data-testid": "copy-message", onClick: async () => {
+        toast(await copyText(message.content) ? "Copied" : "Copy failed", "ok");
+      } }, "Copy"),
+      isUser ? h("button", { type: "button", class: "copy", "data-testid": "edit-message", onClick: () => {
+        rows.content.input.value = message.content;
+        rows.content.input.focus();
+      } }, "Edit & resend") : null,
+      !isUser && isLast && previous && previous.role === "user"
+        ? h("button", { type: "button", class: "copy", "data-testid": "regenerate", onClick: () => {
+          rows.content.input.value = previous.content;
+          composer.requestSubmit();
+        } }, "Regenerate") : null);
     return h("div", { class: `msg ${message.role}`, "data-run": message.run_id || "" },
       h("div", { class: "who" }, isUser ? "You" : (byId.get(message.agent_id)?.name || "Assistant"),
         message.run_id ? h("a", { class: "muted small", href: `#/runs/${encodeURIComponent(message.run_id)}` },
-          "run") : null),
-      body);
+          "run") : null, h("span", { class: "spacer" }), when),
+      body, actions);
   }
 
   function paint(list) {
-    messages.replaceChildren(...list.map(bubble));
+    messages.replaceChildren(...list.map((m, n) => bubble(m, list[n - 1] || null, n === list.length - 1)));
     if (!list.length) messages.append(h("p", { class: "muted" }, "No messages yet."));
     scroller.update();
   }
@@ -120,7 +144,10 @@ export async function render(root, { id, query, signal, navigate }) {
     let raw = "";
     let sawMessage = false;
     let status = "running";
-    const body = h("div", { class: "md" }, h("span", { class: "typing" }, "…"));
+    const body = h("div", { class: "md" });
+    const md = new MarkdownStream(body);
+    const typing = h("span", { class: "typing" }, "…");
+    body.append(typing);
     const statusEl = h("span", { class: "muted small" }, "thinking…");
     const cancel = h("button", { type: "button", class: "small secondary", onClick: async () => {
       try {
@@ -139,7 +166,10 @@ export async function render(root, { id, query, signal, navigate }) {
       frame = requestAnimationFrame(() => {
         frame = 0;
         const text = sawMessage ? answer : stripAnsi(raw);
-        body.replaceChildren(text ? renderMarkdown(text) : h("span", { class: "typing" }, "…"));
+        if (text) { // only the reply's last block is rendered again
+          typing.remove();
+          md.update(text);
+        }
         scroller.update();
       });
     };
@@ -200,6 +230,11 @@ export async function render(root, { id, query, signal, navigate }) {
   async function onSubmit(event) {
     event.preventDefault();
     const content = rows.content.input.value;
+    if (!content.trim()) { // nothing to send: no conversation is created for it
+      rows.content.setError("Write a message first.");
+      rows.content.input.focus();
+      return;
+    }
     send.disabled = true;
     try {
       if (!conv) {
@@ -207,7 +242,7 @@ export async function render(root, { id, query, signal, navigate }) {
           title: content.trim().split("\n")[0].slice(0, 80), agent: rows.agent.input.value || null,
         }, rows));
         const posted = await post(`/api/conversations/${encodeURIComponent(created.id)}/messages`, body(content));
-        void posted;
+        announce(posted.run.id);
         navigate(`/chat/${encodeURIComponent(created.id)}`);
         return;
       }
@@ -219,8 +254,10 @@ export async function render(root, { id, query, signal, navigate }) {
       applyErrors(summary, null, rows);
       rows.content.input.value = "";
       messages.querySelector(":scope > p.muted")?.remove();
-      messages.append(bubble(posted.message));
+      messages.querySelectorAll("[data-testid=regenerate]").forEach((b) => b.remove());
+      messages.append(bubble(posted.message, null, false));
       conv.messages = [...(conv.messages || []), posted.message];
+      announce(posted.run.id);
       followTurn(posted.run.id);
     } catch (err) {
       applyErrors(summary, err, rows);
@@ -237,4 +274,23 @@ export async function render(root, { id, query, signal, navigate }) {
   }
 
   return () => streaming && streaming.close();
+}
+
+function clock(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return "";
+  const sameDay = d.toDateString() === new Date().toDateString();
+  return sameDay ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : d.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+}
+
+/** A Copy button on every code block of a rendered reply. */
+export function addCodeCopy(el) {
+  for (const block of el.querySelectorAll(".codeblock")) {
+    if (block.querySelector(".copy")) continue;
+    const code = block.querySelector("code");
+    block.append(h("button", { type: "button", class: "copy", "data-testid": "copy-code", onClick: async () => {
+      toast(await copyText(code ? code.textContent : "") ? "Code copied" : "Copy failed", "ok");
+    } }, "Copy"));
+  }
 }

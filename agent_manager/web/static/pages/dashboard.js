@@ -33,7 +33,7 @@ export function runsTable(runs) {
       run.prompt.slice(0, 140))),
     h("td", null, statusBadge(run.status)),
     h("td", null, run.backend ? backendBadge(run.backend, run.route_reason) : "—",
-      run.route_reason ? h("div", { class: "muted small reason" }, run.route_reason) : null),
+      run.route_reason ? h("div", { class: "muted small reason", title: run.route_reason }, run.route_reason) : null),
     h("td", { class: "num" }, fmtDuration(run.duration_s)),
     h("td", { class: "num exit" }, run.exit_code ?? "—"),
     h("td", { class: "muted small" }, fmtAgo(run.created_at))));

@@ -1,6 +1,7 @@
 // History: runs (search, agent and status filters, pages) and conversations (search).
 // The filters live in the URL ("#/history?tab=runs&q=…&agent=…&status=…&page=2") so a reload
-// or a shared link shows the same list.
+// or a shared link shows the same list. The runs list refreshes itself while the page is open
+// (statuses change live); the search covers prompts, answers and what runs wrote to stderr.
 
 import { get } from "../lib/api.js";
 import { errorBox, field, fmtAgo, h, setTitle } from "../lib/dom.js";
@@ -23,7 +24,7 @@ export async function render(root, { query, signal, navigate }) {
   root.append(h("div", { class: "page-head" }, h("h1", null, "History")), tabs);
 
   const search = field({ label: "Search", name: "q",
-    input: h("input", { type: "search", value: q, placeholder: tab === "runs" ? "Words in prompts and output"
+    input: h("input", { type: "search", value: q, placeholder: tab === "runs" ? "Words in prompts and output (stdout and stderr)"
       : "Words in titles and messages", autocomplete: "off" }) });
   const results = h("div", { class: "results", "aria-live": "polite" }, h("p", { class: "muted" }, "Loading…"));
   const filters = h("form", { class: "filters", role: "search", onSubmit: apply }, search.wrap);
@@ -54,7 +55,7 @@ export async function render(root, { query, signal, navigate }) {
           h("a", { href: `#/chat/${encodeURIComponent(c.id)}` }, c.title || "Untitled"),
           h("span", { class: "muted small" }, ` · ${fmtAgo(c.updated_at)}`))))
         : h("p", { class: "empty" }, q ? "No conversation matches." : "No conversations yet."));
-      return;
+      return undefined;
     }
     const agents = await get("/api/agents", null, { signal });
     const agent = query.get("agent") || "";
@@ -67,8 +68,29 @@ export async function render(root, { query, signal, navigate }) {
       field({ label: "Status", name: "status", input: statusSelect }).wrap,
       h("button", { type: "submit" }, "Search"));
     const knownAgent = !agent || agents.some((a) => a.name === agent);
-    const data = await get("/api/runs", { q, agent: knownAgent ? agent : "", status, limit: PAGE,
+    const load = () => get("/api/runs", { q, agent: knownAgent ? agent : "", status, limit: PAGE,
       offset: (page - 1) * PAGE }, { signal });
+    show(await load());
+    // Live: the list is fetched again every few seconds, so statuses and new runs show up by themselves.
+    let timer = null;
+    const poll = () => {
+      timer = setTimeout(async () => {
+        try {
+          show(await load());
+        } catch (err) {
+          if (err.name === "AbortError") return;
+        }
+        poll();
+      }, 2500);
+    };
+    poll();
+    return () => clearTimeout(timer);
+  } catch (err) {
+    if (err.name !== "AbortError") results.replaceChildren(errorBox(err));
+  }
+  return undefined;
+
+  function show(data) {
     const pages = Math.max(1, Math.ceil(data.total / PAGE));
     results.replaceChildren(
       h("p", { class: "muted small", "data-testid": "total" }, `${data.total} run${data.total === 1 ? "" : "s"}`),
@@ -79,7 +101,5 @@ export async function render(root, { query, signal, navigate }) {
         h("span", null, `Page ${page} of ${pages}`),
         h("button", { type: "button", class: "secondary", disabled: page >= pages,
           onClick: () => go({ page: String(page + 1) }) }, "Older →")) : "");
-  } catch (err) {
-    if (err.name !== "AbortError") results.replaceChildren(errorBox(err));
   }
 }

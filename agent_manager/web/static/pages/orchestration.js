@@ -1,9 +1,13 @@
 // Orchestrations: "#/orchestrations" lists them; "#/orchestrations/<id>" shows one live: the DAG
-// (node colour = step status, durations, backend badges; click a node to open its run), the
-// steps table, Cancel and Resume. Also exports dagView(), which the Plans page uses for previews.
+// (node colour = step status, durations, backend badges), the steps table, the files the plan
+// wrote, Cancel / Resume / Edit & re-run. Clicking a node (or a step's name) opens that step in a
+// side panel ("?step=<id>" in the URL): its live log, output, error, attempts, and Retry for a
+// failed step. Also exports dagView(), which the Plans page uses for previews.
 
 import { follow, get, post } from "../lib/api.js";
+import { announce } from "../lib/attention.js";
 import { errorBox, fmtAgo, fmtDuration, h, setTitle, statusBadge, toast } from "../lib/dom.js";
+import { runView } from "../lib/runview.js";
 import { diffView } from "../lib/diff.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -37,7 +41,26 @@ const STYLE = `
 .steps-table td, .steps-table th { vertical-align: top; }
 .step-error { color: var(--danger); white-space: pre-wrap; overflow-wrap: anywhere; }
 .route-reason { max-width: 18rem; }
+.dag-node.open rect { stroke: var(--focus); stroke-width: 3; }
+.step-panel { position: fixed; top: 3.2rem; right: 0; bottom: 0; width: min(44rem, 52vw); z-index: 8;
+  background: var(--bg); border-left: 1px solid var(--border); box-shadow: -8px 0 24px rgba(0,0,0,.12);
+  overflow-y: auto; padding: 1rem; display: flex; flex-direction: column; gap: .8rem; }
+.step-panel-head { display: flex; align-items: center; gap: .5rem; flex-wrap: wrap; }
+.step-panel-head h2 { margin: 0; flex: 1; min-width: 0; overflow-wrap: anywhere; }
+.step-output { margin: 0; padding: .6rem .8rem; background: var(--panel); border: 1px solid var(--border);
+  border-radius: 8px; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 40vh; overflow: auto; }
+.step-facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(8rem, 1fr)); gap: .4rem; margin: 0; }
+.step-facts div { background: var(--panel); border: 1px solid var(--border); border-radius: 8px; padding: .35rem .6rem; }
+.step-facts dt { font-size: .72rem; color: var(--muted); text-transform: uppercase; }
+.step-facts dd { margin: 0; font-weight: 600; }
+.step-link { background: none; border: 0; padding: 0; min-height: 0; color: var(--accent); font-weight: 700;
+  text-decoration: underline; cursor: pointer; }
+.plan-files li { display: flex; gap: .6rem; align-items: baseline; flex-wrap: wrap; }
+@media (max-width: 900px) {
+  .step-panel { width: 100%; top: 0; z-index: 25; }
+}
 @media (max-width: 640px) {
+  .steps-table td[data-label]::before { content: attr(data-label) " "; color: var(--muted); font-size: .8rem; }
   .steps-table thead { display: none; }
   .steps-table, .steps-table tbody, .steps-table tr, .steps-table td { display: block; width: 100%; }
   .steps-table tr { padding: .6rem .7rem; border-bottom: 1px solid var(--border); display: flex; flex-wrap: wrap;
@@ -147,12 +170,12 @@ export function dagView(steps, { onOpen } = {}) {
     const what = step.backend ? step.backend : (step.agent || step.action || "");
     // A preview (no status yet) shows who does the work; a live node also its state and time.
     const sub = [step.status, took !== null ? fmtDuration(took) : null, what].filter(Boolean).join(" · ");
-    const clickable = Boolean(step.run_id && onOpen);
+    const clickable = Boolean(onOpen);
     const why = step.route_reason ? ` — ${step.route_reason}` : "";
-    const label = `${step.id}: ${sub}${why}${clickable ? " (open its run)" : ""}`;
+    const label = `${step.id}: ${sub}${why}${clickable ? " (open its details)" : ""}`;
     const node = svg("g", { class: `dag-node${clickable ? " clickable" : ""}`, transform: `translate(${p.x},${p.y})`,
       "data-step": step.id, "data-status": status, "data-backend": step.backend || "",
-      tabindex: clickable ? 0 : null, role: clickable ? "link" : "img", "aria-label": label },
+      tabindex: clickable ? 0 : null, role: clickable ? "button" : "img", "aria-label": label },
     svg("title", {}, label),
     svg("rect", { width: NODE_W, height: NODE_H, rx: 8, ry: 8 }),
     svg("text", { x: 10, y: 19 }, clip(step.id, 20)),
@@ -168,7 +191,12 @@ export function dagView(steps, { onOpen } = {}) {
     }
     root.append(node);
   }
-  return h("div", { class: "dag-wrap" }, root);
+  const wrap = h("div", { class: "dag-wrap" }, root);
+  // On a narrow screen part of the graph is off to the side: say so instead of hiding it silently.
+  const hint = h("p", { class: "muted dag-hint", hidden: true, "data-testid": "dag-hint" },
+    "The graph is wider than the screen: scroll it sideways →");
+  requestAnimationFrame(() => { hint.hidden = wrap.scrollWidth <= wrap.clientWidth + 2; });
+  return h("div", null, wrap, hint);
 }
 
 function clip(text, max) {
@@ -210,7 +238,7 @@ async function renderList(root, signal) {
   }
 }
 
-export async function render(root, { id, signal, navigate }) {
+export async function render(root, { id, query, signal, navigate }) {
   ensureStyle();
   if (!id) return renderList(root, signal);
   setTitle("Orchestration");
@@ -226,32 +254,147 @@ export async function render(root, { id, signal, navigate }) {
   const status = h("span", { "data-testid": "orch-status" });
   const cancel = h("button", { type: "button", class: "danger", onClick: onCancel }, "Cancel");
   const resume = h("button", { type: "button", class: "secondary", onClick: onResume }, "Resume");
+  const rerun = h("a", { class: "button secondary", href: `#/plans?from=${encodeURIComponent(id)}` }, "Edit & re-run");
   const meta = h("p", { class: "muted small" });
   const counts = h("div");
   const graph = h("div");
   const message = h("div");
   const table = h("div");
   const changes = view.workspace ? diffView(`/api/orchestrations/${encodeURIComponent(id)}`, { signal }) : null;
-  root.append(h("div", { class: "page-head" }, title, status, h("div", { class: "actions" }, cancel, resume)),
-    meta, counts, message, graph, h("h2", null, "Steps"), table, changes ? changes.el : "");
+  const filesBox = h("div", { "data-testid": "plan-files" });
+  const panel = h("aside", { class: "step-panel", hidden: true, "aria-label": "Step details",
+    "data-testid": "step-panel", tabindex: "-1" });
+  root.append(h("div", { class: "page-head" }, title, status, h("div", { class: "actions" }, cancel, resume, rerun)),
+    meta, counts, message, graph, h("h2", null, "Steps"), table,
+    changes ? changes.el : "", h("h2", null, "Files the plan wrote"), filesBox, panel);
 
   let stream = null;
   let refreshTimer = null;
   let tick = null;
-  const openRun = (step) => navigate(`/runs/${encodeURIComponent(step.run_id)}`);
+  let openStep = query.get("step");
+  let panelRun = null; // {runId, controller, el}
+  let filesShown = "";
 
   function paint() {
     setTitle(view.name);
     status.replaceChildren(statusBadge(view.status));
     cancel.hidden = view.status !== "running";
     resume.hidden = !["failed", "cancelled", "interrupted"].includes(view.status);
+    rerun.hidden = view.status === "running";
     meta.replaceChildren(`${view.id} · at most ${view.max_parallel} at once · started ${fmtAgo(view.started_at)}`,
       view.duration_s !== null ? ` · took ${fmtDuration(view.duration_s)}` : "");
     counts.replaceChildren(countsLine(view.counts));
     message.replaceChildren(view.error && view.status !== "running"
-      ? h("div", { class: `alert ${view.status === "cancelled" ? "" : "error"}` }, view.error) : "");
-    graph.replaceChildren(dagView(view.steps, { onOpen: openRun }));
-    table.replaceChildren(stepsTable(view.steps));
+      ? h("div", { class: `alert ${view.status === "cancelled" ? "note" : "error"}` }, view.error) : "");
+    graph.replaceChildren(dagView(view.steps, { onOpen: (step) => showStep(step.id) }));
+    graph.querySelector(`.dag-node[data-step="${CSS.escape(openStep || "")}"]`)?.classList.add("open");
+    table.replaceChildren(stepsTable(view.steps, (stepId) => showStep(stepId)));
+    paintPanel();
+    const filesKey = `${view.status}:${view.steps.filter((s) => s.status === "succeeded").length}`;
+    if (filesKey !== filesShown) {
+      filesShown = filesKey;
+      loadFiles();
+    }
+  }
+
+  async function loadFiles() {
+    try {
+      const data = await get(`/api/orchestrations/${encodeURIComponent(id)}/files`, null, { signal });
+      const link = (f) => `/api/orchestrations/${encodeURIComponent(id)}/files?path=${encodeURIComponent(f.path)}&raw=true`;
+      filesBox.replaceChildren(data.files.length
+        ? h("ul", { class: "list plan-files" }, data.files.map((f) => h("li", { "data-file": f.path },
+          f.type === "file" ? h("a", { href: link(f), download: f.path.split("/").pop() }, f.path)
+            : h("span", null, `${f.path} (${f.type})`),
+          h("span", { class: "muted small" }, f.type === "file" ? `${fmtSize(f.size)} · ${fmtAgo(f.modified)}` : ""),
+          f.type === "file" && f.size <= 262144 ? h("button", { type: "button", class: "copy",
+            onClick: () => previewFile(f) }, "View") : null)))
+        : h("p", { class: "empty" }, view.status === "running" ? "Nothing written yet." : "This plan wrote no files."));
+    } catch (err) {
+      if (err.name !== "AbortError") filesBox.replaceChildren(errorBox(err));
+    }
+  }
+
+  async function previewFile(f) {
+    try {
+      const file = await get(`/api/orchestrations/${encodeURIComponent(id)}/files`, { path: f.path }, { signal });
+      const old = filesBox.querySelector(".file-preview");
+      if (old) old.remove();
+      filesBox.append(h("div", { class: "file-preview" }, h("h3", null, f.path),
+        h("pre", { class: "step-output", "data-testid": "file-preview" },
+          file.encoding === "utf-8" ? file.content : "(binary file: download it)")));
+    } catch (err) {
+      if (err.name !== "AbortError") toast(err.message, "error");
+    }
+  }
+
+  function showStep(stepId) {
+    openStep = stepId;
+    history.replaceState(null, "", `#/orchestrations/${encodeURIComponent(id)}${stepId ? `?step=${encodeURIComponent(stepId)}` : ""}`);
+    graph.querySelectorAll(".dag-node.open").forEach((n) => n.classList.remove("open"));
+    if (stepId) graph.querySelector(`.dag-node[data-step="${CSS.escape(stepId)}"]`)?.classList.add("open");
+    paintPanel(true);
+  }
+
+  function closePanel() {
+    const was = openStep;
+    showStep(null);
+    if (was) graph.querySelector(`.dag-node[data-step="${CSS.escape(was)}"]`)?.focus();
+  }
+
+  function paintPanel(focus = false) {
+    const step = openStep ? view.steps.find((s) => s.id === openStep) : null;
+    if (!step) {
+      panel.hidden = true;
+      if (panelRun) {
+        panelRun.controller.abort();
+        panelRun = null;
+      }
+      return;
+    }
+    panel.hidden = false;
+    const canRetry = ["failed", "skipped", "cancelled"].includes(step.status) && view.status !== "running";
+    const retry = canRetry ? h("button", { type: "button", "data-testid": "retry-step", onClick: () => onRetry(step.id) },
+      step.status === "failed" ? "Retry this step" : "Run this step again") : null;
+    const parts = [
+      h("div", { class: "step-panel-head" }, h("h2", null, step.id), statusBadge(step.status), retry,
+        h("button", { type: "button", class: "secondary small", "aria-label": "Close step details",
+          onClick: closePanel }, "✕")),
+      h("p", { class: "muted small" }, step.agent ? `agent ${step.agent}` : step.action || "",
+        step.depends_on && step.depends_on.length ? ` · after ${step.depends_on.join(", ")}` : ""),
+      h("dl", { class: "step-facts" },
+        h("div", null, h("dt", null, "Attempts"), h("dd", { "data-testid": "step-attempts" }, String(step.attempts))),
+        h("div", null, h("dt", null, "Took"), h("dd", null, fmtDuration(elapsed(step)))),
+        h("div", null, h("dt", null, "Backend"), h("dd", null, step.backend || "—"))),
+      step.route_reason ? h("p", { class: "muted small" }, step.route_reason) : null,
+      step.error && step.status !== "succeeded"
+        ? h("div", { class: `alert ${step.status === "failed" ? "error" : "note"}`, "data-testid": "step-error" },
+          step.error) : null,
+      step.output ? h("div", null, h("h3", null, "Output"),
+        h("pre", { class: "step-output", "data-testid": "step-output" }, step.output)) : null,
+    ];
+    if (step.run_id) {
+      if (!panelRun || panelRun.runId !== step.run_id) {
+        if (panelRun) panelRun.controller.abort();
+        const controller = new AbortController();
+        signal.addEventListener("abort", () => controller.abort(), { once: true });
+        const el = h("div", { class: "step-run" }, h("p", { class: "muted small" }, "Loading the run…"));
+        panelRun = { runId: step.run_id, controller, el };
+        get(`/api/runs/${encodeURIComponent(step.run_id)}`, null, { signal: controller.signal }).then((run) => {
+          el.replaceChildren(runView(run, { signal: controller.signal, compact: true }).el);
+        }).catch((err) => {
+          if (err.name !== "AbortError") el.replaceChildren(errorBox(err));
+        });
+      }
+      parts.push(h("h3", null, "Run ", h("a", { href: `#/runs/${encodeURIComponent(step.run_id)}`, class: "small" },
+        "open the run page")), panelRun.el);
+    } else if (panelRun) {
+      panelRun.controller.abort();
+      panelRun = null;
+    }
+    const keep = panelRun ? panelRun.el : null;
+    panel.replaceChildren(...parts.filter(Boolean));
+    if (keep && !panel.contains(keep)) panel.append(keep);
+    if (focus) panel.focus({ preventScroll: true });
   }
 
   async function refresh() {
@@ -284,6 +427,7 @@ export async function render(root, { id, signal, navigate }) {
   }
 
   async function onCancel() {
+    if (!window.confirm(`Cancel "${view.name}"? Running steps are stopped and no new step starts.`)) return;
     cancel.disabled = true;
     try {
       view = await post(`/api/orchestrations/${encodeURIComponent(id)}/cancel`, undefined, { signal });
@@ -300,6 +444,7 @@ export async function render(root, { id, signal, navigate }) {
     resume.disabled = true;
     try {
       view = await post(`/api/orchestrations/${encodeURIComponent(id)}/resume`, undefined, { signal });
+      announce(id, "orchestration");
       paint();
       listen();
     } catch (err) {
@@ -309,28 +454,54 @@ export async function render(root, { id, signal, navigate }) {
     }
   }
 
+  async function onRetry(stepId) {
+    try {
+      view = await post(`/api/orchestrations/${encodeURIComponent(id)}/steps/${encodeURIComponent(stepId)}/retry`,
+        undefined, { signal });
+      announce(id, "orchestration");
+      paint();
+      listen();
+    } catch (err) {
+      if (err.name !== "AbortError") toast(err.message, "error");
+    }
+  }
+
+  const onKey = (event) => {
+    if (event.key === "Escape" && !panel.hidden) closePanel();
+  };
+  document.addEventListener("keydown", onKey);
   paint();
+  if (openStep) paintPanel();
   if (view.status === "running") listen();
   tick = setInterval(() => { if (view.status === "running") paint(); }, 1000);
   return () => {
     clearInterval(tick);
     clearTimeout(refreshTimer);
+    document.removeEventListener("keydown", onKey);
     if (stream) stream.close();
+    if (panelRun) panelRun.controller.abort();
   };
 }
 
-function stepsTable(steps) {
+function fmtSize(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function stepsTable(steps, onOpen) {
   return h("div", { class: "table-wrap" }, h("table", { class: "steps-table" },
     h("thead", null, h("tr", null, h("th", null, "Step"), h("th", null, "Status"), h("th", null, "Backend"),
-      h("th", null, "Time"), h("th", null, "Tries"), h("th", null, "Run"))),
+      h("th", null, "Took"), h("th", null, "Tries"), h("th", null, "Run"))),
     h("tbody", null, steps.map((s) => h("tr", { "data-step-row": s.id },
-      h("td", null, h("strong", null, s.id), h("div", { class: "muted small" }, s.agent || s.action || ""),
+      h("td", null, h("button", { type: "button", class: "step-link", onClick: () => onOpen(s.id) }, s.id),
+        h("div", { class: "muted small" }, s.agent || s.action || ""),
         s.error && s.status !== "succeeded" ? h("div", { class: "step-error small" }, s.error) : null),
       h("td", null, statusBadge(s.status)),
       h("td", null, s.backend ? h("span", { class: `badge backend backend-${s.backend}` }, s.backend) : "—",
         s.route_reason ? h("div", { class: "muted small route-reason" }, s.route_reason) : null),
-      h("td", null, fmtDuration(elapsed(s))),
-      h("td", null, String(s.attempts)),
-      h("td", null, s.run_id ? h("a", { href: `#/runs/${encodeURIComponent(s.run_id)}`, class: "mono small" }, "open")
+      h("td", { "data-label": "took" }, fmtDuration(elapsed(s))),
+      h("td", { "data-label": "tries" }, String(s.attempts)),
+      h("td", null, s.run_id ? h("a", { href: `#/runs/${encodeURIComponent(s.run_id)}`, class: "small" }, "open run")
         : "—"))))));
 }

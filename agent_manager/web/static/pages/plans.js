@@ -1,9 +1,11 @@
 // Plans: a goal goes to the planner agent; the draft appears as a DAG picture and as YAML you
 // can edit (validated by the server as you type, every problem naming its step); Run starts it.
+// "Save plan" keeps the editor's plan under a name; saved plans can be edited, run or deleted.
 // Below: the recent orchestrations.
 
-import { get, post } from "../lib/api.js";
-import { errorBox, field, h, setTitle } from "../lib/dom.js";
+import { del, get, post } from "../lib/api.js";
+import { announce } from "../lib/attention.js";
+import { errorBox, field, fmtAgo, h, setTitle, toast } from "../lib/dom.js";
 import { dagView, ensureStyle, orchestrationsTable } from "./orchestration.js";
 
 const EXAMPLE = `name: example
@@ -18,7 +20,7 @@ steps:
     depends_on: [write]
 `;
 
-export async function render(root, { signal, navigate }) {
+export async function render(root, { query, signal, navigate }) {
   setTitle("Plans");
   ensureStyle();
   let agents = [];
@@ -55,6 +57,13 @@ export async function render(root, { signal, navigate }) {
   const runButton = h("button", { type: "button", onClick: onRun, disabled: true }, "Run");
   const raw = h("details", { hidden: true }, h("summary", null, "The planner's raw answer"), h("pre", { class: "mono small" }));
   const recent = h("div", { "aria-live": "polite" });
+  const saveName = h("input", { type: "text", id: "plan-save-name", placeholder: "nightly-report", autocomplete: "off",
+    spellcheck: "false", class: "mono", "aria-describedby": "plan-save-error" });
+  const saveError = h("div", { class: "field-error", id: "plan-save-error", "aria-live": "polite" });
+  const saveForm = h("form", { class: "actions save-plan", "aria-label": "Save the plan", novalidate: true,
+    onSubmit: onSave }, h("label", { for: "plan-save-name" }, "Save as"), saveName,
+  h("button", { type: "submit", class: "secondary" }, "Save plan"), saveError);
+  const savedBox = h("div", { "data-testid": "saved-plans" });
 
   root.append(h("div", { class: "page-head" }, h("h1", null, "Plans"),
     h("a", { class: "button secondary", href: "#/orchestrations" }, "All orchestrations")),
@@ -63,7 +72,8 @@ export async function render(root, { signal, navigate }) {
   h("section", { class: "card", "aria-label": "Plan editor", style: { marginTop: "1rem" } },
     h("div", { class: "section-head" }, h("h2", null, "Plan")),
     preview, h("label", { for: "plan-yaml" }, "Plan (YAML or JSON)"), editor, errors, raw,
-    h("div", { class: "actions" }, runButton)),
+    h("div", { class: "actions" }, runButton), saveForm),
+  h("h2", null, "Saved plans"), savedBox,
   h("h2", null, "Recent orchestrations"), recent);
 
   let timer = null;
@@ -118,10 +128,73 @@ export async function render(root, { signal, navigate }) {
     }
   }
 
+  async function onSave(event) {
+    event.preventDefault();
+    saveError.textContent = "";
+    const name = saveName.value.trim();
+    if (!name) {
+      saveError.textContent = "Give the plan a name.";
+      saveName.focus();
+      return;
+    }
+    try {
+      await post("/api/plans/saved", { name, yaml: editor.value }, { signal });
+      toast(`Saved "${name}"`, "ok");
+      loadSaved();
+    } catch (err) {
+      if (err.name !== "AbortError") saveError.textContent = err.message;
+    }
+  }
+
+  async function loadSaved() {
+    try {
+      const items = await get("/api/plans/saved", null, { signal });
+      savedBox.replaceChildren(items.length ? h("ul", { class: "list saved-plans" }, items.map((p) => h("li", {
+        "data-saved": p.name }, h("strong", null, p.name),
+      h("span", { class: "muted small" }, ` · ${p.steps} step${p.steps === 1 ? "" : "s"} · saved ${fmtAgo(p.updated_at)} `),
+      h("span", { class: "actions" },
+        h("button", { type: "button", class: "small secondary", onClick: () => loadPlan(p) }, "Edit"),
+        h("button", { type: "button", class: "small", onClick: () => runSaved(p) }, "Run"),
+        h("button", { type: "button", class: "small danger", onClick: () => deleteSaved(p) }, "Delete")))))
+        : h("p", { class: "empty" }, "No saved plans yet: write one above and press Save plan."));
+    } catch (err) {
+      if (err.name !== "AbortError") savedBox.replaceChildren(errorBox(err));
+    }
+  }
+
+  async function loadPlan(saved) {
+    const checked = await post("/api/plans/validate", { plan: saved.plan }, { signal });
+    editor.value = checked.yaml || JSON.stringify(saved.plan, null, 2);
+    saveName.value = saved.name;
+    await validate();
+    editor.focus();
+  }
+
+  async function runSaved(saved) {
+    try {
+      const orch = await post("/api/orchestrations", { plan: saved.plan }, { signal });
+      announce(orch.id, "orchestration");
+      navigate(`/orchestrations/${encodeURIComponent(orch.id)}`);
+    } catch (err) {
+      if (err.name !== "AbortError") toast(err.message, "error");
+    }
+  }
+
+  async function deleteSaved(saved) {
+    if (!window.confirm(`Delete the saved plan "${saved.name}"?`)) return;
+    try {
+      await del(`/api/plans/saved/${encodeURIComponent(saved.id)}`, { signal });
+      loadSaved();
+    } catch (err) {
+      if (err.name !== "AbortError") toast(err.message, "error");
+    }
+  }
+
   async function onRun() {
     runButton.disabled = true;
     try {
       const orch = await post("/api/orchestrations", { yaml: editor.value }, { signal });
+      announce(orch.id, "orchestration");
       navigate(`/orchestrations/${encodeURIComponent(orch.id)}`);
     } catch (err) {
       if (err.name !== "AbortError") errors.replaceChildren(errorBox(err));
@@ -129,7 +202,20 @@ export async function render(root, { signal, navigate }) {
     }
   }
 
+  const from = query.get("from");
+  if (from) { // "Edit & re-run" of an orchestration: its plan, as YAML, ready to change
+    try {
+      const orch = await get(`/api/orchestrations/${encodeURIComponent(from)}`, null, { signal });
+      const checked = await post("/api/plans/validate", { plan: orch.plan }, { signal });
+      editor.value = checked.yaml || JSON.stringify(orch.plan, null, 2);
+      draftStatus.replaceChildren(h("p", { class: "muted small", "data-testid": "rerun-note" },
+        `The plan of "${orch.name}": edit it below, then press Run.`));
+    } catch (err) {
+      if (err.name !== "AbortError") errors.replaceChildren(errorBox(err));
+    }
+  }
   validate();
+  loadSaved();
   try {
     const data = await get("/api/orchestrations", { limit: 20 }, { signal });
     recent.replaceChildren(data.items.length ? orchestrationsTable(data.items)

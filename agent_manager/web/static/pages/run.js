@@ -1,7 +1,9 @@
-// Run: "#/run?agent=NAME" offers the prompt box; "#/runs/<id>" also shows that run live.
+// Run: "#/run?agent=NAME" offers the prompt box ("&from=<run id>" fills it with that run's prompt);
+// "#/runs/<id>" is that run live — its output is the page, so no form sits above it.
 
 import { get, post } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle } from "../lib/dom.js";
+import { announce } from "../lib/attention.js";
 import { diffView, projectInputs, withProject } from "../lib/diff.js";
 import { runView } from "../lib/runview.js";
 
@@ -9,13 +11,18 @@ const BACKENDS = [["", "agent default / auto"], ["auto", "auto (routing policy)"
   ["sandbox", "sandbox"], ["daytona", "daytona"]];
 
 export async function render(root, { id, query, signal, navigate }) {
+  if (id && query.get("again")) { // old "Edit & rerun" links
+    navigate(`/run?from=${encodeURIComponent(id)}`);
+    return;
+  }
   setTitle(id ? "Run" : "New run");
   let run = null;
   let agents = [];
   try {
     [agents, run] = await Promise.all([
       get("/api/agents", null, { signal }),
-      id ? get(`/api/runs/${encodeURIComponent(id)}`, null, { signal }) : Promise.resolve(null),
+      id || query.get("from") ? get(`/api/runs/${encodeURIComponent(id || query.get("from"))}`, null, { signal })
+        : Promise.resolve(null),
     ]);
   } catch (err) {
     if (err.name === "AbortError") return;
@@ -33,7 +40,7 @@ export async function render(root, { id, query, signal, navigate }) {
     hint: "Override where this one run executes." });
   rows.prompt = field({ label: "Prompt", name: "prompt", hint: "Enter runs it; Shift+Enter adds a line.",
     input: h("textarea", { rows: "3", placeholder: "What should the agent do?", required: true }) });
-  if (run && query.get("again")) rows.prompt.input.value = run.prompt;
+  if (run && !id) rows.prompt.input.value = run.prompt; // "Edit & rerun"
   const summary = h("div", { class: "form-summary" });
   const submit = h("button", { type: "submit" }, "Run");
   const form = h("form", { class: "form card prompt-form", novalidate: true, "aria-label": "Start a run", onSubmit },
@@ -48,23 +55,29 @@ export async function render(root, { id, query, signal, navigate }) {
     }
   });
 
-  root.append(h("div", { class: "page-head" }, h("h1", null, run ? "Run" : "New run"),
-    run ? h("a", { class: "button secondary", href: `#/runs/${encodeURIComponent(run.id)}?again=1` }, "Edit & rerun")
-      : null));
+  if (id && run) {
+    const again = `#/run?agent=${encodeURIComponent(run.agent_name)}&from=${encodeURIComponent(run.id)}`;
+    const prompt = h("details", { class: "prompt-details" },
+      h("summary", null, h("span", { class: "muted" }, "Prompt: "), h("span", { class: "prompt-line" }, run.prompt)),
+      h("blockquote", { class: "prompt-text" }, run.prompt));
+    root.append(h("section", { class: "run-section", "aria-label": "Run" },
+      h("div", { class: "page-head run-page-head" },
+        h("h1", null, "Run ", h("span", { class: "muted run-agent" }, run.agent_name)),
+        h("div", { class: "actions" },
+          h("a", { class: "button secondary small", href: again }, "Edit & rerun"),
+          h("a", { class: "button secondary small", href: `#/run?agent=${encodeURIComponent(run.agent_name)}` },
+            "New run"))),
+      prompt,
+      runWithChanges(run, signal),
+      h("p", { class: "muted small mono" }, run.id)));
+    return;
+  }
+  root.append(h("div", { class: "page-head" }, h("h1", null, "New run")));
   if (!agents.length) {
     root.append(h("div", { class: "empty card" }, h("p", null, "Register an agent first."),
       h("a", { class: "button", href: "#/agents/new" }, "New agent")));
   } else {
     root.append(form);
-  }
-  if (run) {
-    root.append(h("section", { class: "run-section", "aria-label": "Run" },
-      h("div", { class: "run-meta" },
-        h("span", { class: "muted" }, "Agent "), h("strong", null, run.agent_name),
-        h("span", { class: "muted mono small" }, ` · ${run.id}`)),
-      h("blockquote", { class: "prompt-text" }, run.prompt),
-      runWithChanges(run, signal)));
-  } else if (agents.length) {
     rows.prompt.input.focus();
   }
 
@@ -79,6 +92,7 @@ export async function render(root, { id, query, signal, navigate }) {
     try {
       const started = await post("/api/runs", body);
       applyErrors(summary, null, rows);
+      announce(started.id);
       navigate(`/runs/${encodeURIComponent(started.id)}`);
     } catch (err) {
       applyErrors(summary, err, rows);

@@ -1,6 +1,7 @@
 // Settings: GET/PATCH /api/settings. Only changed fields are sent; secrets are write-only
 // (shown as "********"; an empty box keeps the stored secret). The API's errors appear next
-// to the fields. Settings this page does not know yet still show up, under "Other".
+// to the fields. Settings this page does not know yet still show up, under "Other". Settings an
+// environment variable sets are shown read-only, naming the variable: the API refuses them.
 
 import { get, patch } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle, toast } from "../lib/dom.js";
@@ -13,7 +14,7 @@ const GROUPS = [
   ["Execution and routing", ["execution_mode", "prefer_daytona_for_untrusted", "allow_fallback", "heavy_cpu",
     "heavy_memory_mb"]],
   ["Runs", ["max_concurrent_runs", "default_timeout_s", "kill_grace_s", "stream_close_grace_s", "output_cap_bytes",
-    "history_messages", "history_chars"]],
+    "history_messages", "history_chars", "max_stored_output_mb", "run_retention_days"]],
   ["Stall detection", ["stall_timeout_s", "stall_kill"]],
   ["Daytona", ["daytona_api_key", "daytona_api_url", "daytona_target", "daytona_image", "daytona_snapshot",
     "daytona_auto_stop_minutes", "daytona_auto_delete_minutes", "daytona_create_timeout_s", "daytona_warm_pool"]],
@@ -29,6 +30,8 @@ const HINTS = {
   daytona_auto_delete_minutes: "-1 = never, 0 = when stopped.",
   allowed_hosts: "Extra host names the service answers to, comma separated.",
   heavy_cpu: "Runs declaring at least this many CPUs count as heavy (routed to Daytona when configured).",
+  max_stored_output_mb: "Raw output kept per run; the rest is counted, not stored (0 = keep all).",
+  run_retention_days: "Delete finished runs after this many days (0 = keep forever).",
 };
 
 const LABELS = {
@@ -51,6 +54,8 @@ export async function render(root, { signal }) {
     return;
   }
   const mutable = new Set(current.mutable || []);
+  const fromEnv = current.from_env || {};
+  const shown = (n) => mutable.has(n) || n in fromEnv;
   const rows = {};
   const readers = {};
 
@@ -86,18 +91,28 @@ export async function render(root, { signal }) {
     return input;
   }
 
-  const known = new Set([...READ_ONLY, "mutable", ...GROUPS.flatMap(([, names]) => names)]);
-  const others = Object.keys(current).filter((k) => !known.has(k) && mutable.has(k));
+  const known = new Set([...READ_ONLY, "mutable", "restart_required", "from_env",
+    ...GROUPS.flatMap(([, names]) => names)]);
+  const others = Object.keys(current).filter((k) => !known.has(k) && shown(k));
   const groups = others.length ? [...GROUPS, ["Other", others]] : GROUPS;
   const summary = h("div", { class: "form-summary" });
   const save = h("button", { type: "submit" }, "Save settings");
   const form = h("form", { class: "form settings", novalidate: true, "aria-label": "Settings", onSubmit }, summary);
   for (const [title, names] of groups) {
-    const present = names.filter((n) => n in current && mutable.has(n));
+    const present = names.filter((n) => n in current && shown(n));
     if (!present.length) continue;
     const set = h("fieldset", { class: "card" }, h("legend", null, title));
     const grid = h("div", { class: "form-grid" });
     for (const name of present) {
+      if (name in fromEnv) {  // shown, never sent: the variable wins at every start
+        const input = control(name, current[name]);
+        delete readers[name];
+        input.disabled = true;
+        input.dataset.fromEnv = fromEnv[name];
+        const hint = `Set by the environment variable ${fromEnv[name]}; change it where the service is started.`;
+        grid.append(field({ label: label(name), name, input, hint }).wrap);
+        continue;
+      }
       rows[name] = field({ label: label(name), name, input: control(name, current[name]), hint: HINTS[name] });
       grid.append(rows[name].wrap);
     }

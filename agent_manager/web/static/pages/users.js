@@ -57,19 +57,30 @@ export async function render(root, { signal }) {
           }
         } });
       const rotate = h("button", { type: "button", class: "small secondary", onClick: async () => {
-        showToken(await post(`/api/users/${u.id}/token`));
-        refresh();
+        if (!window.confirm(`Give ${u.name} a new token? The old one stops working at once.`)) return;
+        try {
+          showToken(await post(`/api/users/${u.id}/token`));
+          refresh();
+        } catch (err) {
+          toast(err.message, "error");
+        }
       } }, "New token");
       const remove = h("button", { type: "button", class: "small danger", onClick: async () => {
         if (!window.confirm(`Delete user ${u.name}? Their token stops working at once.`)) return;
-        await del(`/api/users/${u.id}`);
-        refresh();
+        try {
+          await del(`/api/users/${u.id}`);
+          refresh();
+        } catch (err) {
+          toast(err.message, "error");
+        }
       } }, "Delete");
-      return h("tr", { "data-user": u.name }, h("td", null, u.name), h("td", null, trusted),
-        h("td", null, u.admin ? "admin" : "user"), h("td", { class: "num" }, new Date(u.created_at).toLocaleString()),
+      return h("tr", { "data-user": u.name }, h("td", null, u.name),
+        h("td", { "data-label": "trusted" }, trusted),
+        h("td", null, u.admin ? "admin" : "user"),
+        h("td", { class: "num", "data-label": "created" }, new Date(u.created_at).toLocaleString()),
         h("td", null, h("div", { class: "actions" }, rotate, remove)));
     });
-    return h("table", { "aria-label": "Users" }, h("thead", null, h("tr", null, h("th", null, "Name"),
+    return h("table", { "aria-label": "Users", class: "cards" }, h("thead", null, h("tr", null, h("th", null, "Name"),
       h("th", null, "Trusted"), h("th", null, "Role"), h("th", null, "Created"), h("th", null, "Actions"))),
     h("tbody", null, rows.length ? rows : h("tr", null, h("td", { colspan: 5, class: "empty" }, "No users yet."))));
   }
@@ -86,8 +97,13 @@ function createForm(tokenBox, done) {
     admin: field({ label: "Admin", name: "admin", input: h("input", { type: "checkbox" }) }),
   };
   const summary = h("div");
-  const form = h("form", { class: "form card", "aria-label": "New user", onSubmit: async (ev) => {
+  const form = h("form", { class: "form card", "aria-label": "New user", novalidate: true, onSubmit: async (ev) => {
     ev.preventDefault();
+    if (!rows.name.input.value.trim()) { // our own message, not the browser's bubble
+      rows.name.setError("Required: the name the user is known by.");
+      rows.name.input.focus();
+      return;
+    }
     try {
       const user = await post("/api/users", { name: rows.name.input.value.trim(), trusted: rows.trusted.input.checked,
         admin: rows.admin.input.checked });
@@ -107,9 +123,10 @@ function createForm(tokenBox, done) {
 
 function auditTable(items) {
   const rows = items.map((e) => h("tr", null, h("td", { class: "num" }, new Date(e.at).toLocaleString()),
-    h("td", null, e.actor), h("td", { class: "mono" }, e.action), h("td", { class: "mono" }, e.target || "—"),
+    h("td", { class: "nowrap" }, e.actor), h("td", { class: "mono nowrap" }, e.action),
+    h("td", { class: "mono" }, e.target || "—"),
     h("td", { class: "mono small" }, JSON.stringify(e.details))));
-  return h("table", { "aria-label": "Audit log" }, h("thead", null, h("tr", null, h("th", null, "When"),
+  return h("table", { "aria-label": "Audit log", class: "cards audit" }, h("thead", null, h("tr", null, h("th", null, "When"),
     h("th", null, "Who"), h("th", null, "Action"), h("th", null, "Target"), h("th", null, "Details"))),
   h("tbody", null, rows.length ? rows : h("tr", null, h("td", { colspan: 5, class: "empty" }, "Nothing yet."))));
 }

@@ -1,0 +1,68 @@
+"""A per-run cap on what a sandboxed run may add to its workspace (``sandbox_disk_mb``).
+
+Why two mechanisms: a size-capped filesystem per workspace needs root (a loop image) or RAM
+(tmpfs) and breaks the persistent, host-visible workspace the other backends and the files
+API share. What works the same as root and not as root is:
+
+* ``RLIMIT_FSIZE`` = the cap, set on the launch chain (``prlimit``): no single file a run
+  writes can grow past it — exact, enforced by the kernel (``EFBIG``);
+* this guard: it measures the workspace's allocated blocks before the run, then every
+  ``interval`` seconds, and ends the run (its whole cgroup) once it has added more than the
+  cap. Precision: the overshoot is at most what the run writes in one interval plus one
+  walk (measured in the closing note), and the walk costs O(files in the workspace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+INTERVAL_S = 0.2
+
+
+def usage_bytes(path: Path) -> int:
+    """Allocated bytes (``st_blocks``) under ``path``, never following a symlink; sparse files
+    count what they really occupy."""
+    total = 0
+    with contextlib.suppress(OSError):
+        total += os.lstat(path).st_blocks * 512
+    for _dirpath, dirnames, filenames, dirfd in os.fwalk(path, follow_symlinks=False):
+        for name in (*dirnames, *filenames):
+            with contextlib.suppress(OSError):
+                total += os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_blocks * 512
+    return total
+
+
+class DiskGuard:
+    """Watches one workspace while a run lives; calls ``on_exceeded`` once if it overflows."""
+
+    def __init__(self, path: Path, limit_bytes: int, on_exceeded: Callable[[int], Awaitable[None]],
+                 interval_s: float = INTERVAL_S) -> None:
+        self.path = path
+        self.limit_bytes = limit_bytes
+        self.interval_s = interval_s
+        self.on_exceeded = on_exceeded
+        self.baseline = usage_bytes(path)
+        self.exceeded = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            added = await asyncio.to_thread(usage_bytes, self.path) - self.baseline
+            if added > self.limit_bytes:
+                self.exceeded = True
+                await self.on_exceeded(added)
+                return

@@ -1,0 +1,100 @@
+"""`agent-manager run` ends its run when it is ended itself (SIGTERM, SIGHUP, Ctrl-C), keeps
+fire-and-forget behind --detach, and says one clear line when the service goes away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import LiveServer, start_server, stop_server
+from helpers import pids_with_marker, wait_gone
+
+
+def _agent(server: LiveServer) -> None:
+    r = httpx.post(f"{server.url}/api/agents", json={"name": "g", "kind": "gemini", "command": "gemini"},
+                   headers=server.headers)
+    assert r.status_code == 201, r.text
+
+
+def _run_cli(server: LiveServer, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(server.home)}
+    env.pop("AGENT_MANAGER_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "agent_manager", "run", *args], text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _latest_run(server: LiveServer) -> dict[str, object]:
+    items = httpx.get(f"{server.url}/api/runs", headers=server.headers).json()["items"]
+    return dict(items[0])
+
+
+def _wait_running(server: LiveServer) -> None:
+    """Until the client's run is running (the client's own argv carries the marker too)."""
+    deadline = time.monotonic() + 15
+    while True:
+        items = httpx.get(f"{server.url}/api/runs", headers=server.headers).json()["items"]
+        if items and items[0]["status"] == "running":
+            return
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signals_cancel_the_run(live_server: LiveServer, sig: int) -> None:
+    _agent(live_server)
+    marker = f"cli-signal-{int(sig)}"
+    proc = _run_cli(live_server, "g", f"SLEEP=60 {marker}")
+    _wait_running(live_server)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (130, 128 + int(sig)), err
+    assert "Traceback" not in err
+    assert not wait_gone(marker, 10)
+    assert _latest_run(live_server)["status"] == "cancelled"
+
+
+def test_detach_returns_at_once_and_leaves_the_run_going(live_server: LiveServer) -> None:
+    _agent(live_server)
+    proc = _run_cli(live_server, "--detach", "g", "SLEEP=60 detached-run")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    run_id = out.strip()
+    assert run_id.startswith("run")
+    _wait_running(live_server)
+    assert pids_with_marker("detached-run")
+    run = httpx.get(f"{live_server.url}/api/runs/{run_id}", headers=live_server.headers).json()
+    assert run["status"] in ("queued", "running")
+
+
+def test_service_going_away_gives_one_line(tmp_path: Path, fake_path: Path) -> None:
+    server = start_server(tmp_path / "home")
+    try:
+        _agent(server)
+        proc = _run_cli(server, "g", "SLEEP=60 service-goes-away")
+        _wait_running(server)
+        server.proc.kill()  # no goodbye: the client sees the connection refused from now on
+        server.proc.wait(10)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        stop_server(server)
+    assert proc.returncode == 1
+    assert "Traceback" not in err and "httpx" not in err, err
+    assert "lost the connection to the service" in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: lost the connection"), err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_timeout_must_be_a_finite_positive_number(tmp_path: Path, value: str) -> None:
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(tmp_path), "AGENT_MANAGER_URL": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "agent_manager", "run", "--timeout", value, "a", "p"],
+                            capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "positive finite number" in result.stderr
