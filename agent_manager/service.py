@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import signal
+import stat
+from pathlib import Path
 from typing import Any
 
 from agent_manager.errors import ConfigError, ValidationFailed
@@ -32,13 +34,25 @@ DAYTONA_CLIENT_FIELDS = frozenset({"daytona_api_key", "daytona_api_url", "dayton
 PRUNE_EVERY_S = 3600.0
 
 
+def secure_data_dir(home: Path) -> None:
+    """The data directory is 0700 and every file directly in it 0600 (database, -wal, -shm, token,
+    config): nobody but the service's own user may read them — in particular not the OS user
+    non-admin runs switch to. Files created later get 0600 where they are created."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(home.stat().st_mode) != 0o700:
+        os.chmod(home, 0o700)
+    for entry in os.scandir(home):
+        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mode & 0o077:
+            os.chmod(entry.path, 0o600, follow_symlinks=False)
+
+
 def check_data_dir(settings: Settings) -> None:
     """Fail at start, with a clear message, on an unwritable or full data directory."""
     home = settings.home
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(home)
         probe = home / ".write-test"
-        probe.write_bytes(b"ok")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"the data directory {home} is not writable: {exc.strerror or exc}. "

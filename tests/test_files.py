@@ -137,12 +137,13 @@ async def test_size_caps(client: httpx.AsyncClient, ws: Path) -> None:
 
 
 async def test_default_workspace_root(client: httpx.AsyncClient, service: Service) -> None:
-    assert (await client.post("/api/agents", json={"name": "d", "command": "echo"})).status_code == 201
+    r0 = await client.post("/api/agents", json={"name": "d", "command": "echo"})
+    assert r0.status_code == 201
     r = await client.get("/api/files", params={"agent": "d"})
     assert r.status_code == 200 and r.json()["entries"] == []
     r = await client.put("/api/files", params={"agent": "d", "path": "notes.md"}, content=b"# hi\n")
     assert r.status_code == 200
-    assert (service.settings.workspaces / "d" / "notes.md").read_bytes() == b"# hi\n"
+    assert (service.settings.workspaces / "agents" / r0.json()["id"] / "notes.md").read_bytes() == b"# hi\n"
 
 
 async def test_root_holding_the_data_directory_is_refused(client: httpx.AsyncClient, service: Service) -> None:

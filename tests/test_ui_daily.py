@@ -241,7 +241,13 @@ def test_cancelling_a_plan_asks_first_and_leaves_nothing_pending(sized: UI) -> N
     expect(dag.locator(".dag-node[data-step=next]")).to_have_attribute("data-status", "cancelled")
     if is_phone(sized):  # the table becomes cards: values carry their labels, not "2.3 s 4"
         tries = page.locator("[data-step-row=slow] td[data-label=tries]")
-        assert "tries" in tries.evaluate("td => getComputedStyle(td, '::before').content")
+        label = ""
+        for _ in range(30):  # the table is redrawn on updates: a detached cell has no style
+            label = tries.evaluate("td => td.isConnected ? getComputedStyle(td, '::before').content : ''")
+            if label:
+                break
+            page.wait_for_timeout(100)
+        assert "tries" in label
     else:
         expect(page.locator(".steps-table thead")).to_contain_text("Tries")
 

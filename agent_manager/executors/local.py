@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import signal
+from pathlib import Path
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
@@ -28,6 +29,7 @@ from agent_manager.settings import Settings
 
 class LocalExecutor:
     name = "local"
+    switches_user = True  # honours ExecSpec.run_as (runs.py refuses run_as on backends that do not)
 
     def __init__(self, settings: Settings, tag_prefix: str, environ: dict[str, str] | None = None) -> None:
         self.settings = settings
@@ -55,9 +57,7 @@ class LocalExecutor:
                        HOME=user.home if os.path.isdir(user.home) else str(spec.workspace or "/"))
         cwd = spec.cwd or (str(spec.workspace) if spec.workspace else None)
         if spec.workspace:
-            write_files(spec.workspace, spec.files, user)
-            if user is not None:
-                hand_over(spec.workspace, user)
+            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user)
         argv = list(spec.argv)
         resolved = shutil.which(argv[0], path=env.get("PATH"))
         if resolved and os.sep not in argv[0]:
@@ -83,6 +83,12 @@ class LocalExecutor:
         self._live.add(execution)
         execution.finished.add_done_callback(lambda _t: self._live.discard(execution))
         return execution
+
+    @staticmethod
+    def _prepare_workspace(workspace: Path, files: dict[str, bytes], user: HostUser | None) -> None:
+        write_files(workspace, files, user)
+        if user is not None:
+            hand_over(workspace, user)
 
     async def close(self) -> None:
         for execution in list(self._live):

@@ -1,7 +1,7 @@
 """/api/files: browse, read, write, rename and delete files inside an agent's working directory, and
 nowhere else.
 
-Roots: the agent's ``working_dir``, else its default workspace ``<home>/workspaces/<name>``.
+Roots: the agent's ``working_dir``, else its default workspace ``<workspaces>/agents/<agent id>``.
 Why two checks: ``realpath`` + ``commonpath`` decides whether the *name* stays inside the
 root (symlinks included), and the open then walks the resolved path one component at a time
 with directory fds and ``O_NOFOLLOW``, so a symlink swapped in between the check and the open
@@ -42,6 +42,7 @@ from agent_manager.errors import (
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, principal, service
+from agent_manager.workdirs import agent_workspace
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 READ_CAP = 1_048_576
@@ -108,9 +109,7 @@ def split_path(path: str) -> list[str]:
 
 def agent_root(svc: Service, agent: dict[str, Any]) -> tuple[Path, bool]:
     """(root, is_default_workspace)."""
-    if agent.get("working_dir"):
-        return Path(agent["working_dir"]), False
-    return svc.settings.workspaces / agent["name"], True
+    return agent_workspace(svc.settings, agent), not agent.get("working_dir")
 
 
 def _errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
@@ -224,6 +223,8 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
                 info = os.fstat(fh.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise Forbidden(f"{rel}: not a regular file")
+                if info.st_nlink > 1 and service_file(info, svc.settings.home):
+                    raise Forbidden(f"{rel}: a hard link to one of the service's own files")
                 if info.st_size > READ_CAP:
                     raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
                                    {"size": info.st_size, "limit": READ_CAP})
@@ -240,6 +241,19 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
         content, encoding = base64.b64encode(data).decode(), "base64"
     return {"type": "file", "agent": found["name"], "path": rel, "size": len(data),
             "modified": _stamp(info.st_mtime), "encoding": encoding, "content": content}
+
+
+def service_file(info: os.stat_result, home: Path) -> bool:
+    """Whether ``info`` is a file of the data directory (token, database, config) under another name."""
+    try:
+        with os.scandir(home) as entries:
+            for entry in entries:
+                found = entry.stat(follow_symlinks=False)
+                if (found.st_dev, found.st_ino) == (info.st_dev, info.st_ino):
+                    return True
+    except OSError:
+        return True  # cannot tell: refuse
+    return False
 
 
 def _quote(name: str) -> str:
@@ -323,6 +337,9 @@ async def write(request: Request, agent: str = Query(..., min_length=1, max_leng
                          dir_fd=parent)
             try:
                 with os.fdopen(fd, "wb") as fh:
+                    owner = os.fstat(parent)
+                    if os.geteuid() == 0 and owner.st_uid != 0:  # a run-as user's workspace stays theirs
+                        os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
                     fh.write(data)
                 os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except BaseException:
