@@ -128,6 +128,9 @@ class Service:
         from agent_manager.workspaces import Workspaces
         workspaces = self.extras["workspaces"] = self._runs.workspaces = Workspaces(self.db, self.settings)
         self._background.add(asyncio.create_task(self._tidy_workspaces(workspaces)))
+        from agent_manager.terminals import TerminalManager
+        terminals = self.extras["terminals"] = TerminalManager(self.settings, self.executors, self._runs)
+        terminals.workspaces = workspaces
         from agent_manager.orchestration.engine import OrchestrationEngine
         engine = self.extras["orchestrations"] = OrchestrationEngine(self.db, self.settings, self._runs)
         if engine.recover():
@@ -240,9 +243,11 @@ class Service:
 
         In the background: an unreachable Daytona must not delay or break the service's start.
         """
-        from agent_manager.executors import daytona
+        from agent_manager.executors import daytona, daytona_api
 
         try:
+            # The SDK takes about a second to import: do it in a thread, not on the loop.
+            await asyncio.to_thread(daytona_api._sdk)
             swept = await daytona.sweep(self.settings, instance=self.prefix)
             if swept:
                 log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
@@ -262,6 +267,8 @@ class Service:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if "terminals" in self.extras:  # their WebSockets close too; they hold host slots and sandboxes
+            await self.extras.pop("terminals").shutdown()
         engine = self.extras.get("orchestrations")
         if engine is not None:  # before the runs: its steps are runs
             await engine.shutdown()

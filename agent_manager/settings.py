@@ -105,6 +105,11 @@ class Settings(BaseModel):
     daytona_warm_pool: int = Field(0, ge=0, le=64)
     daytona_max_concurrent_creates: int = Field(32, ge=1, le=4096)
 
+    # terminals (docs/terminals.md)
+    terminal_idle_timeout_s: float = Field(300, gt=0)
+    terminal_scrollback_bytes: int = Field(262_144, ge=0, le=16 * 1024 * 1024)
+    terminal_record: bool = False
+    terminal_max: int = Field(32, ge=1, le=1024)
     # projects and workspaces: open workspaces untouched this long are discarded (0 = keep)
     workspace_retention_days: int = Field(14, ge=0)
 

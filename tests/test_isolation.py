@@ -520,3 +520,19 @@ async def test_local_cancel_without_cgroups_still_ends_the_escapee() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["cgroup"] is False  # nobody cannot create cgroups: this is the fallback path
     assert await gone(marker, 2), marker_pids(marker)
+
+
+async def test_run_as_refuses_root_and_unknown_users(local: LocalExecutor, tmp_path: Path) -> None:
+    from agent_manager.errors import ExecutionError
+
+    for name, message in (("root", "is root"), ("no-such-user-9a", "does not exist")):
+        with pytest.raises(ExecutionError, match=message):
+            await local.start(ExecSpec(argv=["true"], workspace=tmp_path / "ws", run_as=name))
+
+
+@pytest.mark.skipif(not ROOT, reason="sandbox_user only applies to a root service")
+async def test_sandbox_is_unavailable_with_a_bad_sandbox_user(tmp_path: Path) -> None:
+    for name in ("root", "no-such-user-9a"):
+        executor = SandboxExecutor(settings(tmp_path, sandbox_user=name), f"iso-{uuid.uuid4().hex[:8]}")
+        availability = await executor.available()
+        assert not availability.ok and name in availability.reason, availability

@@ -99,8 +99,14 @@ def test_a_failing_run_shows_its_error_once(sized: UI) -> None:
     sized.agent("claude", kind="claude")
     run = sized.run("claude", "please FAIL")
     sized.wait_run(run["id"])
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
     sized.go(f"/runs/{run['id']}")
     expect(page.locator("[data-testid=run-status]")).to_contain_text("failed")
+    page.wait_for_timeout(1500)  # a needless reconnect would come after 1 s
+    # the run's SSE event named "error" is data: the stream is read once, not reopened for it
+    assert len(streams) == 1, streams
+    expect(page.locator(".conn")).to_have_text("")
     expect(page.locator("[data-testid=error-event]")).to_have_count(1)
     expect(page.locator("main")).not_to_contain_text("No output yet")
     shown = " ".join(page.locator(".run-error, .activity").all_inner_texts())  # the raw log aside

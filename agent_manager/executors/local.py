@@ -23,7 +23,7 @@ from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, hand_over, write_files
-from agent_manager.executors.process import ProcessExecution, base_environment, new_tag, signal_tagged
+from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
 from agent_manager.settings import Settings
 
 
@@ -65,6 +65,8 @@ class LocalExecutor:
         elif not os.path.exists(os.path.join(cwd or "", argv[0])):  # the launch chain would only say 127
             raise ExecutionError(f"executable not found: {argv[0]}", {"argv0": argv[0]})
         prefix = drop_to(user, no_new_privs=True) if user is not None else []
+        if spec.tty is not None:  # an interactive terminal: its own session, the PTY as controlling terminal
+            prefix = [*prefix, *ctty_prefix()]
         tag = new_tag(self.tag_prefix)
         cgroup = RunCgroup.create_tracking(cgroup_name(self.tag_prefix, tag.rsplit(":", 1)[-1]))
         if cgroup is not None:
@@ -73,7 +75,7 @@ class LocalExecutor:
             execution = await ProcessExecution.spawn(
                 [*prefix, *argv], env=env, cwd=cwd, stdin=spec.stdin, tag=tag,
                 kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s,
-                cgroup=cgroup)
+                cgroup=cgroup, tty=spec.tty)
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()

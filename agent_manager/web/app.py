@@ -119,7 +119,8 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     for router in (projects.router, *workspaces.routers):
         app.include_router(router)
     for optional in ("agent_manager.web.routers.plans", "agent_manager.web.routers.orchestrations",
-                     "agent_manager.web.routers.users", "agent_manager.web.routers.files"):
+                     "agent_manager.web.routers.users", "agent_manager.web.routers.files",
+                     "agent_manager.web.routers.terminals"):
         with contextlib.suppress(ModuleNotFoundError):
             app.include_router(importlib.import_module(optional).router)
     with contextlib.suppress(ModuleNotFoundError):
