@@ -166,10 +166,14 @@ class TerminalManager:
         chosen = Route(chosen.backend, chosen.reason.replace("requested by the run", "requested for this terminal"))
         host = chosen.backend in HOST_BACKENDS
         if host:
+            busy = TooManyRequests(f"all {self.settings.max_concurrent_runs} run slots of this host are busy "
+                                   "(max_concurrent_runs); terminals count against them")
             if self.runs.host_slots.used >= self.settings.max_concurrent_runs:
-                raise TooManyRequests(f"all {self.settings.max_concurrent_runs} run slots of this host are busy "
-                                      "(max_concurrent_runs); terminals count against them")
-            await self.runs.host_slots.__aenter__()  # free (checked above): never waits
+                raise busy
+            try:  # a terminal is never queued: a slot taken meanwhile is a 429 too
+                await asyncio.wait_for(self.runs.host_slots.__aenter__(), 1.0)
+            except TimeoutError:
+                raise busy from None
             self.runs.host_running += 1
         self._opening += 1
         terminal_id = req.terminal_id

@@ -25,11 +25,12 @@ from agent_manager.service import tag_prefix
 from agent_manager.settings import Settings
 
 FAST = {"AGENT_MANAGER_KILL_GRACE_S": "0.3"}
+CANARY = "canary-service-secret-5150"
 
 
 @pytest.fixture
 def server(tmp_path: Path, fake_path: Path) -> Iterator[LiveServer]:
-    srv = start_server(tmp_path / "home", env=FAST)
+    srv = start_server(tmp_path / "home", env={**FAST, "SERVICE_SECRET_TOKEN": CANARY})
     try:
         yield srv
     finally:
@@ -71,6 +72,8 @@ async def test_shell_types_resizes_reattaches_and_exits(server: LiveServer, api:
     await sock.expect(r"sum-42\s+30 100")
     uid = (await sock.expect(r"30 100\s+(\d+)")).group(1)
     assert (uid == "65534") == (backend == "sandbox")
+    await sock.send("env | grep -c canary-service; cat /proc/1/environ 2>/dev/null | grep -c canary-service\n")
+    await sock.expect(r"[\r\n]0\r\n0\r\n")  # the service's secrets are not in a terminal's environment
     await sock.resize(120, 40)
     await sock.send("stty size\n")
     await sock.expect(r"40 120")
