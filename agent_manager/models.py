@@ -14,6 +14,7 @@ RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "ti
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NO_NUL = r"^[^\x00]*$"  # text parameters: SQLite (FTS) cannot take a NUL
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 SECRET_NAME_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH|COOKIE|PRIVATE|SESSION)",
                             re.IGNORECASE)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,16 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
 from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
-from agent_manager.errors import AgentManagerError, Conflict, TooLarge, ValidationFailed
+from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, TooLarge, ValidationFailed
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
-from agent_manager.executors.routing import RouteRequest, route
+from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.models import TERMINAL_STATUSES
 from agent_manager.settings import Settings
 from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.store.database import new_id, now
+from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem
 
 if TYPE_CHECKING:
     from agent_manager.workspaces import Base, Workspaces
@@ -118,6 +121,8 @@ class RunRequest:
     resources: Resources = field(default_factory=Resources)
     owner: str | None = None
     user_trusted: bool = True
+    # Only the admin's runs may run as the service's own OS user (docs/security.md).
+    user_admin: bool = True
     workspace: Path | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
@@ -160,6 +165,9 @@ class RunManager:
         self.finished_counts: Counter[tuple[str, str]] = Counter()
         self.durations: list[float] = []
         self.workspaces: Workspaces | None = None  # set by the service
+        # Whether this process may switch to another OS user; a seam so tests can take the
+        # non-root path while CI runs as root.
+        self.is_root: Callable[[], bool] = lambda: os.geteuid() == 0
 
     # -- lifecycle of the manager ---------------------------------------------------------
 
@@ -256,6 +264,30 @@ class RunManager:
             await self.events.drained(run_id)  # the finish is committed with its event
         return run_store.get(self.db, run_id)
 
+    def run_as_user(self, workspace: Path) -> tuple[OsUser | None, str]:
+        """(the OS user a non-admin local run switches to, None + why that is impossible)."""
+        name = self.settings.run_as_user
+        if not self.is_root():
+            return None, "the service does not run as root, so it cannot switch to another OS user"
+        user = lookup_user(name)
+        if user is None:
+            return None, (f"the run_as_user {name!r} does not exist on this host (create it: "
+                          f"useradd --system --no-create-home {name})")
+        home_owner = self.settings.home.stat().st_uid if self.settings.home.exists() else 0
+        if user.uid in (0, os.geteuid(), home_owner):
+            return None, f"the run_as_user {name!r} is the service's own user or owns the data directory"
+        # A process of the sandbox's host user can read the environment of (and ptrace) every
+        # sandboxed run, because their user namespaces belong to it: the two must differ.
+        sandbox_user = lookup_user(self.settings.sandbox_user)
+        if sandbox_user is not None and sandbox_user.uid == user.uid:
+            return None, (f"the run_as_user {name!r} is also the sandbox's host user; give non-admin "
+                          "local runs a dedicated user")
+        problem = reach_problem(workspace, user)
+        if problem:
+            return None, (f"the workspace {workspace} is out of reach of {name!r} ({problem}; set "
+                          "workspaces_dir outside the data directory)")
+        return user, ""
+
     # -- the run itself --------------------------------------------------------------------
 
     def _conversation_context(self, req: RunRequest, kind: AgentKind) -> tuple[str | None, str]:
@@ -285,11 +317,16 @@ class RunManager:
         queued = True
         try:
             agent = req.agent
+            workspace = req.workspace or agent_workspace(self.settings, agent)
+            user, problem = (None, "") if req.user_admin else self.run_as_user(workspace)
+            if user is not None and req.workspace_id:
+                user, problem = None, "its project workspace lives in the data directory, out of that user's reach"
             chosen = await route(RouteRequest(
                 run_backend=req.backend, step_backend=req.step_backend, agent_backend=agent.get("backend"),
                 agent_trusted=agent["trusted"], user_trusted=req.user_trusted,
                 auto_approve=kind.auto_approves(list(agent["args"])), resources=req.resources,
-                host_saturated=self.host_running >= self.settings.max_concurrent_runs),
+                host_saturated=self.host_running >= self.settings.max_concurrent_runs,
+                user_admin=req.user_admin, run_as=user.name if user else None, run_as_problem=problem),
                 self.settings, self.executors)
             run_store.update(self.db, run_id, backend=chosen.backend, route_reason=chosen.reason)
             live.backend = chosen.backend
@@ -304,7 +341,7 @@ class RunManager:
                 host = chosen.backend in HOST_BACKENDS
                 self.host_running += host
                 try:
-                    await self._execute(run_id, req, kind, invocation, chosen.backend, chosen.reason)
+                    await self._execute(run_id, req, kind, invocation, chosen, workspace, user)
                 finally:
                     self.host_running -= host
         except AgentManagerError as exc:
@@ -336,12 +373,11 @@ class RunManager:
                 self.events.forget(run_id)
 
     async def _execute(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation,
-                       backend: str, reason: str) -> None:
+                       chosen: Route, workspace: Path, user: OsUser | None) -> None:
         live = self.live[run_id]
         agent = req.agent
+        backend, reason = chosen.backend, chosen.reason
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
-        workspace = req.workspace or (Path(agent["working_dir"]) if agent.get("working_dir")
-                                      else self.settings.workspaces / agent["name"])
         name = PROMPT_FILE_NAME.format(run_id=run_id)
         if invocation.prompt_file_at and invocation.prompt_file is not None:
             # A service file (like orchestration inputs): a git workspace does not commit it.
@@ -351,6 +387,13 @@ class RunManager:
                         network=bool(agent.get("network", False)), labels={"run": run_id},
                         files=req.files, outputs=req.outputs)
         live.phase = "starting"
+        executor = self.executors[backend]
+        if chosen.run_as:
+            if user is None or req.workspace_id or not getattr(executor, "switches_user", False):
+                # Never fall back to the service's own user: that user can read the admin token.
+                raise ExecutionError(f"the {backend} backend cannot run this as {chosen.run_as!r}")
+            hand_over(workspace, user, self.settings)
+            spec.run_as = chosen.run_as
         if req.workspace_id and self.workspaces is not None:
             spec = await self.workspaces.prepare(req.workspace_id, run_id, backend, spec)
         prompt_file: Path | None = None
@@ -360,7 +403,7 @@ class RunManager:
                 spec.argv[index] = seen_as
             prompt_file = spec.workspace / name if backend in HOST_BACKENDS else None
         try:
-            execution = await self.executors[backend].start(spec)
+            execution = await executor.start(spec)
             live.execution = execution
             live.phase = "running"
             await self._follow(run_id, req, kind, backend, reason, timeout, execution)

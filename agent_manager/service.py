@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import signal
+import stat
+from pathlib import Path
 from typing import Any
 
 from agent_manager.errors import ConfigError, ValidationFailed
@@ -32,13 +34,25 @@ DAYTONA_CLIENT_FIELDS = frozenset({"daytona_api_key", "daytona_api_url", "dayton
 PRUNE_EVERY_S = 3600.0
 
 
+def secure_data_dir(home: Path) -> None:
+    """The data directory is 0700 and every file directly in it 0600 (database, -wal, -shm, token,
+    config): nobody but the service's own user may read them — in particular not the OS user
+    non-admin runs switch to. Files created later get 0600 where they are created."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(home.stat().st_mode) != 0o700:
+        os.chmod(home, 0o700)
+    for entry in os.scandir(home):
+        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mode & 0o077:
+            os.chmod(entry.path, 0o600, follow_symlinks=False)
+
+
 def check_data_dir(settings: Settings) -> None:
     """Fail at start, with a clear message, on an unwritable or full data directory."""
     home = settings.home
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(home)
         probe = home / ".write-test"
-        probe.write_bytes(b"ok")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"the data directory {home} is not writable: {exc.strerror or exc}. "
@@ -114,6 +128,9 @@ class Service:
         from agent_manager.workspaces import Workspaces
         workspaces = self.extras["workspaces"] = self._runs.workspaces = Workspaces(self.db, self.settings)
         self._background.add(asyncio.create_task(self._tidy_workspaces(workspaces)))
+        from agent_manager.terminals import TerminalManager
+        terminals = self.extras["terminals"] = TerminalManager(self.settings, self.executors, self._runs)
+        terminals.workspaces = workspaces
         from agent_manager.orchestration.engine import OrchestrationEngine
         engine = self.extras["orchestrations"] = OrchestrationEngine(self.db, self.settings, self._runs)
         if engine.recover():
@@ -226,9 +243,11 @@ class Service:
 
         In the background: an unreachable Daytona must not delay or break the service's start.
         """
-        from agent_manager.executors import daytona
+        from agent_manager.executors import daytona, daytona_api
 
         try:
+            # The SDK takes about a second to import: do it in a thread, not on the loop.
+            await asyncio.to_thread(daytona_api._sdk)
             swept = await daytona.sweep(self.settings, instance=self.prefix)
             if swept:
                 log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
@@ -248,6 +267,8 @@ class Service:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if "terminals" in self.extras:  # their WebSockets close too; they hold host slots and sandboxes
+            await self.extras.pop("terminals").shutdown()
         engine = self.extras.get("orchestrations")
         if engine is not None:  # before the runs: its steps are runs
             await engine.shutdown()

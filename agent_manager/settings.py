@@ -52,6 +52,10 @@ class Settings(BaseModel):
     port: int = Field(8765, ge=0, le=65535)
     auth: bool = True
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Bodies larger than this are refused with 413 before (or while) being read.
+    max_request_bytes: int = Field(8 * 1_048_576, ge=1024)
+    # Wrong tokens (bearer or /login) a client may send before it is answered 429 for a while.
+    auth_failures_allowed: int = Field(10, ge=1, le=100_000)
 
     # runs
     max_concurrent_runs: int = Field(8, ge=1, le=1024)
@@ -73,6 +77,14 @@ class Settings(BaseModel):
     prefer_daytona_for_untrusted: bool = False
     allow_fallback: bool = True
 
+    # users (docs/security.md): what non-admin users' runs may ask for and whom they run as
+    run_as_user: str = Field("agent-manager-run", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    user_max_cpu: float = Field(2, gt=0)
+    user_max_memory_mb: int = Field(2048, ge=16)
+    # Where default agent and orchestration workspaces live (default <home>/workspaces). The data
+    # directory is 0700, so local runs of non-admin users (as run_as_user) need this outside it.
+    workspaces_dir: Path | None = None
+
     # sandbox (bubblewrap)
     sandbox_uid: int = 65534  # the uid *inside* the sandbox
     sandbox_user: str = "nobody"  # the host user a root service drops to before bubblewrap
@@ -93,6 +105,11 @@ class Settings(BaseModel):
     daytona_warm_pool: int = Field(0, ge=0, le=64)
     daytona_max_concurrent_creates: int = Field(32, ge=1, le=4096)
 
+    # terminals (docs/terminals.md)
+    terminal_idle_timeout_s: float = Field(300, gt=0)
+    terminal_scrollback_bytes: int = Field(262_144, ge=0, le=16 * 1024 * 1024)
+    terminal_record: bool = False
+    terminal_max: int = Field(32, ge=1, le=1024)
     # projects and workspaces: open workspaces untouched this long are discarded (0 = keep)
     workspace_retention_days: int = Field(14, ge=0)
 
@@ -118,7 +135,7 @@ class Settings(BaseModel):
 
     @property
     def workspaces(self) -> Path:
-        return self.home / "workspaces"
+        return self.workspaces_dir or self.home / "workspaces"
 
     @property
     def daytona_configured(self) -> bool:
@@ -130,7 +147,7 @@ SECRET_FIELDS = frozenset(n for n, f in Settings.model_fields.items() if f.annot
 # API refuses them live and says so. Every other field takes effect at once: components share
 # the one Settings object and read it when they use a value, and the few that build something
 # from settings are rebuilt by Service.apply_settings.
-RESTART_FIELDS = frozenset({"home", "host", "port", "auth"})
+RESTART_FIELDS = frozenset({"home", "host", "port", "auth", "workspaces_dir"})
 MUTABLE_FIELDS = frozenset(Settings.model_fields) - RESTART_FIELDS
 
 
@@ -234,7 +251,7 @@ def write_config_file(home: Path, values: dict[str, Any]) -> None:
             current.pop(key, None)
         else:
             current[key] = value
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = home / CONFIG_FILE
     tmp = path.with_suffix(".tmp")
     # A real TOML writer: every string (quotes, backslashes, CR, control characters) is escaped

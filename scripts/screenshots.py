@@ -97,6 +97,9 @@ def seed(api: httpx.Client) -> dict[str, Any]:
             break
         time.sleep(0.1)
     time.sleep(1.0)
+    post("/api/users", {"name": "robin", "trusted": True})
+    post("/api/users", {"name": "sam-the-reviewer", "trusted": False})
+    post("/api/plans/saved", {"name": "release-notes", "plan": plan})
     return {"run": runs[0]["id"], "tool_run": runs[1]["id"], "conv": conv["id"], "orch": orch["id"]}
 
 
@@ -117,7 +120,7 @@ def main(outdir: str) -> int:
                      "settings": "#/settings", "plans": "#/plans", "orchestration": f"#/orchestrations/{ids['orch']}",
                      "orchestration-step": f"#/orchestrations/{ids['orch']}?step=translate",
                      "plan-rerun": f"#/plans?from={ids['orch']}", "not-found": "#/no-such-page",
-                     "files": "#/files", "users": "#/users"}
+                     "files": "#/files", "users": "#/users", "projects": "#/projects"}
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 for size, (width, height) in SIZES.items():

@@ -36,7 +36,9 @@ class Listener(threading.Thread):
                     elif line.startswith("event:"):
                         event = line[6:].strip()
                     elif line.startswith("data:"):
-                        self.received.append((seq, event, json.loads(line[5:])))
+                        data = json.loads(line[5:])
+                        data.pop("at", None)  # SSE adds when the event was stored; the JSON log has it apart
+                        self.received.append((seq, event, data))
         except httpx.HTTPError:
             pass  # the server died under us: that is the point
 

@@ -12,6 +12,7 @@ import asyncio
 from conftest import running_service
 from fakes.daytona_emulator import DaytonaEmulator
 
+from agent_manager.executors.base import ExecSpec
 from agent_manager.executors.daytona import DaytonaExecutor
 from agent_manager.runs import RunRequest
 from agent_manager.settings import Settings
@@ -51,3 +52,21 @@ async def test_300_concurrent_daytona_runs_no_error_no_leak(
     assert 0 < daytona_emulator.peak_creating <= MAX_CREATES
     assert daytona_emulator.peak_sandboxes > MAX_CREATES  # runs did overlap
     assert not daytona_emulator.sandboxes and not daytona_emulator.running_pids()
+
+
+async def test_a_sandbox_whose_delete_failed_is_deleted_later(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    executor = DaytonaExecutor(daytona_settings, "inst-reap", retry_base_s=0.01)
+    try:
+        daytona_emulator.fail_next("DELETE /api/sandbox/*", executor.attempts, 503)  # every retry of the run's delete
+        execution = await executor.start(ExecSpec(argv=["true"]))
+        assert [c async for c in execution.output()] == [] and await execution.wait() == 0
+        assert len(daytona_emulator.sandboxes) == 1 and executor.reaper.sandboxes  # left over, but remembered
+        for _ in range(100):
+            if not daytona_emulator.sandboxes and not executor.reaper.sandboxes:
+                break
+            await asyncio.sleep(0.1)
+        assert not daytona_emulator.sandboxes and not executor.reaper.sandboxes
+    finally:
+        await executor.close()

@@ -137,12 +137,13 @@ async def test_size_caps(client: httpx.AsyncClient, ws: Path) -> None:
 
 
 async def test_default_workspace_root(client: httpx.AsyncClient, service: Service) -> None:
-    assert (await client.post("/api/agents", json={"name": "d", "command": "echo"})).status_code == 201
+    r0 = await client.post("/api/agents", json={"name": "d", "command": "echo"})
+    assert r0.status_code == 201
     r = await client.get("/api/files", params={"agent": "d"})
     assert r.status_code == 200 and r.json()["entries"] == []
     r = await client.put("/api/files", params={"agent": "d", "path": "notes.md"}, content=b"# hi\n")
     assert r.status_code == 200
-    assert (service.settings.workspaces / "d" / "notes.md").read_bytes() == b"# hi\n"
+    assert (service.settings.workspaces / "agents" / r0.json()["id"] / "notes.md").read_bytes() == b"# hi\n"
 
 
 async def test_root_holding_the_data_directory_is_refused(client: httpx.AsyncClient, service: Service) -> None:
@@ -187,3 +188,40 @@ async def test_untrusted_users_may_read_but_not_write(client: httpx.AsyncClient,
     assert audit["total"] == 0
     await client.put("/api/files", params={"agent": "w", "path": "a.txt"}, content=b"y")
     assert (await client.get("/api/audit", params={"action": "file."})).json()["items"][0]["target"] == "w:a.txt"
+
+
+async def test_rename_and_delete_stay_inside_and_never_follow_links(client: httpx.AsyncClient, ws: Path,
+                                                                    tmp_path: Path) -> None:
+    f = {"agent": "w"}
+    moved = await client.post("/api/files/move", params={**f, "path": "a.txt", "to": "sub/new/a2.txt"})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["path"] == "sub/new/a2.txt" and (ws / "sub/new/a2.txt").read_text() == "hello a\n"
+    assert not (ws / "a.txt").exists()
+    # never replaces, never leaves the root, never moves a directory into itself
+    assert (await client.post("/api/files/move", params={**f, "path": "sub/b.txt", "to": "sub/new/a2.txt"})
+            ).status_code == 409
+    for bad in ("../x", "/tmp/x", "link/x", "escdir/x"):
+        r = await client.post("/api/files/move", params={**f, "path": "sub/b.txt", "to": bad})
+        assert r.status_code in (400, 403), (bad, r.text)
+    assert (await client.post("/api/files/move", params={**f, "path": "sub", "to": "sub/new/inner"})).status_code == 400
+    assert (ws / "sub/b.txt").exists()
+    # deleting a symlink removes the link, not its target
+    assert (await client.delete("/api/files", params={**f, "path": "esc"})).status_code == 204
+    assert not (ws / "esc").is_symlink() and (tmp_path / "secret.txt").read_text() == CANARY
+    for bad in ("escdir/secret.txt", "../secret.txt", "link/passwd", ""):
+        r = await client.delete("/api/files", params={**f, "path": bad})
+        assert r.status_code in (400, 403, 422), (bad, r.text)
+    assert (tmp_path / "secret.txt").exists()
+    assert (await client.delete("/api/files", params={**f, "path": "sub"})).status_code == 409  # not empty
+    assert (await client.delete("/api/files", params={**f, "path": "nope"})).status_code == 404
+    assert (await client.delete("/api/files", params={**f, "path": "sub/b.txt"})).status_code == 204
+    assert not (ws / "sub/b.txt").exists()
+    actions = [e["action"] for e in (await client.get("/api/audit", params={"action": "file."})).json()["items"]]
+    assert actions.count("file.delete") == 2 and actions.count("file.move") == 1
+    # untrusted users may not
+    token = (await client.post("/api/users", json={"name": "v", "trusted": False})).json()["token"]
+    user = {"Authorization": f"Bearer {token}"}
+    assert (await client.delete("/api/files", params={**f, "path": "bin.dat"}, headers=user)).status_code == 403
+    assert (await client.post("/api/files/move", params={**f, "path": "bin.dat", "to": "x"},
+                              headers=user)).status_code == 403
+    assert (ws / "bin.dat").exists()

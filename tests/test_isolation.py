@@ -362,6 +362,20 @@ async def test_sandbox_cancel_ends_setsid_env_cleared_processes(sandbox: Sandbox
     assert await gone(marker, 2), marker_pids(marker)
 
 
+BOMBS = {
+    "memory": "b = b'x' * (600 << 20); print('allocated')",
+    "pids": ("import os, time\nfor _ in range(200):\n    if os.fork() == 0:\n        time.sleep(3); os._exit(0)\n"
+             "print('forked all')"),
+}
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+async def test_resource_bombs_are_contained(sandbox: SandboxExecutor, tmp_path: Path, bomb: str) -> None:
+    code, out, _ = await collect(await sandbox.start(ExecSpec(argv=["python3", "-c", BOMBS[bomb]],
+                                                              workspace=tmp_path / "ws", network=False)), 30)
+    assert code != 0 and "allocated" not in out and "forked all" not in out, (code, out)
+
+
 # --- the same, with the service as an unprivileged user ----------------------------------------------
 
 AS_NOBODY = """
@@ -395,6 +409,12 @@ async def main():
     availability = await executor.available()
     assert availability.ok, availability.reason
     result = {}
+    bomb = await executor.start(ExecSpec(argv=["python3", "-c", "b = b'x' * (3 << 30); print('allocated')"],
+                                         workspace=home / "ws", network=False))
+    out = ""
+    async for chunk in bomb.output():
+        out += chunk.text
+    result["memory_bomb"] = {"code": await bomb.wait(), "out": out}
     for network in (False, True):
         execution = await executor.start(ExecSpec(argv=["python3", "-c", CHECK, str(server.getsockname()[1])],
                                                   workspace=home / "ws", network=network))
@@ -419,6 +439,7 @@ def test_unprivileged_service_sandbox_with_and_without_network() -> None:
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["memory_bomb"]["code"] != 0 and "allocated" not in result["memory_bomb"]["out"], result
     for network, expected in (("False", ["lo"]), ("True", ["lo", "tap0"])):
         run = result[network]
         assert run["code"] == 0, run
@@ -427,3 +448,91 @@ def test_unprivileged_service_sandbox_with_and_without_network() -> None:
         assert r["loopback"] == "ECONNREFUSED", r
         assert r["/proc/sys/kernel/printk_ratelimit"] in ("EROFS", "EACCES"), r
         assert r["/proc/sys/net/ipv4/ip_forward"] in ("EROFS", "EACCES"), r
+
+
+# --- the issue's reproduction, end to end: an untrusted user through the API --------------------------
+
+@pytest.mark.skipif(not ROOT, reason="the host-root escalation only exists when the service is root")
+async def test_untrusted_users_generic_agent_cannot_change_a_host_sysctl(tmp_path: Path) -> None:
+    from conftest import in_process_client, running_service
+    from helpers import wait_run
+
+    before = PRINTK.read_text()
+    new = "7" if before.strip() != "7" else "9"
+    home_settings = Settings(home=tmp_path / "home", kill_grace_s=0.3, stream_close_grace_s=0.5)
+    try:
+        async with running_service(home_settings) as svc, in_process_client(home_settings, svc) as admin:
+            r = await admin.post("/api/agents", json={"name": "gen", "kind": "generic", "command": "python3",
+                                                      "args": ["-c", "import sys;exec(sys.argv[1])", "{prompt}"]})
+            assert r.status_code == 201, r.text
+            r = await admin.post("/api/users", json={"name": "mallory", "trusted": False})
+            assert r.status_code == 201, r.text
+            admin.headers["Authorization"] = f"Bearer {r.json()['token']}"  # from now on: mallory
+            prompt = f'open("/proc/sys/kernel/printk_ratelimit","w").write("{new}")'
+            r = await admin.post("/api/runs", json={"agent": "gen", "prompt": prompt})
+            assert r.status_code == 201, r.text
+            run = await wait_run(admin, r.json()["id"], timeout=30)
+            assert run["backend"] == "sandbox", run
+            assert run["status"] == "failed", run
+        assert PRINTK.read_text() == before, "an untrusted user's run changed a host sysctl"
+    finally:
+        if PRINTK.read_text() != before:
+            PRINTK.write_text(before)
+
+
+# --- local runs without writable cgroups (the service as nobody) ---------------------------------------
+
+LOCAL_AS_NOBODY = """
+import asyncio, json, sys, tempfile
+from pathlib import Path
+from agent_manager.executors.base import ExecSpec
+from agent_manager.executors.local import LocalExecutor
+from agent_manager.settings import Settings
+
+async def main():
+    home = Path(tempfile.mkdtemp())
+    executor = LocalExecutor(Settings(home=home / "home", kill_grace_s=0.3, stream_close_grace_s=0.5),
+                             sys.argv[1], {"PATH": "/usr/bin:/bin"})
+    m = sys.argv[2]
+    execution = await executor.start(ExecSpec(argv=["sh", "-c", f"setsid env -i sleep {m} & echo started; "
+                                                    f"exec sleep {m}"], workspace=home / "ws"))
+    await execution.output().__anext__()
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(execution.cancel(), 5)
+    async for _ in execution.output():
+        pass
+    print(json.dumps({"cgroup": execution.cgroup is not None, "code": await asyncio.wait_for(execution.wait(), 5)}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to become nobody")
+async def test_local_cancel_without_cgroups_still_ends_the_escapee() -> None:
+    """The fallback (no writable cgroupfs): the escapee is found through the parent links seen
+    while the leader lived, and the stream it holds does not keep the run alive."""
+    marker = sleep_marker()
+    proc = await asyncio.to_thread(
+        subprocess.run, ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
+                         sys.executable, "-c", LOCAL_AS_NOBODY, f"iso-{uuid.uuid4().hex[:8]}", marker],
+        capture_output=True, text=True, cwd="/", timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["cgroup"] is False  # nobody cannot create cgroups: this is the fallback path
+    assert await gone(marker, 2), marker_pids(marker)
+
+
+async def test_run_as_refuses_root_and_unknown_users(local: LocalExecutor, tmp_path: Path) -> None:
+    from agent_manager.errors import ExecutionError
+
+    for name, message in (("root", "is root"), ("no-such-user-9a", "does not exist")):
+        with pytest.raises(ExecutionError, match=message):
+            await local.start(ExecSpec(argv=["true"], workspace=tmp_path / "ws", run_as=name))
+
+
+@pytest.mark.skipif(not ROOT, reason="sandbox_user only applies to a root service")
+async def test_sandbox_is_unavailable_with_a_bad_sandbox_user(tmp_path: Path) -> None:
+    for name in ("root", "no-such-user-9a"):
+        executor = SandboxExecutor(settings(tmp_path, sandbox_user=name), f"iso-{uuid.uuid4().hex[:8]}")
+        availability = await executor.available()
+        assert not availability.ok and name in availability.reason, availability

@@ -99,8 +99,14 @@ def test_a_failing_run_shows_its_error_once(sized: UI) -> None:
     sized.agent("claude", kind="claude")
     run = sized.run("claude", "please FAIL")
     sized.wait_run(run["id"])
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
     sized.go(f"/runs/{run['id']}")
     expect(page.locator("[data-testid=run-status]")).to_contain_text("failed")
+    page.wait_for_timeout(1500)  # a needless reconnect would come after 1 s
+    # the run's SSE event named "error" is data: the stream is read once, not reopened for it
+    assert len(streams) == 1, streams
+    expect(page.locator(".conn")).to_have_text("")
     expect(page.locator("[data-testid=error-event]")).to_have_count(1)
     expect(page.locator("main")).not_to_contain_text("No output yet")
     shown = " ".join(page.locator(".run-error, .activity").all_inner_texts())  # the raw log aside
@@ -241,7 +247,13 @@ def test_cancelling_a_plan_asks_first_and_leaves_nothing_pending(sized: UI) -> N
     expect(dag.locator(".dag-node[data-step=next]")).to_have_attribute("data-status", "cancelled")
     if is_phone(sized):  # the table becomes cards: values carry their labels, not "2.3 s 4"
         tries = page.locator("[data-step-row=slow] td[data-label=tries]")
-        assert "tries" in tries.evaluate("td => getComputedStyle(td, '::before').content")
+        label = ""
+        for _ in range(30):  # the table is redrawn on updates: a detached cell has no style
+            label = tries.evaluate("td => td.isConnected ? getComputedStyle(td, '::before').content : ''")
+            if label:
+                break
+            page.wait_for_timeout(100)
+        assert "tries" in label
     else:
         expect(page.locator(".steps-table thead")).to_contain_text("Tries")
 
@@ -284,6 +296,15 @@ def test_files_save_upload_and_headers(sized: UI, tmp_path: object) -> None:
     page.get_by_label("Content of a.txt").fill("a longer text now\n")
     page.get_by_role("button", name="Save").click()
     expect(page.get_by_test_id("file-facts")).to_contain_text("18 B")  # not the stale "2 B"
+    # rename and delete from the listing (each asks first)
+    sized.go("/files/writer")
+    page.once("dialog", lambda dialog: dialog.accept("renamed.bin"))
+    listing.get_by_role("button", name="Rename up.bin").click()
+    expect(listing.locator("tr[data-name='renamed.bin']")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    listing.get_by_role("button", name="Delete renamed.bin").click()
+    expect(listing.locator("tr[data-name='renamed.bin']")).to_have_count(0)
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt"]
 
 
 def test_every_menu_entry_is_on_screen(sized: UI) -> None:

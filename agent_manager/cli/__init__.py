@@ -32,7 +32,7 @@ main.add_command(run.run)
 main.add_command(projects.command)
 main.add_command(projects.runs)
 projects.runs.add_command(runs_prune.prune)
-for module_name in ("plan", "orchestrate", "sandboxes"):
+for module_name in ("plan", "orchestrate", "sandboxes", "shell"):
     with contextlib.suppress(ImportError):
         module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])
         main.add_command(module.command)

@@ -84,6 +84,9 @@ class ExecSpec:
     labels: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    # A PTY slave fd (interactive terminals, local and sandbox only): the process gets it as
+    # stdin/stdout/stderr and as its controlling terminal; ``stdin`` is then ignored.
+    tty: int | None = None
     mounts: list[Mount] = field(default_factory=list)
     portable: PortableRepo | None = None
     run_as: str | None = None

@@ -31,6 +31,7 @@ from agent_manager.executors.daytona_api import (
     RUN_LABEL,
     Backoff,
     Profile,
+    Reaper,
     T,
     _client,
     _delete,
@@ -71,11 +72,13 @@ class DaytonaExecutor:
         self.live = 0
         self.attempts, self.base_delay = retry_attempts, retry_base_s
         self.backoff = Backoff(retry_base_s)
+        self.reaper = Reaper(self.delete, self._delete_labelled)
         self._creates = asyncio.Semaphore(settings.daytona_max_concurrent_creates)
         self._client_obj: AsyncDaytona | None = None
         self._pool: dict[Profile, list[AsyncSandbox]] = {}
         self._refills: dict[Profile, asyncio.Task[None]] = {}
         self.running: set[DaytonaExecution] = set()
+        self.terminal_ids: set[str] = set()  # sandboxes of open terminals (executors.daytona_pty)
         self._closed = False
         self._available_until = 0.0
         self._checking: asyncio.Task[Availability] | None = None
@@ -95,7 +98,7 @@ class DaytonaExecutor:
 
     def keep_ids(self) -> set[str]:
         """Sandboxes this executor is using right now (running or pooled): never swept."""
-        return {run.info["sandbox_id"] for run in self.running} | {
+        return {run.info["sandbox_id"] for run in self.running} | self.terminal_ids | {
             sb.id for pool in self._pool.values() for sb in pool}
 
     async def available(self) -> Availability:
@@ -180,14 +183,19 @@ class DaytonaExecutor:
         self.create_latencies.append(time.monotonic() - started)
         return sb
 
-    async def _delete_labelled(self, labels: dict[str, str], pool_only: bool = False) -> None:
-        """Delete sandboxes found by label: strays of failed creates, or unfinished pool ones."""
+    async def _delete_labelled(self, labels: dict[str, str], pool_only: bool = False) -> bool:
+        """Delete sandboxes found by label: strays of failed creates, or unfinished pool ones.
+        False (and the reaper takes over, for a run's unique label) when that failed."""
         try:
             for sb in await _list(self.client(), labels, self.attempts, self.backoff):
                 if not pool_only or POOL_LABEL in sb.labels:
                     await self.delete(sb)
         except ExecutionError as exc:
             log.error("could not clean up Daytona sandboxes labelled %s: %s", labels, exc)
+            if not pool_only and labels not in self.reaper.labels:
+                self.reaper.labelled(labels)
+            return False
+        return True
 
     async def warm(self, network: bool = True) -> None:
         """Fill the pool for the default shape and wait for it (otherwise filled at first use)."""
@@ -272,6 +280,7 @@ class DaytonaExecutor:
             with contextlib.suppress(ExecutionError):
                 await self.delete(sb)
         self._pool.clear()
+        await self.reaper.close()
         if self._client_obj is not None:
             if self._refills:  # a create cancelled mid-flight left no id behind: find it by label
                 await self._delete_labelled({LABEL: self.instance_id}, pool_only=True)

@@ -98,6 +98,63 @@ class Backoff:
             self.step = 0
 
 
+class Reaper:
+    """Deletes, again and again, what could not be deleted when its run ended.
+
+    Why: under load (an overloaded or rate-limiting API) a delete can fail even after its
+    retries, and a sandbox left behind keeps costing money until its auto-stop/delete. Each
+    failure is handed here; one task per executor retries with a growing pause (2 s → 60 s)
+    until Daytona confirms, and ``close`` makes a last attempt. Sandboxes whose id never became
+    known (a failed create) are found again by their unique label.
+    """
+
+    def __init__(self, delete: Callable[[AsyncSandbox], Awaitable[None]],
+                 delete_labelled: Callable[[dict[str, str]], Awaitable[bool]]) -> None:
+        self._delete, self._delete_labelled = delete, delete_labelled
+        self.sandboxes: dict[str, AsyncSandbox] = {}
+        self.labels: list[dict[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def sandbox(self, sb: AsyncSandbox) -> None:
+        self.sandboxes[sb.id] = sb
+        self._wake()
+
+    def labelled(self, labels: dict[str, str]) -> None:
+        self.labels.append(labels)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self, first_pause: float = 2.0) -> None:
+        pause = first_pause
+        while self.sandboxes or self.labels:
+            await asyncio.sleep(pause)
+            await self.sweep()
+            pause = min(pause * 2, 60.0)
+
+    async def sweep(self) -> None:
+        """One attempt at everything pending."""
+        for sandbox_id, sb in list(self.sandboxes.items()):
+            try:
+                await self._delete(sb)
+                self.sandboxes.pop(sandbox_id, None)
+            except ExecutionError as exc:
+                log.warning("Daytona sandbox %s still not deleted (will retry): %s", sandbox_id, exc)
+        for labels in list(self.labels):
+            if await self._delete_labelled(labels):
+                self.labels.remove(labels)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.sweep()
+        for sandbox_id in self.sandboxes:
+            log.error("Daytona sandbox %s could not be deleted; `agent-manager sandboxes gc` removes it", sandbox_id)
+
+
 def _retry_after(exc: BaseException) -> float | None:
     with contextlib.suppress(TypeError, ValueError, AttributeError):
         value = (getattr(exc, "headers", None) or {}).get("Retry-After")

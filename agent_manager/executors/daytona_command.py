@@ -260,7 +260,8 @@ class DaytonaExecution:
             self.info["missing_outputs"] = ",".join(missing)
 
     async def release(self) -> None:
-        """Delete the sandbox once; a failure is logged (auto-stop/delete and ``gc`` are the backstop)."""
+        """Delete the sandbox once; a failure goes to the executor's reaper (auto-stop/delete and
+        ``gc`` remain the backstop)."""
         async with self._hold:
             if self._released:
                 return
@@ -269,7 +270,8 @@ class DaytonaExecution:
             try:
                 await self._ex.delete(self._sb)
             except ExecutionError as exc:
-                log.error("could not delete Daytona sandbox %s: %s", self._sb.id, exc)
+                log.error("could not delete Daytona sandbox %s (retrying in the background): %s", self._sb.id, exc)
+                self._ex.reaper.sandbox(self._sb)
 
     async def output(self) -> AsyncIterator[Chunk]:
         while (chunk := await self._queue.get()) is not None:

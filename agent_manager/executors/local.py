@@ -17,17 +17,19 @@ import contextlib
 import os
 import shutil
 import signal
+from pathlib import Path
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, hand_over, write_files
-from agent_manager.executors.process import ProcessExecution, base_environment, new_tag, signal_tagged
+from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
 from agent_manager.settings import Settings
 
 
 class LocalExecutor:
     name = "local"
+    switches_user = True  # honours ExecSpec.run_as (runs.py refuses run_as on backends that do not)
 
     def __init__(self, settings: Settings, tag_prefix: str, environ: dict[str, str] | None = None) -> None:
         self.settings = settings
@@ -55,9 +57,7 @@ class LocalExecutor:
                        HOME=user.home if os.path.isdir(user.home) else str(spec.workspace or "/"))
         cwd = spec.cwd or (str(spec.workspace) if spec.workspace else None)
         if spec.workspace:
-            write_files(spec.workspace, spec.files, user)
-            if user is not None:
-                hand_over(spec.workspace, user)
+            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user)
         argv = list(spec.argv)
         resolved = shutil.which(argv[0], path=env.get("PATH"))
         if resolved and os.sep not in argv[0]:
@@ -65,6 +65,8 @@ class LocalExecutor:
         elif not os.path.exists(os.path.join(cwd or "", argv[0])):  # the launch chain would only say 127
             raise ExecutionError(f"executable not found: {argv[0]}", {"argv0": argv[0]})
         prefix = drop_to(user, no_new_privs=True) if user is not None else []
+        if spec.tty is not None:  # an interactive terminal: its own session, the PTY as controlling terminal
+            prefix = [*prefix, *ctty_prefix()]
         tag = new_tag(self.tag_prefix)
         cgroup = RunCgroup.create_tracking(cgroup_name(self.tag_prefix, tag.rsplit(":", 1)[-1]))
         if cgroup is not None:
@@ -73,7 +75,7 @@ class LocalExecutor:
             execution = await ProcessExecution.spawn(
                 [*prefix, *argv], env=env, cwd=cwd, stdin=spec.stdin, tag=tag,
                 kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s,
-                cgroup=cgroup)
+                cgroup=cgroup, tty=spec.tty)
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
@@ -83,6 +85,12 @@ class LocalExecutor:
         self._live.add(execution)
         execution.finished.add_done_callback(lambda _t: self._live.discard(execution))
         return execution
+
+    @staticmethod
+    def _prepare_workspace(workspace: Path, files: dict[str, bytes], user: HostUser | None) -> None:
+        write_files(workspace, files, user)
+        if user is not None:
+            hand_over(workspace, user)
 
     async def close(self) -> None:
         for execution in list(self._live):

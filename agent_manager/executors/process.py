@@ -23,6 +23,7 @@ import asyncio
 import codecs
 import contextlib
 import os
+import shutil
 import signal
 import uuid
 import weakref
@@ -154,6 +155,14 @@ def start_time(pid: int) -> str | None:
     return stat[stat.rfind(")") + 2:].split()[19]
 
 
+def ctty_prefix() -> list[str]:
+    """What makes a PTY slave on fd 0 the controlling terminal of the command after it: a new
+    session (``setsid``, which forks when it is already a group leader, and ``--wait`` keeps
+    the exit status), then ``TIOCSCTTY``. A separate program, because ``preexec_fn`` is not
+    safe in a threaded service. util-linux's setsid lives in /usr/bin, so a sandbox sees it too."""
+    return [shutil.which("setsid", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/usr/bin/setsid", "--wait", "--ctty"]
+
+
 def new_tag(prefix: str) -> str:
     return f"{prefix}:{uuid.uuid4().hex[:16]}"
 
@@ -173,8 +182,11 @@ class ProcessExecution:
         self._kill_grace_s = kill_grace_s
         self._stream_close_grace_s = stream_close_grace_s
         self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=64)
-        self._readers = [asyncio.create_task(self._read(proc.stdout, "stdout")),
-                         asyncio.create_task(self._read(proc.stderr, "stderr"))]
+        # A process on a terminal (``spawn(tty=...)``) has no pipes: its bytes go through the PTY.
+        streams: tuple[tuple[asyncio.StreamReader | None, Stream], ...] = (
+            (proc.stdout, "stdout"), (proc.stderr, "stderr"))
+        self._readers = [asyncio.create_task(self._read(reader, stream)) for reader, stream in streams
+                         if reader is not None]
         self._watcher = asyncio.create_task(self._watch())
         self._cancel_lock = asyncio.Lock()
         self._stdin_task: asyncio.Task[None] | None = None
@@ -183,13 +195,16 @@ class ProcessExecution:
     async def spawn(cls, argv: list[str], *, env: dict[str, str], cwd: str | None, stdin: bytes | None,
                     tag: str, kill_grace_s: float, stream_close_grace_s: float,
                     info: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
-                    cgroup: RunCgroup | None = None) -> ProcessExecution:
+                    cgroup: RunCgroup | None = None, tty: int | None = None) -> ProcessExecution:
+        """``tty``: a PTY slave fd to use as stdin, stdout and stderr (interactive terminals);
+        ``argv`` must then make it the controlling terminal itself (``setsid --ctty``)."""
         env = {**env, TAG_ENV: tag}
+        pipe = asyncio.subprocess.PIPE
+        stdin_fd = tty if tty is not None else pipe if stdin is not None else asyncio.subprocess.DEVNULL
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
-                start_new_session=True, pass_fds=pass_fds)
+                *argv, stdin=stdin_fd, stdout=pipe if tty is None else tty, stderr=pipe if tty is None else tty,
+                cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds)
         except FileNotFoundError as exc:
             missing = argv[0] if not cwd or not Path(cwd).exists() or exc.filename == argv[0] else exc.filename
             raise ExecutionError(f"executable not found: {missing}", {"argv0": argv[0]}) from exc
@@ -197,7 +212,7 @@ class ProcessExecution:
             raise ExecutionError(f"cannot execute {argv[0]}: permission denied") from exc
         execution = cls(proc, tag, kill_grace_s=kill_grace_s, stream_close_grace_s=stream_close_grace_s,
                         info=info, cgroup=cgroup)
-        if stdin is not None:
+        if stdin is not None and tty is None:
             execution._stdin_task = asyncio.create_task(execution._feed_stdin(stdin))
         return execution
 
@@ -232,7 +247,7 @@ class ProcessExecution:
         if not readers.done() or await tagged_pids_async(self.tag) or (
                 self.cgroup is not None and self.cgroup.pids()):
             self.kill_tree()
-        done, pending = await asyncio.wait(self._readers, timeout=ABANDON_S)
+        done, pending = (await asyncio.wait(self._readers, timeout=ABANDON_S)) if self._readers else (set(), set())
         for task in pending:
             task.cancel()
         if pending:  # a process we could not find holds the pipe: close our end

@@ -4,6 +4,11 @@ Order: an explicit backend on the run, then on the plan step, then on the agent;
 service's execution mode; in ``auto`` mode untrusted input goes to an isolated backend,
 heavy work to Daytona when configured, everything else to the host. The returned reason is
 stored on the run and shown to the user, so it is written for people.
+
+Why non-admin users never run as the service's own OS user: that user can read the data
+directory (admin token, database, config.toml) and the service's environment. So a non-admin
+user's run that lands on ``local`` runs as ``run_as_user`` (when the service is root and can
+switch), and otherwise goes to an isolated backend instead (docs/security.md).
 """
 
 from __future__ import annotations
@@ -25,12 +30,18 @@ class RouteRequest:
     auto_approve: bool = False
     resources: Resources = Resources()
     host_saturated: bool = False
+    user_admin: bool = True
+    # For non-admin users: the OS user a local run would switch to, or None with the reason why
+    # the service cannot switch (not root, no such user, workspace out of that user's reach).
+    run_as: str | None = None
+    run_as_problem: str = ""
 
 
 @dataclass(frozen=True)
 class Route:
     backend: str
     reason: str
+    run_as: str | None = None
 
 
 async def _why_not(executors: dict[str, Executor], name: str) -> str | None:
@@ -65,6 +76,8 @@ async def route(req: RouteRequest, settings: Settings, executors: dict[str, Exec
     check_isolation(req, settings)
     choice = explicit_choice(req, settings)
     if choice is not None:
+        if choice[0] == "local":
+            return await _host(req, settings, executors, choice[1], explicit=True)
         return await _explicit(executors, *choice)
 
     untrusted = [why for flag, why in ((not req.agent_trusted, "the agent is marked untrusted"),
@@ -80,8 +93,24 @@ async def route(req: RouteRequest, settings: Settings, executors: dict[str, Exec
         problem = await _why_not(executors, "daytona") if settings.daytona_configured else "Daytona is not configured"
         if problem is None:
             return Route("daytona", f"auto: {why}, so it runs on Daytona")
-        return Route("local", f"auto: {why}, but {problem}; running locally")
-    return Route("local", "auto: trusted agent and light work run on this host")
+        return await _host(req, settings, executors, f"auto: {why}, but {problem}; running locally")
+    return await _host(req, settings, executors, "auto: trusted agent and light work run on this host")
+
+
+async def _host(req: RouteRequest, settings: Settings, executors: dict[str, Executor], reason: str,
+                explicit: bool = False) -> Route:
+    """A run bound for ``local``: as the service's user for the admin; as ``run_as_user`` for
+    anyone else; isolated instead when the service cannot switch users."""
+    if req.user_admin:
+        return await _explicit(executors, "local", reason) if explicit else Route("local", reason)
+    if req.run_as:
+        if explicit:
+            await _explicit(executors, "local", reason)
+        return Route("local", f"{reason}; as the unprivileged OS user {req.run_as!r} (non-admin user)",
+                     run_as=req.run_as)
+    why = (f"{reason}, but runs of non-admin users never run as the service's own OS user and "
+           f"{req.run_as_problem or 'the service cannot switch to another user'}")
+    return await _isolated(settings, executors, why, prefix="")
 
 
 async def _explicit(executors: dict[str, Executor], name: str, reason: str) -> Route:
@@ -91,7 +120,7 @@ async def _explicit(executors: dict[str, Executor], name: str, reason: str) -> R
     return Route(name, reason)
 
 
-async def _isolated(settings: Settings, executors: dict[str, Executor], why: str) -> Route:
+async def _isolated(settings: Settings, executors: dict[str, Executor], why: str, prefix: str = "auto: ") -> Route:
     order = ["daytona", "sandbox"] if settings.prefer_daytona_for_untrusted else ["sandbox", "daytona"]
     problems = []
     for position, name in enumerate(order):
@@ -103,7 +132,7 @@ async def _isolated(settings: Settings, executors: dict[str, Executor], why: str
             suffix = "" if position == 0 else f" ({order[0]} unavailable: {problems[-1] if problems else ''})"
             if position and not settings.allow_fallback:
                 break
-            return Route(name, f"auto: {why}, so it runs isolated in {name}{suffix}")
+            return Route(name, f"{prefix}{why}, so it runs isolated in {name}{suffix}")
         problems.append(f"{name}: {problem}")
     raise ExecutorUnavailable(f"{why}, which needs an isolated backend, and none is available: "
                               + "; ".join(problems))

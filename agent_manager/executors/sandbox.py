@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -44,7 +45,14 @@ from agent_manager.executors.base import Availability, Chunk, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.disk_guard import DiskGuard
 from agent_manager.executors.identity import HostUser, drop_to, hand_over, write_files
-from agent_manager.executors.process import TAG_ENV, ProcessExecution, descendants, new_tag, signal_tagged
+from agent_manager.executors.process import (
+    TAG_ENV,
+    ProcessExecution,
+    ctty_prefix,
+    descendants,
+    new_tag,
+    signal_tagged,
+)
 from agent_manager.executors.sandbox_profile import (
     STAGE_SCRIPT,
     Program,
@@ -268,6 +276,8 @@ class SandboxExecutor:
             if missing:
                 raise ExecutionError(missing)
         program = resolve_program(spec, self.host_path, self.settings)
+        if spec.tty is not None:  # an interactive terminal: bwrap's --new-session stays, setsid runs inside it
+            program = dataclasses.replace(program, argv=[*ctty_prefix(), *program.argv])
         user = self.user()
         guard = None
         if spec.workspace is not None:
@@ -297,7 +307,7 @@ class SandboxExecutor:
                 stream_close_grace_s=self.settings.stream_close_grace_s,
                 info={"sandbox": "bwrap", "cgroup": cgroup.path if cgroup else "", "tag": tag,
                       "host_user": user.name if user else ""},
-                pass_fds=tuple(fds.child))
+                pass_fds=tuple(fds.child), tty=spec.tty)
         except BaseException:
             fds.close()
             for fd in (info_r, block_w):

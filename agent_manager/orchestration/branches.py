@@ -15,6 +15,7 @@ from typing import Any
 from agent_manager.errors import AgentManagerError
 from agent_manager.orchestration.plan import Plan, Step
 from agent_manager.store import Database
+from agent_manager.workdirs import write_beneath
 from agent_manager.workspaces import Base, Workspaces
 from agent_manager.workspaces import records as rec
 
@@ -45,8 +46,7 @@ class StepBranches:
         target = (root / rel).resolve()
         if not target.is_relative_to(root) or target == root or ".git" in Path(rel).parts:
             raise OSError(f"path {rel!r} escapes the workspace")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_beneath(root, str(target.relative_to(root)), content.encode())  # never through a symlink
         await self.workspaces.settle(ws["id"], f"Write {rel}", "local")
 
     async def result(self, orch_id: str, plan: Plan, status: dict[str, str]) -> dict[str, Any]:

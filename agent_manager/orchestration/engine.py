@@ -34,6 +34,7 @@ from agent_manager.store import Database
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
 from agent_manager.store.database import new_id, now
+from agent_manager.workdirs import orchestration_workspace, write_beneath
 
 log = logging.getLogger("agent_manager.orchestration")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
@@ -60,6 +61,7 @@ class _Live:
     status: dict[str, str]
     outputs: dict[str, str]
     attempts: dict[str, int]
+    user_admin: bool = True
     runs: dict[str, str] = field(default_factory=dict)  # step id → its current run
     cancelling: bool = False
     branches: StepBranches | None = None  # on a project: a git workspace per step
@@ -100,11 +102,11 @@ class OrchestrationEngine:
     # -- public operations -------------------------------------------------------------------
 
     def create(self, plan: Plan, owner: str | None = None, user_trusted: bool = True,
-               base: Any = None) -> dict[str, Any]:
+               base: Any = None, user_admin: bool = True) -> dict[str, Any]:
         """Record the orchestration and start running it; returns its view. With ``base`` (a
         resolved ``workspaces.Base``) every step works on its own branch of the project."""
         orch_id = new_id("orch")
-        workspace = self.settings.workspaces / "orchestrations" / orch_id
+        workspace = orchestration_workspace(self.settings, orch_id)
         workspace.mkdir(parents=True, exist_ok=True)
         max_parallel = plan.max_parallel or self.settings.orchestration_max_parallel
         store.create(self.db, {"id": orch_id, "name": plan.name, "status": "running",
@@ -113,7 +115,7 @@ class OrchestrationEngine:
                                "started_at": now()}, [s.id for s in plan.steps])
         ids = [s.id for s in plan.steps]
         live = _Live(orch_id, plan, workspace, max_parallel, owner, user_trusted,
-                     dict.fromkeys(ids, "pending"), {}, dict.fromkeys(ids, 0))
+                     dict.fromkeys(ids, "pending"), {}, dict.fromkeys(ids, 0), user_admin)
         if base is not None and self.runs.workspaces is not None:
             from agent_manager.workspaces import records as ws_records
 
@@ -124,7 +126,7 @@ class OrchestrationEngine:
         return store.view(self.db, orch_id)
 
     def resume(self, orch_id: str, owner: str | None = None, user_trusted: bool = True,
-               only: str | None = None) -> dict[str, Any]:
+               only: str | None = None, user_admin: bool = True) -> dict[str, Any]:
         """Re-run every step that did not succeed, reusing the stored outputs of those that did.
         ``only``: retry that one failed (or cancelled) step and the steps below it that were skipped
         or cancelled because of it; other failed steps keep their result."""
@@ -163,7 +165,7 @@ class OrchestrationEngine:
         live = _Live(orch_id, plan, workspace, orch["max_parallel"], orch["owner"], user_trusted,
                      {r["step_id"]: "pending" if r["step_id"] in rerun else r["status"] for r in rows},
                      {r["step_id"]: r["output"] or "" for r in rows if r["status"] == "succeeded"},
-                     {r["step_id"]: r["attempts"] for r in rows})
+                     {r["step_id"]: r["attempts"] for r in rows}, user_admin)
         if orch.get("workspace_id") and self.runs.workspaces is not None:
             live.branches = StepBranches(self.db, self.runs.workspaces, orch["workspace_id"])
         self._start(live, resumed=True)
@@ -355,11 +357,13 @@ class OrchestrationEngine:
             return await self._write_file(live, step, number, ws)
         if step.kind == "shell":
             argv = [render(arg, live.outputs) for arg in step.argv or []]
+            # Routed like any agent step (the user's trust and admin-ness decide where it runs);
+            # network only when the step asks for it, as agents only get it when configured.
             shell: dict[str, Any] = {"id": "shell", "name": "shell", "kind": "generic", "command": argv[0],
                                      "args": argv[1:],
                                      "env": {}, "working_dir": None, "model": None, "backend": None,
                                      "trusted": True, "timeout_s": self.settings.default_timeout_s,
-                                     "network": True}
+                                     "network": bool(step.network)}
             request = RunRequest(agent=shell, prompt=shlex.join(argv), argv=argv)
         else:
             agent = agent_store.find(self.db, step.agent or "")
@@ -370,6 +374,7 @@ class OrchestrationEngine:
         request.timeout_s = step.timeout_s
         request.owner = live.owner
         request.user_trusted = live.user_trusted
+        request.user_admin = live.user_admin
         request.workspace = live.workspace
         request.workspace_id = ws["id"] if ws else None
         try:
@@ -425,8 +430,9 @@ class OrchestrationEngine:
         if not target.is_relative_to(root) or target == root:
             return _Attempt("failed", error=f"path {step.path!r} escapes the workspace")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(render(step.content or "", live.outputs))
+            # Walked without following symlinks: an earlier (or parallel) step of the plan may
+            # have swapped one in to redirect this write outside the workspace.
+            write_beneath(root, str(target.relative_to(root)), render(step.content or "", live.outputs).encode())
         except OSError as exc:
             return _Attempt("failed", error=f"cannot write {step.path}: {exc.strerror or exc}")
         return _Attempt("succeeded", output=step.path)

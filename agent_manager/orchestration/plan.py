@@ -53,6 +53,8 @@ class Step(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="per attempt")
     backend: Literal["local", "sandbox", "daytona", "auto"] | None = Field(
         None, description="where this step's run goes; null follows the agent / routing policy")
+    network: bool | None = Field(None, description="shell steps: let the command use the network "
+                                 "(default: no network where the backend can cut it; agent steps follow their agent)")
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -228,6 +230,9 @@ def _action_issues(step: Step) -> list[Issue]:
         issues.append(Issue(step.id, "argv[0]", "the program must not be empty"))
     if kind == "write_file" and step.path is not None and (problem := _path_problem(step.path)):
         issues.append(Issue(step.id, "path", problem))
+    if kind != "shell" and step.network is not None:
+        issues.append(Issue(step.id, "network", f"not allowed on a {kind} step (only shell steps; "
+                            "agent steps follow their agent's network setting)"))
     if kind == "write_file" and step.backend is not None:
         issues.append(Issue(step.id, "backend", "not allowed on a write_file step (it runs in the service)"))
     for name, text in step.templated_texts():

@@ -176,7 +176,7 @@ def planner_agent(db: Database, settings: Settings, ref: str | None) -> dict[str
 
 
 async def draft(db: Database, settings: Settings, runs: RunManager, goal: str, planner: str | None = None, *,
-                owner: str | None = None, user_trusted: bool = True) -> Draft:
+                owner: str | None = None, user_trusted: bool = True, user_admin: bool = True) -> Draft:
     """Ask the planner for a plan; one more try with the errors if it is invalid."""
     agent = planner_agent(db, settings, planner)
     agents = agent_store.list_all(db)
@@ -186,7 +186,8 @@ async def draft(db: Database, settings: Settings, runs: RunManager, goal: str, p
     raw = ""
     issues: list[Issue] = []
     for _attempt in range(2):
-        run = runs.submit(RunRequest(agent=agent, prompt=prompt, owner=owner, user_trusted=user_trusted))
+        run = runs.submit(RunRequest(agent=agent, prompt=prompt, owner=owner, user_trusted=user_trusted,
+                                     user_admin=user_admin))
         run_ids.append(run["id"])
         final = await runs.wait(run["id"])
         if final["status"] != "succeeded":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -103,6 +104,7 @@ class Database:
         try:
             if not self.in_memory:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                _private_files(self.path)
             self.conn = connect(path)
             # Checkpoints (and their fsync) belong to the writer thread, never to the loop.
             self.conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -208,6 +210,17 @@ class Database:
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self.conn.close()
+
+
+def _private_files(path: Path) -> None:
+    """The database and its -wal/-shm: 0600 from the first byte. SQLite creates -wal and -shm
+    (again after every checkpoint that removes them) with the database file's own mode, so a
+    0600 database keeps them 0600 too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 def _statements(sql: str) -> list[str]:

@@ -19,6 +19,7 @@ from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.web import apidocs, auth, metrics
 from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
+from agent_manager.web.limits import BodyLimitMiddleware, FailureThrottle
 from agent_manager.web.routers import agents, conversations, runs, sandboxes
 from agent_manager.web.routers import settings as settings_api
 
@@ -28,9 +29,15 @@ STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: 
                 422: "validation_failed", 429: "too_many_requests"}
 
 
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> tuple[str, str]:
+    """(field, where): only the first element of a location says where (a query parameter
+    may itself be called ``path`` or ``body``)."""
+    items = list(loc)
+    where = str(items.pop(0)) if items and items[0] in LOCATIONS else "body"
+    return ".".join(str(p) for p in items) or where, where
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
@@ -49,9 +56,14 @@ def install_error_handlers(app: FastAPI) -> None:
                 reason = (e.get("ctx") or {}).get("error") or "malformed"
                 offset = e.get("loc", ("body", 0))[-1]
                 message = f"the request body is not valid JSON ({reason} at character {offset})"
-                return error_response(422, "validation_failed", message, [{"field": "body", "message": message}])
-        details = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()]
-        message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
+                return error_response(422, "validation_failed", message,
+                                      [{"field": "body", "in": "body", "message": message}])
+        details = []
+        for e in exc.errors():
+            name, where = _field(e.get("loc", ()))
+            details.append({"field": name, "in": where, "message": e.get("msg", "")})
+        message = "; ".join((f"{d['field']}: " if d["in"] == "body" else f"{d['in']} parameter {d['field']}: ")
+                            + d["message"] for d in details) or "invalid request"
         return error_response(422, "validation_failed", message, details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -107,7 +119,8 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     for router in (projects.router, *workspaces.routers):
         app.include_router(router)
     for optional in ("agent_manager.web.routers.plans", "agent_manager.web.routers.orchestrations",
-                     "agent_manager.web.routers.users", "agent_manager.web.routers.files"):
+                     "agent_manager.web.routers.users", "agent_manager.web.routers.files",
+                     "agent_manager.web.routers.terminals"):
         with contextlib.suppress(ModuleNotFoundError):
             app.include_router(importlib.import_module(optional).router)
     with contextlib.suppress(ModuleNotFoundError):
@@ -120,17 +133,24 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     @app.get("/login", include_in_schema=False, response_model=None)
     async def login(request: Request, token: str | None = None) -> Response:
         if token is not None:
-            return auth.login(app, request.query_params.getlist("token"))
+            return auth.login(app, request.query_params.getlist("token"), _client(request))
         return HTMLResponse(LOGIN_PAGE.format(error=""), headers=auth.LOGIN_HEADERS)
 
     @app.post("/login", include_in_schema=False, response_model=None)
-    async def login_form(token: str = Form(...)) -> Response:
-        return auth.login(app, [token])
+    async def login_form(request: Request, token: str = Form(...)) -> Response:
+        return auth.login(app, [token], _client(request))
 
     @app.post("/logout", include_in_schema=False, response_model=None)
     async def logout() -> Response:
         return auth.logout()
 
     # The middleware finds user credentials through app.state.service at request time.
-    app.add_middleware(AuthMiddleware, settings=settings, token=token)
+    app.state.throttle = throttle = FailureThrottle(lambda: settings.auth_failures_allowed)
+    app.add_middleware(AuthMiddleware, settings=settings, token=token, throttle=throttle)
+    # outermost: before anything reads the body
+    app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_request_bytes)
     return app
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"

@@ -17,6 +17,7 @@ import hmac
 import html
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets
@@ -31,12 +32,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_manager.errors import ConfigError
 from agent_manager.settings import Settings
+from agent_manager.web.limits import FailureThrottle, client_key
 
 COOKIE = "am_session"
 OPEN_PATHS = frozenset({"/api/health", "/login", "/logout", "/favicon.ico"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
+# A Host header is a name or a bracketed IPv6 address, and an optional port: nothing else.
+# (``urlsplit`` alone reads ``evil.com@127.0.0.1`` as host 127.0.0.1, and ignores ", evil.com".)
+HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]{2,45})\]|(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})))"
+                     r"(?::[0-9]{1,5})?")
 SESSION_MAX_AGE = 30 * 24 * 3600
 # Sent with every response: no framing (clickjacking), no MIME sniffing, and no Referer, so a
 # ``/login?token=`` URL never travels to another site.
@@ -87,7 +93,7 @@ def ensure_token(path: Path, *, write: bool = True) -> tuple[str, bool]:
 def save_token(path: Path, token: str) -> None:
     """Write a new token file (0600). ``serve`` calls it only once start-up has succeeded, so a
     failed first start does not swallow the one-time login URL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -157,9 +163,10 @@ class AuthMiddleware:
     """Pure ASGI so that streaming responses pass through untouched."""
 
     def __init__(self, app: ASGIApp, settings: Settings, token: str | None,
-                 authenticate: Authenticate | None = None) -> None:
+                 authenticate: Authenticate | None = None, throttle: FailureThrottle | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.throttle = throttle
         self.token = token
         self.session = session_value(token) if token else None
         # Optional override of how user credentials are checked: (value, cookie=False) -> principal | None.
@@ -168,12 +175,10 @@ class AuthMiddleware:
         self.authenticate = authenticate
 
     def allowed_host(self, host_header: str | None) -> bool:
-        if not host_header:
+        match = HOST_RE.fullmatch(host_header or "")
+        if match is None:
             return False
-        try:
-            host = urlsplit("//" + host_header).hostname or ""
-        except ValueError:
-            return False
+        host = (match.group("v6") or match.group("name") or "").lower().rstrip(".")
         allowed = self.settings.allowed_hosts
         if is_loopback(host) or host in allowed or "*" in allowed:
             return True
@@ -224,6 +229,13 @@ class AuthMiddleware:
         path = scope.get("path", "")
         principal, how = self.principal(scope)
         if principal is None and path not in OPEN_PATHS:
+            wait = 0.0
+            if self.throttle is not None and _header(scope, b"authorization") is not None:
+                wait = self.throttle.failed(client_key(scope))
+            if wait:
+                await _deny(scope, send, 429, "too_many_requests", "too many wrong tokens from this address; "
+                            f"try again in {math.ceil(wait)} s", [(b"retry-after", str(math.ceil(wait)).encode())])
+                return
             await _deny(scope, send, 401, "unauthorized", "authentication required: send 'Authorization: Bearer "
                         "<token>' or log in at /login with the token from the data directory")
             return
@@ -260,7 +272,8 @@ class AuthMiddleware:
         return not strict
 
 
-async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+async def _deny(scope: Scope, send: Send, status: int, code: str, message: str,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 4000 + status})
         return
@@ -278,13 +291,15 @@ async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) 
                (b"cache-control", b"no-store"), *security]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="agent-manager"'))
+    headers.extend(extra or [])
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def login(app: Any, given: list[str]) -> Response:
+def login(app: Any, given: list[str], client: str = "?") -> Response:
     """Exchange a token (admin or user) for a session cookie. ``given`` are all values sent:
-    more than one is refused, like a repeated credential header."""
+    more than one is refused, like a repeated credential header. Wrong tokens count towards
+    the client's back-off (``web.limits``); a right one always works."""
     expected: str | None = app.state.token
     if expected is None:
         return RedirectResponse("/", status_code=303)
@@ -298,6 +313,12 @@ def login(app: Any, given: list[str]) -> Response:
         svc = app.state.service
         user = default_authenticate(svc.db, expected, token) if getattr(svc, "db", None) is not None else None
         if user is None:
+            throttle: FailureThrottle | None = getattr(app.state, "throttle", None)
+            wait = throttle.failed(client) if throttle is not None else 0.0
+            if wait:
+                return HTMLResponse(LOGIN_PAGE.format(error=html.escape(
+                    f"Too many wrong tokens from this address; try again in {math.ceil(wait)} s.")),
+                    status_code=429, headers={**LOGIN_HEADERS, "Retry-After": str(math.ceil(wait))})
             return HTMLResponse(LOGIN_PAGE.format(error=html.escape("That token is not valid.")), status_code=401,
                                 headers=LOGIN_HEADERS)
         from agent_manager.store import users as user_store

@@ -39,6 +39,8 @@ def read(workspace: Path, path: str, raw: bool, home: Path) -> Any:
                 info = os.fstat(fh.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise Forbidden(f"{rel}: not a regular file")
+                if info.st_nlink > 1 and files.service_file(info, home):
+                    raise Forbidden(f"{rel}: a hard link to one of the service's own files")
                 if info.st_size > files.READ_CAP:
                     raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {files.READ_CAP}-byte limit",
                                    {"size": info.st_size, "limit": files.READ_CAP})

@@ -7,15 +7,21 @@ after the event the caller's ``ends(type, seq)`` picks, so a finished run replay
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from agent_manager.errors import BadRequest
 from agent_manager.events import EventLog
 
 KEEPALIVE_S = 15.0
 BATCH = 64
+# Event numbers are SQLite integers; anything larger is refused up front (``le=MAX_SEQ`` on
+# ``?after=``) rather than failing inside a stream that already answered 200.
+MAX_SEQ = 2**63 - 1
+SEQ_RE = re.compile(r"[0-9]{1,18}")
 
 
 def resume_point(request: Request, after: int | None) -> int:
@@ -23,7 +29,12 @@ def resume_point(request: Request, after: int | None) -> int:
     if after is not None:
         return max(after, 0)
     header = request.headers.get("last-event-id", "").strip()
-    return int(header) if header.isdigit() else 0
+    if not header:
+        return 0
+    if not SEQ_RE.fullmatch(header):  # ASCII digits only: "²".isdigit() is True, int("²") fails
+        raise BadRequest("Last-Event-ID: must be an event number (ASCII digits)",
+                         [{"field": "Last-Event-ID", "in": "header", "message": "not an event number"}])
+    return int(header)
 
 
 def wants_sse(request: Request) -> bool:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from fakes.daytona_toolbox import EmuSession, add_toolbox_routes, kill_sandbox_processes, kill_session
+from fakes.daytona_pty import EmuPty, PtyToolbox, add_pty_routes
+from fakes.daytona_toolbox import SANDBOX_ENV, EmuSession, add_toolbox_routes, kill_sandbox_processes, kill_session
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,6 +76,7 @@ class EmuSandbox:
     snapshot: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     sessions: dict[str, EmuSession] = field(default_factory=dict)
+    ptys: dict[str, EmuPty] = field(default_factory=dict)
     starter: asyncio.Task[None] | None = None
 
 
@@ -92,6 +94,8 @@ class DaytonaEmulator:
         self.never_start: str | None = None  # None | "creating" | "error"
         self.drop_streams = 0
         self.drop_after_bytes = 1
+        self.pty_fault: str | None = None  # None | "silent" | "error" (see daytona_pty.py)
+        self.pty_toolbox: PtyToolbox | None = None
         self.call_latency_s = 0.0
         self.rate_429 = 0.0
         self.rate_429_toolbox = False
@@ -181,6 +185,7 @@ class DaytonaEmulator:
         app.router.add_post("/api/sandbox/{id}/stop", self._stop_sandbox)
         app.router.add_put("/api/sandbox/{id}/labels", self._labels)
         app.router.add_get("/api/sandbox/{id}/toolbox-proxy-url", self._proxy_url)
+        add_pty_routes(app, self, self._toolbox_sandbox, SANDBOX_ENV)  # before the generic toolbox routes
         add_toolbox_routes(app, self)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -207,10 +212,22 @@ class DaytonaEmulator:
         kill_sandbox_processes(sandbox.id)
         for session in sandbox.sessions.values():
             await kill_session(session)
+        await self._kill_ptys(sandbox)
         sandbox.state = "destroyed"
         shutil.rmtree(sandbox.root, ignore_errors=True)
         self.deleted.append(sandbox_id)
         return sandbox
+
+    async def _kill_ptys(self, sandbox: EmuSandbox) -> None:
+        if self.pty_toolbox is not None:
+            for pty in list(sandbox.ptys.values()):
+                await self.pty_toolbox.kill(sandbox, pty)
+
+    def _toolbox_sandbox(self, request: web.Request) -> EmuSandbox:
+        """The started sandbox a toolbox request is for (404 / 400 "Is the Sandbox started?")."""
+        from fakes.daytona_toolbox import Toolbox
+
+        return Toolbox(self).sandbox(request)
 
     def running_pids(self) -> list[int]:
         """Pids of commands still running in any live sandbox (for leak assertions)."""
@@ -382,6 +399,7 @@ class DaytonaEmulator:
         kill_sandbox_processes(sb.id)
         for session in sb.sessions.values():
             await kill_session(session)
+        await self._kill_ptys(sb)
         sb.sessions.clear()
         sb.state = "stopped"
         return web.json_response(self.dto(sb))

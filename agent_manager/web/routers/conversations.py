@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from agent_manager.errors import ValidationFailed
-from agent_manager.models import Conversation, ConversationCreate, MessageCreate, MessagePosted
+from agent_manager.models import NO_NUL, Conversation, ConversationCreate, MessageCreate, MessagePosted
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import conversations as conv_store
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
 
 @router.get("", response_model=list[Conversation])
-async def list_conversations(request: Request, q: str | None = Query(None, max_length=500),
+async def list_conversations(request: Request, q: str | None = Query(None, max_length=500, pattern=NO_NUL),
                        limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
                        svc: Service = Depends(service)) -> list[dict[str, Any]]:
     return await svc.database.read(conv_store.search, q, owner_filter(request), limit, offset)

@@ -1,6 +1,7 @@
-"""/api/files: browse, read and write files inside an agent's working directory, and nowhere else.
+"""/api/files: browse, read, write, rename and delete files inside an agent's working directory, and
+nowhere else.
 
-Roots: the agent's ``working_dir``, else its default workspace ``<home>/workspaces/<name>``.
+Roots: the agent's ``working_dir``, else its default workspace ``<workspaces>/agents/<agent id>``.
 Why two checks: ``realpath`` + ``commonpath`` decides whether the *name* stays inside the
 root (symlinks included), and the open then walks the resolved path one component at a time
 with directory fds and ``O_NOFOLLOW``, so a symlink swapped in between the check and the open
@@ -41,6 +42,7 @@ from agent_manager.errors import (
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, principal, service
+from agent_manager.workdirs import agent_workspace
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 READ_CAP = 1_048_576
@@ -107,9 +109,7 @@ def split_path(path: str) -> list[str]:
 
 def agent_root(svc: Service, agent: dict[str, Any]) -> tuple[Path, bool]:
     """(root, is_default_workspace)."""
-    if agent.get("working_dir"):
-        return Path(agent["working_dir"]), False
-    return svc.settings.workspaces / agent["name"], True
+    return agent_workspace(svc.settings, agent), not agent.get("working_dir")
 
 
 def _errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
@@ -223,6 +223,8 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
                 info = os.fstat(fh.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise Forbidden(f"{rel}: not a regular file")
+                if info.st_nlink > 1 and service_file(info, svc.settings.home):
+                    raise Forbidden(f"{rel}: a hard link to one of the service's own files")
                 if info.st_size > READ_CAP:
                     raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
                                    {"size": info.st_size, "limit": READ_CAP})
@@ -239,6 +241,19 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
         content, encoding = base64.b64encode(data).decode(), "base64"
     return {"type": "file", "agent": found["name"], "path": rel, "size": len(data),
             "modified": _stamp(info.st_mtime), "encoding": encoding, "content": content}
+
+
+def service_file(info: os.stat_result, home: Path) -> bool:
+    """Whether ``info`` is a file of the data directory (token, database, config) under another name."""
+    try:
+        with os.scandir(home) as entries:
+            for entry in entries:
+                found = entry.stat(follow_symlinks=False)
+                if (found.st_dev, found.st_ino) == (info.st_dev, info.st_ino):
+                    return True
+    except OSError:
+        return True  # cannot tell: refuse
+    return False
 
 
 def _quote(name: str) -> str:
@@ -322,6 +337,9 @@ async def write(request: Request, agent: str = Query(..., min_length=1, max_leng
                          dir_fd=parent)
             try:
                 with os.fdopen(fd, "wb") as fh:
+                    owner = os.fstat(parent)
+                    if os.geteuid() == 0 and owner.st_uid != 0:  # a run-as user's workspace stays theirs
+                        os.fchown(fh.fileno(), owner.st_uid, owner.st_gid)
                     fh.write(data)
                 os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except BaseException:
@@ -334,3 +352,68 @@ async def write(request: Request, agent: str = Query(..., min_length=1, max_leng
     audit(request, "file.write", f"{found['name']}:{rel}", {"size": len(data)})
     return {"type": "file", "agent": found["name"], "path": rel, "size": info.st_size,
             "modified": _stamp(info.st_mtime)}
+
+
+def _entry(svc: Service, agent: str, path: str) -> tuple[dict[str, Any], str, list[str], str, str]:
+    """(agent, real root, parent components, last name, relative path) for an entry to change.
+    Only the parent is resolved: the entry itself is acted on without following it, so a symlink
+    is renamed or removed, never what it points to."""
+    found = agent_store.get(svc.database, agent)
+    parts = split_path(path)
+    if not parts:
+        raise BadRequest("path: name a file or directory", [{"field": "path", "message": "empty"}])
+    root, _ = agent_root(svc, found)
+    if not root.is_dir():
+        raise NotFound(f"the working directory {root} does not exist")
+    real_root, parent = resolve(root, parts[:-1], svc.settings.home)
+    return found, real_root, parent, parts[-1], "/".join([*parent, parts[-1]])
+
+
+def _may_write(request: Request) -> None:
+    who = principal(request)
+    if not (who.get("admin") or who.get("trusted")):
+        raise Forbidden("only the admin and trusted users may change files")
+
+
+@router.delete("", status_code=204)
+async def remove(request: Request, agent: str = Query(..., min_length=1, max_length=256),
+                 path: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> Response:
+    """Delete a file, a symlink (not its target) or an empty directory."""
+    _may_write(request)
+    found, real_root, parent, name, rel = _entry(svc, agent, path)
+    try:
+        with walk(real_root, parent) as fd:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            raise Conflict(f"{rel}: the directory is not empty") from exc
+        raise _errno_to_error(exc, rel) from exc
+    audit(request, "file.delete", f"{found['name']}:{rel}")
+    return Response(status_code=204)
+
+
+@router.post("/move")
+async def move(request: Request, agent: str = Query(..., min_length=1, max_length=256),
+               path: str = Query(..., min_length=1, max_length=4096),
+               to: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> dict[str, Any]:
+    """Rename or move an entry inside the working directory; never replaces an existing one (409)."""
+    _may_write(request)
+    found, real_root, parent, name, rel = _entry(svc, agent, path)
+    _, dst_root, dst_parent, dst_name, dst_rel = _entry(svc, agent, to)
+    try:
+        with walk(real_root, parent) as src_fd, walk(dst_root, dst_parent, create=True) as dst_fd:
+            os.stat(name, dir_fd=src_fd, follow_symlinks=False)  # 404 for a missing source
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(dst_name, dir_fd=dst_fd, follow_symlinks=False)
+                raise Conflict(f"{dst_rel}: already exists")
+            os.rename(name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise BadRequest(f"{rel}: cannot be moved into itself", [{"field": "to", "message": "inside"}]) from exc
+        raise _errno_to_error(exc, rel) from exc
+    audit(request, "file.move", f"{found['name']}:{rel}", {"to": dst_rel})
+    return {"agent": found["name"], "path": dst_rel, "from": rel}

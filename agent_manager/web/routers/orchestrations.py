@@ -8,12 +8,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
 
-from agent_manager.errors import ValidationFailed
+from agent_manager.errors import NotFound, ValidationFailed
 from agent_manager.orchestration import plan as plans
 from agent_manager.orchestration.engine import OrchestrationEngine
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
+from agent_manager.store import users as user_store
 from agent_manager.web import plan_files, sse
 from agent_manager.web.deps import owner_filter, principal, service
 from agent_manager.web.routers.plans import PlanInput
@@ -56,7 +57,8 @@ async def create_orchestration(body: OrchestrationInput, request: Request,
     base = await workspaces(svc).check_base(body.project, body.base) if body.project else None
     who = principal(request)
     return with_workspaces(svc, engine(svc).create(plan, owner=who.get("id"),
-                                                   user_trusted=bool(who.get("trusted", True)), base=base))
+                                                   user_trusted=bool(who.get("trusted", True)), base=base,
+                                                   user_admin=bool(who.get("admin"))))
 
 
 @router.get("")
@@ -82,17 +84,31 @@ async def cancel_orchestration(orch_id: str, request: Request, svc: Service = De
 
 @router.post("/{orch_id}/resume")
 async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    who = principal(request)
+    who = owner_rights(svc, request, orch_id)
     return with_workspaces(svc, engine(svc).resume(orch_id, owner_filter(request),
-                                                   user_trusted=bool(who.get("trusted", True))))
+                                                   user_trusted=bool(who.get("trusted", True)),
+                                                   user_admin=bool(who.get("admin"))))
 
 
 @router.post("/{orch_id}/steps/{step_id}/retry")
 async def retry_step(orch_id: str, step_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     """Run one failed (or skipped/cancelled) step again, and the steps below it that it held back."""
-    who = principal(request)
+    who = owner_rights(svc, request, orch_id)
     return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
-                              only=step_id)
+                              only=step_id, user_admin=bool(who.get("admin")))
+
+
+def owner_rights(svc: Service, request: Request, orch_id: str) -> dict[str, Any]:
+    """Resumed and retried steps run with the rights of the plan's *owner*, whoever asks: an admin
+    resuming a user's plan must not run that user's shell steps as the service's own OS user."""
+    who = principal(request)
+    owner = store.get_row(svc.database, orch_id, owner_filter(request))["owner"]
+    if owner is not None and owner != who.get("id"):
+        try:
+            who = user_store.get(svc.database, owner)
+        except NotFound:  # the owner was deleted: the least rights
+            who = {"trusted": False, "admin": False}
+    return who
 
 
 @router.get("/{orch_id}/files")
@@ -105,7 +121,7 @@ async def orchestration_files(orch_id: str, request: Request, path: str = Query(
 
 
 @router.get("/{orch_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
-async def orchestration_events(orch_id: str, request: Request, after: int | None = Query(None, ge=0),
+async def orchestration_events(orch_id: str, request: Request, after: int | None = Query(None, ge=0, le=sse.MAX_SEQ),
                                limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
     """SSE (Accept: text/event-stream) or a JSON list; ``?after=`` / ``Last-Event-ID`` resume."""
     store.get_row(svc.database, orch_id, owner_filter(request))

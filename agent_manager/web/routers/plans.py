@@ -59,7 +59,8 @@ async def create_plan(body: PlanRequest, request: Request, svc: Service = Depend
     """Ask the planner agent for a draft plan. Nothing runs: review it, then POST /api/orchestrations."""
     who = principal(request)
     draft = await planner.draft(svc.database, svc.settings, svc.runs, body.goal, body.planner,
-                                owner=who.get("id"), user_trusted=bool(who.get("trusted", True)))
+                                owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
+                                user_admin=bool(who.get("admin")))
     return PlanDraft(plan=draft.plan, raw=draft.raw, run_ids=draft.run_ids)
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from agent_manager.errors import ValidationFailed
 from agent_manager.executors.base import Resources
 from agent_manager.executors.routing import RouteRequest, check_isolation
-from agent_manager.models import Event, Run, RunCreate, RunPage, RunStatus
+from agent_manager.models import NO_NUL, Event, Run, RunCreate, RunPage, RunStatus
 from agent_manager.runs import RunRequest
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
@@ -40,12 +40,30 @@ def start_run(request: Request, svc: Service, agent_ref: str, prompt: str, *, co
     return svc.runs.submit(RunRequest(
         agent=agent, prompt=prompt, conversation_id=conversation_id, backend=backend, timeout_s=timeout_s,
         resources=resources or Resources(), owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
-        new_workspace=new_workspace, workspace_id=workspace_id))
+        user_admin=bool(who.get("admin")), new_workspace=new_workspace, workspace_id=workspace_id))
+
+
+def check_resources(request: Request, svc: Service, resources: Resources) -> None:
+    """Non-admin users may not ask for more than the settings allow (the sandbox enforces what
+    is asked, so an uncapped ask would lift its limits)."""
+    if principal(request).get("admin"):
+        return
+    settings = svc.settings
+    for name, value, cap, setting in (("cpu", resources.cpu, settings.user_max_cpu, "user_max_cpu"),
+                                      ("memory_mb", resources.memory_mb, settings.user_max_memory_mb,
+                                       "user_max_memory_mb")):
+        if value is not None and value > cap:
+            raise ValidationFailed(f"resources.{name}: {value:g} is more than the {cap:g} allowed for users "
+                                   f"(setting {setting})",
+                                   [{"field": f"resources.{name}", "in": "body", "limit": cap,
+                                     "message": f"at most {cap:g}"}])
 
 
 @router.post("", response_model=Run, status_code=201)
 async def create_run(body: RunCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     resources = Resources(cpu=body.resources.cpu, memory_mb=body.resources.memory_mb) if body.resources else None
+    if resources is not None:
+        check_resources(request, svc, resources)
     if body.base and not body.project:
         raise ValidationFailed("base: only with a project", [{"field": "base", "message": "needs project"}])
     base = None
@@ -62,7 +80,7 @@ async def create_run(body: RunCreate, request: Request, svc: Service = Depends(s
 
 @router.get("", response_model=RunPage)
 async def list_runs(request: Request, agent: str | None = None, status: RunStatus | None = None,
-              q: str | None = Query(None, max_length=500), limit: int = Query(50, ge=1, le=500),
+              q: str | None = Query(None, max_length=500, pattern=NO_NUL), limit: int = Query(50, ge=1, le=500),
               offset: int = Query(0, ge=0), svc: Service = Depends(service)) -> dict[str, Any]:
     agent_id = agent_store.get(svc.database, agent)["id"] if agent else None
     # In the read pool: a count or a full-text match over a big history must not stall the loop.
@@ -97,7 +115,7 @@ async def cancel_run(run_id: str, request: Request, svc: Service = Depends(servi
 
 @router.get("/{run_id}/events", response_model=list[Event],
             responses={200: {"content": {"text/event-stream": {}}}})
-async def run_events(run_id: str, request: Request, after: int | None = Query(None, ge=0),
+async def run_events(run_id: str, request: Request, after: int | None = Query(None, ge=0, le=sse.MAX_SEQ),
                limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
     run_store.get(svc.database, run_id, owner_filter(request))
     start = sse.resume_point(request, after)

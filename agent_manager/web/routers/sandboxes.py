@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from agent_manager.errors import ExecutorUnavailable, Forbidden
 from agent_manager.service import Service
-from agent_manager.web.deps import principal, service
+from agent_manager.web.deps import owner_filter, principal, service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
 
@@ -27,20 +27,36 @@ def _in_use(svc: Service) -> set[str]:
     return set(keep_ids()) if keep_ids is not None else set()
 
 
+def _owned_runs(svc: Service, owner: str | None, run_ids: set[str]) -> set[str]:
+    """Which of ``run_ids`` ``owner`` may see (all of them for the admin, ``owner=None``)."""
+    if owner is None or not run_ids:
+        return run_ids
+    marks = ", ".join("?" for _ in run_ids)
+    rows = svc.database.all(f"SELECT id FROM runs WHERE owner = ? AND id IN ({marks})", (owner, *sorted(run_ids)))
+    return {row["id"] for row in rows}
+
+
 @router.get("")
-async def list_sandboxes(svc: Service = Depends(service)) -> list[dict[str, Any]]:
-    """Local bubblewrap sandboxes of live runs, and every Daytona sandbox labelled by Agent Manager."""
+async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
+    """Local bubblewrap sandboxes of live runs, and every Daytona sandbox labelled by Agent Manager.
+    A user sees only those of their own runs (no other run ids, host pids or pool sandboxes)."""
+    owner = owner_filter(request)
     found: list[dict[str, Any]] = []
-    for run_id, live in svc.runs.live.items():
-        info = live.execution.info if live.execution is not None else {}
-        if info.get("sandbox") == "bwrap":
+    local = {run_id: live.execution.info for run_id, live in list(svc.runs.live.items())
+             if live.execution is not None and live.execution.info.get("sandbox") == "bwrap"}
+    visible = _owned_runs(svc, owner, set(local))
+    for run_id, info in local.items():
+        if run_id in visible:
             found.append({"backend": "sandbox", "id": info.get("pid", ""), "run": run_id, "state": "running"})
     if svc.settings.daytona_configured:
         daytona = _daytona(svc)
         keep = _in_use(svc)
-        for item in await daytona.list_sandboxes(svc.settings):
-            found.append({"backend": "daytona", **item, "in_use": item["id"] in keep,
-                          "this_instance": item["instance"] == svc.prefix})
+        items = await daytona.list_sandboxes(svc.settings)
+        visible = _owned_runs(svc, owner, {item["run"] for item in items if item.get("run")})
+        for item in items:
+            if owner is None or item.get("run") in visible:
+                found.append({"backend": "daytona", **item, "in_use": item["id"] in keep,
+                              "this_instance": item["instance"] == svc.prefix})
     return found
 
 

@@ -43,6 +43,7 @@ register(["plans"], "plans", "Plans");
 register(["projects"], "projects", "Projects");
 register(["orchestrations", "orchestration"], "orchestration", null, "Plans");
 register(["files"], "files", "Files");
+register(["terminal", "terminals"], "terminal", "Terminals");
 register(["users"], "users", "Users");
 register(["settings"], "settings", "Settings");
 

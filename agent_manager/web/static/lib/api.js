@@ -199,8 +199,10 @@ export function follow(url, { onEvent, after = 0, terminal = ["run.finished"], t
       if (type !== "message") source.addEventListener(type, handle);
     }
     source.onmessage = handle;
-    source.onerror = () => {
-      if (closed) return;
+    source.onerror = (ev) => {
+      // onerror also receives the run's own SSE event named "error" (a MessageEvent, handled by
+      // handle() above): that is data, not a broken connection — do not reconnect for it.
+      if (closed || ev instanceof MessageEvent) return;
       if (source.readyState === EventSource.CONNECTING) {
         state("reconnecting"); // the browser retries by itself, sending Last-Event-ID
         return;

@@ -139,7 +139,10 @@ async function form(root, { signal, navigate }, ref) {
     h("div", { class: "form-grid" }, rows.trusted.wrap, rows.network.wrap),
     h("div", { class: "actions" }, submit, h("a", { class: "button secondary", href: "#/agents" }, "Cancel"), remove));
   root.append(h("div", { class: "page-head" }, h("h1", null, agent ? `Edit ${agent.name}` : "New agent"),
-    agent ? h("a", { class: "button secondary", href: `#/run?agent=${encodeURIComponent(agent.name)}` }, "Run") : null),
+    agent ? h("div", { class: "actions" },
+      h("a", { class: "button secondary", href: `#/run?agent=${encodeURIComponent(agent.name)}` }, "Run"),
+      h("a", { class: "button secondary", href: `#/terminal?agent=${encodeURIComponent(agent.name)}` }, "Terminal"))
+      : null),
   formEl);
   if (!agent) rows.name.input.focus();
 

@@ -1,6 +1,6 @@
 // Files: "#/files" picks an agent, "#/files/<agent>/<dir>/<file>…" browses its working directory
-// (the agent's working_dir, else its workspace) and edits text files. The server confines every
-// path to that root; this page only builds relative paths.
+// (the agent's working_dir, else its workspace): edit text files, create, upload, rename and delete.
+// The server confines every path to that root; this page only builds relative paths.
 
 import { ApiError, api, get } from "../lib/api.js";
 import { errorBox, h, setTitle, toast } from "../lib/dom.js";
@@ -66,14 +66,37 @@ function listing(agent, parts, dir, navigate) {
     const target = `#/files/${enc([agent, ...parts, e.name])}`;
     const name = e.type === "symlink" || e.type === "other" ? h("span", { class: "muted" }, `${e.name} (${e.type})`)
       : h("a", { href: target }, e.type === "dir" ? `${e.name}/` : e.name);
+    const rel = [...parts, e.name].join("/");
+    const rename = h("button", { type: "button", class: "copy", "aria-label": `Rename ${e.name}`, onClick: async () => {
+      const to = window.prompt(`New name (or path) for ${e.name}:`, rel);
+      if (!to || to.trim() === rel) return;
+      try {
+        await api("/api/files/move", { method: "POST", query: { agent, path: rel, to: to.trim() } });
+        toast(`Renamed to ${to.trim()}`, "ok");
+        navigate(`/files/${enc([agent, ...parts])}`);
+      } catch (err) {
+        toast(err.message, "error");
+      }
+    } }, "Rename");
+    const remove = h("button", { type: "button", class: "copy", "aria-label": `Delete ${e.name}`, onClick: async () => {
+      if (!window.confirm(`Delete ${rel}${e.type === "dir" ? " (an empty directory)" : ""}?`)) return;
+      try {
+        await api("/api/files", { method: "DELETE", query: { agent, path: rel } });
+        toast(`Deleted ${e.name}`, "ok");
+        navigate(`/files/${enc([agent, ...parts])}`);
+      } catch (err) {
+        toast(err.message, "error");
+      }
+    } }, "Delete");
     return h("tr", { "data-name": e.name }, h("td", null, name), h("td", null, e.type),
       h("td", { class: "num" }, e.type === "file" ? fmtSize(e.size) : "—"),
-      h("td", { class: "num", "data-label": "modified" }, new Date(e.modified).toLocaleString()));
+      h("td", { class: "num", "data-label": "modified" }, new Date(e.modified).toLocaleString()),
+      h("td", null, h("span", { class: "actions" }, rename, remove)));
   });
   const table = h("div", { class: "table-wrap" }, h("table", { "aria-label": "Directory listing", class: "cards" },
     h("thead", null, h("tr", null, h("th", null, "Name"), h("th", null, "Type"), h("th", null, "Size"),
-      h("th", null, "Modified"))),
-    h("tbody", null, rows.length ? rows : h("tr", null, h("td", { colspan: 4, class: "empty" }, "Empty directory.")))));
+      h("th", null, "Modified"), h("th", null, h("span", { class: "visually-hidden" }, "Actions")))),
+    h("tbody", null, rows.length ? rows : h("tr", null, h("td", { colspan: 5, class: "empty" }, "Empty directory.")))));
   const name = h("input", { type: "text", id: "new-file", placeholder: "notes.md", autocomplete: "off",
     spellcheck: "false", class: "mono" });
   const error = h("div");

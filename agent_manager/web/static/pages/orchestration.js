@@ -46,7 +46,7 @@ const STYLE = `
   background: var(--bg); border-left: 1px solid var(--border); box-shadow: -8px 0 24px rgba(0,0,0,.12);
   overflow-y: auto; padding: 1rem; display: flex; flex-direction: column; gap: .8rem; }
 .step-panel-head { display: flex; align-items: center; gap: .5rem; flex-wrap: wrap; }
-.step-panel-head h2 { margin: 0; flex: 1; min-width: 0; overflow-wrap: anywhere; }
+.step-panel-head h2 { margin: 0; flex: 1 1 8rem; min-width: 0; overflow-wrap: break-word; }
 .step-output { margin: 0; padding: .6rem .8rem; background: var(--panel); border: 1px solid var(--border);
   border-radius: 8px; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 40vh; overflow: auto; }
 .step-facts { display: grid; grid-template-columns: repeat(auto-fit, minmax(8rem, 1fr)); gap: .4rem; margin: 0; }
@@ -211,7 +211,7 @@ function countsLine(counts) {
 }
 
 export function orchestrationsTable(items) {
-  return h("div", { class: "table-wrap" }, h("table", { class: "orchestrations" },
+  return h("div", { class: "table-wrap" }, h("table", { class: "orchestrations cards" },
     h("thead", null, h("tr", null, h("th", null, "Name"), h("th", null, "Status"), h("th", null, "Steps"),
       h("th", null, "Duration"), h("th", null, "Started"))),
     h("tbody", null, items.map((o) => h("tr", { "data-orchestration": o.id },
@@ -219,7 +219,7 @@ export function orchestrationsTable(items) {
       h("td", null, statusBadge(o.status)),
       h("td", { class: "small" }, `${o.counts.succeeded}/${o.counts.total} succeeded`
         + (o.counts.failed ? `, ${o.counts.failed} failed` : "") + (o.counts.skipped ? `, ${o.counts.skipped} skipped` : "")),
-      h("td", null, fmtDuration(o.duration_s)),
+      h("td", { "data-label": "took" }, fmtDuration(o.duration_s)),
       h("td", { class: "small muted" }, fmtAgo(o.created_at)))))));
 }
 
@@ -380,7 +380,9 @@ export async function render(root, { id, query, signal, navigate }) {
         const el = h("div", { class: "step-run" }, h("p", { class: "muted small" }, "Loading the run…"));
         panelRun = { runId: step.run_id, controller, el };
         get(`/api/runs/${encodeURIComponent(step.run_id)}`, null, { signal: controller.signal }).then((run) => {
-          el.replaceChildren(runView(run, { signal: controller.signal, compact: true }).el);
+          el.replaceChildren(runView(run, { signal: controller.signal, compact: true }).el,
+            run.workspace ? diffView(`/api/runs/${encodeURIComponent(run.id)}`,  // this step's own changes
+              { signal: controller.signal, unified: true }).el : "");
         }).catch((err) => {
           if (err.name !== "AbortError") el.replaceChildren(errorBox(err));
         });

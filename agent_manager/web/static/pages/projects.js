@@ -97,7 +97,9 @@ async function renderOne(root, name, signal, navigate) {
   } }, "Remove");
   root.append(h("div", { class: "page-head" }, h("a", { class: "back", href: "#/projects" }, "← Projects"),
     h("h1", null, project.name), h("div", { class: "actions" },
-      h("a", { class: "button", href: `#/run?project=${encodeURIComponent(project.name)}` }, "New run"), remove)),
+      h("a", { class: "button", href: `#/run?project=${encodeURIComponent(project.name)}` }, "New run"),
+      h("a", { class: "button secondary", href: `#/terminal?project=${encodeURIComponent(project.name)}` }, "Terminal"),
+      remove)),
   h("p", { class: "muted mono small" }, `${project.path || project.git_url} · base ${project.default_base}`),
   h("div", { class: "section-head" }, h("h2", null, "Open workspaces")));
   const spaces = project.workspaces || [];

@@ -66,7 +66,9 @@ export async function render(root, { id, query, signal, navigate }) {
         h("div", { class: "actions" },
           h("a", { class: "button secondary small", href: again }, "Edit & rerun"),
           h("a", { class: "button secondary small", href: `#/run?agent=${encodeURIComponent(run.agent_name)}` },
-            "New run"))),
+            "New run"),
+          h("a", { class: "button secondary small", href: `#/terminal?run=${encodeURIComponent(run.id)}` },
+            "Terminal"))),
       prompt,
       runWithChanges(run, signal),
       h("p", { class: "muted small mono" }, run.id)));

@@ -1,0 +1,196 @@
+"""A terminal in a Daytona sandbox: a PTY session of the toolbox daemon, through the official SDK.
+
+One sandbox per terminal, created like a run's (labels, auto-stop/delete, network, warm pool)
+and always deleted when the terminal closes. The SDK's ``create_pty_session`` opens the
+daemon's ``create-connect`` WebSocket; its output callback is awaited, so a slow reader here
+stops reading the socket. The daemon then drops us as a "slow consumer" (or the network
+does), while the PTY session itself lives on; a dropped connection without an exit is
+reattached with ``connect_pty_session``. The daemon starts the sandbox user's login shell
+(there is no command parameter), so an agent's CLI is started by typing ``exec <argv>`` into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from agent_manager.errors import ExecutionError, ExecutorUnavailable
+from agent_manager.executors.base import ExecSpec
+from agent_manager.executors.daytona_api import (
+    LABEL,
+    MAX_UPLOAD_BYTES,
+    REQUEST_TIMEOUT_S,
+    RUN_LABEL,
+    TRANSFER_TIMEOUT_S,
+    _sdk,
+)
+from agent_manager.executors.pty import clamp_size
+
+if TYPE_CHECKING:
+    from daytona import AsyncSandbox
+    from daytona.handle.async_pty_handle import AsyncPtyHandle
+
+    from agent_manager.executors.daytona import DaytonaExecutor
+
+log = logging.getLogger("agent_manager.executors.daytona")
+CONNECT_TIMEOUT_S = 20.0  # the SDK itself gives up after 10 s without the "connected" message
+RECONNECTS = 3
+QUEUE_CHUNKS = 64
+
+
+class DaytonaPty:
+    """The PTY session ``session_id`` in ``sandbox``; same surface as ``executors.pty.HostPty``."""
+
+    def __init__(self, executor: DaytonaExecutor, sandbox: AsyncSandbox, session_id: str) -> None:
+        self.ex, self.sandbox, self.session_id = executor, sandbox, session_id
+        self.info: dict[str, str] = {"sandbox_id": sandbox.id}
+        self.handle: AsyncPtyHandle | None = None
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self._exit: int | None = None
+        self._ended = asyncio.Event()
+        self._closing = False
+        self._released = False
+        self._follower: asyncio.Task[None] | None = None
+
+    async def on_data(self, data: bytes) -> None:
+        await self._queue.put(data)  # awaited by the SDK's reader: a full queue stops it reading
+
+    async def connect(self, create: dict[str, Any] | None) -> None:
+        """Open (``create`` = the create arguments) or reattach the PTY session's WebSocket."""
+        proc = self.sandbox.process
+
+        def call() -> Any:  # a fresh coroutine per attempt (a 429 is retried)
+            if create is not None:
+                return proc.create_pty_session(self.session_id, self.on_data, **create)
+            return proc.connect_pty_session(self.session_id, self.on_data)
+        self.handle = await self.ex.call("open terminal" if create is not None else "reattach terminal",
+                                         call, CONNECT_TIMEOUT_S, idempotent=False)
+        if self._follower is None:
+            self._follower = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        """Until the shell exits: when the connection ends without an exit, reattach."""
+        try:
+            for attempt in range(RECONNECTS + 1):
+                assert self.handle is not None
+                result = await self.handle.wait()
+                if self._closing or result.exit_code is not None:
+                    self._exit = result.exit_code
+                    return
+                log.warning("terminal connection to sandbox %s dropped (%s); reattaching",
+                            self.sandbox.id, result.error)
+                if attempt == RECONNECTS:
+                    return
+                try:
+                    await self.connect(None)
+                except ExecutionError as exc:
+                    log.warning("could not reattach the terminal in sandbox %s: %s", self.sandbox.id, exc)
+                    return
+        finally:
+            self._ended.set()
+            await self._queue.put(None)
+
+    async def read(self) -> bytes:
+        if self._ended.is_set() and self._queue.empty():
+            return b""
+        data = await self._queue.get()
+        if data is None:
+            self._queue.put_nowait(None)  # every later read sees the end too
+            return b""
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self.handle is None or self._ended.is_set():
+            return
+        with contextlib.suppress(_sdk().DaytonaError):  # mid-reconnect: the keystroke is lost, as on a flaky link
+            await self.handle.send_input(data)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        cols, rows = clamp_size(cols, rows)
+        size = _sdk().PtySize(rows=rows, cols=cols)
+        with contextlib.suppress(ExecutionError):
+            await self.ex.call("resize terminal", lambda: self.sandbox.process.resize_pty_session(
+                self.session_id, size, request_timeout=REQUEST_TIMEOUT_S))
+
+    async def wait(self) -> int | None:
+        await self._ended.wait()
+        return self._exit
+
+    async def close(self) -> None:
+        """Kill the PTY session, disconnect, and delete the sandbox (once, whatever failed before)."""
+        self._closing = True
+        if self._released:
+            return
+        self._released = True
+        try:
+            if not self._ended.is_set():
+                with contextlib.suppress(ExecutionError):
+                    await self.ex.call("kill terminal", lambda: self.sandbox.process.kill_pty_session(
+                        self.session_id, request_timeout=REQUEST_TIMEOUT_S), REQUEST_TIMEOUT_S, idempotent=False)
+            if self.handle is not None:
+                with contextlib.suppress(Exception):
+                    await self.handle.disconnect()
+            if self._follower is not None:
+                self._follower.cancel()
+                await asyncio.gather(self._follower, return_exceptions=True)
+        finally:
+            self._ended.set()
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+            try:
+                await self.ex.delete(self.sandbox)
+            except ExecutionError as exc:
+                log.error("could not delete Daytona sandbox %s: %s", self.sandbox.id, exc)
+            finally:
+                self.ex.terminal_ids.discard(self.sandbox.id)
+
+
+async def open_pty(executor: DaytonaExecutor, spec: ExecSpec, cols: int, rows: int, shell: bool) -> DaytonaPty:
+    """A sandbox with the workspace uploaded and a PTY session in it. ``shell``: ``spec.argv``
+    is just "a shell" (the daemon's own); otherwise it is exec'ed in the session's shell."""
+    if executor._closed:
+        raise ExecutorUnavailable("the Daytona executor is closed")
+    executor.client()  # ExecutorUnavailable early: extra missing or no key
+    unique = uuid.uuid4().hex
+    labels = {**spec.labels, LABEL: executor.instance_id, RUN_LABEL: unique}
+    profile = executor._profile(spec)
+    sandbox = await executor._take(profile, labels) or await executor._create(profile, labels)
+    pty = DaytonaPty(executor, sandbox, f"agent-manager-{unique}")
+    executor.terminal_ids.add(sandbox.id)
+    try:
+        remote_ws = str(PurePosixPath(await executor.call("get work dir", sandbox.get_work_dir)) / "workspace")
+        await _upload_workspace(executor, sandbox, spec.workspace, remote_ws)
+        cols, rows = clamp_size(cols, rows)
+        env = {"TERM": "xterm-256color", **spec.env}
+        await pty.connect({"cwd": remote_ws, "envs": env, "pty_size": _sdk().PtySize(rows=rows, cols=cols)})
+        if not shell:
+            await pty.write(("exec " + shlex.join(spec.argv) + "\n").encode())
+    except BaseException:
+        await asyncio.shield(pty.close())
+        raise
+    return pty
+
+
+async def _upload_workspace(executor: DaytonaExecutor, sandbox: AsyncSandbox, workspace: Path | None,
+                            remote_ws: str) -> None:
+    """The workspace's regular files (never following links out of it), else an empty folder."""
+    sdk = _sdk()
+    files: list[Path] = []
+    if workspace is not None and workspace.is_dir():
+        files = [p for p in sorted(workspace.rglob("*")) if p.is_file() and not p.is_symlink()]
+    total = sum(p.stat().st_size for p in files)
+    if total > MAX_UPLOAD_BYTES:
+        raise ExecutionError(f"workspace too large for Daytona ({total} bytes > {MAX_UPLOAD_BYTES})")
+    if not files:
+        await executor.call("create workspace", lambda: sandbox.fs.create_folder(remote_ws, "755"))
+        return
+    assert workspace is not None
+    uploads = [sdk.FileUpload(source=str(p), destination=f"{remote_ws}/{p.relative_to(workspace).as_posix()}")
+               for p in files]
+    await executor.call("upload workspace", lambda: sandbox.fs.upload_files(uploads, timeout=TRANSFER_TIMEOUT_S),
+                        TRANSFER_TIMEOUT_S)
