@@ -273,7 +273,7 @@ def _another_value(name: str, current: object) -> object:
         return ["agents.example.lan"]
     if "SecretStr" in annotation:
         return "a-new-secret"
-    return "another value"
+    return "another_value"
 
 
 async def test_every_live_setting_changes_at_once(client: httpx.AsyncClient, service: object) -> None:
