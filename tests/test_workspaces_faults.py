@@ -237,3 +237,20 @@ async def test_retention_prunes_only_old_open_workspaces(client: httpx.AsyncClie
     assert pruned["state"] == "discarded" and "pruned" in pruned["note"]
     assert not (tmp_path / "home" / "worktrees" / old["workspace"]["id"]).exists()
     assert (await client.get(f"/api/runs/{fresh['id']}")).json()["workspace"]["state"] == "open"
+
+
+async def test_removing_a_project_leaves_the_user_repository_and_runs_readable(client: httpx.AsyncClient,
+                                                                             tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    before = snapshot(repo)
+    await add_shell_agent(client)
+    await add_project(client, repo)
+    run = await run_on_project(client, "Edit\n" + EDIT_SCRIPT)
+    assert (await client.delete("/api/projects/proj")).status_code == 204
+    assert snapshot(repo) == before
+    assert list((tmp_path / "home" / "projects").iterdir()) == []
+    assert not (tmp_path / "home" / "worktrees" / run["workspace"]["id"]).exists()
+    got = await client.get(f"/api/runs/{run['id']}")
+    assert got.status_code == 200 and got.json()["workspace"] is None
+    assert (await client.get(f"/api/runs/{run['id']}/diff")).status_code == 404
+    assert (await client.get("/api/projects/proj")).status_code == 404
