@@ -179,6 +179,9 @@ class Service:
             self._rebuild_daytona()
         elif changed & {"daytona_warm_pool", "daytona_image", "daytona_snapshot"}:
             self._spawn(self._resize_pool(drain=bool(changed & {"daytona_image", "daytona_snapshot"})))
+        forget_probe = getattr(self.executors.get("sandbox"), "forget_probe", None)
+        if forget_probe is not None and any(name.startswith("sandbox_") for name in changed):
+            forget_probe()  # its cached verdict was reached with the old limits
         if "run_retention_days" in changed:
             self._prune_wakeup.set()
 
