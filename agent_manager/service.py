@@ -27,6 +27,7 @@ from agent_manager.settings import Settings
 from agent_manager.store import Database
 
 log = logging.getLogger("agent_manager")
+WORKSPACE_PRUNE_EVERY_S = 6 * 3600
 MIN_FREE_BYTES = 16 * 1024 * 1024
 # Settings the Daytona executor builds its client (or limits) from: a change means a new executor.
 DAYTONA_CLIENT_FIELDS = frozenset({"daytona_api_key", "daytona_api_url", "daytona_target",
@@ -229,14 +230,22 @@ class Service:
                 await asyncio.wait_for(self._prune_wakeup.wait(), PRUNE_EVERY_S)
 
     async def _tidy_workspaces(self, workspaces: Any) -> None:
-        """Commit what runs interrupted by a stop left in their workspaces, then prune old ones."""
+        """Commit what runs interrupted by a stop left in their workspaces, then prune old ones
+        now and every few hours (``workspace_retention_days``)."""
         try:
             settled = await workspaces.recover()
             if settled:
                 log.warning("committed the work of %d run(s) interrupted by the last stop", settled)
-            await workspaces.prune()
         except Exception as exc:  # reported, never fatal
-            log.warning("workspace housekeeping failed: %s", exc)
+            log.warning("workspace recovery failed: %s", exc)
+        while True:
+            try:
+                pruned = await workspaces.prune()
+                if pruned:
+                    log.info("discarded %d workspace(s) older than workspace_retention_days", pruned)
+            except Exception as exc:
+                log.warning("workspace pruning failed: %s", exc)
+            await asyncio.sleep(WORKSPACE_PRUNE_EVERY_S)
 
     async def _prepare_daytona(self) -> None:
         """Sweep what a previous start of this instance left in Daytona, then fill the warm pool.

@@ -52,10 +52,12 @@ PROMPT = "Say the answer."
 
 
 def first_chunk(stub: ModelStub, since: int) -> float:
+    """The first chunk of the *last* streamed answer: the one the CLI prints (opencode first
+    streams a session title through the same endpoint)."""
     streamed = [e for e in stub.exchanges[since:] if e.mode == "answer" and e.chunk_times]
     if not streamed:
         raise RuntimeError("the CLI never asked the stub for a streamed answer")
-    return streamed[0].chunk_times[0]
+    return streamed[-1].chunk_times[0]
 
 
 async def through_product(client: httpx.AsyncClient, agent: str, stub: ModelStub) -> float:
@@ -111,8 +113,9 @@ async def bench_cli(cli: str, iterations: int, stub: ModelStub, tmp: Path) -> di
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
             body: dict[str, Any] = {"name": cli, "kind": cli, "api_base": stub.url + API_PATH[cli],
                                     "api_key": "sk-bench", "model": MODEL.get(cli)}
-            (await client.post("/api/agents", json=body)).raise_for_status()
-            workspace = tmp / f"am-{cli}" / "workspaces" / cli
+            created = await client.post("/api/agents", json=body)
+            created.raise_for_status()
+            workspace = tmp / f"am-{cli}" / "workspaces" / "agents" / created.json()["id"]  # workdirs.agent_workspace
             workspace.mkdir(parents=True, exist_ok=True)
             direct_env = base_environment({**os.environ, **env})
             await through_product(client, cli, stub)  # warm-up: first-run setup of the CLI

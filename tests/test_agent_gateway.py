@@ -8,6 +8,7 @@ the real CLIs, this file proves the plumbing around them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -145,3 +146,41 @@ def test_install_hints_are_commands() -> None:
     assert KINDS["opencode"].install_hint == "npm install -g opencode-ai"
     for kind in KINDS.values():
         assert "(" not in kind.install_hint or kind.name == "generic", kind.install_hint
+
+
+async def test_aider_prompt_is_text_on_every_path(client: httpx.AsyncClient) -> None:
+    """Runs, chat messages and plan steps all reach aider with `/…` as text, never a command."""
+    agent = {"name": "aid", "kind": "aider", "command": str(FAKES_BIN / "argv-dump")}
+    assert (await client.post("/api/agents", json=agent)).status_code == 201
+    run_ids = [(await client.post("/api/runs", json={"agent": "aid", "prompt": "/run touch A"})).json()["id"]]
+    conv = (await client.post("/api/conversations", json={"title": "t", "agent": "aid"})).json()
+    posted = await client.post(f"/api/conversations/{conv['id']}/messages", json={"content": "/run touch A"})
+    run_ids.append(posted.json()["run"]["id"])
+    plan = {"name": "p", "steps": [{"id": "s", "agent": "aid", "prompt": "/run touch A"}]}
+    orch = (await client.post("/api/orchestrations", json={"plan": plan})).json()
+    for _ in range(500):
+        step = (await client.get(f"/api/orchestrations/{orch['id']}")).json()["steps"][0]
+        if step.get("run_id"):
+            run_ids.append(step["run_id"])
+            break
+        await asyncio.sleep(0.02)
+    assert len(run_ids) == 3
+    for run_id in run_ids:
+        final = await wait_run(client, run_id)
+        out = "".join(e["data"]["text"] for e in await events(client, run_id) if e["type"] == "output")
+        seen = json.loads(out.strip().splitlines()[0])
+        assert seen["argv"][-1] == "--message= /run touch A", (final, seen["argv"])
+        assert set(seen["stdin"]) == {"n", "\n"}  # every question answered no
+
+
+@pytest.mark.parametrize("base", ['http://gw/a"b', "http://gw/a\\b", "http://gw/'x'=1", "http://gw/#]"])
+def test_codex_gateway_override_stays_one_toml_string(base: str) -> None:
+    """The base URL goes into a `-c key=value` TOML value: quotes cannot end it early."""
+    import tomllib
+
+    from agent_manager.agents import KINDS
+    from agent_manager.agents.base import Gateway
+    argv = KINDS["codex"].build("", [], "p", gateway=Gateway(base, "k")).argv
+    item = next(a for a in argv if a.startswith("model_providers.agent_manager_gateway.base_url="))
+    key, _, value = item.partition("=")
+    assert tomllib.loads(f"v = {value}")["v"] == base

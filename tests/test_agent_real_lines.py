@@ -8,6 +8,9 @@ issue 16 found between those lines and what the product made of them.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from agent_manager.agents.base import OutputParser, ParsedEvent
 from agent_manager.agents.gemini import GeminiParser
 
 RECORDED = Path(__file__).parent / "fakes" / "recorded"
+FAKES = Path(__file__).parent / "fakes" / "bin"
 ANSWER = "The answer is forty-two, as computed."
 
 
@@ -201,3 +205,48 @@ def test_aider_never_answers_yes_unless_configured() -> None:
 def test_aider_prompt_is_never_an_aider_command(prompt: str) -> None:
     argv = KINDS["aider"].build("", [], prompt).argv
     assert argv[-1] == f"--message= {prompt}"
+
+
+# --- the fakes in tests/fakes/bin, checked against the recordings ------------------------------------
+
+RECORDINGS = {"claude": ["claude-run", "claude-tool", "claude-api-error"],
+              "codex": ["codex-turn1", "codex-turn2", "codex-tool", "codex-api-error"],
+              "gemini": ["gemini-run", "gemini-tool", "gemini-api-error"],
+              "opencode": ["opencode-run", "opencode-tool", "opencode-api-error"]}
+
+# In the CLIs' own source types but not produced against the stub (a failed tool run, a
+# mid-stream warning): the fakes may print these.
+DOCUMENTED = {"claude": {"result": {"errors"}},
+              "gemini": {"error": {"type", "timestamp", "severity", "message"}}}
+
+
+def shapes(text: str) -> dict[str, set[str]]:
+    """Event type → the top-level keys seen on lines of that type."""
+    found: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("type"), str):
+            found.setdefault(obj["type"], set()).update(obj)
+    return found
+
+
+@pytest.mark.parametrize("kind", list(RECORDINGS))
+def test_fake_cli_lines_have_the_real_shapes(kind: str) -> None:
+    """Every event type a fake prints exists in the real CLI's output, with no key the real
+    lines lack: the fakes stay faithful for the edge cases they are kept for."""
+    real: dict[str, set[str]] = {}
+    for name in RECORDINGS[kind]:
+        for etype, keys in shapes(recorded(name)[0]).items():
+            real.setdefault(etype, set()).update(keys)
+    for etype, keys in DOCUMENTED.get(kind, {}).items():
+        real.setdefault(etype, set()).update(keys)
+    env = {**os.environ, "PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_DELAY": "0"}
+    for prompt in ("hello", "use a TOOL", "please FAIL"):
+        inv = KINDS[kind].build("", [], prompt)
+        out = subprocess.run(inv.argv, input=inv.stdin or b"", capture_output=True, env=env, timeout=30).stdout
+        for etype, keys in shapes(out.decode()).items():
+            assert etype in real, f"fake {kind} prints {etype!r}, the real CLI never did"
+            assert keys <= real[etype], f"fake {kind} {etype}: keys {sorted(keys - real[etype])} not in real lines"

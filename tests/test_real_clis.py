@@ -28,6 +28,7 @@ from fakes.model_api import ANSWER, ERROR_TEXT, TOOL_FILE, ModelStub
 from helpers import events, wait_run
 
 from agent_manager.settings import Settings
+from agent_manager.workdirs import agent_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("AGENT_CLIS_DIR", REPO / ".cache" / "agent-clis"))
@@ -108,7 +109,7 @@ def stamp(event: dict[str, Any]) -> float:
 
 
 def workspace(settings: Settings, agent: dict[str, Any]) -> Path:
-    path = settings.workspaces / agent["name"]
+    path = agent_workspace(settings, agent)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

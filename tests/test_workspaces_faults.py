@@ -213,7 +213,44 @@ async def test_fifty_thousand_files(client: httpx.AsyncClient, tmp_path: Path) -
     git(repo, "reset", "-q", "--soft", "main")  # the user's work tree stays empty: "dirty", allowed
     await add_shell_agent(client)
     await add_project(client, repo, "big")
-    run = await run_on_project(client, "Touch\necho changed > d7/f7.txt && rm d8/f8.txt", project="big")
+    run = await run_on_project(client, "Touch\necho changed > d7/f7.txt && rm d8/f8.txt", project="big",
+                               timeout=600)  # checking out 50,000 files on a loaded 2-core machine
     assert run["status"] == "succeeded", run
     assert statuses((await client.get(f"/api/runs/{run['id']}/diff")).json()) == {
         "d7/f7.txt": "modified", "d8/f8.txt": "deleted"}
+
+
+async def test_retention_prunes_only_old_open_workspaces(client: httpx.AsyncClient, service: Service,
+                                                         tmp_path: Path) -> None:
+    await add_shell_agent(client)
+    await add_project(client, make_repo(tmp_path / "repo"))
+    old = await run_on_project(client, "Old\necho x > x.txt")
+    fresh = await run_on_project(client, "Fresh\necho y > y.txt")
+    service.database.execute("UPDATE workspaces SET updated_at = '2020-01-01T00:00:00.000Z' WHERE id = ?",
+                             (old["workspace"]["id"],))
+    workspaces = service.extras["workspaces"]
+    service.settings.workspace_retention_days = 0
+    assert await workspaces.prune() == 0  # 0 keeps everything
+    service.settings.workspace_retention_days = 14
+    assert await workspaces.prune() == 1
+    pruned = (await client.get(f"/api/runs/{old['id']}")).json()["workspace"]
+    assert pruned["state"] == "discarded" and "pruned" in pruned["note"]
+    assert not (tmp_path / "home" / "worktrees" / old["workspace"]["id"]).exists()
+    assert (await client.get(f"/api/runs/{fresh['id']}")).json()["workspace"]["state"] == "open"
+
+
+async def test_removing_a_project_leaves_the_user_repository_and_runs_readable(client: httpx.AsyncClient,
+                                                                             tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    before = snapshot(repo)
+    await add_shell_agent(client)
+    await add_project(client, repo)
+    run = await run_on_project(client, "Edit\n" + EDIT_SCRIPT)
+    assert (await client.delete("/api/projects/proj")).status_code == 204
+    assert snapshot(repo) == before
+    assert list((tmp_path / "home" / "projects").iterdir()) == []
+    assert not (tmp_path / "home" / "worktrees" / run["workspace"]["id"]).exists()
+    got = await client.get(f"/api/runs/{run['id']}")
+    assert got.status_code == 200 and got.json()["workspace"] is None
+    assert (await client.get(f"/api/runs/{run['id']}/diff")).status_code == 404
+    assert (await client.get("/api/projects/proj")).status_code == 404

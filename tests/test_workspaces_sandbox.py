@@ -3,6 +3,7 @@ private git dir, and nothing of the project's repository is writable from inside
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -83,3 +84,30 @@ async def test_sandbox_agent_rewriting_history_keeps_only_its_files(client: http
     assert "rewrote" in ws.get("note", "")
     diff = (await client.get(f"/api/runs/{run['id']}/diff")).json()
     assert statuses(diff) == {"mine.txt": "added"}
+
+
+async def test_sandbox_cannot_smuggle_objects_of_other_host_repositories(client: httpx.AsyncClient,
+                                                                         tmp_path: Path) -> None:
+    """The agent names another repository of this host in its alternates and commits a tree it
+    only knows the id of: the service never reads that repository, the files still count."""
+    secret = make_repo(tmp_path / "secret")
+    (secret / "secret.txt").write_text("top secret\n")
+    git(secret, "add", "secret.txt")
+    git(secret, "commit", "-q", "-m", "secret")
+    tree = git(secret, "rev-parse", "HEAD^{tree}")
+    repo = make_repo(tmp_path / "repo")
+    await add_shell_agent(client, backend="sandbox")
+    await add_project(client, repo)
+    script = (f"echo {secret}/.git/objects >> /.agent-manager/git/objects/info/alternates"
+              + "".join(f" && ln -s {d} /.agent-manager/git/objects/{d.name}"
+                        for d in (secret / ".git" / "objects").iterdir() if len(d.name) == 2) +
+              f" && c=$(printf 'tree {tree}\\nparent %s\\nauthor a <a> 0 +0000\\ncommitter a <a> 0 +0000\\n\\nx\\n'"
+              " $(git rev-parse HEAD) | git hash-object -t commit -w --stdin --literally)"
+              " && git update-ref HEAD $c && echo mine > mine.txt")
+    run = await run_on_project(client, "Smuggle\n" + script)
+    assert run["status"] == "succeeded", (run["error"], run["output"])
+    service_repo = next((tmp_path / "home" / "projects").glob("*.git"))
+    assert subprocess.run(["git", "cat-file", "-e", tree], cwd=service_repo).returncode != 0
+    ws = run["workspace"]
+    assert "rewrote" in ws["note"]
+    assert statuses((await client.get(f"/api/runs/{run['id']}/diff")).json()) == {"mine.txt": "added"}

@@ -109,8 +109,9 @@ def test_orchestration_and_chat_show_their_changes(ui: UI, tmp_path: Path) -> No
     diff = page.locator("[data-testid=diff]")
     expect(diff.locator("[data-testid=diff-summary]")).to_contain_text("2 files changed")
     page.locator("main [data-testid=dag] .dag-node[data-step=a]").click()  # a node: that step's changes
-    expect(page).to_have_url(re.compile(r"#/runs/run_"))
-    expect(page.locator("[data-testid=diff] .diff-files li")).to_have_text(re.compile("from-a.txt"))
+    step_changes = page.locator(".step-panel [data-testid=diff]")
+    expect(step_changes.locator(".diff-files li")).to_have_text(re.compile("from-a.txt"))
+    expect(step_changes.locator("table.diff.unified")).to_be_visible()
     conv = ui.api.post("/api/conversations", json={"title": "chat", "agent": "sh-agent", "project": "proj"}).json()
     posted = ui.api.post(f"/api/conversations/{conv['id']}/messages", json={"content": "echo c > c.txt"}).json()
     ui.wait_run(posted["run"]["id"])

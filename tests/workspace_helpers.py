@@ -66,10 +66,10 @@ async def add_project(client: httpx.AsyncClient, repo: Path, name: str = "proj")
 
 
 async def run_on_project(client: httpx.AsyncClient, prompt: str, project: str = "proj", agent: str = "sh-agent",
-                         **extra: Any) -> dict[str, Any]:
+                         timeout: float = 60, **extra: Any) -> dict[str, Any]:
     r = await client.post("/api/runs", json={"agent": agent, "prompt": prompt, "project": project, **extra})
     assert r.status_code == 201, r.text
-    return await wait_run(client, r.json()["id"], timeout=60)
+    return await wait_run(client, r.json()["id"], timeout=timeout)
 
 
 def statuses(diff: dict[str, Any]) -> dict[str, str]:

@@ -55,6 +55,14 @@ def workspace(db: Database, ws_id: str) -> dict[str, Any]:
     return dict(row)
 
 
+def find_by_id(db: Database, ws_id: str) -> dict[str, Any] | None:
+    """The workspace, or None when it is gone (its project was removed)."""
+    try:
+        return workspace(db, ws_id)
+    except NotFound:
+        return None
+
+
 def find(db: Database, kind: str, owner_ref: str) -> dict[str, Any] | None:
     row = db.one("SELECT id FROM workspaces WHERE kind = ? AND owner_ref = ?", (kind, owner_ref))
     return workspace(db, row["id"]) if row else None
@@ -101,4 +109,4 @@ def link(db: Database, table: str, row_id: str, ws_id: str) -> None:
 def linked(db: Database, table: str, row_id: str) -> dict[str, Any] | None:
     assert table in ("runs", "conversations", "orchestrations")
     row = db.one(f"SELECT workspace_id FROM {table} WHERE id = ?", (row_id,))
-    return workspace(db, row["workspace_id"]) if row and row["workspace_id"] else None
+    return find_by_id(db, row["workspace_id"]) if row and row["workspace_id"] else None

@@ -77,8 +77,8 @@ async def ensure(p: Paths, base_commit: str) -> None:
     if p.worktree.is_dir() and p.admin.is_dir():
         relink(p)
         return
-    await git.run(["worktree", "prune"], git_dir=p.repo)
-    if p.worktree.exists():  # the directory without its admin entry: start it again from the branch
+    if p.worktree.exists() or p.admin.exists():  # half of a worktree (removed by hand): start again
+        await git.run(["worktree", "prune"], git_dir=p.repo)
         await asyncio.to_thread(shutil.rmtree, p.worktree, True)
     p.worktree.parent.mkdir(parents=True, exist_ok=True)
     if await git.rev(f"refs/heads/{p.branch}", git_dir=p.repo):
@@ -142,14 +142,36 @@ async def import_commits(p: Paths, scratch: Path, old: str) -> tuple[str, bool]:
     tip = git.read_ref_file(scratch / "refs" / "heads" / p.branch)
     if tip is None or tip == old:
         return old, False
+    _disarm(scratch / "objects", p.repo / "objects")
     env = {"GIT_ALTERNATE_OBJECT_DIRECTORIES": str(scratch / "objects")}
     check = await git.run(["merge-base", "--is-ancestor", old, tip], git_dir=p.repo, env=env, check=False)
     if check.code != 0:
         return old, True
-    pack = await git.run(["pack-objects", "--revs", "--stdout", "-q"], git_dir=p.repo, env=env,
-                         stdin=f"{tip}\n^{old}\n".encode())
-    await git.run(["index-pack", "--stdin"], git_dir=p.repo, stdin=pack.out)
+    try:
+        pack = await git.run(["pack-objects", "--revs", "--stdout", "-q"], git_dir=p.repo, env=env,
+                             stdin=f"{tip}\n^{old}\n".encode())
+        await git.run(["index-pack", "--stdin"], git_dir=p.repo, stdin=pack.out)
+    except git.GitError:  # missing or corrupt objects: the commits are unusable, the files still count
+        return old, True
     return (tip, False) if await git.rev(tip, git_dir=p.repo) else (old, True)
+
+
+def _disarm(objects: Path, project_objects: Path) -> None:
+    """Before the service reads a sandbox's object store: no symlinks (a pack linked to another
+    repository on this host would smuggle its objects in), and alternates pointing only at the
+    project itself (the agent could have named any directory of this host)."""
+    for root, dirs, files in os.walk(objects):
+        for name in [*dirs, *files]:
+            path = Path(root) / name
+            if path.is_symlink():
+                path.unlink()
+    info = objects / "info"
+    if info.exists() and not info.is_dir():
+        info.unlink()
+    info.mkdir(exist_ok=True)
+    for name in ("alternates", "http-alternates"):
+        (info / name).unlink(missing_ok=True)
+    (info / "alternates").write_text(f"{project_objects}\n")
 
 
 async def settle(p: Paths, ws: dict[str, Any], message: str, *, scratch: Path | None = None,

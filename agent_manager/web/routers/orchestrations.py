@@ -40,7 +40,7 @@ class OrchestrationInput(PlanInput):
 def with_workspaces(svc: Service, view: dict[str, Any]) -> dict[str, Any]:
     """The view with the result ``workspace`` (object or null) and each step's own."""
     ws_id = view.pop("workspace_id", None)
-    ws = rec.workspace(svc.database, ws_id) if ws_id else None
+    ws = rec.find_by_id(svc.database, ws_id) if ws_id else None
     view["project"], view["workspace"] = (ws["project"] if ws else None), rec.public(ws)
     for step in view["steps"]:
         step["workspace"] = rec.public(rec.find(svc.database, "step", f"{view['id']}:{step['id']}")) if ws else None

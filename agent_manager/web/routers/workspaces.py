@@ -43,7 +43,12 @@ RESOURCES: dict[str, tuple[str, str, Callable[[Service, str, str | None], str]]]
 
 def attach(svc: Service, row: dict[str, Any], table: str = "runs") -> dict[str, Any]:
     """``row`` with its ``project`` and ``workspace`` (DESIGN 3.7), for any of the three resources."""
-    ws = rec.workspace(svc.database, row["workspace_id"]) if row.get("workspace_id") else None
+    ws = None
+    if row.get("workspace_id"):
+        try:
+            ws = rec.workspace(svc.database, row["workspace_id"])
+        except NotFound:  # its project was removed since: the row stays readable
+            ws = None
     return {**row, "project": ws["project"] if ws else None, "workspace": rec.public(ws)}
 
 

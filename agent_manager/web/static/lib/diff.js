@@ -2,7 +2,7 @@
  * lib/diff.js — the changes a run (conversation, orchestration) made to its project's branch.
  *
  * Exports
- *   diffView(base, {signal, onChange?}) -> {el, refresh()}
+ *   diffView(base, {signal, onChange?, unified?}) -> {el, refresh()}
  *       `base` is "/api/runs/<id>", "/api/conversations/<id>" or "/api/orchestrations/<id>".
  *       Shows the changed files with +/- counts, a readable diff (side by side on a wide
  *       screen, unified on a phone; simple syntax colours), and Merge / Discard / Download
@@ -204,7 +204,7 @@ function fileBlock(parsed, info, wide, index) {
   return block;
 }
 
-export function diffView(base, { signal, onChange } = {}) {
+export function diffView(base, { signal, onChange, unified = false } = {}) {
   ensureStyle();
   const el = h("section", { class: "diff-panel card", "aria-label": "Changes", hidden: true, "data-testid": "diff" });
   const media = window.matchMedia(WIDE);
@@ -226,7 +226,7 @@ export function diffView(base, { signal, onChange } = {}) {
     mergeButton.disabled = !open || !data.files.length;
     discardButton.disabled = !open;
     strategy.disabled = !open;
-    const wide = media.matches;
+    const wide = media.matches && !unified;
     const parsed = parsePatch(data.patch);
     const byPath = new Map(data.files.map((f) => [f.path, f]));
     const list = h("ul", { class: "diff-files" }, data.files.map((f, i) => h("li", null,

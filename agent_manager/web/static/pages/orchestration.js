@@ -380,7 +380,9 @@ export async function render(root, { id, query, signal, navigate }) {
         const el = h("div", { class: "step-run" }, h("p", { class: "muted small" }, "Loading the run…"));
         panelRun = { runId: step.run_id, controller, el };
         get(`/api/runs/${encodeURIComponent(step.run_id)}`, null, { signal: controller.signal }).then((run) => {
-          el.replaceChildren(runView(run, { signal: controller.signal, compact: true }).el);
+          el.replaceChildren(runView(run, { signal: controller.signal, compact: true }).el,
+            run.workspace ? diffView(`/api/runs/${encodeURIComponent(run.id)}`,  // this step's own changes
+              { signal: controller.signal, unified: true }).el : "");
         }).catch((err) => {
           if (err.name !== "AbortError") el.replaceChildren(errorBox(err));
         });
