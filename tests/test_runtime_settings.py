@@ -142,13 +142,13 @@ async def test_daytona_client_pool_and_sweep_follow_settings(tmp_path: Path, fak
             assert second.deleted == [run["sandbox_id"]]
             # The warm pool follows its setting, on the Daytona now configured.
             assert (await client.patch("/api/settings", json={"daytona_warm_pool": 2})).status_code == 200
-            for _ in range(200):
+            for _ in range(600):
                 if len(second.sandboxes) == 2:
                     break
                 await asyncio.sleep(0.05)
             assert len(second.sandboxes) == 2
             assert (await client.patch("/api/settings", json={"daytona_warm_pool": 0})).status_code == 200
-            for _ in range(200):
+            for _ in range(600):
                 if not second.sandboxes:
                     break
                 await asyncio.sleep(0.05)
@@ -273,7 +273,7 @@ def _another_value(name: str, current: object) -> object:
         return ["agents.example.lan"]
     if "SecretStr" in annotation:
         return "a-new-secret"
-    return "another value"
+    return "another_value"
 
 
 async def test_every_live_setting_changes_at_once(client: httpx.AsyncClient, service: object) -> None:
