@@ -75,3 +75,19 @@ def test_conversation_messages_searchable(tmp_path: Path) -> None:
     assert conv_store.get(db, conv["id"])["title"] == "tell me about penguins"
     assert [c["id"] for c in conv_store.search(db, "penguin")] == [conv["id"]]
     assert conv_store.search(db, "giraffe") == []
+
+
+def test_a_migration_that_lands_late_is_still_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migrations are numbered in parallel and may land out of order: a database that already
+    has a later one must still get an earlier one it lacks."""
+    from agent_manager.store import database
+
+    first = [(1, "a", "CREATE TABLE a (x)"), (3, "c", "CREATE TABLE c (x)")]
+    monkeypatch.setattr(database, "migrations", lambda: first)
+    db = Database(tmp_path / "late.db")
+    assert db.migrate() == [1, 3]
+    monkeypatch.setattr(database, "migrations", lambda: sorted([*first, (2, "b", "CREATE TABLE b (x)")]))
+    assert db.migrate() == [2]
+    assert db.migrate() == []
+    assert db.one("SELECT name FROM sqlite_master WHERE name = 'b'") is not None
+    db.close()

@@ -180,12 +180,18 @@ class Database:
         return int(row["v"]) if row and row["v"] is not None else 0
 
     def migrate(self) -> list[int]:
-        """Apply every migration newer than the stored version, each in its own transaction."""
+        """Apply every migration not applied yet, in order, each in its own transaction.
+
+        "Not applied" rather than "newer than the highest applied": migrations numbered in
+        parallel can land out of order (0005 after 0006), and a database that already got the
+        later one must still get the earlier one. Each migration is recorded in schema_version.
+        """
         applied = []
         try:
-            current = self.version()
+            self.version()  # creates schema_version
+            done = {int(r["version"]) for r in self.all("SELECT version FROM schema_version")}
             for version, name, sql in migrations():
-                if version <= current:
+                if version in done:
                     continue
                 with self.transaction() as conn:
                     for statement in _statements(sql):
