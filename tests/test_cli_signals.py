@@ -66,6 +66,7 @@ def test_detach_returns_at_once_and_leaves_the_run_going(live_server: LiveServer
     assert proc.returncode == 0, err
     run_id = out.strip()
     assert run_id.startswith("run")
+    assert f"{live_server.url}/#/runs/{run_id}" in err  # where to follow it: the id alone leaves a newcomer stuck
     _wait_running(live_server)
     assert pids_with_marker("detached-run")
     run = httpx.get(f"{live_server.url}/api/runs/{run_id}", headers=live_server.headers).json()

@@ -160,7 +160,8 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
     started: dict[str, Any] = {}
     if detach:
         started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
-        click.echo(started["id"])
+        click.echo(started["id"])  # stdout: just the id, for scripts
+        click.echo(f"run {started['id']} started; watch it at {client.url}/#/runs/{started['id']}", err=True)
         return
     try:
         with cancelling_signals():
