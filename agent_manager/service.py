@@ -96,6 +96,8 @@ class Service:
         self._background: set[asyncio.Task[None]] = set()
         # Taken by `serve` before the app is built (so a refusal is a clean message), else at start.
         self.lock: DataDirLock | None = None
+        # The address `serve` actually listens on (with `--port 0`, not the configured port 0).
+        self.address: str | None = None
         self._interrupted = False
         self._prune_wakeup = asyncio.Event()
 
@@ -179,6 +181,9 @@ class Service:
             self._rebuild_daytona()
         elif changed & {"daytona_warm_pool", "daytona_image", "daytona_snapshot"}:
             self._spawn(self._resize_pool(drain=bool(changed & {"daytona_image", "daytona_snapshot"})))
+        forget_probe = getattr(self.executors.get("sandbox"), "forget_probe", None)
+        if forget_probe is not None and any(name.startswith("sandbox_") for name in changed):
+            forget_probe()  # its cached verdict was reached with the old limits
         if "run_retention_days" in changed:
             self._prune_wakeup.set()
 

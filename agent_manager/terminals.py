@@ -45,6 +45,10 @@ log = logging.getLogger("agent_manager.terminals")
 CLIENT_QUEUE_CHUNKS = 16  # ≤ 16 × 64 KiB in flight to one client
 SHELLS = ("bash", "sh")
 TERMINAL_ENV = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
+# An empty HISTFILE: bash keeps the session's history in memory but never writes it to a file.
+# In a sandbox HOME is the workspace, so ~/.bash_history — every command typed, secrets included
+# — would otherwise be committed on the workspace's branch and merged into the user's repository.
+SHELL_ENV = {"HISTFILE": ""}
 
 
 class Pty(Protocol):
@@ -73,7 +77,9 @@ class TerminalRequest:
     rows: int = 24
     actor: str = "admin"
     terminal_id: str = field(default_factory=lambda: new_id("term"))
-    workspace_id: str | None = None  # a project workspace made for this terminal: committed when it closes
+    # A project workspace (a run's, or one made for this terminal): prepared for the backend as
+    # for a run (sandbox: private git dir; Daytona: bundle in) and committed when the terminal closes.
+    workspace_id: str | None = None
 
 
 class Client:
@@ -186,6 +192,7 @@ class TerminalManager:
             self.runs.host_running += 1
         self._opening += 1
         terminal_id = req.terminal_id
+        prepared = False
         try:
             spec, shell = self._spec(req, agent, chosen.backend, terminal_id)
             if chosen.run_as:
@@ -194,6 +201,13 @@ class TerminalManager:
                     raise ExecutionError(f"the {chosen.backend} backend cannot run this as {chosen.run_as!r}")
                 await asyncio.to_thread(hand_over, spec.workspace, user, self.settings)
                 spec.run_as = chosen.run_as
+            if req.workspace_id is not None:
+                if self.workspaces is None:
+                    raise BadRequest("projects are not available")
+                # Exactly what a run in this workspace gets: busy-marked (merge/discard and other
+                # runs wait), worktree ensured, git made to work on this backend.
+                spec = await self.workspaces.prepare(req.workspace_id, terminal_id, chosen.backend, spec)
+                prepared = True
             cols, rows = clamp_size(req.cols, req.rows)
             pty = await self._start(chosen.backend, spec, cols, rows, shell)
         except BaseException:
@@ -202,7 +216,7 @@ class TerminalManager:
                 await self.runs.host_slots.__aexit__(None, None, None)
             if req.scratch and req.workspace is not None:
                 shutil.rmtree(req.workspace, ignore_errors=True)
-            if req.workspace_id is not None:
+            if prepared and req.workspace_id is not None:
                 await self._settle(req.workspace_id, chosen.backend, terminal_id)
             raise
         finally:
@@ -229,8 +243,9 @@ class TerminalManager:
         workspace = req.workspace
         if workspace is None:
             raise BadRequest("the terminal has no workspace")
-        workspace.mkdir(parents=True, exist_ok=True)
-        env = {**TERMINAL_ENV, **dict(agent.get("env") or {})}
+        if req.workspace_id is None:  # a git worktree is made (or re-made) by Workspaces.prepare
+            workspace.mkdir(parents=True, exist_ok=True)
+        env = {**TERMINAL_ENV, **({} if agent else SHELL_ENV), **dict(agent.get("env") or {})}
         return ExecSpec(argv=argv, env=env, workspace=workspace, network=bool(agent.get("network", False)),
                         labels={"terminal": terminal_id}, timeout_s=7 * 24 * 3600), not agent
 
@@ -358,12 +373,13 @@ class TerminalManager:
                     callback(term, reason)
 
     async def _settle(self, workspace_id: str, backend: str, terminal_id: str) -> None:
-        """Commit what was changed in a project workspace (on this host; Daytona's stay there)."""
+        """Commit what was committed or left in the workspace on its branch, as after a run:
+        local edits, the sandbox's private git dir's commits, the Daytona sandbox's patch."""
         if self.workspaces is None:
             return
         try:
-            await self.workspaces.settle(workspace_id, f"Terminal session {terminal_id}",
-                                         None if backend == "daytona" else "local")
+            await self.workspaces.settle(workspace_id, f"Terminal session {terminal_id}", backend,
+                                         run_id=terminal_id)
         except Exception:
             log.exception("terminal %s: could not commit its workspace", terminal_id)
 

@@ -289,3 +289,21 @@ async def test_every_live_setting_changes_at_once(client: httpx.AsyncClient, ser
         assert getattr(svc.settings, name) == value, name  # type: ignore[attr-defined]
     saved = read_config_file(svc.settings.home)  # type: ignore[attr-defined]
     assert set(saved) >= {n for n in body["mutable"] if not n.startswith(("daytona_", "sandbox_"))}
+
+
+async def test_sandbox_settings_change_reprobes(client: httpx.AsyncClient, service: object,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_manager.executors.base import Availability
+
+    sandbox = service.executors["sandbox"]  # type: ignore[attr-defined]
+    calls = []
+
+    async def probe() -> Availability:
+        calls.append(1)
+        return Availability(True)
+
+    monkeypatch.setattr(sandbox, "_probe", probe)
+    sandbox.forget_probe()
+    assert (await sandbox.available()).ok and (await sandbox.available()).ok and len(calls) == 1
+    assert (await client.patch("/api/settings", json={"sandbox_memory_mb": 1024})).status_code == 200
+    assert (await sandbox.available()).ok and len(calls) == 2

@@ -38,6 +38,18 @@ def test_type_into_the_terminal_and_read_the_echo(ui: UI) -> None:
     wait_screen(ui, r"\d+ \d+")
     sizes = re.findall(r"(\d+) (\d+)", screen_text(ui))
     assert sizes and int(sizes[-1][1]) < 100, sizes  # columns: 1280 px wide gave far more
+    # Paste types the clipboard into the terminal; Copy puts the selection on the clipboard
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=ui.server.url)
+    page.evaluate("navigator.clipboard.writeText('echo pasted-$((3*3))')")
+    page.get_by_role("button", name="Paste").click()
+    wait_screen(ui, r"# echo pasted-\$\(\(3\*3\)\)")
+    page.keyboard.press("Enter")
+    wait_screen(ui, r"pasted-\$\(\(3\*3\)\)pasted-9")  # the pasted line, then its output
+    box = page.locator("[data-testid=terminal] .xterm-rows span", has_text="pasted-9").last.bounding_box()
+    assert box is not None
+    page.mouse.dblclick(box["x"] + box["width"] - 4, box["y"] + box["height"] / 2)  # xterm selects the word
+    page.get_by_role("button", name="Copy").click()
+    assert "pasted" in page.evaluate("navigator.clipboard.readText()")
     # leaving detaches; coming back reattaches with the scroll-back
     terminal_url = page.url
     ui.go("/terminal")

@@ -121,21 +121,8 @@ class DaytonaExecution:
         return [sdk.FileUpload(source=src if isinstance(src, bytes) else str(src),
                                destination=f"{self._remote_ws}/{rel}") for rel, src in files.items()]
 
-    async def _exec(self, what: str, script: str, *args: str) -> None:
-        """One short ``sh -c`` command (not streamed); a non-zero exit is an ExecutionError."""
-        command = shlex.join(["sh", "-c", script, "agent-manager", *args])
-        result = await self._ex.call(what, lambda: self._sb.process.exec(command, timeout=TRANSFER_TIMEOUT_S),
-                                     TRANSFER_TIMEOUT_S + 30, idempotent=False)
-        if result.exit_code != 0:
-            raise ExecutionError(f"{what} failed in the Daytona sandbox: {(result.result or '').strip()[-500:]}")
-
     async def _setup_repo(self, repo: PortableRepo) -> None:
-        """The workspace as a git repository: upload the bundle, clone it (workspaces.portable)."""
-        bundle = f"{self._carry}/base.bundle"
-        await self._ex.call("upload bundle", lambda: self._sb.fs.upload_file(
-            str(repo.bundle), bundle, timeout=TRANSFER_TIMEOUT_S), TRANSFER_TIMEOUT_S)
-        await self._exec("workspace set-up", repo.setup, bundle, self._remote_ws, f"{self._carry}/state",
-                         *repo.args)
+        await setup_repo(self._ex, self._sb, repo, self._carry, self._remote_ws)
 
     async def _collect_changes(self) -> None:
         """Everything the agent changed, as a binary patch, to ``portable.changes`` on this host."""
@@ -147,12 +134,7 @@ class DaytonaExecution:
         if repo is None or self._collected or self._released:
             return
         self._collected = True
-        out = f"{self._carry}/changes.patch"
-        await self._exec("collecting changes", repo.collect, f"{self._carry}/base.bundle", self._remote_ws,
-                         f"{self._carry}/state", out, *repo.args)
-        repo.changes.parent.mkdir(parents=True, exist_ok=True)
-        await self._ex.call("download changes", lambda: self._sb.fs.download_file(
-            out, str(repo.changes), TRANSFER_TIMEOUT_S), TRANSFER_TIMEOUT_S)
+        await collect_changes(self._ex, self._sb, repo, self._carry, self._remote_ws)
 
     def _remote_cwd(self) -> str:
         """Relative, or inside the host workspace: mapped into the remote one; else used as is."""
@@ -306,6 +288,36 @@ class DaytonaExecution:
                 await asyncio.wait_for(asyncio.shield(self._task), self._ex.settings.kill_grace_s + 5)
             except Exception:  # the follower's own error is wait()'s business; here we only end it
                 self._task.cancel()
+
+
+async def run_script(ex: DaytonaExecutor, sb: AsyncSandbox, what: str, script: str, *args: str) -> None:
+    """One short ``sh -c`` command (not streamed); a non-zero exit is an ExecutionError."""
+    command = shlex.join(["sh", "-c", script, "agent-manager", *args])
+    result = await ex.call(what, lambda: sb.process.exec(command, timeout=TRANSFER_TIMEOUT_S),
+                           TRANSFER_TIMEOUT_S + 30, idempotent=False)
+    if result.exit_code != 0:
+        raise ExecutionError(f"{what} failed in the Daytona sandbox: {(result.result or '').strip()[-500:]}")
+
+
+async def setup_repo(ex: DaytonaExecutor, sb: AsyncSandbox, repo: PortableRepo, carry: str, remote_ws: str) -> None:
+    """The workspace as a git repository in ``remote_ws``: upload the bundle to ``carry``, clone
+    it (workspaces.portable). Used by runs and by terminals (executors.daytona_pty)."""
+    bundle = f"{carry}/base.bundle"
+    await ex.call("upload bundle", lambda: sb.fs.upload_file(str(repo.bundle), bundle, timeout=TRANSFER_TIMEOUT_S),
+                  TRANSFER_TIMEOUT_S)
+    await run_script(ex, sb, "workspace set-up", repo.setup, bundle, remote_ws, f"{carry}/state", *repo.args)
+
+
+async def collect_changes(ex: DaytonaExecutor, sb: AsyncSandbox, repo: PortableRepo, carry: str,
+                          remote_ws: str) -> None:
+    """Everything changed in ``remote_ws`` since ``setup_repo`` (committed or not), as a binary
+    patch, downloaded to ``repo.changes`` on this host — before the sandbox is deleted."""
+    out = f"{carry}/changes.patch"
+    await run_script(ex, sb, "collecting changes", repo.collect, f"{carry}/base.bundle", remote_ws,
+                     f"{carry}/state", out, *repo.args)
+    repo.changes.parent.mkdir(parents=True, exist_ok=True)
+    await ex.call("download changes", lambda: sb.fs.download_file(out, str(repo.changes), TRANSFER_TIMEOUT_S),
+                  TRANSFER_TIMEOUT_S)
 
 
 def _safe_rel(rel: str) -> str:

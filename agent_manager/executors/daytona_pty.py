@@ -7,6 +7,12 @@ stops reading the socket. The daemon then drops us as a "slow consumer" (or the 
 does), while the PTY session itself lives on; a dropped connection without an exit is
 reattached with ``connect_pty_session``. The daemon starts the sandbox user's login shell
 (there is no command parameter), so an agent's CLI is started by typing ``exec <argv>`` into it.
+
+A terminal on a project workspace (``spec.portable``) gets the workspace exactly as a Daytona
+run does: the branch's bundle uploaded and cloned (``daytona_command.setup_repo``), and, when
+the terminal closes, everything changed in it collected as a binary patch and downloaded
+(``daytona_command.collect_changes``) before the sandbox is deleted; the terminal manager then
+commits it on the branch (``Workspaces.settle``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
-from agent_manager.executors.base import ExecSpec
+from agent_manager.executors.base import ExecSpec, PortableRepo
 from agent_manager.executors.daytona_api import (
     LABEL,
     MAX_UPLOAD_BYTES,
@@ -29,6 +35,7 @@ from agent_manager.executors.daytona_api import (
     TRANSFER_TIMEOUT_S,
     _sdk,
 )
+from agent_manager.executors.daytona_command import collect_changes, setup_repo
 from agent_manager.executors.pty import clamp_size
 
 if TYPE_CHECKING:
@@ -56,6 +63,9 @@ class DaytonaPty:
         self._closing = False
         self._released = False
         self._follower: asyncio.Task[None] | None = None
+        # A project workspace set up in ``remote_ws`` (collected at close), else None.
+        self.repo: PortableRepo | None = None
+        self.carry = self.remote_ws = ""
 
     async def on_data(self, data: bytes) -> None:
         await self._queue.put(data)  # awaited by the SDK's reader: a full queue stops it reading
@@ -138,6 +148,7 @@ class DaytonaPty:
             if self._follower is not None:
                 self._follower.cancel()
                 await asyncio.gather(self._follower, return_exceptions=True)
+            await self._collect()
         finally:
             self._ended.set()
             with contextlib.suppress(asyncio.QueueFull):
@@ -148,6 +159,19 @@ class DaytonaPty:
                 log.error("could not delete Daytona sandbox %s: %s", self.sandbox.id, exc)
             finally:
                 self.ex.terminal_ids.discard(self.sandbox.id)
+
+    async def _collect(self) -> None:
+        """The workspace's changes, out of the sandbox before it is deleted. A sandbox that is
+        already gone (auto-stopped, deleted by hand) has taken them with it: said in ``info``."""
+        if self.repo is None:
+            return
+        try:
+            await asyncio.wait_for(collect_changes(self.ex, self.sandbox, self.repo, self.carry, self.remote_ws),
+                                   TRANSFER_TIMEOUT_S + 60)
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self.info["changes_lost"] = reason
+            log.warning("could not collect the changes of terminal sandbox %s: %s", self.sandbox.id, reason)
 
 
 async def open_pty(executor: DaytonaExecutor, spec: ExecSpec, cols: int, rows: int, shell: bool) -> DaytonaPty:
@@ -163,8 +187,14 @@ async def open_pty(executor: DaytonaExecutor, spec: ExecSpec, cols: int, rows: i
     pty = DaytonaPty(executor, sandbox, f"agent-manager-{unique}")
     executor.terminal_ids.add(sandbox.id)
     try:
-        remote_ws = str(PurePosixPath(await executor.call("get work dir", sandbox.get_work_dir)) / "workspace")
-        await _upload_workspace(executor, sandbox, spec.workspace, remote_ws)
+        work_dir = PurePosixPath(await executor.call("get work dir", sandbox.get_work_dir))
+        remote_ws = str(work_dir / "workspace")
+        if spec.portable is not None:
+            carry = str(work_dir / ".agent-manager")
+            await setup_repo(executor, sandbox, spec.portable, carry, remote_ws)
+            pty.repo, pty.carry, pty.remote_ws = spec.portable, carry, remote_ws
+        else:
+            await _upload_workspace(executor, sandbox, spec.workspace, remote_ws)
         cols, rows = clamp_size(cols, rows)
         env = {"TERM": "xterm-256color", **spec.env}
         await pty.connect({"cwd": remote_ws, "envs": env, "pty_size": _sdk().PtySize(rows=rows, cols=cols)})

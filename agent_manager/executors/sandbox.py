@@ -233,6 +233,10 @@ class SandboxExecutor:
                 self._retry_at = time.monotonic() + PROBE_RETRY_S
         return self._availability
 
+    def forget_probe(self) -> None:
+        """A setting the probe ran with changed (limits, uid, user): probe again when next asked."""
+        self._availability = None
+
     async def _probe(self) -> Availability:
         if self.bwrap is None:
             return Availability(False, NO_BWRAP)

@@ -138,7 +138,7 @@ class Workspaces:
         if ws["state"] != "open":
             raise Conflict(f"workspace {ws['branch']} is {ws['state']}")
         if ws_id in self.busy:
-            raise Conflict(f"run {self.busy[ws_id]} is still working in {ws['branch']}")
+            raise Conflict(f"{_who(self.busy[ws_id])} is still working in {ws['branch']}")
         self.busy[ws_id] = run_id
         try:
             p = self._paths(ws)
@@ -202,7 +202,7 @@ class Workspaces:
             if ws["state"] != "open":
                 raise Conflict(f"workspace {ws['branch']} is already {ws['state']}")
             if ws_id in self.busy:
-                raise Conflict(f"run {self.busy[ws_id]} is still working in {ws['branch']}")
+                raise Conflict(f"{_who(self.busy[ws_id])} is still working in {ws['branch']}")
             if git.HEX_RE.match(ws["base"]):
                 raise Conflict(f"the base {ws['base']} is a commit, not a branch: there is nothing to merge into;"
                                " download the patch instead")
@@ -224,7 +224,7 @@ class Workspaces:
         async with self.lock(ws["project_id"]):
             ws = rec.workspace(self.db, ws_id)
             if ws_id in self.busy and not force:
-                raise Conflict(f"run {self.busy[ws_id]} is still working in {ws['branch']}")
+                raise Conflict(f"{_who(self.busy[ws_id])} is still working in {ws['branch']}")
             if ws["state"] == "merged" and not force:
                 raise Conflict(f"workspace {ws['branch']} is already merged")
             p = self._paths(ws)
@@ -270,3 +270,8 @@ class Workspaces:
             except Exception as exc:
                 log.warning("could not settle workspace %s after a restart: %s", row["workspace_id"], exc)
         return done
+
+
+def _who(busy_with: str) -> str:
+    """What holds a workspace: a run, or a terminal open on it (``term_…`` ids)."""
+    return f"terminal {busy_with}" if busy_with.startswith("term_") else f"run {busy_with}"

@@ -59,6 +59,8 @@ def _audit_close(svc: Service, term: Terminal, reason: str) -> None:
     details: dict[str, Any] = {"reason": reason, "exit_code": term.exit_code, "backend": term.backend}
     if term.recorder is not None:
         details["recording"] = str(term.recorder.path)
+    if "changes_lost" in term.pty.info:  # a Daytona sandbox gone before its changes were collected
+        details["changes_lost"] = term.pty.info["changes_lost"]
     user_store.record(svc.database, term.actor, "terminal.close", term.id, details)
 
 
@@ -77,7 +79,7 @@ async def _workspace(svc: Service, request: Request, body: TerminalCreate) -> tu
         run = run_store.get(svc.database, body.run_id, owner_filter(request))
         req.run_backend = run.get("backend")
         details["run_id"] = run["id"]
-        req.workspace = _run_workspace(svc, run)
+        req.workspace, req.workspace_id = _run_workspace(svc, run)
     elif body.project:
         req.workspace, req.workspace_id = await _project_workspace(svc, body.project, req)
         details["project"] = body.project
@@ -89,19 +91,20 @@ async def _workspace(svc: Service, request: Request, body: TerminalCreate) -> tu
     return req, details
 
 
-def _run_workspace(svc: Service, run: dict[str, Any]) -> Path:
-    """The run's git worktree (projects), else the directory its agent ran in."""
+def _run_workspace(svc: Service, run: dict[str, Any]) -> tuple[Path, str | None]:
+    """The run's git worktree and workspace id (projects), else the directory its agent ran in.
+    The worktree is re-made from the branch if it is missing (``Workspaces.prepare``)."""
     from agent_manager.workspaces import records as ws_records
 
     ws = ws_records.linked(svc.database, "runs", run["id"])
     if ws is not None:
-        if ws["state"] != "open" or not Path(ws["path"]).is_dir():
+        if ws["state"] != "open":
             raise Conflict(f"the workspace of run {run['id']} is {ws['state']}: there is nothing to open a "
                            "terminal in", {"state": ws["state"]})
-        return Path(ws["path"])
+        return Path(ws["path"]), str(ws["id"])
     with contextlib.suppress(AgentManagerError):
         agent = agent_store.get(svc.database, run["agent_id"])
-        return agent_workspace(svc.settings, agent)
+        return agent_workspace(svc.settings, agent), None
     raise Conflict(f"the agent of run {run['id']} no longer exists: there is no workspace to open a terminal in")
 
 

@@ -271,6 +271,7 @@ async function attachPage(root, { id, signal, navigate }) {
   }
 
   async function paste() {
+    term.focus(); // at once: a key pressed while the clipboard is read goes to the terminal, not the button
     try {
       const text = await navigator.clipboard.readText();
       if (text) term.paste(text);
