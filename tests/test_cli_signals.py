@@ -151,3 +151,27 @@ def test_orchestrate_service_going_away_gives_one_line(tmp_path: Path, fake_path
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("Error: lost the connection"), err
     assert "orchestration" in lines[-1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_plan_ended_cancels_the_planner_run(live_server: LiveServer, sig: int) -> None:
+    """`agent-manager plan` waits on POST /api/plans; whoever ends it (Ctrl-C, SIGTERM, or a
+    SIGKILL that leaves only a closed connection), the planner run must not go on for its whole
+    timeout with nobody to read its plan."""
+    _agent(live_server)
+    marker = f"plan-signal-{int(sig)}"
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(live_server.home)}
+    env.pop("AGENT_MANAGER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "agent_manager", "plan", f"SLEEP=60 {marker}", "--planner", "g"],
+                            text=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_running(live_server)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (130, 128 + int(sig), -int(sig)), err
+    assert "Traceback" not in err and "Aborted!" not in err, err
+    assert not wait_gone(marker, 15)
+    deadline = time.monotonic() + 15
+    while _latest_run(live_server)["status"] not in ("cancelled", "failed", "succeeded"):
+        assert time.monotonic() < deadline, _latest_run(live_server)
+        time.sleep(0.1)
+    assert _latest_run(live_server)["status"] == "cancelled"
