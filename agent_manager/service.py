@@ -96,6 +96,8 @@ class Service:
         self._background: set[asyncio.Task[None]] = set()
         # Taken by `serve` before the app is built (so a refusal is a clean message), else at start.
         self.lock: DataDirLock | None = None
+        # The address `serve` actually listens on (with `--port 0`, not the configured port 0).
+        self.address: str | None = None
         self._interrupted = False
         self._prune_wakeup = asyncio.Event()
 

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent_manager.errors import BadRequest, NotFound, TooManyRequests
+from agent_manager.errors import BadRequest, ExecutionError, NotFound, TooManyRequests
 from agent_manager.executors.base import ExecSpec, Executor
 from agent_manager.executors.pty import HostPty, clamp_size
 from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.runs import HOST_BACKENDS, RunManager
 from agent_manager.settings import Settings
 from agent_manager.store.database import new_id, now
+from agent_manager.workdirs import hand_over
 
 log = logging.getLogger("agent_manager.terminals")
 CLIENT_QUEUE_CHUNKS = 16  # ≤ 16 × 64 KiB in flight to one client
@@ -66,6 +67,7 @@ class Pty(Protocol):
 class TerminalRequest:
     owner: str | None
     user_trusted: bool = True
+    user_admin: bool = True  # only the admin's terminals may be the service's own OS user
     agent: dict[str, Any] | None = None
     backend: str | None = None
     run_backend: str | None = None  # the backend of the run whose workspace this is
@@ -165,11 +167,18 @@ class TerminalManager:
         backend = req.backend
         if backend is None and req.run_backend and (req.user_trusted or req.run_backend != "local"):
             backend = req.run_backend  # the run's own backend, unless that would put an untrusted user on the host
+        # A terminal is a shell: a non-admin user's gets a run's rules (runs.py) — as run_as_user,
+        # or isolated — never the service's own OS user, which can read the admin token.
+        user, problem = (None, "") if req.user_admin or req.workspace is None else self.runs.run_as_user(req.workspace)
+        if user is not None and req.workspace_id:
+            user, problem = None, "its project workspace lives in the data directory, out of that user's reach"
         chosen = await route(RouteRequest(
             run_backend=backend, agent_backend=agent.get("backend"), agent_trusted=bool(agent.get("trusted", True)),
-            user_trusted=req.user_trusted,
+            user_trusted=req.user_trusted, user_admin=req.user_admin, run_as=user.name if user else None,
+            run_as_problem=problem,
             host_saturated=self.runs.host_running >= self.settings.max_concurrent_runs), self.settings, self.executors)
-        chosen = Route(chosen.backend, chosen.reason.replace("requested by the run", "requested for this terminal"))
+        chosen = Route(chosen.backend, chosen.reason.replace("requested by the run", "requested for this terminal"),
+                       chosen.run_as)
         host = chosen.backend in HOST_BACKENDS
         if host:
             busy = TooManyRequests(f"all {self.settings.max_concurrent_runs} run slots of this host are busy "
@@ -186,6 +195,12 @@ class TerminalManager:
         prepared = False
         try:
             spec, shell = self._spec(req, agent, chosen.backend, terminal_id)
+            if chosen.run_as:
+                if (user is None or spec.workspace is None
+                        or not getattr(self.executors[chosen.backend], "switches_user", False)):
+                    raise ExecutionError(f"the {chosen.backend} backend cannot run this as {chosen.run_as!r}")
+                await asyncio.to_thread(hand_over, spec.workspace, user, self.settings)
+                spec.run_as = chosen.run_as
             if req.workspace_id is not None:
                 if self.workspaces is None:
                     raise BadRequest("projects are not available")

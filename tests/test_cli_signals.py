@@ -66,6 +66,7 @@ def test_detach_returns_at_once_and_leaves_the_run_going(live_server: LiveServer
     assert proc.returncode == 0, err
     run_id = out.strip()
     assert run_id.startswith("run")
+    assert f"{live_server.url}/#/runs/{run_id}" in err  # where to follow it: the id alone leaves a newcomer stuck
     _wait_running(live_server)
     assert pids_with_marker("detached-run")
     run = httpx.get(f"{live_server.url}/api/runs/{run_id}", headers=live_server.headers).json()
@@ -98,3 +99,79 @@ def test_timeout_must_be_a_finite_positive_number(tmp_path: Path, value: str) ->
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "positive finite number" in result.stderr
+
+
+def _orchestrate_cli(server: LiveServer, plan: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(server.home)}
+    env.pop("AGENT_MANAGER_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "agent_manager", "orchestrate", str(plan)], text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _plan(tmp_path: Path, marker: str) -> Path:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"name: long\nsteps:\n  - id: x\n    agent: g\n    prompt: 'SLEEP=60 {marker}'\n"
+                    "  - id: y\n    agent: g\n    prompt: after\n    depends_on: [x]\n")
+    return plan
+
+
+def _latest_orchestration(server: LiveServer) -> dict[str, object]:
+    items = httpx.get(f"{server.url}/api/orchestrations", headers=server.headers).json()["items"]
+    return dict(items[0])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signals_cancel_the_orchestration(live_server: LiveServer, tmp_path: Path, sig: int) -> None:
+    """`orchestrate` killed like `run` (a closed terminal, `timeout`) must not leave its steps going."""
+    _agent(live_server)
+    marker = f"orch-signal-{int(sig)}"
+    proc = _orchestrate_cli(live_server, _plan(tmp_path, marker))
+    _wait_running(live_server)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (130, 128 + int(sig)), err
+    assert "Traceback" not in err
+    assert not wait_gone(marker, 10)
+    assert _latest_orchestration(live_server)["status"] == "cancelled"
+
+
+def test_orchestrate_service_going_away_gives_one_line(tmp_path: Path, fake_path: Path) -> None:
+    server = start_server(tmp_path / "home")
+    try:
+        _agent(server)
+        proc = _orchestrate_cli(server, _plan(tmp_path, "orch-service-goes-away"))
+        _wait_running(server)
+        server.proc.kill()
+        server.proc.wait(10)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        stop_server(server)
+    assert proc.returncode == 1
+    assert "Traceback" not in err and "httpx" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: lost the connection"), err
+    assert "orchestration" in lines[-1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_plan_ended_cancels_the_planner_run(live_server: LiveServer, sig: int) -> None:
+    """`agent-manager plan` waits on POST /api/plans; whoever ends it (Ctrl-C, SIGTERM, or a
+    SIGKILL that leaves only a closed connection), the planner run must not go on for its whole
+    timeout with nobody to read its plan."""
+    _agent(live_server)
+    marker = f"plan-signal-{int(sig)}"
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(live_server.home)}
+    env.pop("AGENT_MANAGER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "agent_manager", "plan", f"SLEEP=60 {marker}", "--planner", "g"],
+                            text=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_running(live_server)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (130, 128 + int(sig), -int(sig)), err
+    assert "Traceback" not in err and "Aborted!" not in err, err
+    assert not wait_gone(marker, 15)
+    deadline = time.monotonic() + 15
+    while _latest_run(live_server)["status"] not in ("cancelled", "failed", "succeeded"):
+        assert time.monotonic() < deadline, _latest_run(live_server)
+        time.sleep(0.1)
+    assert _latest_run(live_server)["status"] == "cancelled"

@@ -140,3 +140,32 @@ def test_bad_json_body_names_the_body(live_server: LiveServer) -> None:
     error = r.json()["error"]
     assert error["message"].startswith("the request body is not valid JSON"), error
     assert error["details"][0]["field"] == "body"
+
+
+def test_editable_install_is_quiet(tmp_path: Path) -> None:
+    """`make serve` (pip install -e) is a newcomer's first command: it printed setuptools'
+    "Please be careful with folders ... with the same name as your package" box. A copy of the
+    checkout, so the test writes nothing into it."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "agent_manager", src / "agent_manager",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    where = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(where)
+    python = str(where / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--upgrade", "pip"], capture_output=True, timeout=600)  # as the Makefile does: a
+    result = subprocess.run([*pip, "--no-deps", "-e", str(src)],  # recent pip shows the backend's warnings
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and ("Could not find a version" in result.stderr or "NewConnectionError" in
+                                   result.stderr or "Temporary failure in name resolution" in result.stderr):
+        pytest.skip(f"no package index reachable: {result.stderr[-300:]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stderr and "!!" not in result.stderr, result.stderr
+    where_from = subprocess.run([python, "-c", "import agent_manager.store, sys; print(agent_manager.store.__file__)"],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert where_from.stdout.strip().startswith(str(src / "agent_manager")), where_from

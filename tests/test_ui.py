@@ -322,6 +322,9 @@ def test_settings_show_and_save_with_api_errors(ui: UI) -> None:
     ui.expected_statuses.add(422)
     page = ui.page
     ui.go("/settings")
+    # The servers here run `serve --port 0`: the page names the port it got, not "127.0.0.1:0".
+    expect(page.get_by_text(f"listening on {ui.server.url} ")).to_be_visible()
+    assert ui.api.get("/api/settings").json()["listening"] == ui.server.url
     page.get_by_label("Execution mode").select_option("local")
     page.get_by_label("Stall timeout (s)").fill("-5")
     page.get_by_role("button", name="Save settings").click()

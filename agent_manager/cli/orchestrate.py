@@ -11,15 +11,17 @@ import click
 import httpx
 
 from agent_manager.cli.client import Client
-from agent_manager.cli.run import sse_events
+from agent_manager.cli.run import Stopped, cancel_then_exit, cancelling_signals, sse_events, wait_for_service
 
 MARKS = {"succeeded": ("✓", "green"), "failed": ("✗", "red"), "skipped": ("-", "yellow"),
          "cancelled": ("■", "yellow")}
 
 
 def follow(client: Client, orch_id: str, total: int, quiet: bool) -> None:
-    """Print one line per step start/finish until the orchestration finishes (reconnects on drops)."""
+    """Print one line per step start/finish until the orchestration finishes (reconnects on drops;
+    one line, not a traceback, when the service stays away)."""
     last, done = 0, 0
+    lost_since: float | None = None
     while True:
         try:
             with client.http.stream("GET", f"/api/orchestrations/{orch_id}/events", params={"after": last},
@@ -27,6 +29,7 @@ def follow(client: Client, orch_id: str, total: int, quiet: bool) -> None:
                 if response.status_code >= 400:
                     response.read()
                     Client.check(response)
+                lost_since = None
                 for seq, event, data in sse_events(response):
                     last = seq
                     if event == "step.finished":
@@ -37,6 +40,8 @@ def follow(client: Client, orch_id: str, total: int, quiet: bool) -> None:
                         return
         except (httpx.RemoteProtocolError, httpx.ReadError):
             continue
+        except httpx.TransportError as exc:  # refused, reset, timed out: the service went away
+            lost_since = wait_for_service(client, exc, lost_since, f"orchestration {orch_id}")
 
 
 def _print(event: str, data: dict[str, Any], done: int, total: int) -> None:
@@ -66,7 +71,10 @@ def _print(event: str, data: dict[str, Any], done: int, total: int) -> None:
 @click.option("--base", default=None, help="Branch or commit to start from (default: the project's base).")
 @click.pass_obj
 def command(obj: dict[str, Any], plan_file: str, as_json: bool, project: str | None, base: str | None) -> None:
-    """Run the plan in PLAN_FILE (YAML or JSON); exits non-zero if any step did not succeed."""
+    """Run the plan in PLAN_FILE (YAML or JSON); exits non-zero if any step did not succeed.
+
+    Ctrl-C, SIGTERM and SIGHUP (a closed terminal, `timeout`) cancel the orchestration.
+    """
     client = Client(obj)
     text = Path(plan_file).read_text()
     body = {"yaml": text, **({"project": project} if project else {}), **({"base": base} if base else {})}
@@ -76,11 +84,10 @@ def command(obj: dict[str, Any], plan_file: str, as_json: bool, project: str | N
         click.echo(f"orchestration {orch['id']} ({orch['name']}): {total} step(s), at most "
                    f"{orch['max_parallel']} at once", err=True)
     try:
-        follow(client, orch["id"], total, quiet=as_json)
-    except KeyboardInterrupt:
-        click.echo("\ncancelling…", err=True)
-        client.request("POST", f"/api/orchestrations/{orch['id']}/cancel")
-        sys.exit(130)
+        with cancelling_signals():  # Ctrl-C, SIGTERM, SIGHUP: cancel the orchestration, as `run` does
+            follow(client, orch["id"], total, quiet=as_json)
+    except (KeyboardInterrupt, Stopped) as exc:
+        cancel_then_exit(exc, lambda: client.request("POST", f"/api/orchestrations/{orch['id']}/cancel"))
     final = client.request("GET", f"/api/orchestrations/{orch['id']}")
     if as_json:
         click.echo(json.dumps(final, indent=2, ensure_ascii=False))

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from agent_manager.cli.client import Client
+from agent_manager.cli.run import Stopped, cancel_then_exit, cancelling_signals
 
 
 @click.command("plan")
@@ -22,7 +23,13 @@ def command(obj: dict[str, Any], goal: str, planner: str | None, output: str | N
     """Turn GOAL into a draft plan with the planner agent; review it, then `agent-manager orchestrate`."""
     client = Client(obj)
     body = {"goal": goal, **({"planner": planner} if planner else {})}
-    draft = client.request("POST", "/api/plans", json=body)
+    try:
+        with cancelling_signals():
+            # Ending us closes the connection, and the service then cancels the planner run.
+            draft = client.request("POST", "/api/plans", json=body)
+    except (KeyboardInterrupt, Stopped) as exc:
+        click.echo("\nstopped: the service cancels the planner run", err=True)
+        cancel_then_exit(exc, None)
     checked = client.request("POST", "/api/plans/validate", json={"plan": draft["plan"]})
     plan = checked["plan"] or draft["plan"]
     if output and output.endswith(".json"):

@@ -8,8 +8,8 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import click
 import httpx
@@ -60,13 +60,57 @@ def follow(client: Client, run_id: str, raw: bool, structured: bool) -> dict[str
         except (httpx.RemoteProtocolError, httpx.ReadError):
             continue  # the stream dropped: resume after the last event we printed
         except httpx.TransportError as exc:  # refused, reset, timed out: the service went away
-            now = time.monotonic()
-            lost_since = lost_since or now
-            if now - lost_since >= RECONNECT_S:
-                raise click.ClickException(
-                    f"lost the connection to the service at {client.url} ({type(exc).__name__}); run {run_id} "
-                    "was interrupted if the service stopped") from None
-            time.sleep(0.5)
+            lost_since = wait_for_service(client, exc, lost_since, f"run {run_id}")
+
+
+def wait_for_service(client: Client, exc: httpx.TransportError, lost_since: float | None, what: str) -> float:
+    """The service is unreachable: wait a little and let the caller retry, or, once it has stayed
+    away ``RECONNECT_S``, end the command with one line (not an httpx traceback)."""
+    now = time.monotonic()
+    lost_since = lost_since or now
+    if now - lost_since >= RECONNECT_S:
+        raise click.ClickException(
+            f"lost the connection to the service at {client.url} ({type(exc).__name__}); {what} "
+            "was interrupted if the service stopped")
+    time.sleep(0.5)
+    return lost_since
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: cancel what we follow, as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def cancelling_signals() -> Iterator[None]:
+    """Inside, SIGTERM and SIGHUP (a closed terminal, `timeout`) raise ``Stopped`` as Ctrl-C raises
+    KeyboardInterrupt, so a client killed that way cancels its run or orchestration instead of
+    leaving it going in the service. Restored on the way out."""
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cancel_then_exit(exc: BaseException, cancel: Callable[[], object] | None) -> NoReturn:
+    """A stop signal arrived: a second one ends us at once; cancel (when something started), then
+    exit 130 (Ctrl-C) or 128 + the signal's number."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    if cancel is not None:
+        with contextlib.suppress(OSError):
+            click.echo("\ncancelling…", err=True)
+        cancel()
+    sys.exit(128 + exc.signum if isinstance(exc, Stopped) else 130)
 
 
 def _print(event: str, data: dict[str, Any], raw: bool, structured: bool) -> None:
@@ -81,18 +125,6 @@ def _print(event: str, data: dict[str, Any], raw: bool, structured: bool) -> Non
         click.echo(click.style(f"[tool] {data.get('name', '?')}", fg="cyan"), err=True)
     elif event in ("error", "run.stalled"):
         click.echo(click.style(f"[{event}] {data.get('message') or data}", fg="red"), err=True)
-
-
-class _Stopped(Exception):
-    """SIGTERM or SIGHUP arrived: cancel the run as Ctrl-C does."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _stop(signum: int, _frame: Any) -> None:
-    raise _Stopped(signum)
 
 
 def _positive_seconds(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -128,23 +160,16 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
     started: dict[str, Any] = {}
     if detach:
         started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
-        click.echo(started["id"])
+        click.echo(started["id"])  # stdout: just the id, for scripts
+        click.echo(f"run {started['id']} started; watch it at {client.url}/#/runs/{started['id']}", err=True)
         return
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
-        final = follow(client, started["id"], raw, structured)
-    except (KeyboardInterrupt, _Stopped) as exc:
-        for sig in previous:  # a second signal while cancelling ends us at once
-            signal.signal(sig, signal.SIG_DFL)
-        if started:
-            with contextlib.suppress(OSError):
-                click.echo("\ncancelling…", err=True)
-            client.request("POST", f"/api/runs/{started['id']}/cancel")
-        sys.exit(128 + exc.signum if isinstance(exc, _Stopped) else 130)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with cancelling_signals():
+            started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
+            final = follow(client, started["id"], raw, structured)
+    except (KeyboardInterrupt, Stopped) as exc:
+        run_id = started.get("id")
+        cancel_then_exit(exc, (lambda: client.request("POST", f"/api/runs/{run_id}/cancel")) if run_id else None)
     status = final["status"]
     if project:
         from agent_manager.cli.projects import print_stat

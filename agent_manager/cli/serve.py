@@ -66,6 +66,7 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
     bound_port = sock.getsockname()[1]
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{shown_host}:{bound_port}"
+    svc.address = base
 
     def announce() -> None:
         """Runs once the service has started: only now are the token and the endpoint written."""

@@ -9,6 +9,8 @@ in the prompt. Planning never starts execution: the result is a draft for review
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from agent_manager.errors import BadRequest, ValidationFailed
+from agent_manager.errors import AgentManagerError, BadRequest, ValidationFailed
 from agent_manager.orchestration.plan import Issue, Plan, check, schema
 from agent_manager.runs import RunManager, RunRequest
 from agent_manager.settings import Settings
@@ -189,7 +191,14 @@ async def draft(db: Database, settings: Settings, runs: RunManager, goal: str, p
         run = runs.submit(RunRequest(agent=agent, prompt=prompt, owner=owner, user_trusted=user_trusted,
                                      user_admin=user_admin))
         run_ids.append(run["id"])
-        final = await runs.wait(run["id"])
+        try:
+            final = await runs.wait(run["id"])
+        except asyncio.CancelledError:
+            # Whoever asked is gone (the client disconnected, the service stops): a draft nobody
+            # reads is not worth the planner's whole timeout.
+            with contextlib.suppress(AgentManagerError):
+                await runs.cancel(run["id"])
+            raise
         if final["status"] != "succeeded":
             raise PlannerFailed(f"the planner run {final['id']} {final['status']}: {final['error'] or 'no answer'}",
                                 {"run_ids": run_ids})

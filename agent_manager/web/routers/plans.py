@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,6 +19,7 @@ from agent_manager.store import saved_plans
 from agent_manager.web.deps import owner_filter, principal, service
 
 router = APIRouter(prefix="/api/plans", tags=["plans"])
+DISCONNECT_POLL_S = 0.5
 
 
 class PlanRequest(BaseModel):
@@ -55,12 +58,27 @@ class PlanInput(BaseModel):
 
 
 @router.post("", response_model=PlanDraft, response_model_exclude_none=True, status_code=201)
-async def create_plan(body: PlanRequest, request: Request, svc: Service = Depends(service)) -> PlanDraft:
+async def create_plan(body: PlanRequest, request: Request,
+                      svc: Service = Depends(service)) -> PlanDraft | Response:
     """Ask the planner agent for a draft plan. Nothing runs: review it, then POST /api/orchestrations."""
     who = principal(request)
-    draft = await planner.draft(svc.database, svc.settings, svc.runs, body.goal, body.planner,
-                                owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
-                                user_admin=bool(who.get("admin")))
+    work = asyncio.ensure_future(planner.draft(svc.database, svc.settings, svc.runs, body.goal, body.planner,
+                                               owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
+                                               user_admin=bool(who.get("admin"))))
+    try:
+        # The asker may leave (Ctrl-C on `agent-manager plan`, a closed tab): then the planner run
+        # is cancelled instead of running its whole timeout for nobody.
+        while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
+            if await request.is_disconnected():
+                break
+    finally:
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+    draft = work.result()
     return PlanDraft(plan=draft.plan, raw=draft.raw, run_ids=draft.run_ids)
 
 

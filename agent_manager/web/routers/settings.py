@@ -37,7 +37,12 @@ def public_view(settings: Settings) -> dict[str, Any]:
 
 @router.get("")
 async def get_settings(svc: Service = Depends(service)) -> dict[str, Any]:
-    return public_view(svc.settings)
+    return _view(svc)
+
+
+def _view(svc: Service) -> dict[str, Any]:
+    # "listening": where the service really listens (`serve --port 0` has port 0 in its settings).
+    return {**public_view(svc.settings), "listening": svc.address}
 
 
 def _current(settings: Settings, name: str) -> Any:
@@ -80,4 +85,4 @@ async def patch_settings(request: Request, changes: dict[str, Any] = Body(...),
     await svc.apply_settings(changed)
     audit(request, "settings.update", None, {k: (MASK if k in SECRET_FIELDS else getattr(candidate, k))
                                              for k in sorted(changes)})
-    return public_view(svc.settings)
+    return _view(svc)

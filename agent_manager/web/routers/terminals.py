@@ -28,6 +28,7 @@ from agent_manager.store import users as user_store
 from agent_manager.store.database import new_id
 from agent_manager.terminals import Client, Terminal, TerminalManager, TerminalRequest
 from agent_manager.web.deps import audit, owner_filter, principal, service
+from agent_manager.workdirs import agent_workspace
 
 router = APIRouter(prefix="/api/terminals", tags=["terminals"])
 MAX_INPUT_FRAME = 1 << 20  # one keystroke frame; pastes are far below it
@@ -66,7 +67,8 @@ def _audit_close(svc: Service, term: Terminal, reason: str) -> None:
 async def _workspace(svc: Service, request: Request, body: TerminalCreate) -> tuple[TerminalRequest, dict[str, Any]]:
     """Where the terminal runs and what it starts; 404 for runs/agents/projects the caller cannot see."""
     who = principal(request)
-    req = TerminalRequest(owner=who.get("id"), user_trusted=bool(who.get("trusted", True)), backend=body.backend,
+    req = TerminalRequest(owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
+                          user_admin=bool(who.get("admin")), backend=body.backend,
                           cols=body.cols, rows=body.rows, actor=str(who.get("name") or who.get("id") or "?"),
                           terminal_id=new_id("term"))
     details: dict[str, Any] = {}
@@ -82,8 +84,7 @@ async def _workspace(svc: Service, request: Request, body: TerminalCreate) -> tu
         req.workspace, req.workspace_id = await _project_workspace(svc, body.project, req)
         details["project"] = body.project
     elif req.agent is not None:
-        req.workspace = (Path(req.agent["working_dir"]) if req.agent.get("working_dir")
-                         else svc.settings.workspaces / req.agent["name"])
+        req.workspace = agent_workspace(svc.settings, req.agent)
     if req.workspace is None:
         req.workspace = svc.settings.home / "terminals" / "scratch" / req.terminal_id
         req.scratch = True
@@ -103,9 +104,8 @@ def _run_workspace(svc: Service, run: dict[str, Any]) -> tuple[Path, str | None]
         return Path(ws["path"]), str(ws["id"])
     with contextlib.suppress(AgentManagerError):
         agent = agent_store.get(svc.database, run["agent_id"])
-        return (Path(agent["working_dir"]) if agent.get("working_dir")
-                else svc.settings.workspaces / agent["name"]), None
-    return svc.settings.workspaces / str(run["agent_name"]), None
+        return agent_workspace(svc.settings, agent), None
+    raise Conflict(f"the agent of run {run['id']} no longer exists: there is no workspace to open a terminal in")
 
 
 async def _project_workspace(svc: Service, name: str, req: TerminalRequest) -> tuple[Path, str]:

@@ -9,13 +9,13 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
-from agent_manager.errors import NotFound
+from agent_manager.errors import Forbidden, NotFound
 from agent_manager.models import MergeRequest
 from agent_manager.service import Service
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import orchestrations as orch_store
 from agent_manager.store import runs as run_store
-from agent_manager.web.deps import audit, owner_filter, service
+from agent_manager.web.deps import audit, owner_filter, principal, service
 from agent_manager.web.routers.projects import workspaces
 from agent_manager.workspaces import records as rec
 from agent_manager.workspaces.workspace import commit_message
@@ -78,6 +78,11 @@ def _router(resource: str) -> APIRouter:
     async def merge(item_id: str, request: Request, body: MergeRequest | None = Body(None),
                     svc: Service = Depends(service)) -> dict[str, Any]:
         ws, title = target(svc, request, item_id)
+        if not principal(request).get("trusted", True) and rec.project(svc.database, ws["project_id"])["path"]:
+            # Merging writes the branch into a checkout on this host (the admin's repository):
+            # an untrusted user's isolated run must not land files there unreviewed.
+            raise Forbidden("an untrusted user may not merge into a project on this host's file system; "
+                            "download the patch (GET …/diff?format=patch) and ask a trusted user to apply it")
         strategy = (body or MergeRequest()).strategy
         merged = await workspaces(svc).merge(ws["id"], strategy, title)
         audit(request, f"{noun}.merge", item_id, {"branch": ws["branch"], "strategy": strategy,

@@ -121,8 +121,8 @@ export async function render(root, { signal }) {
   }
   form.append(h("div", { class: "actions sticky-actions" }, save));
   root.append(
-    h("p", { class: "muted" }, "Data directory ", h("code", null, current.home), ` · listening on ${current.host}:`
-      + `${current.port} · authentication ${current.auth ? "on" : "off"} (these need a restart to change).`),
+    h("p", { class: "muted" }, "Data directory ", h("code", null, current.home), ` · listening on ${current.listening
+      || `${current.host}:${current.port}`} · authentication ${current.auth ? "on" : "off"} (these need a restart to change).`),
     form);
 
   function changes() {
