@@ -66,3 +66,12 @@ def test_readme_curl_line_does_not_hard_code_the_port() -> None:
         if "curl" in line:
             assert ":8765" not in line, line
             assert "agent-manager url" in line
+
+
+def test_every_environment_variable_the_cli_reads_is_documented() -> None:
+    """AGENT_MANAGER_TOKEN was read by every client command and mentioned nowhere."""
+    cli = Path(__file__).parent.parent / "agent_manager" / "cli"
+    names = {m for f in cli.glob("*.py") for m in re.findall(r'"(AGENT_MANAGER_[A-Z_]+)"', f.read_text())}
+    assert "AGENT_MANAGER_TOKEN" in names
+    docs = "".join(f.read_text() for f in DOCS.glob("*.md")) + (DOCS.parent / "README.md").read_text()
+    assert not {n for n in names if n not in docs}, "undocumented environment variables"

@@ -131,6 +131,30 @@ async def test_workspace_under_a_closed_data_dir_is_usable(sandbox: SandboxExecu
     assert out.strip() == "given" and (workspace / "out.txt").read_text() == "ok"
 
 
+async def test_dev_is_no_unbounded_tmpfs(sandbox: SandboxExecutor, tmp_path: Path) -> None:
+    """bwrap's /dev is a tmpfs the sandbox user owned: written to, it was host memory beyond every
+    limit (3 GiB from a run limited to 256 MiB with the service not root). /dev/shm is bounded
+    like /tmp (16 MiB here), the rest of /dev read-only, and the device nodes still work."""
+    prompt = textwrap.dedent("""
+        import errno
+        def fill(path):
+            try:
+                with open(path, "wb") as fh:
+                    for _ in range(64):
+                        fh.write(b"\\0" * (1 << 20))
+                return "FILLED"
+            except OSError as exc:
+                return errno.errorcode[exc.errno]
+        print("dev", fill("/dev/fill"))
+        print("shm", fill("/dev/shm/fill"))
+        open("/dev/null", "w").write("x")
+        print("null ok", len(open("/dev/urandom", "rb").read(8)))
+    """)
+    code, out, err = await collect(await sandbox.start(generic_agent(prompt, tmp_path / "ws")))
+    assert code == 0, err
+    assert "dev EROFS" in out and "shm ENOSPC" in out and "null ok 8" in out, out
+
+
 # --- Major 4: the environment is on no command line -------------------------------------------------
 
 async def test_agent_env_appears_on_no_command_line(sandbox: SandboxExecutor, tmp_path: Path) -> None:
@@ -182,13 +206,16 @@ async def test_workspace_cannot_grow_past_sandbox_disk_mb(tmp_path: Path) -> Non
         assert usage_bytes(one) <= (limit << 20) + (1 << 20)
 
         many = tmp_path / "many"
-        execution = await executor.start(ExecSpec(argv=["python3", "-c", WRITE_FILES % (3 * limit)],
+        # The watcher measures every 0.2 s, so a fast writer overshoots by what it writes in one
+        # interval (docs: tens of MiB); 3x an 8 MiB limit fits in one interval on an idle host.
+        attempt = 32 * limit
+        execution = await executor.start(ExecSpec(argv=["python3", "-c", WRITE_FILES % attempt],
                                                   workspace=many, network=False))
         code, out, err = await collect(execution, timeout=60)
-        assert "wrote 24" not in out, "3x the limit was written"
+        assert f"wrote {attempt}" not in out, "32x the limit was written"
         assert "disk_exceeded" in execution.info and "sandbox_disk_mb" in err
         assert code != 0
-        assert usage_bytes(many) < 3 * (limit << 20)
+        assert usage_bytes(many) < attempt << 20
     finally:
         await executor.close()
 

@@ -48,6 +48,21 @@ def test_clients_find_a_service_on_any_port(live_server: LiveServer) -> None:
     assert cli(live_server.home, "url").stdout.strip() == live_server.url
 
 
+def test_a_service_of_another_data_dir_says_so(live_server: LiveServer, tmp_path: Path) -> None:
+    """A newcomer's client with another HOME reaches a service on the default port that is not
+    theirs: the answer names the data directory and the fix, not just "log in at /login"."""
+    other = tmp_path / "other-home"
+    result = cli(other, "--url", live_server.url, "agents", "list")
+    assert result.returncode == 1
+    assert str(other) in result.stderr and "--home" in result.stderr, result.stderr
+    other.mkdir(exist_ok=True)
+    (other / "admin-token").write_text("not-this-services-token\n")
+    result = cli(other, "--url", live_server.url, "agents", "list")
+    assert result.returncode == 1
+    assert "refused the token" in result.stderr and "--home" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_endpoint_file_of_a_dead_service_is_ignored(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

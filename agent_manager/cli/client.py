@@ -29,8 +29,11 @@ class Client:
         self.url = service_url(settings, ctx_obj.get("url"))
         headers = {}
         token = os.environ.get("AGENT_MANAGER_TOKEN")
+        self.token_from = "AGENT_MANAGER_TOKEN" if token else None
         if not token and settings.token_path.exists():
             token = settings.token_path.read_text().strip()
+            self.token_from = str(settings.token_path)
+        self.home = settings.home
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30, read=None))
@@ -41,7 +44,20 @@ class Client:
         except httpx.ConnectError as exc:
             raise click.ClickException(f"cannot reach the service at {self.url}: is `agent-manager serve` "
                                        "running?") from exc
+        if response.status_code == 401:
+            raise click.ClickException(self._unauthorized())
         return self.check(response)
+
+    def _unauthorized(self) -> str:
+        """A 401 here nearly always means the service at this URL belongs to another data
+        directory (another user's, or started with --home): say that, not just "log in"."""
+        fix = ("start client commands with the same data directory as the service (`agent-manager --home DIR "
+               "...` / AGENT_MANAGER_HOME), or give its token in AGENT_MANAGER_TOKEN")
+        if self.token_from is None:
+            return (f"the service at {self.url} needs a token, and the data directory {self.home} has none "
+                    f"(that service was started with another data directory): {fix}")
+        return (f"the service at {self.url} refused the token from {self.token_from} (is it another data "
+                f"directory's service?): {fix}")
 
     @staticmethod
     def check(response: httpx.Response) -> Any:

@@ -204,6 +204,10 @@ def bwrap_options(spec: ExecSpec, program: Program, settings: Settings, data_fd:
     for name in PROC_READ_ONLY:
         args += ["--ro-bind-try", name, name]
     args += ["--size", str(settings.sandbox_tmp_mb << 20), "--tmpfs", "/tmp"]
+    # bwrap's /dev is a tmpfs of unbounded size that the sandbox user owns: written to, it is host
+    # memory that no rlimit counts (the service not root = no memory cgroup). /dev/shm gets its own
+    # bounded tmpfs and the rest of /dev is read-only (device nodes and /dev/pts still work).
+    args += ["--size", str(settings.sandbox_tmp_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     if spec.workspace is not None:
         args += ["--bind", sources.get(spec.workspace, str(spec.workspace)), "/workspace"]
     else:
