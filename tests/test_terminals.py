@@ -152,7 +152,7 @@ async def test_run_workspace_and_unknown_run(server: LiveServer, api: httpx.Asyn
     assert term["backend"] == "local"
     sock = await attach(wss, server.url, term["id"])
     await sock.send("pwd\n")
-    await sock.expect(r"workspaces/echoer")
+    await sock.expect(r"workspaces/agents/ag_")  # the agent's own directory
     await sock.close()
     await api.delete(f"/api/terminals/{term['id']}")
 
