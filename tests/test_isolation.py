@@ -206,13 +206,16 @@ async def test_workspace_cannot_grow_past_sandbox_disk_mb(tmp_path: Path) -> Non
         assert usage_bytes(one) <= (limit << 20) + (1 << 20)
 
         many = tmp_path / "many"
-        execution = await executor.start(ExecSpec(argv=["python3", "-c", WRITE_FILES % (3 * limit)],
+        # The watcher measures every 0.2 s, so a fast writer overshoots by what it writes in one
+        # interval (docs: tens of MiB); 3x an 8 MiB limit fits in one interval on an idle host.
+        attempt = 32 * limit
+        execution = await executor.start(ExecSpec(argv=["python3", "-c", WRITE_FILES % attempt],
                                                   workspace=many, network=False))
         code, out, err = await collect(execution, timeout=60)
-        assert "wrote 24" not in out, "3x the limit was written"
+        assert f"wrote {attempt}" not in out, "32x the limit was written"
         assert "disk_exceeded" in execution.info and "sandbox_disk_mb" in err
         assert code != 0
-        assert usage_bytes(many) < 3 * (limit << 20)
+        assert usage_bytes(many) < attempt << 20
     finally:
         await executor.close()
 
