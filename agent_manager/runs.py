@@ -178,7 +178,8 @@ class RunManager:
             reason = "the service stopped before this run finished"
             self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None, "error": reason},
                                run_store.update_statements(run["id"], status="interrupted", error=reason,
-                                                           finished_at=now()), direct=True)
+                                                           finished_at=run_store.last_heard(self.db, run["id"])
+                                                           or now()), direct=True)
         return len(stale)
 
     async def shutdown(self) -> None:

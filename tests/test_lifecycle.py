@@ -176,3 +176,36 @@ def test_stop_ends_streams_and_interrupts_runs(tmp_path: Path, fake_path: Path, 
     assert db.execute("SELECT status FROM runs WHERE id = ?", (run["id"],)).fetchone()[0] == "interrupted"
     assert {s for (s,) in db.execute("SELECT status FROM runs")} == {"interrupted"}
     assert db.execute("SELECT status FROM orchestrations").fetchone()[0] == "interrupted"
+
+
+def test_a_run_cut_by_a_crash_ends_when_it_was_last_heard(tmp_path: Path, fake_path: Path) -> None:
+    """After a SIGKILL the next start marks the run interrupted; its finish is the last sign of
+    life, not the restart (which may come days later: the dashboard showed "4 m 52 s" for a run
+    that died after 5 s)."""
+    home = tmp_path / "home"
+    server = start_server(home)
+    try:
+        make_agent(server)
+        run = httpx.post(f"{server.url}/api/runs", json={"agent": "g", "prompt": "SLEEP=60 crash-cut"},
+                         headers=server.headers).json()
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{server.url}/api/runs/{run['id']}", headers=server.headers).json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before_kill = time.time()
+        server.proc.kill()
+        server.proc.wait(10)
+    finally:
+        stop_server(server)
+    wait_gone("crash-cut", 10)
+    time.sleep(1.5)  # the restart comes measurably later than the crash
+    again = start_server(home)
+    try:
+        final = httpx.get(f"{again.url}/api/runs/{run['id']}", headers=again.headers).json()
+    finally:
+        stop_server(again)
+    from datetime import datetime
+
+    finished = datetime.fromisoformat(final["finished_at"].replace("Z", "+00:00")).timestamp()
+    assert final["status"] == "interrupted"
+    assert finished <= before_kill, (final["finished_at"], before_kill)

@@ -152,7 +152,7 @@ async def test_run_workspace_and_unknown_run(server: LiveServer, api: httpx.Asyn
     assert term["backend"] == "local"
     sock = await attach(wss, server.url, term["id"])
     await sock.send("pwd\n")
-    await sock.expect(r"workspaces/echoer")
+    await sock.expect(r"workspaces/agents/ag_")  # the agent's own directory
     await sock.close()
     await api.delete(f"/api/terminals/{term['id']}")
 
@@ -551,3 +551,35 @@ async def test_daytona_terminal_on_a_run_workspace_brings_its_changes_back(
         # the workspace is free again: merge works
         assert (await api.post(f"/api/runs/{run['id']}/merge", json={})).status_code == 200
         assert (repo / "left.txt").read_text() == "uncommitted\n" and not (repo / "b.txt").exists()
+
+
+async def test_work_in_a_sandboxed_terminal_survives_a_service_crash(tmp_path: Path, fake_path: Path) -> None:
+    """Terminals hold nothing in the database: after a SIGKILL the next start finds the sandboxed
+    terminal's private git dir and its workspace on disk and commits both on the branch."""
+    from workspace_helpers import add_project, make_repo
+
+    home, repo = tmp_path / "home", make_repo(tmp_path / "repo")
+    srv = start_server(home, env=FAST)
+    try:
+        async with (httpx.AsyncClient(base_url=srv.url, headers=srv.headers, timeout=30) as api,
+                    aiohttp.ClientSession(headers=srv.headers) as wss):
+            await add_project(api, repo)
+            term = await open_terminal(api, project="proj", backend="sandbox")
+            sock = await attach(wss, srv.url, term["id"])
+            await sock.send("echo c > c.txt && git add c.txt && git commit -qm 'before the crash' && "
+                            "echo u > u.txt && echo ok-$((8*8))\n")
+            await sock.expect(r"[\r\n]ok-64")
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait(10)
+    finally:
+        stop_server(srv)
+    branch = f"am/{term['id']}"
+    assert branch_log(home, branch)[0] == "initial"  # nothing settled yet
+    again = start_server(home, env=FAST)
+    try:
+        await until(lambda: branch_log(home, branch)[0] == "Terminal session interrupted by a restart", 30)
+        assert branch_log(home, branch)[:2] == ["Terminal session interrupted by a restart", "before the crash"]
+        assert branch_file(home, branch, "u.txt") == "u\n" and branch_file(home, branch, "c.txt") == "c\n"
+        await until(lambda: not leftovers(home))
+    finally:
+        stop_server(again)

@@ -112,6 +112,13 @@ def unfinished(db: Database) -> list[dict[str, Any]]:
     return [row_to_dict(r) for r in db.all("SELECT * FROM runs WHERE status IN ('queued', 'running')")]
 
 
+def last_heard(db: Database, run_id: str) -> str | None:
+    """When the run last recorded anything (its newest event): after a crash, the best estimate
+    of when it stopped — the next start may come days later."""
+    row = db.one("SELECT MAX(created_at) AS at FROM run_events WHERE run_id = ?", (run_id,))
+    return row["at"] if row and row["at"] else None
+
+
 def last_usage(db: Database, conversation_id: str, agent_id: str, session_id: str) -> dict[str, Any] | None:
     """The usage of the newest run that continued ``session_id`` in this conversation: what a
     CLI reporting running session totals (Codex) needs to report the next turn on its own."""

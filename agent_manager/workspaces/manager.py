@@ -269,6 +269,27 @@ class Workspaces:
                 done += 1
             except Exception as exc:
                 log.warning("could not settle workspace %s after a restart: %s", row["workspace_id"], exc)
+        return done + await self._recover_terminals()
+
+    async def _recover_terminals(self) -> int:
+        """Terminals hold nothing in the database, so after a crash their work is found on disk:
+        a private git dir still there (a sandboxed terminal's commits, or a run's whose settle
+        failed) and open workspaces made for a terminal (files left in the worktree)."""
+        scratch_root = self.settings.home / "sandbox-git"
+        leftovers = {p.name: "sandbox" for p in scratch_root.iterdir()} if scratch_root.is_dir() else {}
+        for row in self.db.all("SELECT id FROM workspaces WHERE kind = 'terminal' AND state = 'open'"):
+            leftovers.setdefault(row["id"], "local")
+        done = 0
+        for ws_id, backend in leftovers.items():
+            ws = rec.find_by_id(self.db, ws_id)
+            if ws is None or ws["state"] != "open" or ws_id in self.busy or not Path(ws["path"]).is_dir():
+                continue  # (a worktree removed by hand would be committed as every file deleted)
+            try:
+                before = ws["head_commit"]
+                settled = await self.settle(ws_id, "Terminal session interrupted by a restart", backend)
+                done += settled["head_commit"] != before
+            except Exception as exc:
+                log.warning("could not settle workspace %s after a restart: %s", ws_id, exc)
         return done
 
 
