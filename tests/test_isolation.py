@@ -220,6 +220,35 @@ async def test_workspace_cannot_grow_past_sandbox_disk_mb(tmp_path: Path) -> Non
         await executor.close()
 
 
+UNLINKED = """
+import os, time
+for i in range(6):
+    fd = os.open(f"/workspace/u{i}", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.unlink(f"/workspace/u{i}")  # the workspace looks empty; the blocks are still taken
+    for _ in range(7):
+        os.write(fd, os.urandom(1 << 20))
+    os.fsync(fd)
+    time.sleep(0.3)
+print("wrote 42 MiB in deleted files")
+time.sleep(2)
+"""
+
+
+async def test_deleted_but_open_files_count_towards_sandbox_disk_mb(tmp_path: Path) -> None:
+    """Each file stays under RLIMIT_FSIZE and is unlinked before it is written: a walk of the
+    workspace sees nothing, yet the disk fills. The guard counts what the run holds open."""
+    limit = 8
+    executor = SandboxExecutor(settings(tmp_path, sandbox_disk_mb=limit), f"iso-{uuid.uuid4().hex[:8]}")
+    try:
+        execution = await executor.start(ExecSpec(argv=["python3", "-c", UNLINKED], workspace=tmp_path / "ws"))
+        code, out, err = await collect(execution, timeout=60)
+        assert "wrote 42" not in out, "5x the limit was written in deleted files"
+        assert "disk_exceeded" in execution.info and "sandbox_disk_mb" in err, (code, out, err)
+        assert code != 0
+    finally:
+        await executor.close()
+
+
 # --- Major 7: local runs end whole, whatever they do --------------------------------------------------
 
 ESCAPE = "setsid env -i sleep {m} & echo started; exec sleep {m}"

@@ -10,6 +10,11 @@ API share. What works the same as root and not as root is:
   ``interval`` seconds, and ends the run (its whole cgroup) once it has added more than the
   cap. Precision: the overshoot is at most what the run writes in one interval plus one
   walk (measured in the closing note), and the walk costs O(files in the workspace).
+
+A walk alone misses files a run deleted but keeps open (create, unlink, write on through the
+fd): each stays under RLIMIT_FSIZE, yet together they fill the disk while the workspace looks
+empty. So the guard also adds the deleted regular files on the workspace's filesystem that the
+run's processes hold open (``/proc/<pid>/fd``), each inode once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -36,6 +42,25 @@ def usage_bytes(path: Path) -> int:
     return total
 
 
+def held_deleted_bytes(pids: list[int], device: int) -> int:
+    """Allocated bytes of deleted regular files on ``device`` that ``pids`` hold open."""
+    total = 0
+    seen: set[int] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                info = os.stat(f"/proc/{pid}/fd/{fd}")  # the open file itself, deleted or not
+                if (info.st_nlink == 0 and info.st_dev == device and stat.S_ISREG(info.st_mode)
+                        and info.st_ino not in seen):
+                    seen.add(info.st_ino)
+                    total += info.st_blocks * 512
+    return total
+
+
 class DiskGuard:
     """Watches one workspace while a run lives; calls ``on_exceeded`` once if it overflows."""
 
@@ -46,8 +71,13 @@ class DiskGuard:
         self.interval_s = interval_s
         self.on_exceeded = on_exceeded
         self.baseline = usage_bytes(path)
+        self.device = os.stat(path).st_dev
+        self.pids: Callable[[], list[int]] = list  # the run's processes, set once they exist
         self.exceeded = False
         self._task: asyncio.Task[None] | None = None
+
+    def measure(self) -> int:
+        return usage_bytes(self.path) + held_deleted_bytes(self.pids(), self.device)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch())
@@ -61,7 +91,7 @@ class DiskGuard:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            added = await asyncio.to_thread(usage_bytes, self.path) - self.baseline
+            added = await asyncio.to_thread(self.measure) - self.baseline
             if added > self.limit_bytes:
                 self.exceeded = True
                 await self.on_exceeded(added)

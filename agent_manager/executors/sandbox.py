@@ -322,6 +322,10 @@ class SandboxExecutor:
             raise
         fds.close()
         inner.info["pid"] = str(inner.proc.pid)
+        if guard is not None:  # whose open-but-deleted files count too
+            leader = inner.proc.pid
+            guard.pids = ((lambda: sorted(cgroup.pids())) if cgroup is not None
+                          else (lambda: [leader, *(pid for pid, _ in descendants(leader))]))
         execution = SandboxExecution(inner, cgroup, self.settings.kill_grace_s, guard)
         if guard is not None:
             guard.on_exceeded = execution.disk_exceeded
