@@ -24,12 +24,20 @@ from typing import TYPE_CHECKING, Any
 
 from agent_manager.agents import get_kind
 from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
-from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, TooLarge, ValidationFailed
+from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, ValidationFailed
 from agent_manager.events import EventLog
-from agent_manager.executors.base import ExecSpec, Execution, Executor, Resources
+from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.models import TERMINAL_STATUSES
+from agent_manager.run_request import (
+    PROMPT_FILE_NAME,
+    RunRequest,
+    check_argv_size,
+    prompt_file_path,
+    working_dir_problem,
+)
 from agent_manager.settings import Settings
+from agent_manager.slots import HostSlots
 from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
@@ -37,104 +45,11 @@ from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
 if TYPE_CHECKING:
-    from agent_manager.workspaces import Base, Workspaces
+    from agent_manager.workspaces import Workspaces
 
 log = logging.getLogger("agent_manager.runs")
 HOST_BACKENDS = frozenset({"local", "sandbox"})
 STDERR_KEEP = 16_384
-# Linux refuses one argv element of MAX_ARG_STRLEN (32 pages) bytes or more, NUL included.
-MAX_ARG_BYTES = 32 * 4096 - 1
-PROMPT_FILE_NAME = ".agent-manager-prompt-{run_id}.txt"
-
-
-def working_dir_problem(path: str | None) -> str | None:
-    """Why ``path`` cannot be an agent's working directory, or None. It is never created for the
-    user: a typo must not become a new directory (as root, anywhere)."""
-    if not path:
-        return None
-    target = Path(path)
-    if not target.exists():
-        return f"working_dir {path} does not exist; create it first"
-    if not target.is_dir():
-        return f"working_dir {path} is not a directory"
-    return None
-
-
-def check_argv_size(argv: list[str]) -> None:
-    """Refuse, when the run is requested, an argv the kernel would refuse at exec."""
-    for element in argv:
-        size = len(element.encode("utf-8", "surrogatepass"))
-        if size > MAX_ARG_BYTES:
-            raise TooLarge(
-                f"the prompt is too long to pass as one command-line argument ({size} bytes; the limit is "
-                f"{MAX_ARG_BYTES} bytes). Shorten it, or give the agent's args the element {{prompt_file}} "
-                "(generic agents) so the prompt is passed in a file.",
-                [{"field": "prompt", "limit_bytes": MAX_ARG_BYTES, "size_bytes": size}])
-
-
-def prompt_file_path(backend: str, workspace: Path, name: str) -> str:
-    """The prompt file's path as the agent sees it: the host path for local runs, the fixed
-    mount point for the bubblewrap sandbox, and for remote backends (Daytona) the path relative
-    to the directory the agent starts in, which is where the workspace is uploaded."""
-    if backend == "local":
-        return str(workspace.resolve() / name)
-    if backend == "sandbox":
-        return f"/workspace/{name}"
-    return f"./{name}"
-
-
-class HostSlots:
-    """How many host runs may execute at once, following ``settings.max_concurrent_runs`` live:
-    raising the setting starts queued runs at once (``resize``), lowering it lets running ones
-    finish. Waiting is cancellable, so a queued run's cancel answers at once."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.used = 0
-        self._cond = asyncio.Condition()
-
-    async def __aenter__(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.used < self.settings.max_concurrent_runs)
-            self.used += 1
-
-    async def __aexit__(self, *_exc: object) -> None:
-        async with self._cond:
-            self.used -= 1
-            self._cond.notify_all()
-
-    async def resize(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
-
-
-@dataclass
-class RunRequest:
-    """What to run; built by the API, the chat and the orchestration engine alike."""
-
-    agent: dict[str, Any]
-    prompt: str
-    conversation_id: str | None = None
-    backend: str | None = None
-    step_backend: str | None = None
-    timeout_s: float | None = None
-    resources: Resources = field(default_factory=Resources)
-    owner: str | None = None
-    user_trusted: bool = True
-    # Only the admin's runs may run as the service's own OS user (docs/security.md).
-    user_admin: bool = True
-    workspace: Path | None = None
-    files: dict[str, bytes] = field(default_factory=dict)
-    outputs: list[str] = field(default_factory=list)
-    # Run exactly this argv instead of the agent's CLI (orchestration `shell` steps); the
-    # agent dict then only names the run and supplies env/backend/trust.
-    argv: list[str] | None = None
-    # Projects (DESIGN 3.7): an existing workspace to work in (conversation, plan step), or a
-    # resolved base to branch a new one from for this run alone (``am/<run id>``).
-    workspace_id: str | None = None
-    new_workspace: Base | None = None
-
-
 @dataclass
 class _Live:
     """Book-keeping of one run that is queued or running in this process."""

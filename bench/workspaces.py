@@ -110,7 +110,7 @@ def _spec() -> Any:
 
 
 async def run_and_wait(svc: Service, agent: str, prompt: str) -> dict[str, Any]:
-    from agent_manager.runs import RunRequest
+    from agent_manager.run_request import RunRequest
 
     workspaces: Workspaces = svc.extras["workspaces"]
     base = await workspaces.check_base("bench", None)

@@ -83,7 +83,12 @@ class LiveServer:
 
 def start_server(home: Path, *extra: str, env: dict[str, str] | None = None) -> LiveServer:
     """Start ``agent-manager serve --port 0`` and wait for its listening line."""
-    full_env = {**os.environ, "AGENT_MANAGER_HOME": str(home), **(env or {})}
+    # A clean HOME of its own: shells and agent CLIs the service starts must not read the
+    # machine's rc files (root's ~/.bashrc here runs `pyenv rehash`, whose lock a killed shell
+    # can leave behind, hanging every later interactive shell for a minute).
+    user_home = home.parent / f"{home.name}-user-home"
+    user_home.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "HOME": str(user_home), "AGENT_MANAGER_HOME": str(home), **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "agent_manager", "serve", "--port", "0", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
     assert proc.stdout is not None

@@ -14,7 +14,7 @@ from fakes.daytona_emulator import DaytonaEmulator
 
 from agent_manager.executors.base import ExecSpec
 from agent_manager.executors.daytona import DaytonaExecutor
-from agent_manager.runs import RunRequest
+from agent_manager.run_request import RunRequest
 from agent_manager.settings import Settings
 from agent_manager.store import agents as agent_store
 from agent_manager.store import runs as run_store

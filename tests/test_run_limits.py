@@ -15,7 +15,7 @@ from conftest import in_process_client, running_service
 from fakes.daytona_emulator import DaytonaEmulator
 from helpers import events, wait_run, wait_status
 
-from agent_manager.runs import MAX_ARG_BYTES
+from agent_manager.run_request import MAX_ARG_BYTES
 from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.store import runs as run_store

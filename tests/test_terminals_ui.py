@@ -19,7 +19,8 @@ def wait_screen(ui: UI, pattern: str) -> None:
 
 
 def test_type_into_the_terminal_and_read_the_echo(ui: UI) -> None:
-    run = ui.run(ui.agent("echoer", command="echo", args=["{prompt}"], backend="local")["name"], "hi")
+    agent = ui.agent("echoer", command="echo", args=["{prompt}"], backend="local")
+    run = ui.run(agent["name"], "hi")
     ui.wait_run(run["id"])
     page = ui.page
     ui.go(f"/runs/{run['id']}")
@@ -28,7 +29,7 @@ def test_type_into_the_terminal_and_read_the_echo(ui: UI) -> None:
     page.locator("[data-testid=terminal] .xterm").click()
     page.keyboard.type("echo typed-$((6*7)); pwd\n")
     wait_screen(ui, r"typed-42")
-    assert "workspaces/echoer" in screen_text(ui)
+    assert f"workspaces/agents/{agent['id']}" in screen_text(ui)  # the agent's own directory
     # the xterm.js styles took effect although the CSP forbids inline <style> (adoptedStyleSheets)
     assert page.evaluate("document.adoptedStyleSheets.length") >= 1
     # the PTY follows the window

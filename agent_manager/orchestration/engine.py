@@ -28,7 +28,8 @@ from agent_manager.errors import AgentManagerError, Conflict, NotFound
 from agent_manager.events import EventLog
 from agent_manager.orchestration.branches import StepBranches
 from agent_manager.orchestration.plan import Plan, Step, edges, heights, render
-from agent_manager.runs import RunManager, RunRequest
+from agent_manager.run_request import RunRequest
+from agent_manager.runs import RunManager
 from agent_manager.settings import Settings
 from agent_manager.store import Database
 from agent_manager.store import agents as agent_store

@@ -20,7 +20,8 @@ import yaml
 
 from agent_manager.errors import AgentManagerError, BadRequest, ValidationFailed
 from agent_manager.orchestration.plan import Issue, Plan, check, schema
-from agent_manager.runs import RunManager, RunRequest
+from agent_manager.run_request import RunRequest
+from agent_manager.runs import RunManager
 from agent_manager.settings import Settings
 from agent_manager.store import Database
 from agent_manager.store import agents as agent_store

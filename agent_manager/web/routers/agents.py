@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from agent_manager.agents import KINDS, get_kind
 from agent_manager.errors import ValidationFailed
 from agent_manager.models import MASK, Agent, AgentCreate, AgentUpdate, mask_env
-from agent_manager.runs import working_dir_problem
+from agent_manager.run_request import working_dir_problem
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, require_admin, service

@@ -11,7 +11,7 @@ from agent_manager.errors import ValidationFailed
 from agent_manager.executors.base import Resources
 from agent_manager.executors.routing import RouteRequest, check_isolation
 from agent_manager.models import NO_NUL, Event, Run, RunCreate, RunPage, RunStatus
-from agent_manager.runs import RunRequest
+from agent_manager.run_request import RunRequest
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import conversations as conv_store
