@@ -20,7 +20,7 @@ from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.web.app import create_app
 
-pytest_plugins = ["fakes.daytona_fixture", "ui_harness"]
+pytest_plugins = ["fakes.daytona_fixture", "ui_harness", "terminal_fixtures"]
 
 FAKES_BIN = Path(__file__).parent / "fakes" / "bin"
 
