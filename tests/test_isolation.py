@@ -249,6 +249,22 @@ async def test_deleted_but_open_files_count_towards_sandbox_disk_mb(tmp_path: Pa
         await executor.close()
 
 
+async def test_empty_files_count_towards_sandbox_disk_mb(tmp_path: Path) -> None:
+    """Empty files take inodes, not blocks: without a minimum per entry a run could exhaust the
+    filesystem's inodes while its workspace measured 0 bytes. 8 MiB = 2048 entries of 4 KiB."""
+    executor = SandboxExecutor(settings(tmp_path, sandbox_disk_mb=8), f"iso-{uuid.uuid4().hex[:8]}")
+    try:
+        script = ("import os, time\nfor i in range(20000):\n    open(f'/workspace/e{i}', 'w').close()\n"
+                  "print('made 20000 empty files', flush=True)\ntime.sleep(2)\n")
+        execution = await executor.start(ExecSpec(argv=["python3", "-c", script], workspace=tmp_path / "ws"))
+        code, out, err = await collect(execution, timeout=60)
+        assert "disk_exceeded" in execution.info and "sandbox_disk_mb" in err, (code, out, err)
+        assert code != 0
+        assert len(os.listdir(tmp_path / "ws")) < 20000
+    finally:
+        await executor.close()
+
+
 # --- Major 7: local runs end whole, whatever they do --------------------------------------------------
 
 ESCAPE = "setsid env -i sleep {m} & echo started; exec sleep {m}"

@@ -27,18 +27,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 INTERVAL_S = 0.2
+ENTRY_BYTES = 4096  # what an entry counts at least (an inode, one block)
 
 
 def usage_bytes(path: Path) -> int:
     """Allocated bytes (``st_blocks``) under ``path``, never following a symlink; sparse files
-    count what they really occupy."""
+    count what they really occupy. Every entry counts at least ``ENTRY_BYTES``: empty files and
+    symlinks take inodes, not blocks, and millions of them would exhaust the filesystem unseen."""
     total = 0
     with contextlib.suppress(OSError):
         total += os.lstat(path).st_blocks * 512
     for _dirpath, dirnames, filenames, dirfd in os.fwalk(path, follow_symlinks=False):
         for name in (*dirnames, *filenames):
             with contextlib.suppress(OSError):
-                total += os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_blocks * 512
+                total += max(ENTRY_BYTES, os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_blocks * 512)
     return total
 
 
