@@ -42,7 +42,7 @@ from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.store.database import new_id, now
-from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem
+from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
 if TYPE_CHECKING:
     from agent_manager.workspaces import Workspaces
@@ -318,6 +318,8 @@ class RunManager:
             for index in invocation.prompt_file_at:
                 spec.argv[index] = seen_as
             prompt_file = spec.workspace / name if backend in HOST_BACKENDS else None
+        if spec.workspace is not None:  # an agent's working_dir keeps its owners; ours are handed over
+            spec.hand_over = service_owned(spec.workspace, self.settings)
         try:
             execution = await executor.start(spec)
             live.execution = execution

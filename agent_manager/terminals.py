@@ -39,7 +39,7 @@ from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.runs import HOST_BACKENDS, RunManager
 from agent_manager.settings import Settings
 from agent_manager.store.database import new_id, now
-from agent_manager.workdirs import hand_over
+from agent_manager.workdirs import hand_over, service_owned
 
 log = logging.getLogger("agent_manager.terminals")
 CLIENT_QUEUE_CHUNKS = 16  # ≤ 16 × 64 KiB in flight to one client
@@ -208,6 +208,8 @@ class TerminalManager:
                 # runs wait), worktree ensured, git made to work on this backend.
                 spec = await self.workspaces.prepare(req.workspace_id, terminal_id, chosen.backend, spec)
                 prepared = True
+            if spec.workspace is not None:  # an agent's working_dir keeps its owners; ours are handed over
+                spec.hand_over = service_owned(spec.workspace, self.settings)
             cols, rows = clamp_size(req.cols, req.rows)
             pty = await self._start(chosen.backend, spec, cols, rows, shell)
         except BaseException:

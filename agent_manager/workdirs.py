@@ -33,6 +33,14 @@ def agent_workspace(settings: Settings, agent: dict[str, Any]) -> Path:
     return settings.workspaces / "agents" / str(agent["id"])
 
 
+def service_owned(path: Path, settings: Settings) -> bool:
+    """Whether ``path`` is one of the service's own directories (under the data directory or
+    ``workspaces_dir``), which may be handed over to the OS user a run becomes. Anything else
+    (an agent's ``working_dir``) belongs to whoever the admin chose and keeps its owners."""
+    target = Path(os.path.abspath(path))
+    return any(target.is_relative_to(os.path.abspath(root)) for root in (settings.home, settings.workspaces))
+
+
 def orchestration_workspace(settings: Settings, orch_id: str) -> Path:
     return settings.workspaces / "orchestrations" / orch_id
 

@@ -146,3 +146,34 @@ async def test_untrusted_user_cannot_merge_into_a_checkout_on_the_host(tmp_path:
         r = await admin.post(f"/api/runs/{runs['mallory']}/merge")
         assert r.status_code in (200, 409), r.text  # the admin decides (409: conflicts with trusty's)
 
+
+
+@pytest.mark.skipif(not ROOT, reason="only a root service hands workspaces over to another OS user")
+async def test_an_admin_chosen_working_dir_keeps_its_owners(tmp_path: Path, fake_path: Path) -> None:
+    """The sandbox handed every workspace over to its host user with a recursive chown — an
+    agent's ``working_dir`` too, so the admin's directory (a 0600 key in it) became nobody's.
+    Only the service's own workspaces are handed over now."""
+    settings = Settings(home=tmp_path / "home", kill_grace_s=0.3, stream_close_grace_s=0.5)
+    chosen = tmp_path / "admin-project"
+    (chosen / ".ssh").mkdir(parents=True)
+    key = chosen / ".ssh" / "id_ed25519"
+    key.write_text("PRIVATE KEY\n")
+    key.chmod(0o600)
+    async with running_service(settings) as svc, in_process_client(settings, svc) as admin:
+        for name, extra in (("chosen", {"working_dir": str(chosen)}), ("own", {})):
+            r = await admin.post("/api/agents", json={"name": name, "kind": "generic", "command": "sh",
+                                                      "args": ["-c", "{prompt}"], **extra})
+            assert r.status_code == 201, r.text
+        mallory = await _user(admin, "mallory", False)
+        runs = {}
+        for name in ("chosen", "own"):
+            r = await admin.post("/api/runs", headers=mallory, json={
+                "agent": name, "prompt": "echo written > out.txt && echo ok"})
+            assert r.status_code == 201, r.text
+            runs[name] = await wait_run(admin, r.json()["id"], timeout=60)
+        assert runs["own"]["status"] == "succeeded" and "ok" in runs["own"]["output"], runs["own"]
+        assert runs["chosen"]["backend"] == "sandbox"
+    for path in (chosen, chosen / ".ssh", key):
+        info = path.stat()
+        assert (info.st_uid, info.st_gid) == (0, 0), (path, info.st_uid)
+    assert key.stat().st_mode & 0o777 == 0o600

@@ -92,6 +92,10 @@ class ExecSpec:
     run_as: str | None = None
     """An OS user name the process becomes (local backend; only when the service is root).
     ``None``: the service's own user."""
+    hand_over: bool = True
+    """Whether the workspace is the service's own, to be chowned to the OS user the run becomes
+    (sandbox user, run_as). False for a directory the admin chose (an agent's ``working_dir``):
+    its files keep their owners — a recursive chown there would give e.g. a 0600 key to that user."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ class LocalExecutor:
                        HOME=user.home if os.path.isdir(user.home) else str(spec.workspace or "/"))
         cwd = spec.cwd or (str(spec.workspace) if spec.workspace else None)
         if spec.workspace:
-            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user)
+            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
         argv = list(spec.argv)
         resolved = shutil.which(argv[0], path=env.get("PATH"))
         if resolved and os.sep not in argv[0]:
@@ -87,9 +87,9 @@ class LocalExecutor:
         return execution
 
     @staticmethod
-    def _prepare_workspace(workspace: Path, files: dict[str, bytes], user: HostUser | None) -> None:
+    def _prepare_workspace(workspace: Path, files: dict[str, bytes], user: HostUser | None, own: bool = True) -> None:
         write_files(workspace, files, user)
-        if user is not None:
+        if user is not None and own:
             hand_over(workspace, user)
 
     async def close(self) -> None:

@@ -285,7 +285,7 @@ class SandboxExecutor:
         user = self.user()
         guard = None
         if spec.workspace is not None:
-            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user)
+            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
             guard = await asyncio.to_thread(DiskGuard, spec.workspace, self.settings.sandbox_disk_mb << 20,
                                             self._noop)
         for mount in spec.mounts:  # writable extra mounts (a worktree's private git dir) too
@@ -442,10 +442,12 @@ class SandboxExecutor:
             if close:
                 os.close(fd)
 
-    def _prepare_workspace(self, workspace: Path, files: dict[str, bytes], user: HostUser | None) -> None:
-        """Write the input files, then hand the tree to the sandbox user (so it can write it)."""
+    def _prepare_workspace(self, workspace: Path, files: dict[str, bytes], user: HostUser | None,
+                           own: bool = True) -> None:
+        """Write the input files, then hand the tree to the sandbox user (so it can write it) —
+        only a workspace of the service's own (``ExecSpec.hand_over``)."""
         write_files(workspace, files, user)
-        if user is not None:
+        if user is not None and own:
             hand_over(workspace, user)
 
     async def close(self) -> None:
