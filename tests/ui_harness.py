@@ -109,6 +109,20 @@ def ui(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
     yield from _session(browser, live_server)
 
 
+@pytest.fixture(params=["desktop", "phone"])
+def sized(request: pytest.FixtureRequest, browser: Browser, live_server: LiveServer) -> Iterator[UI]:
+    """The test once at 1280x800 and once at a phone's 390x844."""
+    yield from _session(browser, live_server, PHONE if request.param == "phone" else None)
+
+
+def is_phone(ui: UI) -> bool:
+    return (ui.page.viewport_size or {}).get("width", 1280) < 500
+
+
+def accept_dialogs(ui: UI) -> None:
+    ui.page.on("dialog", lambda dialog: dialog.accept())
+
+
 @pytest.fixture
 def phone(browser: Browser, live_server: LiveServer) -> Iterator[UI]:
     yield from _session(browser, live_server, PHONE)
