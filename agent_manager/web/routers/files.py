@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -43,12 +42,12 @@ from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.web.deps import audit, principal, service
 from agent_manager.workdirs import agent_workspace
+from agent_manager.workdirs import open_dir as walk
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 READ_CAP = 1_048_576
 WRITE_CAP = 8 * 1_048_576
 LIST_CAP = 5000
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class FileEntry(BaseModel):
@@ -140,27 +139,6 @@ def resolve(root: Path, parts: list[str], home: Path) -> tuple[str, list[str]]:
         raise Forbidden("path: leads outside the agent's working directory")
     rel = os.path.relpath(target, real_root)
     return real_root, ([] if rel == "." else rel.split(os.sep))
-
-
-@contextlib.contextmanager
-def walk(real_root: str, dirs: list[str], create: bool = False) -> Iterator[int]:
-    """An fd of the directory ``real_root/dirs``, opened one component at a time without
-    following symlinks (optionally creating missing directories)."""
-    fd = os.open(real_root, DIR_FLAGS)
-    try:
-        for name in dirs:
-            try:
-                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(name, 0o755, dir_fd=fd)
-                nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _kind(mode: int) -> Literal["file", "dir", "symlink", "other"]:
