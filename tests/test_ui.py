@@ -223,9 +223,13 @@ def test_two_turn_chat_with_claude_streams_and_survives_a_reload(ui: UI) -> None
     page.get_by_label("Message", exact=True).press("Enter")
     expect(page.locator(".msg.assistant").last).to_contain_text("[resumed ")
     expect(page.locator(".msg.assistant").last).to_contain_text("Echo: second turn")
+    # the answer text arrives before the run ends: reload once the turn is over, or the page
+    # rightly resumes following it and refuses a new message until it ends
+    expect(streaming).to_have_count(0)
 
     page.reload()
     expect(page.locator(".msg")).to_have_count(4)
+    expect(streaming).to_have_count(0)
     page.get_by_label("Message", exact=True).fill("third after reload")
     page.get_by_label("Message", exact=True).press("Enter")
     expect(page.locator(".msg.assistant").last).to_contain_text("Echo: third after reload")
