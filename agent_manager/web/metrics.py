@@ -39,8 +39,8 @@ def render(svc: Service) -> str:
     lines += ["# HELP agent_manager_sandboxes_live Sandboxes alive per backend.",
               "# TYPE agent_manager_sandboxes_live gauge"]
     live_counts = {name: count for name, count in live.items() if isinstance(count, int)}
-    live_counts.setdefault("sandbox", sum(1 for run in runs.live.values() if run.execution is not None
-                                          and run.execution.info.get("sandbox") == "bwrap"))
+    live_counts.setdefault("sandbox", sum(1 for execution in runs.executions().values()
+                                          if execution.info.get("sandbox") == "bwrap"))
     for name, count in sorted(live_counts.items()):
         lines.append(f'agent_manager_sandboxes_live{{backend="{name}"}} {count}')
     latencies: list[float] = []

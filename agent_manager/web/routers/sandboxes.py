@@ -42,8 +42,8 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     A user sees only those of their own runs (no other run ids, host pids or pool sandboxes)."""
     owner = owner_filter(request)
     found: list[dict[str, Any]] = []
-    local = {run_id: live.execution.info for run_id, live in list(svc.runs.live.items())
-             if live.execution is not None and live.execution.info.get("sandbox") == "bwrap"}
+    local = {run_id: execution.info for run_id, execution in svc.runs.executions().items()
+             if execution.info.get("sandbox") == "bwrap"}
     visible = _owned_runs(svc, owner, set(local))
     for run_id, info in local.items():
         if run_id in visible:
