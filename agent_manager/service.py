@@ -30,8 +30,8 @@ log = logging.getLogger("agent_manager")
 WORKSPACE_PRUNE_EVERY_S = 6 * 3600
 MIN_FREE_BYTES = 16 * 1024 * 1024
 # Settings the Daytona executor builds its client (or limits) from: a change means a new executor.
-DAYTONA_CLIENT_FIELDS = frozenset({"daytona_api_key", "daytona_api_url", "daytona_target",
-                                   "daytona_max_concurrent_creates"})
+DAYTONA_CLIENT_FIELDS = frozenset({"daytona.api_key", "daytona.api_url", "daytona.target",
+                                   "daytona.max_concurrent_creates"})
 PRUNE_EVERY_S = 3600.0
 
 
@@ -83,6 +83,12 @@ def build_executors(settings: Settings, prefix: str, environ: dict[str, str]) ->
     except ImportError as exc:  # pragma: no cover
         log.warning("daytona backend unavailable: %s", exc)
     return executors
+
+
+def _daytona(settings: Settings) -> Any:
+    from agent_manager.executors.daytona_settings import daytona_section
+
+    return daytona_section(settings)
 
 
 class Service:
@@ -138,7 +144,7 @@ class Service:
         engine = self.extras["orchestrations"] = OrchestrationEngine(self.db, self.settings, self._runs)
         if engine.recover():
             log.warning("orchestrations left running by a previous start are now interrupted (resumable)")
-        if self.settings.daytona_configured and "daytona" in self.executors:
+        if _daytona(self.settings).configured and "daytona" in self.executors:
             self._spawn(self._prepare_daytona())
         self._spawn(self._prune_loop())
 
@@ -154,14 +160,14 @@ class Service:
         """Refuse a combination the service could not run, before it is saved (422)."""
         mode = candidate.execution_mode
         if mode == self.settings.execution_mode and not (
-                mode == "daytona" and not candidate.daytona_configured):
+                mode == "daytona" and not _daytona(candidate).configured):
             return
         if mode == "daytona":
             if "daytona" not in self.executors:
                 raise ValidationFailed("execution_mode daytona needs the Daytona SDK: pip install "
                                        "'agent-manager[daytona]'", [{"field": "execution_mode"}])
-            if not candidate.daytona_configured:
-                raise ValidationFailed("execution_mode daytona needs Daytona configured first: set daytona_api_key "
+            if not _daytona(candidate).configured:
+                raise ValidationFailed("execution_mode daytona needs Daytona configured first: set daytona.api_key "
                                        "(or DAYTONA_API_KEY) and, if not the default, daytona_api_url",
                                        [{"field": "execution_mode"}])
         if mode == "sandbox":
@@ -179,10 +185,10 @@ class Service:
             await self._runs.host_slots.resize()  # a raised limit starts queued runs now
         if changed & DAYTONA_CLIENT_FIELDS:
             self._rebuild_daytona()
-        elif changed & {"daytona_warm_pool", "daytona_image", "daytona_snapshot"}:
-            self._spawn(self._resize_pool(drain=bool(changed & {"daytona_image", "daytona_snapshot"})))
+        elif changed & {"daytona.warm_pool", "daytona.image", "daytona.snapshot"}:
+            self._spawn(self._resize_pool(drain=bool(changed & {"daytona.image", "daytona.snapshot"})))
         forget_probe = getattr(self.executors.get("sandbox"), "forget_probe", None)
-        if forget_probe is not None and any(name.startswith("sandbox_") for name in changed):
+        if forget_probe is not None and any(name.startswith("sandbox.") for name in changed):
             forget_probe()  # its cached verdict was reached with the old limits
         if "run_retention_days" in changed:
             self._prune_wakeup.set()
@@ -198,7 +204,7 @@ class Service:
             return
         if old is not None:
             self._spawn(self._retire(old))
-        if self.settings.daytona_configured:
+        if _daytona(self.settings).configured:
             self._spawn(self._prepare_daytona())
 
     @staticmethod
@@ -214,7 +220,7 @@ class Service:
         from agent_manager.executors import daytona
 
         executor = self.executors.get("daytona")
-        if isinstance(executor, daytona.DaytonaExecutor) and self.settings.daytona_configured:
+        if isinstance(executor, daytona.DaytonaExecutor) and _daytona(self.settings).configured:
             try:
                 await executor.resize_pool(drain=drain)
             except Exception as exc:  # reported, never fatal
@@ -262,11 +268,11 @@ class Service:
         try:
             # The SDK takes about a second to import: do it in a thread, not on the loop.
             await asyncio.to_thread(daytona_api._sdk)
-            swept = await daytona.sweep(self.settings, instance=self.prefix)
+            swept = await daytona.sweep(_daytona(self.settings), instance=self.prefix)
             if swept:
                 log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
             executor = self.executors["daytona"]
-            if self.settings.daytona_warm_pool and isinstance(executor, daytona.DaytonaExecutor):
+            if _daytona(self.settings).warm_pool and isinstance(executor, daytona.DaytonaExecutor):
                 await executor.warm(network=False)
         except Exception as exc:  # reported, never fatal
             log.warning("Daytona start-up sweep failed: %s", exc)

@@ -43,6 +43,8 @@ from agent_manager.executors.daytona_api import (
     sweep,
 )
 from agent_manager.executors.daytona_command import DaytonaExecution, build_command, env_payload
+from agent_manager.executors.daytona_settings import DaytonaSettings, daytona_section
+from agent_manager.plugins import ISOLATED, REMOTE, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,21 +61,23 @@ class DaytonaExecutor:
     and ``live`` (sandboxes currently running a command for this executor).
 
     Scale: one SDK client (one aiohttp session) serves every run, a run is a few coroutines
-    (no thread), at most ``daytona_max_concurrent_creates`` creates are in flight (the rest
+    (no thread), at most ``daytona.max_concurrent_creates`` creates are in flight (the rest
     wait their turn in order), and a 429 pauses every call through one shared ``Backoff``.
     """
 
     name = "daytona"
 
     def __init__(self, settings: Settings, instance_id: str, *, retry_attempts: int = 5,
-                 retry_base_s: float = 0.5) -> None:
+                 retry_base_s: float = 0.5, section: DaytonaSettings | None = None) -> None:
         self.settings, self.instance_id = settings, instance_id
+        # This backend's own section ([daytona]): the plugin's factory passes it; read at use time.
+        self.section = section if section is not None else daytona_section(settings)
         self.create_latencies: list[float] = []
         self.live = 0
         self.attempts, self.base_delay = retry_attempts, retry_base_s
         self.backoff = Backoff(retry_base_s)
         self.reaper = Reaper(self.delete, self._delete_labelled)
-        self._creates = asyncio.Semaphore(settings.daytona_max_concurrent_creates)
+        self._creates = asyncio.Semaphore(self.section.max_concurrent_creates)
         self._client_obj: AsyncDaytona | None = None
         self._pool: dict[Profile, list[AsyncSandbox]] = {}
         self._refills: dict[Profile, asyncio.Task[None]] = {}
@@ -93,7 +97,7 @@ class DaytonaExecutor:
 
     def client(self) -> AsyncDaytona:
         if self._client_obj is None:
-            self._client_obj = _client(self.settings)
+            self._client_obj = _client(self.section)
         return self._client_obj
 
     def keep_ids(self) -> set[str]:
@@ -138,28 +142,28 @@ class DaytonaExecutor:
     def _profile(self, spec: ExecSpec) -> Profile:
         """Sandboxes are interchangeable only with the same network and size."""
         res = spec.resources
-        sized = bool(self.settings.daytona_image) and any(
+        sized = bool(self.section.image) and any(
             v is not None for v in (res.cpu, res.memory_mb, res.disk_gb))
         return (spec.network, res.cpu, res.memory_mb, res.disk_gb) if sized else (spec.network,)
 
     def _params(self, profile: Profile, labels: dict[str, str]) -> Any:
-        sdk, s = _sdk(), self.settings
+        sdk, s = _sdk(), self.section
         common: dict[str, Any] = {
-            "labels": labels, "auto_stop_interval": s.daytona_auto_stop_minutes,
-            "auto_delete_interval": s.daytona_auto_delete_minutes, "network_block_all": not profile[0]}
-        if not s.daytona_image:  # a snapshot fixes its own size: resources only work with an image
-            return sdk.CreateSandboxFromSnapshotParams(snapshot=s.daytona_snapshot, **common)
+            "labels": labels, "auto_stop_interval": s.auto_stop_minutes,
+            "auto_delete_interval": s.auto_delete_minutes, "network_block_all": not profile[0]}
+        if not s.image:  # a snapshot fixes its own size: resources only work with an image
+            return sdk.CreateSandboxFromSnapshotParams(snapshot=s.snapshot, **common)
         resources = None
         if len(profile) > 1:
             _, cpu, memory_mb, disk_gb = profile
             resources = sdk.Resources(cpu=math.ceil(cpu) if cpu else None, disk=disk_gb,
                                       memory=math.ceil(memory_mb / 1024) if memory_mb else None)
-        return sdk.CreateSandboxFromImageParams(image=s.daytona_image, resources=resources, **common)
+        return sdk.CreateSandboxFromImageParams(image=s.image, resources=resources, **common)
 
     async def _create(self, profile: Profile, labels: dict[str, str]) -> AsyncSandbox:
         """Create and wait for ``started``; on any failure delete whatever carries our unique label."""
         unique = {k: v for k, v in labels.items() if k in (RUN_LABEL, POOL_LABEL)}
-        timeout = self.settings.daytona_create_timeout_s
+        timeout = self.section.create_timeout_s
         params = self._params(profile, labels)
         async def attempt() -> AsyncSandbox:
             # create() is POST then polling GETs: a failure (a 429 on a poll, say) may come after
@@ -202,7 +206,7 @@ class DaytonaExecutor:
         await self._ensure_refill(self._profile(ExecSpec(argv=["true"], network=network)), wait=True)
 
     async def _ensure_refill(self, profile: Profile, wait: bool = False) -> None:
-        if self.settings.daytona_warm_pool <= 0 or self._closed:
+        if self.section.warm_pool <= 0 or self._closed:
             return
         task = self._refills.get(profile)
         if task is None or task.done():
@@ -212,7 +216,7 @@ class DaytonaExecutor:
 
     async def _refill(self, profile: Profile) -> None:
         pool = self._pool.setdefault(profile, [])
-        need = self.settings.daytona_warm_pool - len(pool)
+        need = self.section.warm_pool - len(pool)
         labels = [{LABEL: self.instance_id, POOL_LABEL: uuid.uuid4().hex} for _ in range(need)]
         results = await asyncio.gather(*(self._create(profile, lb) for lb in labels), return_exceptions=True)
         for result in results:
@@ -225,7 +229,7 @@ class DaytonaExecutor:
 
     async def _take(self, profile: Profile, labels: dict[str, str]) -> AsyncSandbox | None:
         """A pooled sandbox (started again if it auto-stopped while idle, relabelled for the run)."""
-        pool, timeout = self._pool.get(profile, []), self.settings.daytona_create_timeout_s
+        pool, timeout = self._pool.get(profile, []), self.section.create_timeout_s
         sandbox = None
         while pool and sandbox is None:
             candidate = pool.pop(0)
@@ -289,10 +293,10 @@ class DaytonaExecutor:
 
 
     async def resize_pool(self, drain: bool = False) -> None:
-        """Follow a changed ``daytona_warm_pool`` at once (or, with ``drain``, a new image or
+        """Follow a changed ``daytona.warm_pool`` at once (or, with ``drain``, a new image or
         snapshot): delete pooled sandboxes beyond the new size (all of them when draining),
         then fill every pool up to the new size."""
-        keep = 0 if drain else self.settings.daytona_warm_pool
+        keep = 0 if drain else self.section.warm_pool
         extra = []
         for pool in self._pool.values():
             extra += pool[keep:]
@@ -303,3 +307,15 @@ class DaytonaExecutor:
         for profile in list(self._pool):
             await self._ensure_refill(profile, wait=True)
         await self.warm(network=False)
+
+
+def _build(ctx: BackendContext) -> DaytonaExecutor:
+    section = ctx.section if isinstance(ctx.section, DaytonaSettings) else None
+    return DaytonaExecutor(ctx.settings, ctx.prefix, section=section)
+
+
+PLUGIN = BackendPlugin(
+    name="daytona", title="daytona (cloud)", capabilities=frozenset({ISOLATED, REMOTE}), factory=_build,
+    description="A Daytona cloud sandbox per run (official SDK, optional extra agent-manager[daytona]); "
+                "the workspace travels as a git bundle and comes back as commits.",
+    settings_model=DaytonaSettings)

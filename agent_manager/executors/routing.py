@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from agent_manager.errors import ExecutorUnavailable, Forbidden
 from agent_manager.executors.base import Executor, Resources
+from agent_manager.executors.daytona_settings import daytona_section
 from agent_manager.settings import Settings
 
 
@@ -90,7 +91,8 @@ async def route(req: RouteRequest, settings: Settings, executors: dict[str, Exec
     heavy = _heavy(req.resources, settings)
     if heavy or req.host_saturated:
         why = heavy or "local capacity is saturated"
-        problem = await _why_not(executors, "daytona") if settings.daytona_configured else "Daytona is not configured"
+        configured = daytona_section(settings).configured
+        problem = await _why_not(executors, "daytona") if configured else "Daytona is not configured"
         if problem is None:
             return Route("daytona", f"auto: {why}, so it runs on Daytona")
         return await _host(req, settings, executors, f"auto: {why}, but {problem}; running locally")
@@ -124,7 +126,7 @@ async def _isolated(settings: Settings, executors: dict[str, Executor], why: str
     order = ["daytona", "sandbox"] if settings.prefer_daytona_for_untrusted else ["sandbox", "daytona"]
     problems = []
     for position, name in enumerate(order):
-        if name == "daytona" and not settings.daytona_configured:
+        if name == "daytona" and not daytona_section(settings).configured:
             problems.append("daytona: not configured")
             continue
         problem = await _why_not(executors, name)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from agent_manager.errors import ExecutorUnavailable, Forbidden
+from agent_manager.executors.daytona_settings import daytona_section
 from agent_manager.service import Service
 from agent_manager.web.deps import owner_filter, principal, service
 
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
 def _daytona(svc: Service) -> Any:
     from agent_manager.executors import daytona
 
-    if not svc.settings.daytona_configured:
+    if not daytona_section(svc.settings).configured:
         raise ExecutorUnavailable("Daytona is not configured: set DAYTONA_API_KEY or the daytona_api_key setting")
     return daytona
 
@@ -48,10 +49,10 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     for run_id, info in local.items():
         if run_id in visible:
             found.append({"backend": "sandbox", "id": info.get("pid", ""), "run": run_id, "state": "running"})
-    if svc.settings.daytona_configured:
+    if daytona_section(svc.settings).configured:
         daytona = _daytona(svc)
         keep = _in_use(svc)
-        items = await daytona.list_sandboxes(svc.settings)
+        items = await daytona.list_sandboxes(daytona_section(svc.settings))
         visible = _owned_runs(svc, owner, {item["run"] for item in items if item.get("run")})
         for item in items:
             if owner is None or item.get("run") in visible:
@@ -67,5 +68,6 @@ async def gc(request: Request, all_instances: bool = Query(False), svc: Service 
         raise Forbidden("only the admin may sweep sandboxes")
     daytona = _daytona(svc)
     keep = _in_use(svc)
-    deleted = await daytona.sweep(svc.settings, keep=keep, instance=None if all_instances else svc.prefix)
+    deleted = await daytona.sweep(daytona_section(svc.settings), keep=keep,
+                                  instance=None if all_instances else svc.prefix)
     return {"deleted": deleted}
