@@ -41,6 +41,7 @@ from agent_manager.slots import HostSlots
 from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
+from agent_manager.store.database import duration as run_duration
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
@@ -477,7 +478,7 @@ class RunManager:
         if live is not None:
             live.finished.set()
         self.finished_counts[(run["backend"] or "none", status)] += 1
-        duration = run_store.duration(started, finished)
+        duration = run_duration(started, finished)
         if duration is not None:
             self.durations.append(duration)
             del self.durations[:-10_000]

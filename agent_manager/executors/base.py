@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-Stream = Literal["stdout", "stderr"]
+from agent_manager.models import Stream
 
 
 @dataclass(frozen=True)
