@@ -41,6 +41,7 @@ from agent_manager.slots import HostSlots
 from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
+from agent_manager.store.database import duration as run_duration
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
@@ -476,4 +477,4 @@ class RunManager:
         live = self._live.get(run_id)
         if live is not None:
             live.finished.set()
-        self.metrics.run_finished(run["backend"], status, run_store.duration(started, finished))
+        self.metrics.run_finished(run["backend"], status, run_duration(started, finished))

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from prometheus_client import Histogram
 
-Stream = Literal["stdout", "stderr"]
+from agent_manager.models import Stream
 
 
 @dataclass(frozen=True)

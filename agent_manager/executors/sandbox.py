@@ -45,7 +45,7 @@ from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors.base import Availability, Chunk, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.disk_guard import DiskGuard
-from agent_manager.executors.identity import HostUser, drop_to, hand_over, write_files
+from agent_manager.executors.identity import HostUser, drop_to, hand_over, prepare_workspace
 from agent_manager.executors.process import (
     TAG_ENV,
     ProcessExecution,
@@ -290,7 +290,7 @@ class SandboxExecutor:
         user = self.user()
         guard = None
         if spec.workspace is not None:
-            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
+            await asyncio.to_thread(prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
             guard = await asyncio.to_thread(DiskGuard, spec.workspace, self.settings.sandbox_disk_mb << 20,
                                             self._noop)
         for mount in spec.mounts:  # writable extra mounts (a worktree's private git dir) too
@@ -446,14 +446,6 @@ class SandboxExecutor:
             transport.close()
             if close:
                 os.close(fd)
-
-    def _prepare_workspace(self, workspace: Path, files: dict[str, bytes], user: HostUser | None,
-                           own: bool = True) -> None:
-        """Write the input files, then hand the tree to the sandbox user (so it can write it) —
-        only a workspace of the service's own (``ExecSpec.hand_over``)."""
-        write_files(workspace, files, user)
-        if user is not None and own:
-            hand_over(workspace, user)
 
     def sandboxes_live(self) -> int:
         return len(self._live)

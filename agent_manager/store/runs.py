@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
 from typing import Any
 
 from agent_manager.errors import NotFound
 from agent_manager.store import run_totals
-from agent_manager.store.database import Database, Queryable, dumps, now
-
-
-def duration(started: str | None, finished: str | None) -> float | None:
-    if not started or not finished:
-        return None
-    parse = datetime.fromisoformat
-    return round((parse(finished) - parse(started)).total_seconds(), 3)
+from agent_manager.store.database import Database, Queryable, dumps, duration, now
 
 
 def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
