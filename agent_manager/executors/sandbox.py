@@ -39,6 +39,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors.base import Availability, Chunk, ExecSpec
@@ -62,6 +63,9 @@ from agent_manager.executors.sandbox_profile import (
     stage_root,
 )
 from agent_manager.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NO_BWRAP = "bubblewrap is not installed: apt-get install bubblewrap"
@@ -212,6 +216,7 @@ class SandboxExecutor:
         self._probe_lock = asyncio.Lock()
         self._retry_at = 0.0
         self._live: set[SandboxExecution] = set()
+        self.create_seconds: Histogram | None = None  # a sandbox here is a process: nothing to create
         with contextlib.suppress(OSError):
             sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
 
@@ -441,6 +446,9 @@ class SandboxExecutor:
             transport.close()
             if close:
                 os.close(fd)
+
+    def sandboxes_live(self) -> int:
+        return len(self._live)
 
     async def close(self) -> None:
         """Service shutdown: end every sandbox of this instance, its slirp and its cgroup."""

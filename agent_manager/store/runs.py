@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import NotFound
+from agent_manager.store import run_totals
 from agent_manager.store.database import Database, Queryable, dumps, duration, now
 
 
@@ -134,6 +135,7 @@ def prune(db: Database, finished_before: str, batch: int = 500) -> int:
                 " AND status NOT IN ('queued', 'running') LIMIT ?", (finished_before, batch))]
             if not ids:
                 return deleted
+            run_totals.carry(conn, ids)  # so the /metrics totals keep counting them
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs_fts WHERE run_id IN ({marks})", ids)
