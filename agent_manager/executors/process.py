@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from agent_manager.errors import ExecutionError
-from agent_manager.executors.base import Chunk, Stream
+from agent_manager.executors.base import Chunk
 from agent_manager.executors.cgroup import RunCgroup
+from agent_manager.models import Stream
 
 TAG_ENV = "AGENT_MANAGER_TAG"
 READ_SIZE = 256 * 1024  # what one read takes from a pipe (asyncio's pipe transport reads up to this)
