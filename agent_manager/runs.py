@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, Va
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
+from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
 from agent_manager.run_request import (
     PROMPT_FILE_NAME,
@@ -41,6 +41,7 @@ from agent_manager.slots import HostSlots
 from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
+from agent_manager.store.database import duration as run_duration
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
@@ -71,14 +72,13 @@ class RunManager:
         self.db = db
         self.settings = settings
         self.executors = executors
-        self.events = EventLog(db, "run_events", "run_id", batched=True)
+        self.events = EventLog(db, "run_events", "run_id", batched=True, spill=True)
         self._finished: set[str] = set()  # finish recorded (maybe not yet committed) in this process
         self.host_slots = HostSlots(settings)
         self.host_running = 0
         self.queued = 0
         self._live: dict[str, _Live] = {}
-        self.finished_counts: Counter[tuple[str, str]] = Counter()
-        self.durations: list[float] = []
+        self.metrics = ServiceMetrics(self, executors)
         self.workspaces: Workspaces | None = None  # set by the service
         # Whether this process may switch to another OS user; a seam so tests can take the
         # non-root path while CI runs as root.
@@ -95,6 +95,7 @@ class RunManager:
                                run_store.update_statements(run["id"], status="interrupted", error=reason,
                                                            finished_at=run_store.last_heard(self.db, run["id"])
                                                            or now()), direct=True)
+        self.metrics.load(self.db)  # after the above, so the stale runs count as interrupted
         return len(stale)
 
     async def shutdown(self) -> None:
@@ -479,8 +480,4 @@ class RunManager:
         live = self._live.get(run_id)
         if live is not None:
             live.finished.set()
-        self.finished_counts[(run["backend"] or "none", status)] += 1
-        duration = run_store.duration(started, finished)
-        if duration is not None:
-            self.durations.append(duration)
-            del self.durations[:-10_000]
+        self.metrics.run_finished(run["backend"], status, run_duration(started, finished))

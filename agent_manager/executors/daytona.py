@@ -44,11 +44,13 @@ from agent_manager.executors.daytona_api import (
 )
 from agent_manager.executors.daytona_command import DaytonaExecution, build_command, env_payload
 from agent_manager.executors.daytona_settings import DaytonaSettings, daytona_section
+from agent_manager.metrics import create_histogram
 from agent_manager.plugins import ISOLATED, REMOTE, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
 
 if TYPE_CHECKING:
     from daytona import AsyncDaytona, AsyncSandbox
+    from prometheus_client import Histogram
 
 log = logging.getLogger("agent_manager.executors.daytona")
 __all__ = ["DaytonaExecutor", "DaytonaExecution", "build_command", "env_payload", "list_sandboxes", "sweep"]
@@ -57,8 +59,8 @@ __all__ = ["DaytonaExecutor", "DaytonaExecution", "build_command", "env_payload"
 class DaytonaExecutor:
     """One sandbox per run; optionally a warm pool of ready sandboxes per sandbox shape.
 
-    Metrics hooks: ``create_latencies`` (seconds per successful create, pool refills included)
-    and ``live`` (sandboxes currently running a command for this executor).
+    Metrics (``KeepsSandboxes``): ``create_seconds``, a fixed-bucket histogram of seconds per
+    successful create (pool refills included), and ``live`` (sandboxes running a command now).
 
     Scale: one SDK client (one aiohttp session) serves every run, a run is a few coroutines
     (no thread), at most ``daytona.max_concurrent_creates`` creates are in flight (the rest
@@ -72,7 +74,7 @@ class DaytonaExecutor:
         self.settings, self.instance_id = settings, instance_id
         # This backend's own section ([daytona]): the plugin's factory passes it; read at use time.
         self.section = section if section is not None else daytona_section(settings)
-        self.create_latencies: list[float] = []
+        self.create_seconds: Histogram | None = create_histogram()
         self.live = 0
         self.attempts, self.base_delay = retry_attempts, retry_base_s
         self.backoff = Backoff(retry_base_s)
@@ -184,7 +186,8 @@ class DaytonaExecutor:
             if isinstance(exc, ExecutionError) and isinstance(exc.__cause__, _sdk().DaytonaTimeoutError):
                 raise ExecutionError(f"Daytona sandbox did not start within {timeout:.0f}s: {exc}") from exc
             raise
-        self.create_latencies.append(time.monotonic() - started)
+        if self.create_seconds is not None:
+            self.create_seconds.observe(time.monotonic() - started)
         return sb
 
     async def _delete_labelled(self, labels: dict[str, str], pool_only: bool = False) -> bool:
@@ -272,6 +275,9 @@ class DaytonaExecutor:
             await asyncio.shield(execution.release())
             raise
         return execution
+
+    def sandboxes_live(self) -> int:
+        return self.live
 
     async def close(self) -> None:
         """Stop refills, cancel running executions, delete pooled sandboxes, close the client."""

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from agent_manager.errors import ExecutorUnavailable, Forbidden
+from agent_manager.errors import ExecutorUnavailable
 from agent_manager.executors.daytona_settings import daytona_section
 from agent_manager.service import Service
-from agent_manager.web.deps import owner_filter, principal, service
+from agent_manager.web.deps import owner_filter, require_admin, service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
 
@@ -61,11 +61,9 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     return found
 
 
-@router.post("/gc")
-async def gc(request: Request, all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
+@router.post("/gc", dependencies=[Depends(require_admin)])
+async def gc(all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
     """Delete labelled Daytona sandboxes no live run or warm pool of this service uses."""
-    if not principal(request).get("admin"):
-        raise Forbidden("only the admin may sweep sandboxes")
     daytona = _daytona(svc)
     keep = _in_use(svc)
     deleted = await daytona.sweep(daytona_section(svc.settings), keep=keep,

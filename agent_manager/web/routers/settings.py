@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import ValidationError
 
 from agent_manager import sections as sect
-from agent_manager.errors import Conflict, Forbidden, ValidationFailed
+from agent_manager.errors import Conflict, ValidationFailed
 from agent_manager.models import MASK
 from agent_manager.service import Service
 from agent_manager.settings import (
@@ -27,7 +27,7 @@ from agent_manager.settings import (
     error_key,
     write_config_file,
 )
-from agent_manager.web.deps import audit, principal, service
+from agent_manager.web.deps import audit, require_admin, service
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 
@@ -112,11 +112,9 @@ def settings_keys(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]
     return out
 
 
-@router.patch("")
+@router.patch("", dependencies=[Depends(require_admin)])
 async def patch_settings(request: Request, body: dict[str, Any] = Body(...),
                          svc: Service = Depends(service)) -> dict[str, Any]:
-    if not principal(request).get("admin"):
-        raise Forbidden("only the admin may change settings")
     settings = svc.settings
     changes = settings_keys(body, settings)
     unknown = sorted(set(changes) - set(settings.setting_keys()))
