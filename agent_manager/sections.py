@@ -18,6 +18,7 @@ A field whose type is ``SecretStr`` is write-only in the API, like every secret.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -27,14 +28,42 @@ from pydantic.fields import FieldInfo
 if TYPE_CHECKING:
     from agent_manager.plugins import BackendPlugin
 
+log = logging.getLogger("agent_manager.sections")
 ENV_PREFIX = "AGENT_MANAGER_"
 
 
-def plugins_with_sections() -> dict[str, BackendPlugin]:
-    """The installed backends that declare a settings section, by name (the registry's order)."""
-    from agent_manager import plugins
+# Top-level keys of GET /api/settings besides the settings themselves: no section may take them.
+RESERVED = frozenset({"sections", "section_info", "mutable", "restart_required", "from_env", "listening"})
 
-    return {name: plugin for name, plugin in plugins.backends().items() if plugin.settings_model is not None}
+
+def plugins_with_sections() -> dict[str, BackendPlugin]:
+    """The installed backends that declare a usable settings section, by name (the registry's
+    order). A section that is no pydantic model, or whose name is taken by a service setting,
+    is left out and logged: the backend still loads, its settings keep their defaults."""
+    from agent_manager import plugins
+    from agent_manager.settings import Settings
+
+    found = {}
+    for name, plugin in plugins.backends().items():
+        model = plugin.settings_model
+        if model is None:
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            _refuse(name, f"its settings_model is not a pydantic model ({model!r})")
+        elif name in Settings.model_fields or name in RESERVED:
+            _refuse(name, f"its name {name!r} is taken by a service setting, so it can have no section")
+        else:
+            found[name] = plugin
+    return found
+
+
+def _refuse(name: str, why: str) -> None:
+    if (name, why) not in _refused:
+        _refused.add((name, why))
+        log.error("the %s backend's settings section is ignored: %s", name, why)
+
+
+_refused: set[tuple[str, str]] = set()
 
 
 def section_models() -> dict[str, type[BaseModel]]:

@@ -381,6 +381,13 @@ def error_key(loc: tuple[Any, ...]) -> str:
     return str(loc[0])
 
 
+def _is_secret_key(key: str) -> bool:
+    section, _, field = key.rpartition(".")
+    model: type[BaseModel] | None = sect.section_models().get(section) if section else Settings
+    info = model.model_fields.get(field) if model is not None else None
+    return info is not None and sect.is_secret(info)
+
+
 def describe_errors(exc: ValidationError, source: Any = str) -> str:
     """One plain sentence per invalid value (pydantic's own text carries a URL and jargon)."""
     parts = []
@@ -391,6 +398,8 @@ def describe_errors(exc: ValidationError, source: Any = str) -> str:
             continue
         shown = repr(error.get("input"))
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        if _is_secret_key(name):
+            shown = "the value given"  # a secret, even a wrong one, is never echoed (logs, answers)
         reason = error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
         parts.append(f"{source(name)} is {shown}, but it should be {reason}"
                      if error["msg"].startswith("Input should be") else f"{source(name)} is {shown}: {reason}")

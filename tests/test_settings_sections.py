@@ -148,3 +148,25 @@ def test_a_plugins_section_loads_like_the_built_in_ones(tmp_path: Path) -> None:
     table = sections.reference()
     assert "### `[demo-ssh]` — demo over SSH" in table and "`AGENT_MANAGER_DEMO_SSH_PORT`" in table
     assert "demo-ssh" not in sections.reference(builtin_only=True)
+
+
+def test_a_wrong_secret_is_not_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"home": tmp_path, "daytona": {"api_key": 987654321}}, environ={})
+    assert "daytona.api_key" in str(info.value) and "987654321" not in str(info.value)
+
+
+def test_a_section_may_not_take_a_service_settings_name(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    original = plugins.backends()
+    clash = plugins.BackendPlugin(name="port", title="clash", capabilities=frozenset(),
+                                  factory=lambda ctx: None,  # type: ignore[arg-type,return-value]
+                                  settings_model=DemoSettings)
+    not_a_model = plugins.BackendPlugin(name="odd", title="odd", capabilities=frozenset(),
+                                        factory=lambda ctx: None,  # type: ignore[arg-type,return-value]
+                                        settings_model=dict)  # type: ignore[arg-type]
+    monkeypatch.setattr(plugins, "backends", lambda: {**original, "port": clash, "odd": not_a_model})
+    with caplog.at_level(logging.ERROR):
+        s = Settings(port=1234)
+    assert s.port == 1234 and s.section("port") is None and s.section("odd") is None
+    assert "taken by a service setting" in caplog.text and "not a pydantic model" in caplog.text
