@@ -72,7 +72,7 @@ class RunManager:
         self.db = db
         self.settings = settings
         self.executors = executors
-        self.events = EventLog(db, "run_events", "run_id", batched=True)
+        self.events = EventLog(db, "run_events", "run_id", batched=True, spill=True)
         self._finished: set[str] = set()  # finish recorded (maybe not yet committed) in this process
         self.host_slots = HostSlots(settings)
         self.host_running = 0

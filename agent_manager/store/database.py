@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agent_manager.errors import ConfigError
+from agent_manager.store.output_files import OutputFiles
 
 if TYPE_CHECKING:
     from agent_manager.store.writer import EventWriter
@@ -118,6 +119,9 @@ class Database:
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the database {path}: {exc}") from exc
         self._depth = 0
+        # Large run output lives in files beside the database (``output_files``); an
+        # in-memory database keeps everything inline.
+        self.output_files: OutputFiles | None = None if self.in_memory else OutputFiles(self.path.parent / "run-output")
         self.write_lock = threading.Lock()
         self._writer: EventWriter | None = None
         self._pool: ThreadPoolExecutor | None = None

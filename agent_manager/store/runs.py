@@ -140,4 +140,6 @@ def prune(db: Database, finished_before: str, batch: int = 500) -> int:
             conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs_fts WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+        if db.output_files is not None:  # after the commit: a crash in between leaves files, never rows without
+            db.output_files.remove(ids)
         deleted += len(ids)
