@@ -134,6 +134,10 @@ async def test_daytona_client_pool_and_sweep_follow_settings(tmp_path: Path, fak
             posted = await client.post("/api/runs", json={"agent": "sh", "prompt": "x"})
             run = await wait_run(client, posted.json()["id"])
             assert run["status"] == "succeeded" and run["backend"] == "daytona", run
+            for _ in range(200):  # the sandbox is deleted right after the run ends, not before
+                if daytona_emulator.deleted:
+                    break
+                await asyncio.sleep(0.05)
             assert daytona_emulator.deleted and not second.requests
             # The older flat names still work.
             r = await client.patch("/api/settings", json={"daytona_api_key": second.api_key,
@@ -142,6 +146,10 @@ async def test_daytona_client_pool_and_sweep_follow_settings(tmp_path: Path, fak
             posted = await client.post("/api/runs", json={"agent": "sh", "prompt": "x"})
             run = await wait_run(client, posted.json()["id"])
             assert run["status"] == "succeeded", run
+            for _ in range(200):
+                if second.deleted:
+                    break
+                await asyncio.sleep(0.05)
             assert second.deleted == [run["sandbox_id"]]
             # The warm pool follows its setting, on the Daytona now configured.
             assert (await client.patch("/api/settings", json={"daytona": {"warm_pool": 2}})).status_code == 200
