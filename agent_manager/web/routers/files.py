@@ -40,6 +40,7 @@ from agent_manager.errors import (
 )
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, principal, service
 from agent_manager.workdirs import agent_workspace
 from agent_manager.workdirs import open_dir as walk
@@ -168,7 +169,7 @@ def _listing(fd: int) -> tuple[list[dict[str, Any]], bool]:
 
 
 @router.get("", response_model=DirListing | FileContent,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            responses={**api.DOWNLOAD, **api.errors(400, 403, 404, 409, 413)})
 async def read(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query("", max_length=4096), raw: bool = False,
                svc: Service = Depends(service)) -> Any:
@@ -277,7 +278,8 @@ WRITE_BODY = {"requestBody": {"required": True, "content": {
                                                    "encoding": {"enum": ["utf-8", "base64"]}}}}}}}
 
 
-@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY)
+@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY,
+            responses=api.errors(400, 403, 404, 409, 413, 507))
 async def write(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                 path: str = Query(..., min_length=1, max_length=4096),
                 svc: Service = Depends(service)) -> dict[str, Any]:
@@ -353,7 +355,7 @@ def _may_write(request: Request) -> None:
         raise Forbidden("only the admin and trusted users may change files")
 
 
-@router.delete("", status_code=204)
+@router.delete("", status_code=204, responses=api.errors(400, 403, 404, 409, 507))
 async def remove(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                  path: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> Response:
     """Delete a file, a symlink (not its target) or an empty directory."""
@@ -374,7 +376,7 @@ async def remove(request: Request, agent: str = Query(..., min_length=1, max_len
     return Response(status_code=204)
 
 
-@router.post("/move")
+@router.post("/move", response_model=api.Moved, responses=api.errors(400, 403, 404, 409, 507))
 async def move(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query(..., min_length=1, max_length=4096),
                to: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from agent_manager.errors import ExecutorUnavailable, Forbidden
 from agent_manager.service import Service
+from agent_manager.web import responses as api
 from agent_manager.web.deps import owner_filter, principal, service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
@@ -36,7 +37,7 @@ def _owned_runs(svc: Service, owner: str | None, run_ids: set[str]) -> set[str]:
     return {row["id"] for row in rows}
 
 
-@router.get("")
+@router.get("", response_model=list[api.Sandbox], response_model_exclude_unset=True, responses=api.errors(503))
 async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
     """Local bubblewrap sandboxes of live runs, and every Daytona sandbox labelled by Agent Manager.
     A user sees only those of their own runs (no other run ids, host pids or pool sandboxes)."""
@@ -60,7 +61,7 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     return found
 
 
-@router.post("/gc")
+@router.post("/gc", response_model=api.Swept, responses=api.errors(403, 503))
 async def gc(request: Request, all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
     """Delete labelled Daytona sandboxes no live run or warm pool of this service uses."""
     if not principal(request).get("admin"):

@@ -15,6 +15,7 @@ from agent_manager.errors import ValidationFailed
 from agent_manager.models import NAME_RE, Strict
 from agent_manager.service import Service
 from agent_manager.store import users as user_store
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, principal, require_admin, service
 
 router = APIRouter(tags=["users"])
@@ -80,12 +81,13 @@ async def me(request: Request) -> dict[str, Any]:
             "trusted": bool(who.get("trusted"))}
 
 
-@router.get("/api/users", response_model=list[User], dependencies=[Depends(require_admin)])
+@router.get("/api/users", response_model=list[User], dependencies=[Depends(require_admin)], responses=api.errors(403))
 async def list_users(svc: Service = Depends(service)) -> list[dict[str, Any]]:
     return user_store.list_all(svc.database)
 
 
-@router.post("/api/users", response_model=UserWithToken, status_code=201, dependencies=[Depends(require_admin)])
+@router.post("/api/users", response_model=UserWithToken, status_code=201, dependencies=[Depends(require_admin)],
+             responses=api.errors(403, 409, 422))
 async def create_user(body: UserCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     _check_name(body.name)
     user, token = user_store.create(svc.database, body.name, trusted=body.trusted, admin=body.admin)
@@ -94,12 +96,14 @@ async def create_user(body: UserCreate, request: Request, svc: Service = Depends
     return {**user, "token": token}
 
 
-@router.get("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)])
+@router.get("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)],
+            responses=api.errors(403, 404))
 async def get_user(user_id: str, svc: Service = Depends(service)) -> dict[str, Any]:
     return user_store.get(svc.database, user_id)
 
 
-@router.patch("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)])
+@router.patch("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)],
+              responses=api.errors(403, 404, 409, 422))
 async def update_user(user_id: str, body: UserUpdate, request: Request,
                       svc: Service = Depends(service)) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
@@ -112,21 +116,23 @@ async def update_user(user_id: str, body: UserUpdate, request: Request,
     return user
 
 
-@router.delete("/api/users/{user_id}", status_code=204, dependencies=[Depends(require_admin)])
+@router.delete("/api/users/{user_id}", status_code=204, dependencies=[Depends(require_admin)],
+               responses=api.errors(403, 404))
 async def delete_user(user_id: str, request: Request, svc: Service = Depends(service)) -> Response:
     user = user_store.delete(svc.database, user_id)
     audit(request, "user.delete", user["id"], {"name": user["name"]})
     return Response(status_code=204)
 
 
-@router.post("/api/users/{user_id}/token", response_model=UserWithToken, dependencies=[Depends(require_admin)])
+@router.post("/api/users/{user_id}/token", response_model=UserWithToken, dependencies=[Depends(require_admin)],
+             responses=api.errors(403, 404))
 async def rotate_token(user_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     user, token = user_store.rotate_token(svc.database, user_id)
     audit(request, "user.token_rotate", user["id"], {"name": user["name"]})
     return {**user, "token": token}
 
 
-@router.get("/api/audit", response_model=AuditPage, dependencies=[Depends(require_admin)])
+@router.get("/api/audit", response_model=AuditPage, dependencies=[Depends(require_admin)], responses=api.errors(403))
 async def audit_log(actor: str | None = Query(None, max_length=200), action: str | None = Query(None, max_length=200),
                     limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**62),
                     svc: Service = Depends(service)) -> dict[str, Any]:
