@@ -34,7 +34,9 @@ def test_an_old_database_gets_its_rowids_and_updates_hit_the_right_entry(tmp_pat
                         " WHERE runs_fts.run_id != runs.id")
     assert mismatched is not None and mismatched["n"] == 0
     run_store.update(db, "run_7", output="zebra answer")
-    run_store.index_stderr(db, "run_7", "giraffe on stderr")
+    with db.transaction() as conn:
+        for statement, params in run_store.search_statements("run_7", "zebra answer", "giraffe on stderr"):
+            conn.execute(statement, params)
     for word in ("zebra", "giraffe"):
         found, total = run_store.search(db, q=word)
         assert total == 1 and found[0]["id"] == "run_7" and "search_rowid" not in found[0]

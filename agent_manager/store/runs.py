@@ -42,32 +42,31 @@ def get(db: Queryable, run_id: str, owner: str | None = None) -> dict[str, Any]:
     return row_to_dict(row)
 
 
-def update_statements(run_id: str, **changes: Any) -> list[tuple[str, tuple[Any, ...]]]:
-    """The statements of ``update``, for a caller that commits them with something else."""
+def update_statements(run_id: str, search: bool = True, **changes: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements of ``update``, for a caller that commits them with something else.
+    ``search=False`` leaves a changed ``output`` out of the search index (see ``search_statements``)."""
     if "usage" in changes and changes["usage"] is not None:
         changes["usage"] = dumps(changes["usage"])
     assignments = ", ".join(f"{k} = ?" for k in changes)
     statements: list[tuple[str, tuple[Any, ...]]] = [
         (f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))]
-    if "output" in changes:
-        statements.append((f"UPDATE runs_fts SET output = ? WHERE rowid = {SEARCH_ROWID}",
-                           (changes["output"] or "", run_id)))
+    if "output" in changes and search:
+        statements += search_statements(run_id, changes["output"])
     return statements
+
+
+def search_statements(run_id: str, output: str | None, stderr: str = "") -> list[tuple[str, tuple[Any, ...]]]:
+    """Index a finished run's answer (and what it wrote to stderr, so it is findable by that too).
+    Tokenizing a long answer costs milliseconds: the run manager hands this to the event writer
+    thread instead of committing it on the event loop with the run's final row."""
+    text = (output or "") + (f"\n{stderr}" if stderr.strip() else "")
+    return [(f"UPDATE runs_fts SET output = ? WHERE rowid = {SEARCH_ROWID}", (text, run_id))]
 
 
 def update(db: Database, run_id: str, **changes: Any) -> None:
     with db.transaction() as conn:
         for statement, params in update_statements(run_id, **changes):
             conn.execute(statement, params)
-
-
-def index_stderr(db: Database, run_id: str, stderr: str) -> None:
-    """Make a finished run findable by what it wrote to stderr too (the stored answer is stdout's)."""
-    if not stderr.strip():
-        return
-    with db.transaction() as conn:
-        conn.execute(f"UPDATE runs_fts SET output = output || char(10) || ? WHERE rowid = {SEARCH_ROWID}",
-                     (stderr, run_id))
 
 
 def fts_query(text: str) -> str:
