@@ -311,7 +311,7 @@ class Service:
 
         try:
             # The SDK takes about a second to import: do it in a thread, not on the loop.
-            await asyncio.to_thread(daytona_api._sdk)
+            await asyncio.to_thread(daytona_api.load_sdk)
             swept = await daytona.sweep(self.settings, instance=self.prefix)
             if swept:
                 log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
