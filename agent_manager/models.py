@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Kind = Literal["gemini", "claude", "codex", "ollama", "aider", "opencode", "llm", "generic"]
 Backend = Literal["local", "sandbox", "daytona"]
 RequestedBackend = Literal["local", "sandbox", "daytona", "auto"]
+# Which of a process's output streams a chunk of text came from (executors read, agents parse).
+Stream = Literal["stdout", "stderr"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
 

@@ -33,8 +33,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from workspace_helpers import make_repo
 
+from agent_manager.web.auth import OPEN_PATHS
+
 LOG: list[str] = []
-OPEN = {"/api/health", "/login", "/logout", "/favicon.ico"}  # no 401 there (web.auth.OPEN_PATHS)
 EXAMPLES = 20  # per operation and mode: the same ones every time (derandomized)
 CHECKS = [response_schema_conformance, status_code_conformance, content_type_conformance]
 # Run last, in this order: they change or delete what the other operations' requests name.
@@ -257,7 +258,7 @@ def test_every_json_answer_has_a_schema(fuzz_server: tuple[LiveServer, dict[str,
                     # the login form answers a person: its own errors are the page with a message
                     if not ref.endswith("/ErrorResponse") and not (path == "/login" and "text/html" in content):
                         problems.append(f"{label} {code}: not the error shape")
-            middleware = {"400", "403", "413"} | (set() if path in OPEN else {"401", "429"})
+            middleware = {"400", "403", "413"} | (set() if path in OPEN_PATHS else {"401", "429"})
             if not middleware <= set(answers):
                 problems.append(f"{label}: the middleware's answers are not documented")
     assert not problems, "\n".join(problems)

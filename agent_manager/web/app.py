@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,11 +16,23 @@ from agent_manager import __version__
 from agent_manager.errors import AgentManagerError
 from agent_manager.service import Service
 from agent_manager.settings import Settings
-from agent_manager.web import apidocs, auth, metrics
+from agent_manager.web import apidocs, auth, metrics, pages
 from agent_manager.web import responses as api
 from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
 from agent_manager.web.limits import BodyLimitMiddleware, FailureThrottle
-from agent_manager.web.routers import agents, conversations, runs, sandboxes
+from agent_manager.web.routers import (
+    agents,
+    conversations,
+    files,
+    orchestrations,
+    plans,
+    projects,
+    runs,
+    sandboxes,
+    terminals,
+    users,
+    workspaces,
+)
 from agent_manager.web.routers import settings as settings_api
 
 log = logging.getLogger("agent_manager.web")
@@ -113,20 +124,13 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     app.state.service = svc
     app.state.token = token
     install_error_handlers(app)
-    for router in (agents.router, runs.router, conversations.router, settings_api.router, sandboxes.router):
+    # Every router is imported plainly at the top: one that fails to import (a missing
+    # dependency, a bug) stops the app from being built instead of its routes vanishing.
+    for router in (agents.router, runs.router, conversations.router, settings_api.router, sandboxes.router,
+                   projects.router, *workspaces.routers, plans.router, orchestrations.router,
+                   users.router, files.router, terminals.router, metrics.router):
         app.include_router(router)
-    app.include_router(metrics.router, responses=api.PROMETHEUS)
-    from agent_manager.web.routers import projects, workspaces
-
-    for router in (projects.router, *workspaces.routers):
-        app.include_router(router)
-    for optional in ("agent_manager.web.routers.plans", "agent_manager.web.routers.orchestrations",
-                     "agent_manager.web.routers.users", "agent_manager.web.routers.files",
-                     "agent_manager.web.routers.terminals"):
-        with contextlib.suppress(ModuleNotFoundError):
-            app.include_router(importlib.import_module(optional).router)
-    with contextlib.suppress(ModuleNotFoundError):
-        importlib.import_module("agent_manager.web.pages").install(app)
+    pages.install(app)
 
     @app.get("/api/health", tags=["service"], response_model=api.Health)
     async def health() -> dict[str, str]:
@@ -136,18 +140,18 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     async def login(request: Request, token: str | None = None) -> Response:
         """The login page; with ``?token=`` exchange the token for a session cookie (a browser's way in)."""
         if token is not None:
-            return auth.login(app, request.query_params.getlist("token"), _client(request))
+            return auth.login(app, request.query_params.getlist("token"), _client(request), _https(request))
         return HTMLResponse(LOGIN_PAGE.format(error=""), headers=auth.LOGIN_HEADERS)
 
     @app.post("/login", tags=["session"], response_model=None, response_class=HTMLResponse, responses=api.LOGIN)
     async def login_form(request: Request, token: str = Form(...)) -> Response:
         """The login form: exchange the token for a session cookie."""
-        return auth.login(app, [token], _client(request))
+        return auth.login(app, [token], _client(request), _https(request))
 
     @app.post("/logout", tags=["session"], response_model=None, status_code=303, response_class=RedirectResponse,
-              responses=api.redirect("/login", "The session cookie is deleted"))
-    async def logout() -> Response:
-        return auth.logout()
+              responses=api.redirect("/login", "The session cookie is deleted (and the session ended)"))
+    async def logout(request: Request) -> Response:
+        return auth.logout(app, request.headers.getlist("cookie"), _https(request))
 
     # The middleware finds user credentials through app.state.service at request time.
     app.state.throttle = throttle = FailureThrottle(lambda: settings.auth_failures_allowed)
@@ -159,3 +163,9 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+def _https(request: Request) -> bool:
+    """Whether the browser reached us over https: directly, or through a proxy whose
+    ``X-Forwarded-Proto`` uvicorn trusts (``--forwarded-allow-ips``, loopback by default)."""
+    return request.url.scheme == "https"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, SecretStr, create_model
 from agent_manager.models import WorkspaceInfo
 from agent_manager.orchestration.plan import Plan
 from agent_manager.settings import Settings
+from agent_manager.web.auth import OPEN_PATHS
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -132,8 +133,6 @@ def install(app: FastAPI) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-
-OPEN_PATHS = frozenset({"/api/health", "/login", "/logout", "/favicon.ico"})
 
 # -- service -----------------------------------------------------------------------------------
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from agent_manager.errors import ExecutorUnavailable, Forbidden
+from agent_manager.errors import ExecutorUnavailable
 from agent_manager.service import Service
 from agent_manager.web import responses as api
-from agent_manager.web.deps import owner_filter, principal, service
+from agent_manager.web.deps import owner_filter, require_admin, service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
 
@@ -43,8 +43,8 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     A user sees only those of their own runs (no other run ids, host pids or pool sandboxes)."""
     owner = owner_filter(request)
     found: list[dict[str, Any]] = []
-    local = {run_id: live.execution.info for run_id, live in list(svc.runs.live.items())
-             if live.execution is not None and live.execution.info.get("sandbox") == "bwrap"}
+    local = {run_id: execution.info for run_id, execution in svc.runs.executions().items()
+             if execution.info.get("sandbox") == "bwrap"}
     visible = _owned_runs(svc, owner, set(local))
     for run_id, info in local.items():
         if run_id in visible:
@@ -61,11 +61,9 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     return found
 
 
-@router.post("/gc", response_model=api.Swept, responses=api.errors(403, 503))
-async def gc(request: Request, all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
+@router.post("/gc", dependencies=[Depends(require_admin)], response_model=api.Swept, responses=api.errors(403, 503))
+async def gc(all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
     """Delete labelled Daytona sandboxes no live run or warm pool of this service uses."""
-    if not principal(request).get("admin"):
-        raise Forbidden("only the admin may sweep sandboxes")
     daytona = _daytona(svc)
     keep = _in_use(svc)
     deleted = await daytona.sweep(svc.settings, keep=keep, instance=None if all_instances else svc.prefix)
