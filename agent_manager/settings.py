@@ -19,14 +19,23 @@ import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import tomli_w
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, SecretStr, ValidationError
 
 from agent_manager.errors import ConfigError
 
-ExecutionMode = Literal["local", "sandbox", "daytona", "auto"]
+
+def _execution_mode(value: str) -> str:
+    """``auto`` or an installed backend (the registry decides which exist, plugins.py)."""
+    from agent_manager.plugins import check_backend
+
+    return check_backend(value, allow_auto=True)
+
+
+# TODO(13e): per-backend sections replace the daytona_*/sandbox_* fields below; keep this check.
+ExecutionMode = Annotated[str, AfterValidator(_execution_mode)]
 ENV_PREFIX = "AGENT_MANAGER_"
 CONFIG_FILE = "config.toml"
 # Daytona keeps its own variable names so that an existing Daytona setup just works.

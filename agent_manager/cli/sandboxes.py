@@ -26,7 +26,7 @@ def list_sandboxes(obj: dict[str, Any], as_json: bool) -> None:
     if not items:
         click.echo("No sandboxes.")
     for item in items:
-        use = "in use" if item.get("in_use") or item["backend"] == "sandbox" else "idle"
+        use = "in use" if item.get("in_use") else "idle"
         click.echo(f"{item['backend']:<8} {item['id']:<38} {item.get('state', ''):<10} {use:<7} "
                    f"run={item.get('run') or '-'}")
 

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import shlex
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -180,7 +179,7 @@ async def open_pty(executor: DaytonaExecutor, spec: ExecSpec, cols: int, rows: i
     if executor._closed:
         raise ExecutorUnavailable("the Daytona executor is closed")
     executor.client()  # ExecutorUnavailable early: extra missing or no key
-    unique = uuid.uuid4().hex
+    unique = executor.issue_label()
     labels = {**spec.labels, LABEL: executor.instance_id, RUN_LABEL: unique}
     profile = executor._profile(spec)
     sandbox = await executor._take(profile, labels) or await executor._create(profile, labels)

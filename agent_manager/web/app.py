@@ -20,7 +20,7 @@ from agent_manager.settings import Settings
 from agent_manager.web import apidocs, auth, metrics
 from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
 from agent_manager.web.limits import BodyLimitMiddleware, FailureThrottle
-from agent_manager.web.routers import agents, conversations, runs, sandboxes
+from agent_manager.web.routers import agents, conversations, plugins, runs, sandboxes
 from agent_manager.web.routers import settings as settings_api
 
 log = logging.getLogger("agent_manager.web")
@@ -112,7 +112,7 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     app.state.token = token
     install_error_handlers(app)
     for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router,
-                   sandboxes.router):
+                   sandboxes.router, plugins.router):
         app.include_router(router)
     from agent_manager.web.routers import projects, workspaces
 

@@ -7,6 +7,8 @@ import bisect
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
+from agent_manager import plugins
+from agent_manager.plugins import HOST, ISOLATED
 from agent_manager.service import Service
 from agent_manager.web.deps import service
 
@@ -39,8 +41,10 @@ def render(svc: Service) -> str:
     lines += ["# HELP agent_manager_sandboxes_live Sandboxes alive per backend.",
               "# TYPE agent_manager_sandboxes_live gauge"]
     live_counts = {name: count for name, count in live.items() if isinstance(count, int)}
-    live_counts.setdefault("sandbox", sum(1 for run in runs.live.values() if run.execution is not None
-                                          and run.execution.info.get("sandbox") == "bwrap"))
+    for name in svc.executors:  # isolated backends on this host: their sandboxes are the live runs
+        if {HOST, ISOLATED} <= plugins.capabilities(name):
+            live_counts.setdefault(name, sum(1 for run in runs.live.values()
+                                             if run.execution is not None and run.backend == name))
     for name, count in sorted(live_counts.items()):
         lines.append(f'agent_manager_sandboxes_live{{backend="{name}"}} {count}')
     latencies: list[float] = []
