@@ -34,11 +34,14 @@ LAST_SEQ_CACHE = 4096
 class EventLog:
     """One log per owner row, in ``table`` keyed by ``key_column`` (e.g. run_events.run_id)."""
 
-    def __init__(self, db: Database, table: str, key_column: str, *, batched: bool = False) -> None:
+    def __init__(self, db: Database, table: str, key_column: str, *, batched: bool = False,
+                 spill: bool = False) -> None:
         self.db = db
         self.table = table
         self.key_column = key_column
         self.batched = batched
+        # Large output text of a batched log goes to the key's file (``store.output_files``).
+        self.files = db.output_files if spill and batched else None
         self._last: dict[str, int] = {}       # last seq handed out
         self._committed: dict[str, int] = {}  # last seq readers may see
         self._tail: dict[str, Row] = {}       # the newest queued row per key (may still grow)
@@ -108,7 +111,7 @@ class EventLog:
         text = data.get("text")
         size = (len(text) if isinstance(text, str) else 0) + 128
         row = Row(self.table, self.key_column, key, seq, type_, dict(data), now(), size, self._on_commit,
-                  list(also or ()))
+                  list(also or ()), self.files)
         writer.put(row)
         self._last[key] = seq
         self._tail[key] = row
@@ -147,14 +150,22 @@ class EventLog:
     def read(self, key: str, after: int = 0, limit: int = 64) -> list[dict[str, Any]]:
         rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
-        return [{"seq": r["seq"], "type": r["type"], "data": json.loads(r["data"]),
+        return [{"seq": r["seq"], "type": r["type"], "data": json.loads(self._expand(key, r["data"])),
                  "created_at": r["created_at"]} for r in rows]
 
     def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[tuple[int, str, str, str]]:
-        """(seq, type, data-as-JSON-text, created_at) without decoding: the SSE path sends the text as is."""
+        """(seq, type, stored data column, created_at) without decoding: the SSE path sends the text
+        as is, and reads a file-backed output text as bytes (``frame_data``)."""
         rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
         return [(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
+
+    def _expand(self, key: str, data: str) -> str:
+        return data if self.files is None else self.files.expand(key, data)
+
+    def frame_data(self, key: str, data: str, at: str) -> list[bytes] | None:
+        """A file-backed row's SSE payload as bytes, ``at`` included (None: an inline row)."""
+        return None if self.files is None else self.files.frame(key, data, at)
 
     async def wait(self, key: str, after: int, timeout: float) -> bool:
         """Wait until a committed event newer than ``after`` exists; False on timeout."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from agent_manager import plugins
-from agent_manager.agents import DEFAULT_KIND
+from agent_manager.plugins import DEFAULT_KIND
 
 # Which kinds and backends exist is the registry's (plugins.py: entry points), so these are
 # strings checked against it; a wrong one is a 422 naming the installed choices.
@@ -18,6 +18,8 @@ Backend = Annotated[str, AfterValidator(plugins.check_backend),
                     Field(description="an installed backend (GET /api/backends)")]
 RequestedBackend = Annotated[str, AfterValidator(lambda name: plugins.check_backend(name, allow_auto=True)),
                              Field(description="an installed backend (GET /api/backends), or auto")]
+# Which of a process's output streams a chunk of text came from (executors read, agents parse).
+Stream = Literal["stdout", "stderr"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
 

@@ -15,7 +15,6 @@ The interface a plugin implements is documented for users in docs/plugins.md.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +36,8 @@ BACKEND_GROUP = "agent_manager.backends"
 KIND_GROUP = "agent_manager.kinds"
 BUILTIN_DIST = "agent-manager"
 AUTO = "auto"  # not a backend: "let the routing policy choose"
+DEFAULT_KIND = "generic"
+"""The kind of an agent created without one, and of orchestration ``shell`` steps: any program."""
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 HOST = "host"
@@ -192,14 +193,19 @@ def _check_kind(name: str, obj: Any) -> AgentKind:
     return obj
 
 
-@functools.cache
+_loaded: dict[str, _Group] = {}  # group → what loading it found (loaded once, on first use)
+
+
 def _backends() -> _Group:
-    return _load(BACKEND_GROUP, _check_backend)
+    if BACKEND_GROUP not in _loaded:
+        _loaded[BACKEND_GROUP] = _load(BACKEND_GROUP, _check_backend)
+    return _loaded[BACKEND_GROUP]
 
 
-@functools.cache
 def _kinds() -> _Group:
-    return _load(KIND_GROUP, _check_kind)
+    if KIND_GROUP not in _loaded:
+        _loaded[KIND_GROUP] = _load(KIND_GROUP, _check_kind)
+    return _loaded[KIND_GROUP]
 
 
 def backends() -> dict[str, BackendPlugin]:
@@ -223,8 +229,7 @@ def kind_entries() -> list[Entry]:
 
 def reload() -> None:
     """Forget what was loaded (tests that install a plugin while the process runs)."""
-    _backends.cache_clear()
-    _kinds.cache_clear()
+    _loaded.clear()
 
 
 def capabilities(name: str | None) -> frozenset[str]:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, Va
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
+from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
 from agent_manager.plugins import HOST
 from agent_manager.run_request import (
@@ -43,6 +43,7 @@ from agent_manager.slots import HostSlots
 from agent_manager.store import Database
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
+from agent_manager.store.database import duration as run_duration
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
@@ -79,14 +80,13 @@ class RunManager:
         self.db = db
         self.settings = settings
         self.executors = executors
-        self.events = EventLog(db, "run_events", "run_id", batched=True)
+        self.events = EventLog(db, "run_events", "run_id", batched=True, spill=True)
         self._finished: set[str] = set()  # finish recorded (maybe not yet committed) in this process
         self.host_slots = HostSlots(settings)
         self.host_running = 0
         self.queued = 0
-        self.live: dict[str, _Live] = {}
-        self.finished_counts: Counter[tuple[str, str]] = Counter()
-        self.durations: list[float] = []
+        self._live: dict[str, _Live] = {}
+        self.metrics = ServiceMetrics(self, executors)
         self.workspaces: Workspaces | None = None  # set by the service
         # Whether this process may switch to another OS user; a seam so tests can take the
         # non-root path while CI runs as root.
@@ -103,18 +103,19 @@ class RunManager:
                                run_store.update_statements(run["id"], status="interrupted", error=reason,
                                                            finished_at=run_store.last_heard(self.db, run["id"])
                                                            or now()), direct=True)
+        self.metrics.load(self.db)  # after the above, so the stale runs count as interrupted
         return len(stale)
 
     async def shutdown(self) -> None:
         """End every live run; they are recorded as interrupted."""
-        for live in list(self.live.values()):
+        for live in list(self._live.values()):
             live.end_reason = live.end_reason or "interrupted"
             if live.execution is not None:
                 with contextlib.suppress(Exception):
                     await live.execution.cancel()
             if live.task is not None:
                 live.task.cancel()
-        tasks = [live.task for live in self.live.values() if live.task is not None]
+        tasks = [live.task for live in self._live.values() if live.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- public operations ---------------------------------------------------------------
@@ -147,7 +148,7 @@ class RunManager:
             conv_store.add_message(self.db, req.conversation_id, "user", req.prompt, agent["id"], run_id)
         self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None})
         live = _Live()
-        self.live[run_id] = live
+        self._live[run_id] = live
         self.queued += 1
         live.previous_usage = (run_store.last_usage(self.db, req.conversation_id, agent["id"], resume_id)
                                if resume_id and req.conversation_id else None)
@@ -156,7 +157,7 @@ class RunManager:
 
     async def cancel(self, run_id: str, owner: str | None = None) -> dict[str, Any]:
         run = run_store.get(self.db, run_id, owner)
-        live = self.live.get(run_id)
+        live = self._live.get(run_id)
         if run["status"] in TERMINAL_STATUSES or live is None:
             if run["status"] in TERMINAL_STATUSES:
                 return run
@@ -175,6 +176,17 @@ class RunManager:
         await live.done.wait()
         return run_store.get(self.db, run_id)
 
+    def executions(self) -> dict[str, Execution]:
+        """The executions of this process's runs that have started, by run id: a snapshot for
+        views of what is running now (the sandboxes list, gauges); queued runs are left out."""
+        return {run_id: live.execution for run_id, live in list(self._live.items()) if live.execution is not None}
+
+    def started_on(self) -> dict[str, str]:
+        """The backend of each started run of this process, by run id (a snapshot, like
+        ``executions``): views that tell backends apart by their capabilities use it."""
+        return {run_id: live.backend for run_id, live in list(self._live.items())
+                if live.execution is not None and live.backend is not None}
+
     def prune(self, older_than_days: float) -> int:
         """Delete runs that finished more than ``older_than_days`` ago; returns how many."""
         cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
@@ -182,7 +194,7 @@ class RunManager:
         return run_store.prune(self.db, stamp)
 
     async def wait(self, run_id: str) -> dict[str, Any]:
-        live = self.live.get(run_id)
+        live = self._live.get(run_id)
         if live is not None:
             await live.finished.wait()
             await self.events.drained(run_id)  # the finish is committed with its event
@@ -237,7 +249,7 @@ class RunManager:
                       + f"\n\nReply to the user's new message:\n\nUser: {req.prompt}")
 
     async def _run(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation) -> None:
-        live = self.live[run_id]
+        live = self._live[run_id]
         queued = True
         try:
             agent = req.agent
@@ -292,13 +304,13 @@ class RunManager:
                 await self.events.drained(run_id)
             finally:
                 live.done.set()
-                self.live.pop(run_id, None)
+                self._live.pop(run_id, None)
                 self._finished.discard(run_id)
                 self.events.forget(run_id)
 
     async def _execute(self, run_id: str, req: RunRequest, kind: AgentKind, invocation: Invocation,
                        chosen: Route, workspace: Path, user: OsUser | None) -> None:
-        live = self.live[run_id]
+        live = self._live[run_id]
         agent = req.agent
         backend, reason = chosen.backend, chosen.reason
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
@@ -340,7 +352,7 @@ class RunManager:
 
     async def _follow(self, run_id: str, req: RunRequest, kind: AgentKind, backend: str, reason: str,
                       timeout: float, execution: Execution) -> None:
-        live = self.live[run_id]
+        live = self._live[run_id]
         sandbox_id = execution.info.get("sandbox_id")
         run_store.update(self.db, run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
         started = {"backend": backend, "route_reason": reason, **({"sandbox_id": sandbox_id} if sandbox_id else {})}
@@ -477,14 +489,10 @@ class RunManager:
         if error:
             data["error"] = error
         self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
-        live = self.live.get(run_id)
+        live = self._live.get(run_id)
         if live is not None:
             live.finished.set()
-        self.finished_counts[(run["backend"] or "none", status)] += 1
-        duration = run_store.duration(started, finished)
-        if duration is not None:
-            self.durations.append(duration)
-            del self.durations[:-10_000]
+        self.metrics.run_finished(run["backend"], status, run_duration(started, finished))
 
 
 def _access(backend: str | None) -> Any:

@@ -8,6 +8,13 @@ Precedence, highest first:
 3. the TOML file ``<home>/config.toml`` (written by ``PATCH /api/settings``),
 4. the defaults below.
 
+``Settings`` is a pydantic-settings model: its environment source turns each variable into the
+field's type (booleans ``on/off``, ``true/false``, ``1/0``; lists comma-separated; numbers
+range-checked by the field), so no value is parsed by hand here. The merge itself stays explicit
+(rather than pydantic-settings' own source chain) because every value must be traceable to its
+source: errors name the variable, option or file line that was wrong, and ``from_env`` tells the
+API which settings it must not change.
+
 The data directory itself comes from an override, else ``AGENT_MANAGER_HOME``, else the
 platform's user data directory. Backends receive a ``Settings`` object; none of them reads
 the environment on its own.
@@ -18,11 +25,21 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import tomli_w
-from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from agent_manager.errors import ConfigError
 
@@ -43,6 +60,17 @@ DAYTONA_ENV = {"DAYTONA_API_KEY": "daytona_api_key", "DAYTONA_API_URL": "daytona
                "DAYTONA_TARGET": "daytona_target"}
 
 
+def _comma_separated(value: Any) -> Any:
+    """An environment variable holds a list as ``a, b, c``; TOML and JSON give a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A list of strings that the environment writes comma-separated (NoDecode: not as JSON).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+
+
 def default_home() -> Path:
     """The platform's user data directory (XDG on Linux)."""
     if sys.platform == "darwin":
@@ -51,16 +79,29 @@ def default_home() -> Path:
     return Path(base) / "agent-manager"
 
 
-class Settings(BaseModel):
-    """Every knob of the service. Field names are the TOML keys and the env suffixes."""
+class Settings(BaseSettings):
+    """Every knob of the service. Field names are the TOML keys and the env suffixes.
 
-    model_config = {"extra": "forbid", "validate_assignment": True}
+    Constructing one directly uses exactly the values given (and the defaults): only
+    ``load_settings`` reads the environment and the config file.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
     home: Path = Field(default_factory=default_home)
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     auth: bool = True
-    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_hosts: CommaList = Field(default_factory=list)
     # Bodies larger than this are refused with 413 before (or while) being read.
     max_request_bytes: int = Field(8 * 1_048_576, ge=1024)
     # Wrong tokens (bearer or /login) a client may send before it is answered 429 for a while.
@@ -160,39 +201,48 @@ RESTART_FIELDS = frozenset({"home", "host", "port", "auth", "workspaces_dir"})
 MUTABLE_FIELDS = frozenset(Settings.model_fields) - RESTART_FIELDS
 
 
-def env_sources(environ: dict[str, str]) -> dict[str, str]:
+class EnvironSource(EnvSettingsSource):
+    """pydantic-settings' environment source, over a given mapping instead of ``os.environ``
+    (``load_settings`` takes the environment as an argument). Names match ignoring case."""
+
+    def __init__(self, model: type[BaseModel], environ: Mapping[str, str], prefix: str) -> None:
+        self._environ = environ
+        super().__init__(model, env_prefix=prefix)  # type: ignore[arg-type]  # any model with fields
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _find_variable(environ: Mapping[str, str], name: str) -> str | None:
+    """The variable in ``environ`` that pydantic-settings reads for ``name`` (case ignored)."""
+    if name in environ:
+        return name
+    return next((key for key in environ if key.lower() == name.lower()), None)
+
+
+def env_sources(environ: Mapping[str, str]) -> dict[str, str]:
     """Setting name → the environment variable that sets it, for those the environment sets."""
-    found = {name: ENV_PREFIX + name.upper() for name in Settings.model_fields
-             if ENV_PREFIX + name.upper() in environ}
+    found: dict[str, str] = {}
+    for name in Settings.model_fields:
+        variable = _find_variable(environ, ENV_PREFIX + name.upper())
+        if variable is not None:
+            found[name] = variable
     for env_name, field in DAYTONA_ENV.items():
         if env_name in environ and field not in found:
             found[field] = env_name
     return found
 
 
-def _env_values(environ: dict[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in Settings.model_fields:
-        raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = _parse_env(name, raw)
-    for env_name, field in DAYTONA_ENV.items():
-        if env_name in environ and field not in values:
-            values[field] = environ[env_name]
-    return values
-
-
-def _parse_env(name: str, raw: str) -> Any:
-    annotation = str(Settings.model_fields[name].annotation)
-    if "bool" in annotation:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected on/off, got {raw!r}")
-    if "list" in annotation:
-        return [part.strip() for part in raw.split(",") if part.strip()]
-    return raw
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment sets, each turned into its field's type by pydantic-settings."""
+    environ = dict(environ)
+    for env_name, field in DAYTONA_ENV.items():  # Daytona's own names, unless ours are set too
+        if env_name in environ and _find_variable(environ, ENV_PREFIX + field.upper()) is None:
+            environ[ENV_PREFIX + field.upper()] = environ[env_name]
+    try:
+        return EnvironSource(Settings, environ, ENV_PREFIX)()
+    except SettingsError as exc:  # a value that cannot even be decoded (pydantic names the field)
+        raise ConfigError(f"invalid settings in the environment: {exc}") from None
 
 
 def read_config_file(home: Path) -> dict[str, Any]:
@@ -205,7 +255,7 @@ def read_config_file(home: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
-def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(overrides: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Merge the four sources in the documented order and validate the result."""
     environ = dict(os.environ if environ is None else environ)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -216,18 +266,17 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     merged.update(env_values)
     merged.update(overrides)
     merged["home"] = home
+    sources = env_sources(environ)
     try:
         settings = Settings(**merged)
-        settings._from_env = {k: v for k, v in env_sources(environ).items() if k not in overrides}
+        settings._from_env = {k: v for k, v in sources.items() if k not in overrides}
         return settings
     except ValidationError as exc:
         def source(name: str) -> str:
             if name in overrides:
                 return f"the option for {name}"
             if name in env_values:
-                env = next((e for e, f in DAYTONA_ENV.items() if f == name and e in environ),
-                           ENV_PREFIX + name.upper())
-                return f"the environment variable {env}"
+                return f"the environment variable {sources.get(name, ENV_PREFIX + name.upper())}"
             if name in from_file:
                 return f"{name} in {home / CONFIG_FILE}"
             return name

@@ -107,25 +107,33 @@ def stop_server(server: Server) -> None:
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, bytes, int]]:
     """(event type, raw data bytes, receipt time in ns) per frame; a byte-level parser so the
-    client itself is not the bottleneck of the throughput figure."""
-    buf = b""
+    client itself is not the bottleneck of the throughput figure. Linear in the bytes, and only
+    single-byte searches (memchr): the data line is JSON, so it has no raw newline, and a read
+    without one is only kept for later (``buf += piece`` and ``find(b"\\n\\n")`` were slower
+    than the service on a 256 KiB frame)."""
+    pending: list[bytes] = []
     async for piece in response.aiter_raw():
         received = time.time_ns()
-        buf += piece
-        while True:
-            end = buf.find(b"\n\n")
-            if end < 0:
-                break
-            frame, buf = buf[:end], buf[end + 2:]
-            event, data = "message", b""
-            for line in frame.split(b"\n"):
-                if line.startswith(b"event: "):
-                    event = line[7:].decode()
-                elif line.startswith(b"data: "):
-                    data = line[6:]
-            if frame.startswith(b":"):
+        pending.append(piece)
+        if piece.find(b"\n") < 0:
+            continue
+        buf = b"".join(pending) if len(pending) > 1 else piece
+        frame_start = pos = 0
+        event, data = "message", b""
+        while (nl := buf.find(b"\n", pos)) >= 0:
+            if nl == pos:  # an empty line ends the frame
+                if buf[frame_start:frame_start + 1] != b":":
+                    yield event, data, received
+                event, data = "message", b""
+                frame_start = pos = nl + 1
                 continue
-            yield event, data, received
+            if buf.startswith(b"data: ", pos):
+                data = buf[pos + 6:nl]
+            elif buf.startswith(b"event: ", pos):
+                event = buf[pos + 7:nl].decode()
+            pos = nl + 1
+        rest = buf[frame_start:]
+        pending = [rest] if rest else []
 
 
 def pct(values: list[float], p: float) -> float:

@@ -61,3 +61,11 @@ async def events(client: httpx.AsyncClient, run_id: str, after: int = 0) -> list
     assert r.status_code == 200, r.text
     result: list[dict[str, Any]] = r.json()
     return result
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics parsed by prometheus_client's own parser: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from conftest import in_process_client, running_service
 from fakes.daytona_emulator import DaytonaEmulator
-from helpers import events, wait_run
+from helpers import events, parse_metrics, wait_run
 
 from agent_manager.settings import Settings
 
@@ -53,9 +53,10 @@ async def test_run_on_daytona_and_sweep(cloud_client: httpx.AsyncClient, daytona
     assert listing == []
     r = await client.post("/api/sandboxes/gc")
     assert r.status_code == 200 and r.json() == {"deleted": 0}
-    metrics = (await client.get("/metrics")).text
-    assert 'agent_manager_runs_total{backend="daytona",status="succeeded"} 1' in metrics
-    assert "agent_manager_sandbox_create_seconds_count 1" in metrics
+    metrics = parse_metrics((await client.get("/metrics")).text)
+    assert metrics[("agent_manager_runs_total", (("backend", "daytona"), ("status", "succeeded")))] == 1
+    assert metrics[("agent_manager_sandbox_create_seconds_count", (("backend", "daytona"),))] == 1
+    assert metrics[("agent_manager_sandboxes_live", (("backend", "daytona"),))] == 0
 
 
 async def test_settings_api_masks_secrets_and_validates(client: httpx.AsyncClient, settings: Settings) -> None:
@@ -80,8 +81,11 @@ async def test_settings_api_masks_secrets_and_validates(client: httpx.AsyncClien
 async def test_metrics_format(client: httpx.AsyncClient) -> None:
     await client.post("/api/agents", json={"name": "e", "command": "echo"})
     await wait_run(client, (await client.post("/api/runs", json={"agent": "e", "prompt": "x"})).json()["id"])
-    text = (await client.get("/metrics")).text
-    assert 'agent_manager_runs_total{backend="local",status="succeeded"} 1' in text
-    assert "agent_manager_run_duration_seconds_count 1" in text
-    assert "agent_manager_queue_depth 0" in text
-    assert 'agent_manager_sandboxes_live{backend="sandbox"} 0' in text
+    response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    metrics = parse_metrics(response.text)
+    assert metrics[("agent_manager_runs_total", (("backend", "local"), ("status", "succeeded")))] == 1
+    assert metrics[("agent_manager_run_duration_seconds_count", ())] == 1
+    assert metrics[("agent_manager_run_duration_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert metrics[("agent_manager_queue_depth", ())] == 0
+    assert metrics[("agent_manager_sandboxes_live", (("backend", "sandbox"),))] == 0

@@ -99,7 +99,10 @@ async def test_streams_live_split_exit_code_and_argv(
     assert text(rest, "stderr") == "oops\n" and text(rest, "stdout") == "last\n"
     assert await execution.wait() == 3
     assert daytona_emulator.sandboxes == {}
-    assert executor.live == 0 and len(executor.create_latencies) == 1
+    assert executor.live == 0 and executor.sandboxes_live() == 0
+    assert executor.create_seconds is not None
+    created = {s.name: s.value for m in executor.create_seconds.collect() for s in m.samples}
+    assert created["agent_manager_sandbox_create_seconds_count"] == 1
 
 
 async def test_nasty_prompt_survives_the_sandbox_shell(executor: DaytonaExecutor) -> None:

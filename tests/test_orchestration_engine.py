@@ -315,3 +315,24 @@ async def test_a_deleted_agent_fails_its_step_with_a_message(service: Service) -
     agent_store.delete(service.database, "temp")
     final = await engine_of(service).wait(engine_of(service).create(plan)["id"])
     assert step_of(final, "a")["status"] == "failed" and "no longer exists" in step_of(final, "a")["error"]
+
+
+async def test_retry_of_one_step_leaves_steps_below_another_failure_waiting(service: Service) -> None:
+    """A retried step releases what depends on it alone; a step that also depends on another
+    failed step never becomes ready (graphlib never hears that one is done) and ends skipped."""
+    add_worker(service)
+    view = start(service, [
+        {"id": "flaky", "agent": "worker", "prompt": "FLAKY=counter"},
+        {"id": "bad", "agent": "worker", "prompt": "FAIL"},
+        {"id": "after-flaky", "agent": "worker", "prompt": "x", "depends_on": ["flaky"]},
+        {"id": "after-both", "agent": "worker", "prompt": "y", "depends_on": ["flaky", "bad"]}])
+    engine = engine_of(service)
+    first = await engine.wait(view["id"])
+    assert {s["id"]: s["status"] for s in first["steps"]} == {
+        "flaky": "failed", "bad": "failed", "after-flaky": "skipped", "after-both": "skipped"}
+    engine.resume(view["id"], only="flaky")
+    final = await engine.wait(view["id"])
+    assert {s["id"]: (s["status"], s["attempts"]) for s in final["steps"]} == {
+        "flaky": ("succeeded", 2), "bad": ("failed", 1), "after-flaky": ("succeeded", 1),
+        "after-both": ("skipped", 0)}
+    assert step_of(final, "after-both")["run_id"] is None and final["status"] == "failed"

@@ -80,6 +80,11 @@ def test_graph_problems() -> None:
     found = issues_of({"steps": [{"id": "a", **ok, "depends_on": ["c"]}, {"id": "b", **ok, "depends_on": ["a"]},
                                  {"id": "c", **ok, "depends_on": ["b"]}, {"id": "d", **ok}]})
     assert len(found) == 1 and "cycle: a → c → b → a" in found[0].text()
+    found = issues_of({"steps": [{"id": "x", **ok}, {"id": "c", **ok, "depends_on": ["x", "b"]},
+                                 {"id": "b", **ok, "depends_on": ["c"]}]})
+    assert [i.text() for i in found] == ["step 'c': depends_on: cycle: c → b → c (each step depends on the next)"]
+    found = issues_of({"steps": [{"id": "s", **ok, "depends_on": ["s"]}]})
+    assert [(i.step, i.message) for i in found] == [("s", "cycle: s → s (each step depends on the next)")]
     found = issues_of({"steps": [{"id": "a", **ok}, {"id": "b", "agent": "gemini", "prompt": "{{steps.a.output}}"}]})
     assert found[0].step == "b" and "'a' is not upstream of 'b'" in found[0].text()
     found = issues_of({"steps": [{"id": "a", "agent": "gemini", "prompt": "{{ steps.zz.output }}"}]})

@@ -36,6 +36,7 @@ def on_path(tmp_path: Path) -> Iterator[Path]:
     """A directory put on sys.path (as site-packages would be), the registry reloaded after."""
     root = tmp_path / "site"
     root.mkdir()
+    saved = (plugins._backends(), plugins._kinds())
     sys.path.insert(0, str(root))
     try:
         yield root
@@ -43,7 +44,8 @@ def on_path(tmp_path: Path) -> Iterator[Path]:
         sys.path.remove(str(root))
         for name in [m for m in sys.modules if m.startswith("am_test_")]:
             del sys.modules[name]
-        plugins.reload()
+        plugins.reload()  # back to the very objects other tests' modules imported
+        plugins._loaded.update({plugins.BACKEND_GROUP: saved[0], plugins.KIND_GROUP: saved[1]})
 
 
 def test_builtins_register_through_entry_points() -> None:

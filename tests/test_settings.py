@@ -61,3 +61,54 @@ def test_broken_config_file(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("port = [")
     with pytest.raises(ConfigError, match="config.toml"):
         load_settings({"home": tmp_path}, environ={})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("on", True), ("off", False), ("true", True), ("FALSE", False),
+                                               ("1", True), ("0", False)])
+def test_env_booleans_follow_the_type(tmp_path: Path, raw: str, expected: bool) -> None:
+    s = load_settings({"home": tmp_path}, environ={"AGENT_MANAGER_STALL_KILL": raw, "AGENT_MANAGER_AUTH": raw})
+    assert s.stall_kill is expected and s.auth is expected
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"AGENT_MANAGER_PORT": "70000"}, "AGENT_MANAGER_PORT is '70000', but it should be less than or equal to 65535"),
+    ({"AGENT_MANAGER_HEAVY_CPU": "lots"}, "AGENT_MANAGER_HEAVY_CPU is 'lots', but it should be a valid number"),
+    ({"AGENT_MANAGER_STALL_KILL": "maybe"}, "AGENT_MANAGER_STALL_KILL is 'maybe', but it should be a valid boolean"),
+    ({"DAYTONA_API_URL": "x", "AGENT_MANAGER_DAYTONA_WARM_POOL": "-1"},
+     "AGENT_MANAGER_DAYTONA_WARM_POOL is '-1', but it should be greater than or equal to 0"),
+])
+def test_env_errors_name_the_variable(tmp_path: Path, env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match="^invalid settings: the environment variable ") as info:
+        load_settings({"home": tmp_path}, environ=env)
+    assert named in str(info.value)
+
+
+def test_env_numbers_and_lists_are_typed(tmp_path: Path) -> None:
+    s = load_settings({"home": tmp_path}, environ={"AGENT_MANAGER_HEAVY_CPU": "2.5",
+                                                   "AGENT_MANAGER_ALLOWED_HOSTS": "one.lan,,two.lan ,",
+                                                   "AGENT_MANAGER_WORKSPACES_DIR": str(tmp_path / "w")})
+    assert s.heavy_cpu == 2.5 and s.allowed_hosts == ["one.lan", "two.lan"] and s.workspaces == tmp_path / "w"
+    assert s.from_env == {"heavy_cpu": "AGENT_MANAGER_HEAVY_CPU", "allowed_hosts": "AGENT_MANAGER_ALLOWED_HOSTS",
+                          "workspaces_dir": "AGENT_MANAGER_WORKSPACES_DIR"}
+
+
+def test_our_daytona_variable_wins_over_daytonas_own(tmp_path: Path) -> None:
+    s = load_settings({"home": tmp_path}, environ={"DAYTONA_TARGET": "us", "AGENT_MANAGER_DAYTONA_TARGET": "eu"})
+    assert s.daytona_target == "eu" and s.from_env == {"daytona_target": "AGENT_MANAGER_DAYTONA_TARGET"}
+
+
+def test_errors_name_the_config_file_and_the_option(tmp_path: Path) -> None:
+    write_config_file(tmp_path, {"max_concurrent_runs": 0})
+    with pytest.raises(ConfigError, match=r"max_concurrent_runs in .*config.toml is 0, but it should be greater"):
+        load_settings({"home": tmp_path}, environ={})
+    with pytest.raises(ConfigError, match=r"the option for port is -1"):
+        load_settings({"home": tmp_path, "port": -1, "max_concurrent_runs": 2}, environ={})
+
+
+def test_constructing_settings_reads_no_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only load_settings reads the environment: a Settings built from values is exactly those."""
+    from agent_manager.settings import Settings
+
+    monkeypatch.setenv("AGENT_MANAGER_PORT", "1234")
+    assert Settings(home=tmp_path).port == 8765
+    assert load_settings({"home": tmp_path}).port == 1234

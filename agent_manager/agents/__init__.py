@@ -3,11 +3,9 @@ the built-in ones register through the ``agent_manager.kinds`` entry point like 
 
 from __future__ import annotations
 
-from .base import AgentKind, Invocation, OutputParser, ParsedEvent, PlainTextParser
-from .generic import GenericKind
+from agent_manager.plugins import DEFAULT_KIND
 
-DEFAULT_KIND = GenericKind.name
-"""The kind of an agent created without one, and of orchestration ``shell`` steps: any program."""
+from .base import AgentKind, Invocation, OutputParser, ParsedEvent, PlainTextParser
 
 
 def __getattr__(name: str) -> object:

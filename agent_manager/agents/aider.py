@@ -28,7 +28,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .base import AgentKind, Gateway, Invocation, OutputParser, ParsedEvent, Stream, safe_value
+from agent_manager.models import Stream
+
+from .base import AgentKind, Gateway, Invocation, OutputParser, ParsedEvent, safe_value
 
 # Enough "no" answers for any run: each question reads one line; EOF would mean "default".
 NO_ANSWERS = b"n\n" * 32_768

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent_manager.errors import ValidationFailed
+from agent_manager.models import Stream
 
-Stream = Literal["stdout", "stderr"]
 PROMPT_TOKEN = "{prompt}"
 # A generic agent's args element that becomes the path of a file holding the prompt (the path
 # as the agent sees it on its backend; the run layer writes the file and fills the path in).

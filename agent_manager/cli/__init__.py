@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import click
 
 from agent_manager import __version__
-from agent_manager.cli import agents, projects, run, serve
+from agent_manager.cli import agents, orchestrate, plan, projects, run, sandboxes, serve, shell
 from agent_manager.cli import runs as runs_prune
 
 
@@ -32,7 +30,6 @@ main.add_command(run.run)
 main.add_command(projects.command)
 main.add_command(projects.runs)
 projects.runs.add_command(runs_prune.prune)
-for module_name in ("plan", "orchestrate", "sandboxes", "shell"):
-    with contextlib.suppress(ImportError):
-        module = __import__(f"agent_manager.cli.{module_name}", fromlist=["command"])
-        main.add_command(module.command)
+# Imported plainly: a command whose module fails to import breaks the CLI loudly, never vanishes.
+for module in (plan, orchestrate, sandboxes, shell):
+    main.add_command(module.command)

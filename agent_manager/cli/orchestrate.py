@@ -8,40 +8,29 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
 from agent_manager.cli.client import Client
-from agent_manager.cli.run import Stopped, cancel_then_exit, cancelling_signals, sse_events, wait_for_service
+from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals
+from agent_manager.cli.follow import follow as follow_events
 
 MARKS = {"succeeded": ("✓", "green"), "failed": ("✗", "red"), "skipped": ("-", "yellow"),
          "cancelled": ("■", "yellow")}
 
 
 def follow(client: Client, orch_id: str, total: int, quiet: bool) -> None:
-    """Print one line per step start/finish until the orchestration finishes (reconnects on drops;
-    one line, not a traceback, when the service stays away)."""
-    last, done = 0, 0
-    lost_since: float | None = None
-    while True:
-        try:
-            with client.http.stream("GET", f"/api/orchestrations/{orch_id}/events", params={"after": last},
-                                    headers={"Accept": "text/event-stream"}) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    Client.check(response)
-                lost_since = None
-                for seq, event, data in sse_events(response):
-                    last = seq
-                    if event == "step.finished":
-                        done += 1
-                    if not quiet:
-                        _print(event, data, done, total)
-                    if event == "orchestration.finished":
-                        return
-        except (httpx.RemoteProtocolError, httpx.ReadError):
-            continue
-        except httpx.TransportError as exc:  # refused, reset, timed out: the service went away
-            lost_since = wait_for_service(client, exc, lost_since, f"orchestration {orch_id}")
+    """Print one line per step start/finish until the orchestration finishes (reconnecting on
+    drops, see ``cli.follow``)."""
+    done = 0
+
+    def show(event: str, data: dict[str, Any]) -> None:
+        nonlocal done
+        if event == "step.finished":
+            done += 1
+        if not quiet:
+            _print(event, data, done, total)
+
+    follow_events(client, f"/api/orchestrations/{orch_id}/events", f"orchestration {orch_id}",
+                  "orchestration.finished", show)
 
 
 def _print(event: str, data: dict[str, Any], done: int, total: int) -> None:

@@ -10,7 +10,7 @@ import click
 import yaml
 
 from agent_manager.cli.client import Client
-from agent_manager.cli.run import Stopped, cancel_then_exit, cancelling_signals
+from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals
 
 
 @click.command("plan")

@@ -2,116 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-import httpx
 
 from agent_manager import plugins
 from agent_manager.agents.base import PlainTextParser
 from agent_manager.cli.choices import backend_choice
 from agent_manager.cli.client import Client
+from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals
+from agent_manager.cli.follow import follow as follow_events
 
-RECONNECT_S = 5.0
 STATUS_EXIT = {"succeeded": 0, "cancelled": 130, "timed_out": 124, "interrupted": 1, "failed": 1}
 
 
-def sse_events(response: httpx.Response) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """Parse an SSE byte stream into (id, event, data) triples."""
-    seq, event, data = 0, "message", list[str]()
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield seq, event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith("id:"):
-            seq = int(line[3:].strip())
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
-
-
 def follow(client: Client, run_id: str, raw: bool, structured: bool) -> dict[str, Any]:
-    """Print the run's events until it finishes; reconnects from the last seen event.
-
-    A dropped stream is resumed; a service that stays unreachable for ``RECONNECT_S`` ends
-    the command with one line saying so (not a traceback).
-    """
-    last = 0
-    lost_since: float | None = None
-    while True:
-        try:
-            with client.http.stream("GET", f"/api/runs/{run_id}/events", params={"after": last},
-                                    headers={"Accept": "text/event-stream"}) as response:
-                Client.check(response) if response.status_code >= 400 else None
-                lost_since = None
-                for seq, event, data in sse_events(response):
-                    last = seq
-                    _print(event, data, raw, structured)
-                    if event == "run.finished":
-                        return data
-        except (httpx.RemoteProtocolError, httpx.ReadError):
-            continue  # the stream dropped: resume after the last event we printed
-        except httpx.TransportError as exc:  # refused, reset, timed out: the service went away
-            lost_since = wait_for_service(client, exc, lost_since, f"run {run_id}")
-
-
-def wait_for_service(client: Client, exc: httpx.TransportError, lost_since: float | None, what: str) -> float:
-    """The service is unreachable: wait a little and let the caller retry, or, once it has stayed
-    away ``RECONNECT_S``, end the command with one line (not an httpx traceback)."""
-    now = time.monotonic()
-    lost_since = lost_since or now
-    if now - lost_since >= RECONNECT_S:
-        raise click.ClickException(
-            f"lost the connection to the service at {client.url} ({type(exc).__name__}); {what} "
-            "was interrupted if the service stopped")
-    time.sleep(0.5)
-    return lost_since
-
-
-class Stopped(Exception):
-    """SIGTERM or SIGHUP arrived: cancel what we follow, as Ctrl-C does."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _stop(signum: int, _frame: Any) -> None:
-    raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def cancelling_signals() -> Iterator[None]:
-    """Inside, SIGTERM and SIGHUP (a closed terminal, `timeout`) raise ``Stopped`` as Ctrl-C raises
-    KeyboardInterrupt, so a client killed that way cancels its run or orchestration instead of
-    leaving it going in the service. Restored on the way out."""
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def cancel_then_exit(exc: BaseException, cancel: Callable[[], object] | None) -> NoReturn:
-    """A stop signal arrived: a second one ends us at once; cancel (when something started), then
-    exit 130 (Ctrl-C) or 128 + the signal's number."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    if cancel is not None:
-        with contextlib.suppress(OSError):
-            click.echo("\ncancelling…", err=True)
-        cancel()
-    sys.exit(128 + exc.signum if isinstance(exc, Stopped) else 130)
+    """Print the run's events until it finishes (reconnecting on drops, see ``cli.follow``)."""
+    return follow_events(client, f"/api/runs/{run_id}/events", f"run {run_id}", "run.finished",
+                         lambda event, data: _print(event, data, raw, structured))
 
 
 def _print(event: str, data: dict[str, Any], raw: bool, structured: bool) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-Stream = Literal["stdout", "stderr"]
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
+from agent_manager.models import Stream
 
 
 @dataclass(frozen=True)
@@ -141,4 +144,17 @@ class Executor(Protocol):
 
     async def close(self) -> None:
         """Release clients and end whatever this backend still runs (service shutdown)."""
+        ...
+
+
+@runtime_checkable
+class KeepsSandboxes(Protocol):
+    """An executor whose runs live in sandboxes: ``/metrics`` shows how many are alive and,
+    when the backend creates them remotely, how long creating one took."""
+
+    create_seconds: Histogram | None
+    """Seconds per successful create (``agent_manager.metrics.create_histogram``), or None."""
+
+    def sandboxes_live(self) -> int:
+        """Sandboxes of this executor running a command now."""
         ...

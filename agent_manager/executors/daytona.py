@@ -44,6 +44,7 @@ from agent_manager.executors.daytona_api import (
     sweep,
 )
 from agent_manager.executors.daytona_command import DaytonaExecution, build_command, env_payload
+from agent_manager.metrics import create_histogram
 from agent_manager.plugins import ISOLATED, REMOTE, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from daytona import AsyncDaytona, AsyncSandbox
+    from prometheus_client import Histogram
 
     from agent_manager.executors.daytona_pty import DaytonaPty
 
@@ -66,8 +68,8 @@ NOT_CONFIGURED = ("Daytona is not configured: set daytona_api_key (or DAYTONA_AP
 class DaytonaExecutor:
     """One sandbox per run; optionally a warm pool of ready sandboxes per sandbox shape.
 
-    Metrics hooks: ``create_latencies`` (seconds per successful create, pool refills included)
-    and ``live`` (sandboxes currently running a command for this executor).
+    Metrics (``KeepsSandboxes``): ``create_seconds``, a fixed-bucket histogram of seconds per
+    successful create (pool refills included), and ``live`` (sandboxes running a command now).
 
     Scale: one SDK client (one aiohttp session) serves every run, a run is a few coroutines
     (no thread), at most ``daytona_max_concurrent_creates`` creates are in flight (the rest
@@ -79,7 +81,7 @@ class DaytonaExecutor:
     def __init__(self, settings: Settings, instance_id: str, *, retry_attempts: int = 5,
                  retry_base_s: float = 0.5) -> None:
         self.settings, self.instance_id = settings, instance_id
-        self.create_latencies: list[float] = []
+        self.create_seconds: Histogram | None = create_histogram()
         self.live = 0
         self.attempts, self.base_delay = retry_attempts, retry_base_s
         self.backoff = Backoff(retry_base_s)
@@ -200,7 +202,8 @@ class DaytonaExecutor:
             if isinstance(exc, ExecutionError) and isinstance(exc.__cause__, _sdk().DaytonaTimeoutError):
                 raise ExecutionError(f"Daytona sandbox did not start within {timeout:.0f}s: {exc}") from exc
             raise
-        self.create_latencies.append(time.monotonic() - started)
+        if self.create_seconds is not None:
+            self.create_seconds.observe(time.monotonic() - started)
         return sb
 
     async def _delete_labelled(self, labels: dict[str, str], pool_only: bool = False) -> bool:
@@ -344,6 +347,9 @@ class DaytonaExecutor:
         if not self.settings.daytona_configured:
             raise ExecutorUnavailable(NOT_CONFIGURED)
         return await sweep(self.settings, keep=self.keep_ids(), instance=None if all_instances else self.instance_id)
+
+    def sandboxes_live(self) -> int:
+        return self.live
 
     async def close(self) -> None:
         """Stop refills, cancel running executions, delete pooled sandboxes, close the client."""

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.errors import ExecutionError
-from agent_manager.executors.base import Chunk, ExecSpec, PortableRepo, Stream
+from agent_manager.executors.base import Chunk, ExecSpec, PortableRepo
 from agent_manager.executors.daytona_api import (
     _ENV_NAME,
     MAX_RATE_LIMITED,
@@ -25,6 +25,7 @@ from agent_manager.executors.daytona_api import (
     _sdk,
     _status,
 )
+from agent_manager.models import Stream
 
 if TYPE_CHECKING:
     from daytona import AsyncSandbox

@@ -15,6 +15,7 @@ import grp
 import os
 import pwd
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,8 +125,15 @@ def write_files(workspace: Path, files: dict[str, bytes], user: HostUser | None)
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
                 os.close(dirfd)
                 dirfd = nxt
-            fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dirfd)
+            # No O_TRUNC before the checks: a hard link planted there may name a file outside the
+            # workspace, and O_NONBLOCK makes a planted FIFO an error instead of a hang.
+            fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644,
+                         dir_fd=dirfd)
             try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+                    raise ExecutionError(f"input file path {rel!r} is taken by something other than a plain file")
+                os.ftruncate(fd, 0)
                 if user is not None and os.geteuid() == 0:
                     os.fchown(fd, user.uid, user.gid)
                 with os.fdopen(os.dup(fd), "wb") as fh:
@@ -136,3 +144,12 @@ def write_files(workspace: Path, files: dict[str, bytes], user: HostUser | None)
             raise ExecutionError(f"cannot write input file {rel!r} into the workspace: {exc.strerror}") from exc
         finally:
             os.close(dirfd)
+
+
+def prepare_workspace(workspace: Path, files: dict[str, bytes], user: HostUser | None, own: bool = True) -> None:
+    """Before a host run (local or sandboxed) starts: write its input files, then hand the tree to
+    the run's user so it can write there — only a workspace of the service's own (``own``, from
+    ``ExecSpec.hand_over``); a directory the admin chose keeps its owners."""
+    write_files(workspace, files, user)
+    if user is not None and own:
+        hand_over(workspace, user)

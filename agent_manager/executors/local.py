@@ -22,7 +22,7 @@ from pathlib import Path
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
-from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, hand_over, write_files
+from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, prepare_workspace
 from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
 from agent_manager.executors.pty import HostPty
 from agent_manager.plugins import HOST, BackendContext, BackendPlugin
@@ -68,7 +68,7 @@ class LocalExecutor:
                        HOME=user.home if os.path.isdir(user.home) else str(spec.workspace or "/"))
         cwd = spec.cwd or (str(spec.workspace) if spec.workspace else None)
         if spec.workspace:
-            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
+            await asyncio.to_thread(prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
         argv = list(spec.argv)
         resolved = shutil.which(argv[0], path=env.get("PATH"))
         if resolved and os.sep not in argv[0]:
@@ -96,12 +96,6 @@ class LocalExecutor:
         self._live.add(execution)
         execution.finished.add_done_callback(lambda _t: self._live.discard(execution))
         return execution
-
-    @staticmethod
-    def _prepare_workspace(workspace: Path, files: dict[str, bytes], user: HostUser | None, own: bool = True) -> None:
-        write_files(workspace, files, user)
-        if user is not None and own:
-            hand_over(workspace, user)
 
     async def close(self) -> None:
         for execution in list(self._live):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -32,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from agent_manager.errors import ExecutionError
-from agent_manager.executors.base import Chunk, Stream
+from agent_manager.executors.base import Chunk
 from agent_manager.executors.cgroup import RunCgroup
+from agent_manager.models import Stream
 
 TAG_ENV = "AGENT_MANAGER_TAG"
-READ_SIZE = 65536
+READ_SIZE = 256 * 1024  # what one read takes from a pipe (asyncio's pipe transport reads up to this)
+PIPE_SIZE = 1024 * 1024  # the output pipes' kernel buffer (Linux's default pipe-max-size)
+F_SETPIPE_SZ = 1031
 ABANDON_S = 1.0  # after the last kill, how long a pipe may stay open before we stop reading it
 # Host variables an agent CLI legitimately needs; everything else (the service's own
 # secrets included) stays out of the child's environment.
@@ -163,6 +167,18 @@ def ctty_prefix() -> list[str]:
     return [shutil.which("setsid", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/usr/bin/setsid", "--wait", "--ctty"]
 
 
+def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Give the output pipes a 1 MiB buffer: a fast writer then wakes the loop once per 256 KiB
+    instead of once per 64 KiB (a pipe's default size). Best effort: a host limit just keeps 64 KiB."""
+    transport = getattr(proc, "_transport", None)
+    for fd in (1, 2):
+        pipe = transport.get_pipe_transport(fd) if transport is not None else None
+        handle = pipe.get_extra_info("pipe") if pipe is not None else None
+        if handle is not None:
+            with contextlib.suppress(OSError, ValueError):
+                fcntl.fcntl(handle.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+
+
 def new_tag(prefix: str) -> str:
     return f"{prefix}:{uuid.uuid4().hex[:16]}"
 
@@ -204,12 +220,14 @@ class ProcessExecution:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=stdin_fd, stdout=pipe if tty is None else tty, stderr=pipe if tty is None else tty,
-                cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds)
+                cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds, limit=READ_SIZE)
         except FileNotFoundError as exc:
             missing = argv[0] if not cwd or not Path(cwd).exists() or exc.filename == argv[0] else exc.filename
             raise ExecutionError(f"executable not found: {missing}", {"argv0": argv[0]}) from exc
         except PermissionError as exc:
             raise ExecutionError(f"cannot execute {argv[0]}: permission denied") from exc
+        if tty is None:
+            _widen_pipes(proc)
         execution = cls(proc, tag, kill_grace_s=kill_grace_s, stream_close_grace_s=stream_close_grace_s,
                         info=info, cgroup=cgroup)
         if stdin is not None and tty is None:

@@ -39,12 +39,13 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors.base import Availability, Chunk, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.disk_guard import DiskGuard
-from agent_manager.executors.identity import HostUser, drop_to, hand_over, write_files
+from agent_manager.executors.identity import HostUser, drop_to, hand_over, prepare_workspace
 from agent_manager.executors.process import (
     TAG_ENV,
     ProcessExecution,
@@ -64,6 +65,9 @@ from agent_manager.executors.sandbox_profile import (
 )
 from agent_manager.plugins import HOST, ISOLATED, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NO_BWRAP = "bubblewrap is not installed: apt-get install bubblewrap"
@@ -214,6 +218,7 @@ class SandboxExecutor:
         self._probe_lock = asyncio.Lock()
         self._retry_at = 0.0
         self._live: set[SandboxExecution] = set()
+        self.create_seconds: Histogram | None = None  # a sandbox here is a process: nothing to create
         with contextlib.suppress(OSError):
             sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
 
@@ -299,7 +304,7 @@ class SandboxExecutor:
         user = self.user()
         guard = None
         if spec.workspace is not None:
-            await asyncio.to_thread(self._prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
+            await asyncio.to_thread(prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
             guard = await asyncio.to_thread(DiskGuard, spec.workspace, self.settings.sandbox_disk_mb << 20,
                                             self._noop)
         for mount in spec.mounts:  # writable extra mounts (a worktree's private git dir) too
@@ -456,13 +461,8 @@ class SandboxExecutor:
             if close:
                 os.close(fd)
 
-    def _prepare_workspace(self, workspace: Path, files: dict[str, bytes], user: HostUser | None,
-                           own: bool = True) -> None:
-        """Write the input files, then hand the tree to the sandbox user (so it can write it) —
-        only a workspace of the service's own (``ExecSpec.hand_over``)."""
-        write_files(workspace, files, user)
-        if user is not None and own:
-            hand_over(workspace, user)
+    def sandboxes_live(self) -> int:
+        return len(self._live)
 
     async def close(self) -> None:
         """Service shutdown: end every sandbox of this instance, its slirp and its cgroup."""

@@ -1,8 +1,8 @@
 """The DAG runner: every step of a plan runs, each as early as its dependencies allow.
 
-Why a scheduler loop with counters instead of walking the graph: a step becomes *ready* the
-moment its last dependency succeeds (a per-step set of unmet dependencies, emptied as
-completions arrive on one queue), and ready steps start while fewer than ``max_parallel``
+Why a scheduler loop instead of walking the graph: a step becomes *ready* the
+moment its last dependency succeeds (graphlib's ``TopologicalSorter``, told of each success
+as completions arrive on one queue), and ready steps start while fewer than ``max_parallel``
 run. Nothing waits on a path of the graph, so independent branches never wait for each
 other, and a failure marks only its own descendants ``skipped``.
 
@@ -21,6 +21,7 @@ import heapq
 import logging
 import shlex
 from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -220,18 +221,28 @@ class OrchestrationEngine:
         children = edges(plan)
         height = heights(plan)
         position = {s.id: i for i, s in enumerate(plan.steps)}
-        # Only pending steps run: a retry of one step leaves the other failed ones as they are.
-        unmet = {s.id: {d for d in s.depends_on if live.status[d] != "succeeded"}
-                 for s in plan.steps if live.status[s.id] == "pending"}
+        # graphlib keeps track of what is ready. Only pending steps run (a retry of one step leaves
+        # the other failed ones as they are): a dependency that already succeeded is no edge, and
+        # one that will not run (it failed before) is a node never marked done, so nothing below
+        # it becomes ready.
+        to_run = [s for s in plan.steps if live.status[s.id] == "pending"]
+        sorter: TopologicalSorter[str] = TopologicalSorter()
+        for step in to_run:
+            sorter.add(step.id, *(d for d in step.depends_on if live.status[d] != "succeeded"))
+        sorter.prepare()
         ready: list[tuple[int, int, str]] = []
         finished: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         tasks: dict[str, asyncio.Task[None]] = {}
+
+        def release() -> None:
+            for step_id in sorted(sorter.get_ready(), key=position.__getitem__):
+                if live.status[step_id] == "pending" and not live.cancelling:
+                    self._queue(live, step_id, ready, height[step_id], position[step_id])
+
         try:
             self._emit(live, "orchestration.started", {"steps": len(plan.steps), "max_parallel": live.max_parallel,
-                                                       "resumed": resumed, "to_run": len(unmet)})
-            for step_id in sorted(unmet, key=position.__getitem__):
-                if not unmet[step_id]:
-                    self._queue(live, step_id, ready, height[step_id], position[step_id])
+                                                       "resumed": resumed, "to_run": len(to_run)})
+            release()
             while True:
                 while ready and len(tasks) < live.max_parallel and not live.cancelling:
                     step_id = heapq.heappop(ready)[2]
@@ -241,10 +252,8 @@ class OrchestrationEngine:
                 step_id, status = await finished.get()
                 tasks.pop(step_id)
                 if status == "succeeded":
-                    for child in children[step_id]:
-                        unmet[child].discard(step_id)
-                        if not unmet[child] and live.status[child] == "pending" and not live.cancelling:
-                            self._queue(live, child, ready, height[child], position[child])
+                    sorter.done(step_id)
+                    release()
                 elif status == "failed":
                     self._skip_descendants(live, step_id, children)
             if live.branches is not None:

@@ -14,6 +14,7 @@ import heapq
 import json
 import re
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from typing import Any, Literal
 
 import yaml
@@ -308,31 +309,23 @@ def edges(plan: Plan) -> dict[str, list[str]]:
     return children
 
 
+def _sorter(plan: Plan) -> TopologicalSorter[str]:
+    """The plan as graphlib sees it: each step after the (known) steps it depends on."""
+    known = {s.id for s in plan.steps}
+    return TopologicalSorter({s.id: [d for d in s.depends_on if d in known] for s in plan.steps})
+
+
 def find_cycle(plan: Plan) -> list[str] | None:
-    """One cycle as a list of step ids, each depending on the next (the last on the first), or None."""
-    deps = {s.id: [d for d in s.depends_on] for s in plan.steps}
-    color: dict[str, int] = {}
-    for root in deps:
-        if color.get(root):
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node, index = stack.pop()
-            if index == 0:
-                color[node] = 1
-                path.append(node)
-            nexts = [d for d in deps[node] if d in deps]
-            if index < len(nexts):
-                stack.append((node, index + 1))
-                nxt = nexts[index]
-                if color.get(nxt) == 1:
-                    return path[path.index(nxt):]
-                if not color.get(nxt):
-                    stack.append((nxt, 0))
-            else:
-                color[node] = 2
-                path.pop()
+    """One cycle as a list of step ids, each depending on the next (the last on the first), or None.
+
+    It starts at its member that comes first in the plan, so the message is the same every time."""
+    try:
+        _sorter(plan).prepare()
+    except CycleError as exc:
+        found: list[str] = list(reversed(exc.args[1][:-1]))  # graphlib lists each before what depends on it
+        position = {s.id: i for i, s in enumerate(plan.steps)}
+        start = min(range(len(found)), key=lambda i: position[found[i]])
+        return found[start:] + found[:start]
     return None
 
 
@@ -350,22 +343,23 @@ def ancestors(plan: Plan) -> dict[str, set[str]]:
 
 
 def topological_order(plan: Plan) -> list[str]:
-    """Kahn's algorithm, ties broken by plan order (stable, so the output is predictable)."""
+    """Every step after its dependencies (graphlib); among steps ready together, plan order
+    first, so the output is predictable."""
+    sorter = _sorter(plan)
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        raise ValueError("the plan has a cycle") from exc
     position = {s.id: i for i, s in enumerate(plan.steps)}
-    waiting = {s.id: len(set(s.depends_on)) for s in plan.steps}
-    children = edges(plan)
-    ready = [(position[s], s) for s, n in waiting.items() if n == 0]
+    ready = [(position[s], s) for s in sorter.get_ready()]
     heapq.heapify(ready)
     order: list[str] = []
     while ready:
         _, node = heapq.heappop(ready)
         order.append(node)
-        for child in children[node]:
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                heapq.heappush(ready, (position[child], child))
-    if len(order) != len(plan.steps):
-        raise ValueError("the plan has a cycle")
+        sorter.done(node)
+        for step_id in sorter.get_ready():
+            heapq.heappush(ready, (position[step_id], step_id))
     return order
 
 

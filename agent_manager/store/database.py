@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agent_manager.errors import ConfigError
+from agent_manager.store.output_files import OutputFiles
 
 if TYPE_CHECKING:
     from agent_manager.store.writer import EventWriter
@@ -44,6 +45,13 @@ READ_THREADS = 2
 def now() -> str:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-11-28T07:30:00.123Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def duration(started: str | None, finished: str | None) -> float | None:
+    """Seconds between two ``now()`` stamps (None until both are known), to the millisecond."""
+    if not started or not finished:
+        return None
+    return round((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds(), 3)
 
 
 def new_id(prefix: str) -> str:
@@ -111,6 +119,9 @@ class Database:
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the database {path}: {exc}") from exc
         self._depth = 0
+        # Large run output lives in files beside the database (``output_files``); an
+        # in-memory database keeps everything inline.
+        self.output_files: OutputFiles | None = None if self.in_memory else OutputFiles(self.path.parent / "run-output")
         self.write_lock = threading.Lock()
         self._writer: EventWriter | None = None
         self._pool: ThreadPoolExecutor | None = None

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store.database import Database, Queryable, dumps, now
+from agent_manager.store.database import Database, Queryable, dumps, duration, now
 
 STEP_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "skipped")
-
-
-def _duration(started: str | None, finished: str | None) -> float | None:
-    if not started or not finished:
-        return None
-    return round((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds(), 3)
 
 
 def create(db: Database, record: dict[str, Any], step_ids: list[str]) -> None:
@@ -80,7 +73,7 @@ def view(db: Database, orch_id: str, owner: str | None = None) -> dict[str, Any]
             "id": row["step_id"], "status": row["status"], "run_id": row["run_id"], "backend": row["backend"],
             "route_reason": reasons.get(row["run_id"]), "attempts": row["attempts"],
             "queued_at": row["queued_at"], "started_at": row["started_at"],
-            "finished_at": row["finished_at"], "duration_s": _duration(row["started_at"], row["finished_at"]),
+            "finished_at": row["finished_at"], "duration_s": duration(row["started_at"], row["finished_at"]),
             "output": row["output"], "error": row["error"],
             "action": spec.get("action") or ("agent" if spec.get("agent") else None),
             "agent": spec.get("agent"), "depends_on": spec.get("depends_on", [])})
@@ -88,7 +81,7 @@ def view(db: Database, orch_id: str, owner: str | None = None) -> dict[str, Any]
             "max_parallel": orch["max_parallel"], "workspace_dir": orch["workspace"],
             "workspace_id": orch.get("workspace_id"),
             "counts": counts(step_rows), "created_at": orch["created_at"], "started_at": orch["started_at"],
-            "finished_at": orch["finished_at"], "duration_s": _duration(orch["started_at"], orch["finished_at"]),
+            "finished_at": orch["finished_at"], "duration_s": duration(orch["started_at"], orch["finished_at"]),
             "owner": orch["owner"], "plan": orch["plan"], "steps": out_steps}
 
 
@@ -112,7 +105,7 @@ def search(db: Queryable, *, owner: str | None = None, status: str | None = None
         item = dict(row)
         step_rows = db.all("SELECT status FROM orchestration_steps WHERE orchestration_id = ?", (row["id"],))
         item["counts"] = counts([dict(r) for r in step_rows])
-        item["duration_s"] = _duration(row["started_at"], row["finished_at"])
+        item["duration_s"] = duration(row["started_at"], row["finished_at"])
         items.append(item)
     return items, int(total["n"]) if total else 0
 

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store.database import Database, Queryable, dumps, now
-
-
-def duration(started: str | None, finished: str | None) -> float | None:
-    if not started or not finished:
-        return None
-    parse = datetime.fromisoformat
-    return round((parse(finished) - parse(started)).total_seconds(), 3)
+from agent_manager.store import run_totals
+from agent_manager.store.database import Database, Queryable, dumps, duration, now
 
 
 def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
@@ -142,8 +135,11 @@ def prune(db: Database, finished_before: str, batch: int = 500) -> int:
                 " AND status NOT IN ('queued', 'running') LIMIT ?", (finished_before, batch))]
             if not ids:
                 return deleted
+            run_totals.carry(conn, ids)  # so the /metrics totals keep counting them
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs_fts WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+        if db.output_files is not None:  # after the commit: a crash in between leaves files, never rows without
+            db.output_files.remove(ids)
         deleted += len(ids)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.store.database import connect, dumps
+from agent_manager.store.output_files import FIELD, Appender, OutputFiles, escape
 
 if TYPE_CHECKING:
     from agent_manager.store.database import Database
@@ -54,6 +55,7 @@ class Row:
     size: int
     on_commit: Callable[[Row], None]
     also: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)  # same transaction, before the row
+    files: OutputFiles | None = None  # where a large output text goes (``output_files``)
     taken: bool = False
 
 
@@ -134,27 +136,36 @@ class EventWriter:
             self._conn.close()
 
     def _checkpoint(self) -> None:
-        """The main connection never checkpoints; an idle writer catches the WAL up."""
+        """The main connection never checkpoints; an idle writer catches the WAL up (after
+        flushing the output files its rows refer to)."""
+        if self.db.output_files is not None:
+            self.db.output_files.sync()
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _write_next(self) -> None:
-        batch: list[Row] = []
-        for attempt in range(1, 1_000_000):
-            try:
-                with self.db.write_lock:
-                    if not batch:
-                        batch = self._take()
-                    self._commit(batch)
-                break
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-                if self._closing and attempt >= 5:
-                    log.error("could not store %d event(s) at shutdown: %s", len(batch), exc)
+        batch = self._take()
+        appender: Appender | None = None
+        try:
+            # Encoding and file appends happen before the write lock: the loop's own short
+            # transactions never wait behind them.
+            params, appender = self._prepare(batch)
+            for attempt in range(1, 1_000_000):
+                try:
+                    with self.db.write_lock:
+                        self._commit(batch, params)
                     break
-                log.error("storing %d event(s) failed (attempt %d), retrying: %s", len(batch), attempt, exc)
-                time.sleep(RETRY_S)
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                    if self._closing and attempt >= 5:
+                        log.error("could not store %d event(s) at shutdown: %s", len(batch), exc)
+                        break
+                    log.error("storing %d event(s) failed (attempt %d), retrying: %s", len(batch), attempt, exc)
+                    time.sleep(RETRY_S)
+        finally:
+            if appender is not None:
+                appender.close()
         size = sum(row.size for row in batch)
         with self._cond:
             self.pending_bytes -= size
@@ -176,22 +187,40 @@ class EventWriter:
             del self._queue[:len(batch)]
             return batch
 
-    def _commit(self, batch: list[Row]) -> None:
+    def _prepare(self, batch: list[Row]) -> tuple[list[tuple[str, int, str, str, str]], Appender | None]:
+        """Each row's parameters; a large output text is appended to its run's file first, and
+        the row refers to it. If the file cannot be written the text stays inline."""
+        params = []
+        appender: Appender | None = None
+        for row in batch:
+            data = row.data
+            if row.files is not None and row.files.wants(row.type, data):
+                try:
+                    if appender is None:
+                        appender = row.files.appender()
+                    offset, length = appender.append(row.key, escape(data["text"]))
+                    data = {**{k: v for k, v in data.items() if k != "text"}, FIELD: [offset, length]}
+                except (OSError, ValueError) as exc:
+                    log.warning("output of %s stored inline: %s", row.key, exc)
+            params.append((row.key, row.seq, row.type, dumps(data), row.created_at))
+        return params, appender
+
+    def _commit(self, batch: list[Row], params: list[tuple[str, int, str, str, str]]) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         run: list[tuple[str, int, str, str, str]] = []
         sql = ""
-        for row in batch:
+        for row, values in zip(batch, params, strict=True):
             insert = (f"INSERT INTO {row.table} ({row.key_column}, seq, type, data, created_at)"
                       " VALUES (?, ?, ?, ?, ?)")
             if row.also or insert != sql:
                 if run:
                     conn.executemany(sql, run)
                     run = []
-                for statement, params in row.also:
-                    conn.execute(statement, params)
+                for statement, statement_params in row.also:
+                    conn.execute(statement, statement_params)
                 sql = insert
-            run.append((row.key, row.seq, row.type, dumps(row.data), row.created_at))
+            run.append(values)
         if run:
             conn.executemany(sql, run)
         conn.execute("COMMIT")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,10 +16,23 @@ from agent_manager import __version__
 from agent_manager.errors import AgentManagerError
 from agent_manager.service import Service
 from agent_manager.settings import Settings
-from agent_manager.web import apidocs, auth, metrics
+from agent_manager.web import apidocs, auth, metrics, pages
 from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
 from agent_manager.web.limits import BodyLimitMiddleware, FailureThrottle
-from agent_manager.web.routers import agents, conversations, plugins, runs, sandboxes
+from agent_manager.web.routers import (
+    agents,
+    conversations,
+    files,
+    orchestrations,
+    plans,
+    plugins,
+    projects,
+    runs,
+    sandboxes,
+    terminals,
+    users,
+    workspaces,
+)
 from agent_manager.web.routers import settings as settings_api
 
 log = logging.getLogger("agent_manager.web")
@@ -111,20 +123,13 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     app.state.service = svc
     app.state.token = token
     install_error_handlers(app)
+    # Every router is imported plainly at the top: one that fails to import (a missing
+    # dependency, a bug) stops the app from being built instead of its routes vanishing.
     for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router,
-                   sandboxes.router, plugins.router):
+                   sandboxes.router, projects.router, *workspaces.routers, plans.router, orchestrations.router,
+                   users.router, files.router, terminals.router, plugins.router):
         app.include_router(router)
-    from agent_manager.web.routers import projects, workspaces
-
-    for router in (projects.router, *workspaces.routers):
-        app.include_router(router)
-    for optional in ("agent_manager.web.routers.plans", "agent_manager.web.routers.orchestrations",
-                     "agent_manager.web.routers.users", "agent_manager.web.routers.files",
-                     "agent_manager.web.routers.terminals"):
-        with contextlib.suppress(ModuleNotFoundError):
-            app.include_router(importlib.import_module(optional).router)
-    with contextlib.suppress(ModuleNotFoundError):
-        importlib.import_module("agent_manager.web.pages").install(app)
+    pages.install(app)
 
     @app.get("/api/health", tags=["service"])
     async def health() -> dict[str, str]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import Request
 
+from agent_manager.errors import Forbidden
 from agent_manager.service import Service
 
 
@@ -26,11 +27,19 @@ def owner_filter(request: Request) -> str | None:
 
 
 def require_admin(request: Request) -> None:
-    """Dependency for admin-only operations (users, agent and settings changes)."""
+    """The one admin check: a route dependency (``dependencies=[Depends(require_admin)]``) on every
+    admin-only operation, so each refuses with the same 403 before it reads anything."""
     if not principal(request).get("admin"):
-        from agent_manager.errors import Forbidden
-
         raise Forbidden("only the admin may do this")
+
+
+def require_trusted(request: Request) -> None:
+    """The check for writing, moving and deleting files in agents' working directories: the admin
+    and trusted users only (an untrusted user may run agents, always isolated, but not place
+    files on this host; docs/security.md)."""
+    who = principal(request)
+    if not (who.get("admin") or who.get("trusted")):
+        raise Forbidden("only the admin and trusted users may change files")
 
 
 def audit(request: Request, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:

@@ -18,6 +18,10 @@ from agent_manager.events import EventLog
 
 KEEPALIVE_S = 15.0
 BATCH = 64
+# Frames are sent in pieces of about this size: small events still go out many to one write,
+# and a listener replaying hundreds of MB holds one piece at a time (the transport's flow
+# control then paces the file reads), not 64 joined events of 256 KiB.
+SEND_BYTES = 256 * 1024
 # Event numbers are SQLite integers; anything larger is refused up front (``le=MAX_SEQ`` on
 # ``?after=``) rather than failing inside a stream that already answered 200.
 MAX_SEQ = 2**63 - 1
@@ -57,15 +61,24 @@ async def frames(log: EventLog, key: str, after: int, ends: Ends) -> AsyncIterat
     while True:
         rows = log.read_raw(key, after, BATCH)
         if rows:
-            parts = []
+            parts: list[bytes] = []
+            size = 0
             done = False
             for seq, type_, data, at in rows:
-                parts.append(f"id: {seq}\nevent: {type_}\ndata: {with_time(data, at)}\n\n")
+                spilled = log.frame_data(key, data, at)
+                frame = ([f"id: {seq}\nevent: {type_}\ndata: {with_time(data, at)}\n\n".encode()] if spilled is None
+                         else [f"id: {seq}\nevent: {type_}\ndata: ".encode(), *spilled, b"\n\n"])
+                parts.extend(frame)
+                size += sum(len(part) for part in frame)
                 after = seq
                 if ends(type_, seq):
                     done = True
                     break
-            yield "".join(parts).encode()
+                if size >= SEND_BYTES:
+                    yield b"".join(parts)
+                    parts, size = [], 0
+            if parts:
+                yield b"".join(parts)
             if done:
                 return
             continue

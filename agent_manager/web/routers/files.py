@@ -40,7 +40,7 @@ from agent_manager.errors import (
 )
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
-from agent_manager.web.deps import audit, principal, service
+from agent_manager.web.deps import audit, require_trusted, service
 from agent_manager.workdirs import agent_workspace
 from agent_manager.workdirs import open_dir as walk
 
@@ -277,14 +277,11 @@ WRITE_BODY = {"requestBody": {"required": True, "content": {
                                                    "encoding": {"enum": ["utf-8", "base64"]}}}}}}}
 
 
-@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY)
+@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY, dependencies=[Depends(require_trusted)])
 async def write(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                 path: str = Query(..., min_length=1, max_length=4096),
                 svc: Service = Depends(service)) -> dict[str, Any]:
     """Create or replace a file (atomically), creating missing parent directories."""
-    who = principal(request)
-    if not (who.get("admin") or who.get("trusted")):
-        raise Forbidden("only the admin and trusted users may write files")
     found = agent_store.get(svc.database, agent)
     parts = split_path(path)
     if not parts:
@@ -347,17 +344,10 @@ def _entry(svc: Service, agent: str, path: str) -> tuple[dict[str, Any], str, li
     return found, real_root, parent, parts[-1], "/".join([*parent, parts[-1]])
 
 
-def _may_write(request: Request) -> None:
-    who = principal(request)
-    if not (who.get("admin") or who.get("trusted")):
-        raise Forbidden("only the admin and trusted users may change files")
-
-
-@router.delete("", status_code=204)
+@router.delete("", status_code=204, dependencies=[Depends(require_trusted)])
 async def remove(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                  path: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> Response:
     """Delete a file, a symlink (not its target) or an empty directory."""
-    _may_write(request)
     found, real_root, parent, name, rel = _entry(svc, agent, path)
     try:
         with walk(real_root, parent) as fd:
@@ -374,12 +364,11 @@ async def remove(request: Request, agent: str = Query(..., min_length=1, max_len
     return Response(status_code=204)
 
 
-@router.post("/move")
+@router.post("/move", dependencies=[Depends(require_trusted)])
 async def move(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query(..., min_length=1, max_length=4096),
                to: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> dict[str, Any]:
     """Rename or move an entry inside the working directory; never replaces an existing one (409)."""
-    _may_write(request)
     found, real_root, parent, name, rel = _entry(svc, agent, path)
     _, dst_root, dst_parent, dst_name, dst_rel = _entry(svc, agent, to)
     try:

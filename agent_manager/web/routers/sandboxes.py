@@ -35,8 +35,9 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     A user sees only those of their own runs (no other run ids, host pids or pool sandboxes)."""
     owner = owner_filter(request)
     found: list[dict[str, Any]] = []
-    local = {run_id: (live.backend, live.execution.info) for run_id, live in list(svc.runs.live.items())
-             if live.execution is not None and {HOST, ISOLATED} <= plugins.capabilities(live.backend)}
+    started = svc.runs.started_on()
+    local = {run_id: (started[run_id], execution.info) for run_id, execution in svc.runs.executions().items()
+             if run_id in started and {HOST, ISOLATED} <= plugins.capabilities(started[run_id])}
     visible = _owned_runs(svc, owner, set(local))
     for run_id, (backend, info) in local.items():
         if run_id in visible:

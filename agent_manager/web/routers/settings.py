@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import ValidationError
 
-from agent_manager.errors import Conflict, Forbidden, ValidationFailed
+from agent_manager.errors import Conflict, ValidationFailed
 from agent_manager.models import MASK
 from agent_manager.service import Service
 from agent_manager.settings import (
@@ -18,7 +18,7 @@ from agent_manager.settings import (
     describe_errors,
     write_config_file,
 )
-from agent_manager.web.deps import audit, principal, service
+from agent_manager.web.deps import audit, require_admin, service
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 
@@ -50,11 +50,9 @@ def _current(settings: Settings, name: str) -> Any:
     return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
 
-@router.patch("")
+@router.patch("", dependencies=[Depends(require_admin)])
 async def patch_settings(request: Request, changes: dict[str, Any] = Body(...),
                    svc: Service = Depends(service)) -> dict[str, Any]:
-    if not principal(request).get("admin"):
-        raise Forbidden("only the admin may change settings")
     unknown = sorted(set(changes) - set(Settings.model_fields))
     if unknown:
         raise ValidationFailed(f"unknown setting(s): {', '.join(unknown)}", [{"field": n} for n in unknown])

@@ -1,0 +1,117 @@
+"""Following a run's or an orchestration's event stream from the command line, and stopping it.
+
+One loop serves ``run`` and ``orchestrate`` (and the stop-signal handling ``plan`` shares): the
+service keeps every event in a numbered log, so a dropped stream is reopened with
+``?after=<last seq printed>`` and nothing is shown twice or lost; a service that stays away
+ends the command with one line instead of a traceback. Ctrl-C, SIGTERM and SIGHUP cancel what
+the command started (``cancelling_signals`` + ``cancel_then_exit``) rather than leave it going.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from agent_manager.cli.client import Client
+
+RECONNECT_S = 5.0
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Parse an SSE byte stream into (id, event, data) triples."""
+    seq, event, data = 0, "message", list[str]()
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield seq, event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("id:"):
+            seq = int(line[3:].strip())
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+
+
+def follow(client: Client, path: str, what: str, final: str,
+           on_event: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+    """Hand every event of the stream at ``path`` to ``on_event`` until the ``final`` event,
+    whose data is returned. A dropped stream is resumed after the last event handed on; a
+    service unreachable for ``RECONNECT_S`` ends the command with one line naming ``what``."""
+    last = 0
+    lost_since: float | None = None
+    while True:
+        try:
+            with client.http.stream("GET", path, params={"after": last},
+                                    headers={"Accept": "text/event-stream"}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    Client.check(response)
+                lost_since = None
+                for seq, event, data in sse_events(response):
+                    last = seq
+                    on_event(event, data)
+                    if event == final:
+                        return data
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            continue  # the stream dropped: resume after the last event handed on
+        except httpx.TransportError as exc:  # refused, reset, timed out: the service went away
+            lost_since = wait_for_service(client, exc, lost_since, what)
+
+
+def wait_for_service(client: Client, exc: httpx.TransportError, lost_since: float | None, what: str) -> float:
+    """The service is unreachable: wait a little and let the caller retry, or, once it has stayed
+    away ``RECONNECT_S``, end the command with one line (not an httpx traceback)."""
+    now = time.monotonic()
+    lost_since = lost_since or now
+    if now - lost_since >= RECONNECT_S:
+        raise click.ClickException(
+            f"lost the connection to the service at {client.url} ({type(exc).__name__}); {what} "
+            "was interrupted if the service stopped")
+    time.sleep(0.5)
+    return lost_since
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: cancel what we follow, as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def cancelling_signals() -> Iterator[None]:
+    """Inside, SIGTERM and SIGHUP (a closed terminal, `timeout`) raise ``Stopped`` as Ctrl-C raises
+    KeyboardInterrupt, so a client killed that way cancels its run or orchestration instead of
+    leaving it going in the service. Restored on the way out."""
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cancel_then_exit(exc: BaseException, cancel: Callable[[], object] | None) -> NoReturn:
+    """A stop signal arrived: a second one ends us at once; cancel (when something started), then
+    exit 130 (Ctrl-C) or 128 + the signal's number."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    if cancel is not None:
+        with contextlib.suppress(OSError):
+            click.echo("\ncancelling…", err=True)
+        cancel()
+    sys.exit(128 + exc.signum if isinstance(exc, Stopped) else 130)

@@ -1,0 +1,122 @@
+"""Large run output lives in a file per run (store/output_files.py): every API shows the same
+events as before, live bytes equal replayed bytes, pruning removes the file, and a file the disk
+cut short still reads as valid events."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import wait_run
+
+from agent_manager.service import Service
+from agent_manager.store import runs as run_store
+from agent_manager.store.output_files import FIELD, SPILL_MIN_CHARS, escape
+
+# Every kind of character JSON treats specially, in big writes (file-backed) and small ones (inline).
+WRITER = r"""
+import os, sys
+piece = 'plain line\n"quoted" back\\slash\ttab\r\x00\x01\x1f é ü 中 😀 \u2028 \u2029 end\n'
+big = (piece * 4000).encode()
+os.write(1, big)
+os.write(2, b"small stderr \x07 bell\n")
+os.write(1, b"tail without newline")
+"""
+EXPECTED_STDOUT = ('plain line\n"quoted" back\\slash\ttab\r\x00\x01\x1f é ü 中 😀 \u2028 \u2029 end\n' * 4000
+                   + "tail without newline")
+
+
+@pytest.mark.parametrize("text", ['a"b\\c\nd', "tab\there\r\n", "\x00\x01\x1f\x7f", "é 中 😀 \u2028\u2029",
+                                  "x" * 10, "\\n is not a newline", "\ud800 lone surrogate"])
+def test_escape_is_exactly_what_json_writes(text: str) -> None:
+    assert escape(text) == json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
+
+
+def _sse(body: bytes) -> list[tuple[str, dict]]:
+    out = []
+    for frame in body.split(b"\n\n"):
+        event, data = "", None
+        for line in frame.split(b"\n"):
+            if line.startswith(b"event: "):
+                event = line[7:].decode()
+            elif line.startswith(b"data: "):
+                data = json.loads(line[6:])
+        if data is not None:
+            out.append((event, data))
+    return out
+
+
+async def test_large_output_goes_to_a_file_and_reads_back_the_same(client: httpx.AsyncClient, service: Service,
+                                                                    tmp_path: Path) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    r = await client.post("/api/agents", json={"name": "big", "command": sys.executable, "args": [str(script)]})
+    assert r.status_code == 201, r.text
+    run = (await client.post("/api/runs", json={"agent": "big", "prompt": "go"})).json()
+    done = await wait_run(client, run["id"])
+    assert done["status"] == "succeeded", done
+
+    rows = service.database.all("SELECT type, data FROM run_events WHERE run_id = ? ORDER BY seq", (run["id"],))
+    stored = [json.loads(row["data"]) for row in rows if row["type"] == "output"]
+    assert any(FIELD in data and "text" not in data for data in stored), "no output went to the run's file"
+    assert any("text" in data for data in stored), "the small stderr chunk should stay inline"
+    path = service.database.output_files.path(run["id"])  # type: ignore[union-attr]
+    assert path.exists() and path.stat().st_mode & 0o777 == 0o600
+
+    as_json = (await client.get(f"/api/runs/{run['id']}/events", params={"limit": 10000})).json()
+    stdout = "".join(e["data"]["text"] for e in as_json if e["type"] == "output" and e["data"]["stream"] == "stdout")
+    stderr = "".join(e["data"]["text"] for e in as_json if e["type"] == "output" and e["data"]["stream"] == "stderr")
+    assert stdout == EXPECTED_STDOUT
+    assert stderr == "small stderr \x07 bell\n"
+    assert all(FIELD not in e["data"] for e in as_json)
+
+    sse = await client.get(f"/api/runs/{run['id']}/events", headers={"Accept": "text/event-stream"})
+    frames = _sse(sse.content)
+    assert [e for e, _ in frames] == [e["type"] for e in as_json]
+    for (_, data), event in zip(frames, as_json, strict=True):
+        assert "at" in data
+        assert {k: v for k, v in data.items() if k != "at"} == event["data"]
+
+    # The orchestration engine and other in-process readers see the same thing.
+    in_process = service.runs.events.read(run["id"], 0, 10000)
+    assert [e["data"] for e in in_process] == [e["data"] for e in as_json]
+
+    assert run_store.prune(service.database, "9999-01-01T00:00:00.000Z") == 1
+    assert not path.exists()
+
+
+async def test_a_file_cut_short_still_reads_as_valid_events(client: httpx.AsyncClient, service: Service,
+                                                            tmp_path: Path) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    await client.post("/api/agents", json={"name": "big", "command": sys.executable, "args": [str(script)]})
+    run = (await client.post("/api/runs", json={"agent": "big", "prompt": "go"})).json()
+    await wait_run(client, run["id"])
+    before = {e["seq"]: e["data"].get("text") for e in
+              (await client.get(f"/api/runs/{run['id']}/events", params={"limit": 10000})).json()}
+    path = service.database.output_files.path(run["id"])  # type: ignore[union-attr]
+    size = path.stat().st_size
+    for cut in range(size - 1, size - 40, -1):  # every kind of place: inside an escape, a character
+        with path.open("r+b") as f:
+            f.truncate(cut)
+        events = (await client.get(f"/api/runs/{run['id']}/events", params={"limit": 10000})).json()
+        assert [e["seq"] for e in events] == sorted(before)
+        for event in events:  # each text is what it was, or a prefix of it
+            text = event["data"].get("text")
+            assert text == before[event["seq"]] or (text is not None and before[event["seq"]].startswith(text))
+        sse = await client.get(f"/api/runs/{run['id']}/events", headers={"Accept": "text/event-stream"})
+        assert [e for e, _ in _sse(sse.content)][-1] == "run.finished"
+
+
+def test_only_run_ids_name_files(tmp_path: Path) -> None:
+    from agent_manager.store.output_files import OutputFiles
+
+    files = OutputFiles(tmp_path)
+    for bad in ("../etc/passwd", "a/b", "", ".", "x" * 65, "run id"):
+        with pytest.raises(ValueError):
+            files.path(bad)
+    assert files.path("run_0123abcd").parent == tmp_path
+    assert SPILL_MIN_CHARS > 0
