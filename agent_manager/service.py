@@ -14,18 +14,27 @@ import os
 import shutil
 import signal
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_manager import plugins
-from agent_manager.errors import ConfigError, ValidationFailed
-from agent_manager.executors.base import Executor
+from agent_manager.errors import ConfigError, ExecutorUnavailable, ValidationFailed
+from agent_manager.executors.base import Executor, Resources
 from agent_manager.executors.process import signal_tagged
+from agent_manager.executors.routing import RouteRequest, check_isolation
 from agent_manager.instance import DataDirLock
+from agent_manager.run_request import RunRequest
 from agent_manager.runs import RunManager
 from agent_manager.settings import Settings
 from agent_manager.store import Database
+from agent_manager.store import agents as agent_store
+from agent_manager.store import conversations as conv_store
+
+if TYPE_CHECKING:
+    from agent_manager.orchestration.engine import OrchestrationEngine
+    from agent_manager.terminals import TerminalManager
+    from agent_manager.workspaces import Workspaces
 
 log = logging.getLogger("agent_manager")
 WORKSPACE_PRUNE_EVERY_S = 6 * 3600
@@ -103,7 +112,12 @@ class Service:
         self.backend_problems: dict[str, str] = {}  # backends whose executor could not be built, and why
         self._environ: dict[str, str] = {}
         self._runs: RunManager | None = None
-        self.extras: dict[str, Any] = {}
+        self._workspaces: Workspaces | None = None
+        self._terminals: TerminalManager | None = None  # None again once stopping: no new terminals
+        self._orchestrations: OrchestrationEngine | None = None
+        # A seam for another way to check credentials: called as (value) or (value, cookie=True),
+        # it returns the caller (a principal) or None; unset, the admin token and user tokens count.
+        self.authenticate: Callable[..., dict[str, Any] | None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Taken by `serve` before the app is built (so a refusal is a clean message), else at start.
         self.lock: DataDirLock | None = None
@@ -121,6 +135,23 @@ class Service:
     def database(self) -> Database:
         assert self.db is not None, "service not started"
         return self.db
+
+    @property
+    def workspaces(self) -> Workspaces:
+        assert self._workspaces is not None, "service not started"
+        return self._workspaces
+
+    @property
+    def orchestrations(self) -> OrchestrationEngine:
+        assert self._orchestrations is not None, "service not started"
+        return self._orchestrations
+
+    @property
+    def terminals(self) -> TerminalManager:
+        """503 (not a bug) when asked before start or while stopping: a terminal may be requested then."""
+        if self._terminals is None:
+            raise ExecutorUnavailable("terminals are not available: the service is not started or is stopping")
+        return self._terminals
 
     async def start(self) -> None:
         check_data_dir(self.settings)
@@ -141,13 +172,13 @@ class Service:
         if recovered:
             log.warning("marked %d unfinished run(s) from a previous start as interrupted", recovered)
         from agent_manager.workspaces import Workspaces
-        workspaces = self.extras["workspaces"] = self._runs.workspaces = Workspaces(self.db, self.settings)
+        workspaces = self._workspaces = self._runs.workspaces = Workspaces(self.db, self.settings)
         self._background.add(asyncio.create_task(self._tidy_workspaces(workspaces)))
         from agent_manager.terminals import TerminalManager
-        terminals = self.extras["terminals"] = TerminalManager(self.settings, self.executors, self._runs)
+        terminals = self._terminals = TerminalManager(self.settings, self.executors, self._runs)
         terminals.workspaces = workspaces
         from agent_manager.orchestration.engine import OrchestrationEngine
-        engine = self.extras["orchestrations"] = OrchestrationEngine(self.db, self.settings, self._runs)
+        engine = self._orchestrations = OrchestrationEngine(self.db, self.settings, self._runs)
         if engine.recover():
             log.warning("orchestrations left running by a previous start are now interrupted (resumable)")
         for name, executor in self.executors.items():
@@ -159,6 +190,24 @@ class Service:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def start_run(self, who: dict[str, Any], agent_ref: str, prompt: str, *, conversation_id: str | None,
+                  backend: str | None, timeout_s: float | None = None, resources: Resources | None = None,
+                  new_workspace: Any = None, workspace_id: str | None = None) -> dict[str, Any]:
+        """Start a run for the caller ``who`` (a principal), as POST /api/runs and a chat message
+        do: resolve the agent (404), refuse a backend the caller may not use now with a 403
+        rather than later as a failed run (docs/security.md), check the conversation is the
+        caller's (404 otherwise), then submit."""
+        agent = agent_store.get(self.database, agent_ref)
+        trusted, admin = bool(who.get("trusted", True)), bool(who.get("admin"))
+        check_isolation(RouteRequest(run_backend=backend, agent_backend=agent.get("backend"), user_trusted=trusted),
+                        self.settings)
+        if conversation_id:
+            conv_store.get(self.database, conversation_id, None if admin else who.get("id"))
+        return self.runs.submit(RunRequest(
+            agent=agent, prompt=prompt, conversation_id=conversation_id, backend=backend, timeout_s=timeout_s,
+            resources=resources or Resources(), owner=who.get("id"), user_trusted=trusted, user_admin=admin,
+            new_workspace=new_workspace, workspace_id=workspace_id))
 
     # -- settings changed at runtime -------------------------------------------------------
 
@@ -256,7 +305,7 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._prune_wakeup.wait(), PRUNE_EVERY_S)
 
-    async def _tidy_workspaces(self, workspaces: Any) -> None:
+    async def _tidy_workspaces(self, workspaces: Workspaces) -> None:
         """Commit what runs interrupted by a stop left in their workspaces, then prune old ones
         now and every few hours (``workspace_retention_days``)."""
         try:
@@ -284,9 +333,10 @@ class Service:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if "terminals" in self.extras:  # their WebSockets close too; they hold host slots and sandboxes
-            await self.extras.pop("terminals").shutdown()
-        engine = self.extras.get("orchestrations")
+        terminals, self._terminals = self._terminals, None
+        if terminals is not None:  # their WebSockets close too; they hold host slots and sandboxes
+            await terminals.shutdown()
+        engine = self._orchestrations
         if engine is not None:  # before the runs: its steps are runs
             await engine.shutdown()
         if self._runs is not None:
@@ -297,7 +347,7 @@ class Service:
 
     async def stop(self) -> None:
         await self.interrupt()
-        self.extras.pop("orchestrations", None)
+        self._orchestrations = None
         for executor in self.executors.values():
             try:
                 await executor.close()

@@ -75,7 +75,7 @@ def make_baseline(data: dict[str, Any], workdir: Path) -> float:
 
 
 async def run_engine(svc: Service, data: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    engine = svc.extras["orchestrations"]
+    engine = svc.orchestrations
     plan = plans.load(data, agent_store.list_all(svc.database))
     started = time.monotonic()
     view = engine.create(plan)

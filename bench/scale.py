@@ -242,7 +242,7 @@ async def case_dag(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             finally:
                 marks[(spec.labels["run"], "spawn")] = time.perf_counter() - began
         local.start = start  # type: ignore[method-assign]
-        engine = svc.extras["orchestrations"]
+        engine = svc.orchestrations
         chain = {"name": "chain", "max_parallel": 4, "steps": [
             {"id": f"s{i}", "action": "shell", "argv": ["true"], "depends_on": [f"s{i - 1}"] if i else []}
             for i in range(args.hops)]}

@@ -79,7 +79,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def creation(svc: Service, reps: int) -> dict[str, Any]:
-    workspaces: Workspaces = svc.extras["workspaces"]
+    workspaces: Workspaces = svc.workspaces
     project = rec.project(svc.database, "bench")
     repo = Path(project["repo"])
     commit = await wgit.rev("main", git_dir=repo)
@@ -112,7 +112,7 @@ def _spec() -> Any:
 async def run_and_wait(svc: Service, agent: str, prompt: str) -> dict[str, Any]:
     from agent_manager.run_request import RunRequest
 
-    workspaces: Workspaces = svc.extras["workspaces"]
+    workspaces: Workspaces = svc.workspaces
     base = await workspaces.check_base("bench", None)
     run = svc.runs.submit(RunRequest(agent=agent_store.get(svc.database, agent), prompt=prompt, new_workspace=base))
     final = await svc.runs.wait(run["id"])
@@ -124,7 +124,7 @@ async def run_and_wait(svc: Service, agent: str, prompt: str) -> dict[str, Any]:
 
 async def diff_time(svc: Service, reps: int) -> dict[str, Any]:
     ws = await run_and_wait(svc, "sh", "Change 100 files\n" + EDIT)
-    workspaces: Workspaces = svc.extras["workspaces"]
+    workspaces: Workspaces = svc.workspaces
     times = []
     for _ in range(reps):
         started = time.perf_counter()
@@ -146,7 +146,7 @@ async def daytona(home: Path, user_repo: Path) -> dict[str, Any]:
     try:
         agent_store.create(svc.database, {"name": "sh", "kind": "generic", "command": "sh",
                                           "args": ["-c", "{prompt}"], "backend": "daytona"})
-        await svc.extras["workspaces"].register({"admin": True}, "bench", path=str(user_repo), git_url=None,
+        await svc.workspaces.register({"admin": True}, "bench", path=str(user_repo), git_url=None,
                                                 base=None)
         before_up, before_down = emulator.bytes_uploaded, emulator.bytes_downloaded
         started = time.perf_counter()
@@ -181,7 +181,7 @@ async def main() -> dict[str, Any]:
         try:
             agent_store.create(svc.database, {"name": "sh", "kind": "generic", "command": "sh",
                                               "args": ["-c", "{prompt}"], "backend": "local"})
-            await svc.extras["workspaces"].register({"admin": True}, "bench", path=str(user_repo), git_url=None,
+            await svc.workspaces.register({"admin": True}, "bench", path=str(user_repo), git_url=None,
                                                     base=None)
             created = await creation(svc, args.reps)
             diffed = await diff_time(svc, args.reps)

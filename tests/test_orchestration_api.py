@@ -150,14 +150,14 @@ async def test_retry_one_failed_step_and_read_the_files_a_plan_wrote(client: htt
                       {"id": "after", "action": "write_file", "path": "out/result.txt",
                        "content": "{{ steps.flaky.output }}", "depends_on": ["flaky"]}]}
     orch = (await client.post("/api/orchestrations", json={"plan": plan})).json()
-    view = await service.extras["orchestrations"].wait(orch["id"])
+    view = await service.orchestrations.wait(orch["id"])
     assert {s["id"]: s["status"] for s in view["steps"]} == {"flaky": "failed", "other-bad": "failed",
                                                             "after": "skipped"}
     base = f"/api/orchestrations/{orch['id']}"
     assert (await client.post(f"{base}/steps/nope/retry")).status_code == 404
     response = await client.post(f"{base}/steps/flaky/retry")
     assert response.status_code == 200 and response.json()["status"] == "running"
-    view = await service.extras["orchestrations"].wait(orch["id"])
+    view = await service.orchestrations.wait(orch["id"])
     # only that step and what it held back ran again; the other failure keeps its result
     assert {s["id"]: (s["status"], s["attempts"]) for s in view["steps"]} == {
         "flaky": ("succeeded", 2), "other-bad": ("failed", 1), "after": ("succeeded", 1)}

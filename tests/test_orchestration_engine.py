@@ -52,7 +52,7 @@ def add_worker(svc: Service, name: str = "worker") -> dict[str, Any]:
 
 
 def engine_of(svc: Service) -> OrchestrationEngine:
-    engine: OrchestrationEngine = svc.extras["orchestrations"]
+    engine: OrchestrationEngine = svc.orchestrations
     return engine
 
 

@@ -59,7 +59,7 @@ async def test_components_share_the_one_settings_object(settings: Settings) -> N
     """Live fields take effect because every component reads the same object at use time."""
     async with running_service(settings) as svc:
         assert svc.runs.settings is svc.settings
-        assert svc.extras["orchestrations"].settings is svc.settings
+        assert svc.orchestrations.settings is svc.settings
         for executor in svc.executors.values():
             assert executor.settings is svc.settings, executor.name  # type: ignore[attr-defined]
 

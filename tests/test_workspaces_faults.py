@@ -228,7 +228,7 @@ async def test_retention_prunes_only_old_open_workspaces(client: httpx.AsyncClie
     fresh = await run_on_project(client, "Fresh\necho y > y.txt")
     service.database.execute("UPDATE workspaces SET updated_at = '2020-01-01T00:00:00.000Z' WHERE id = ?",
                              (old["workspace"]["id"],))
-    workspaces = service.extras["workspaces"]
+    workspaces = service.workspaces
     service.settings.workspace_retention_days = 0
     assert await workspaces.prune() == 0  # 0 keeps everything
     service.settings.workspace_retention_days = 14

@@ -21,7 +21,7 @@ async def orchestrate(client: httpx.AsyncClient, service: Service, plan: dict[st
                       **extra: Any) -> dict[str, Any]:
     r = await client.post("/api/orchestrations", json={"plan": plan, "project": "proj", **extra})
     assert r.status_code == 201, r.text
-    await service.extras["orchestrations"].wait(r.json()["id"])
+    await service.orchestrations.wait(r.json()["id"])
     return dict((await client.get(f"/api/orchestrations/{r.json()['id']}")).json())
 
 
@@ -89,7 +89,7 @@ async def test_resume_reuses_succeeded_steps_branches(client: httpx.AsyncClient,
     flag.write_text("go")
     r = await client.post(f"/api/orchestrations/{view['id']}/resume")
     assert r.status_code == 200, r.text
-    await service.extras["orchestrations"].wait(view["id"])
+    await service.orchestrations.wait(view["id"])
     view = (await client.get(f"/api/orchestrations/{view['id']}")).json()
     assert view["status"] == "succeeded"
     assert step(view, "a")["workspace"] == first_a  # reused, not re-run

@@ -401,3 +401,18 @@ def to_yaml(plan: Plan) -> str:
 
 def to_json(plan: Plan) -> str:
     return json.dumps(to_data(plan), indent=2, ensure_ascii=False)
+
+
+class PlanInput(BaseModel):
+    """A plan as data (``plan``) or as YAML/JSON text (``yaml``): exactly one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plan: dict[str, Any] | None = None
+    yaml: str | None = Field(None, max_length=5_000_000)
+
+    def data(self) -> Any:
+        if (self.plan is None) == (self.yaml is None):
+            raise ValidationFailed("give exactly one of \"plan\" (an object) or \"yaml\" (text)",
+                                   [{"field": "plan"}, {"field": "yaml"}])
+        return self.plan if self.plan is not None else parse_text(self.yaml or "")

@@ -186,7 +186,7 @@ class AuthMiddleware:
 
     def _user(self, scope: Scope, value: str, cookie: bool) -> Principal | None:
         svc = _service(scope)
-        hook = self.authenticate or (svc.extras.get("authenticate") if svc is not None else None)
+        hook = self.authenticate or (svc.authenticate if svc is not None else None)
         if hook is not None:
             return hook(value, cookie=True) if cookie else hook(value)
         db = getattr(svc, "db", None)

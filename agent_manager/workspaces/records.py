@@ -100,6 +100,17 @@ def public(ws: dict[str, Any] | None) -> dict[str, Any] | None:
             **({"note": ws["note"]} if ws.get("note") else {})}
 
 
+def attach(db: Database, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (a run or a conversation) with its ``project`` and ``workspace`` (DESIGN 3.7)."""
+    ws = None
+    if row.get("workspace_id"):
+        try:
+            ws = workspace(db, row["workspace_id"])
+        except NotFound:  # its project was removed since: the row stays readable
+            ws = None
+    return {**row, "project": ws["project"] if ws else None, "workspace": public(ws)}
+
+
 def link(db: Database, table: str, row_id: str, ws_id: str) -> None:
     assert table in ("runs", "conversations", "orchestrations")
     with db.transaction() as conn:

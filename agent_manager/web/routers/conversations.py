@@ -12,9 +12,6 @@ from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import conversations as conv_store
 from agent_manager.web.deps import owner_filter, principal, service
-from agent_manager.web.routers.projects import workspaces
-from agent_manager.web.routers.runs import start_run
-from agent_manager.web.routers.workspaces import attach
 from agent_manager.workspaces import records as rec
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
@@ -33,20 +30,20 @@ async def create_conversation(body: ConversationCreate, request: Request,
     agent_id = agent_store.get(svc.database, body.agent)["id"] if body.agent else None
     if body.base and not body.project:
         raise ValidationFailed("base: only with a project", [{"field": "base", "message": "needs project"}])
-    base = await workspaces(svc).check_base(body.project, body.base) if body.project else None
+    base = await svc.workspaces.check_base(body.project, body.base) if body.project else None
     owner = principal(request).get("id")
     conv = conv_store.create(svc.database, body.title, agent_id, owner)
     if base is not None:  # one branch, am/<conversation id>, for every turn
-        ws = workspaces(svc).record(base, "conversation", conv["id"], owner)
+        ws = svc.workspaces.record(base, "conversation", conv["id"], owner)
         rec.link(svc.database, "conversations", conv["id"], ws["id"])
         conv = conv_store.get(svc.database, conv["id"])
-    return attach(svc, conv)
+    return rec.attach(svc.database, conv)
 
 
 @router.get("/{conv_id}", response_model=Conversation)
 async def get_conversation(conv_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     conv = conv_store.get(svc.database, conv_id, owner_filter(request))
-    return attach(svc, {**conv, "messages": conv_store.messages(svc.database, conv_id)})
+    return rec.attach(svc.database, {**conv, "messages": conv_store.messages(svc.database, conv_id)})
 
 
 @router.post("/{conv_id}/messages", response_model=MessagePosted, status_code=201)
@@ -57,8 +54,8 @@ async def post_message(conv_id: str, body: MessageCreate, request: Request,
     if not agent_ref:
         raise ValidationFailed("agent: this conversation has no agent yet; name one",
                                [{"field": "agent", "message": "required"}])
-    run = start_run(request, svc, agent_ref, body.content, conversation_id=conv_id, backend=body.backend,
-                    workspace_id=conv.get("workspace_id"))
+    run = svc.start_run(principal(request), agent_ref, body.content, conversation_id=conv_id,
+                        backend=body.backend, workspace_id=conv.get("workspace_id"))
     messages = conv_store.messages(svc.database, conv_id)
     user_message = next(m for m in reversed(messages) if m["run_id"] == run["id"] and m["role"] == "user")
-    return {"message": user_message, "run": attach(svc, run)}
+    return {"message": user_message, "run": rec.attach(svc.database, run)}

@@ -10,27 +10,19 @@ from pydantic import Field
 
 from agent_manager.errors import NotFound, ValidationFailed
 from agent_manager.orchestration import plan as plans
-from agent_manager.orchestration.engine import OrchestrationEngine
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
 from agent_manager.store import users as user_store
 from agent_manager.web import plan_files, sse
 from agent_manager.web.deps import owner_filter, principal, service
-from agent_manager.web.routers.plans import PlanInput
-from agent_manager.web.routers.projects import workspaces
 from agent_manager.workspaces import records as rec
 
 router = APIRouter(prefix="/api/orchestrations", tags=["orchestrations"])
 OrchestrationStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
-def engine(svc: Service) -> OrchestrationEngine:
-    found: OrchestrationEngine = svc.extras["orchestrations"]
-    return found
-
-
-class OrchestrationInput(PlanInput):
+class OrchestrationInput(plans.PlanInput):
     """A plan, optionally on a project: then every step works on its own branch (DESIGN 3.7)."""
 
     project: str | None = Field(None, min_length=1, max_length=200)
@@ -54,9 +46,9 @@ async def create_orchestration(body: OrchestrationInput, request: Request,
     plan = plans.load(body.data(), agent_store.list_all(svc.database))
     if body.base and not body.project:
         raise ValidationFailed("base: only with a project", [{"field": "base", "message": "needs project"}])
-    base = await workspaces(svc).check_base(body.project, body.base) if body.project else None
+    base = await svc.workspaces.check_base(body.project, body.base) if body.project else None
     who = principal(request)
-    return with_workspaces(svc, engine(svc).create(plan, owner=who.get("id"),
+    return with_workspaces(svc, svc.orchestrations.create(plan, owner=who.get("id"),
                                                    user_trusted=bool(who.get("trusted", True)), base=base,
                                                    user_admin=bool(who.get("admin"))))
 
@@ -79,13 +71,13 @@ async def get_orchestration(orch_id: str, request: Request, svc: Service = Depen
 
 @router.post("/{orch_id}/cancel")
 async def cancel_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    return with_workspaces(svc, await engine(svc).cancel(orch_id, owner_filter(request)))
+    return with_workspaces(svc, await svc.orchestrations.cancel(orch_id, owner_filter(request)))
 
 
 @router.post("/{orch_id}/resume")
 async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     who = owner_rights(svc, request, orch_id)
-    return with_workspaces(svc, engine(svc).resume(orch_id, owner_filter(request),
+    return with_workspaces(svc, svc.orchestrations.resume(orch_id, owner_filter(request),
                                                    user_trusted=bool(who.get("trusted", True)),
                                                    user_admin=bool(who.get("admin"))))
 
@@ -94,7 +86,7 @@ async def resume_orchestration(orch_id: str, request: Request, svc: Service = De
 async def retry_step(orch_id: str, step_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     """Run one failed (or skipped/cancelled) step again, and the steps below it that it held back."""
     who = owner_rights(svc, request, orch_id)
-    return engine(svc).resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
+    return svc.orchestrations.resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
                               only=step_id, user_admin=bool(who.get("admin")))
 
 
@@ -126,7 +118,7 @@ async def orchestration_events(orch_id: str, request: Request, after: int | None
     """SSE (Accept: text/event-stream) or a JSON list; ``?after=`` / ``Last-Event-ID`` resume."""
     store.get_row(svc.database, orch_id, owner_filter(request))
     start = sse.resume_point(request, after)
-    log = engine(svc).events
+    log = svc.orchestrations.events
     if sse.wants_sse(request):
         return sse.stream(log, orch_id, start, lambda type_, seq: type_ == "orchestration.finished"
                           and _ends_stream(svc, orch_id, seq))

@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent_manager.errors import ValidationFailed
 from agent_manager.models import NAME_RE
 from agent_manager.orchestration import plan as plans
 from agent_manager.orchestration import planner
@@ -40,21 +39,6 @@ class PlanDraft(BaseModel):
     plan: plans.Plan
     raw: str
     run_ids: list[str]
-
-
-class PlanInput(BaseModel):
-    """A plan as data (``plan``) or as YAML/JSON text (``yaml``): exactly one of them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    plan: dict[str, Any] | None = None
-    yaml: str | None = Field(None, max_length=5_000_000)
-
-    def data(self) -> Any:
-        if (self.plan is None) == (self.yaml is None):
-            raise ValidationFailed("give exactly one of \"plan\" (an object) or \"yaml\" (text)",
-                                   [{"field": "plan"}, {"field": "yaml"}])
-        return self.plan if self.plan is not None else plans.parse_text(self.yaml or "")
 
 
 @router.post("", response_model=PlanDraft, response_model_exclude_none=True, status_code=201)
@@ -89,7 +73,7 @@ async def plan_schema() -> dict[str, Any]:
 
 
 @router.post("/validate")
-async def validate_plan(body: PlanInput, svc: Service = Depends(service)) -> dict[str, Any]:
+async def validate_plan(body: plans.PlanInput, svc: Service = Depends(service)) -> dict[str, Any]:
     """Every problem of a plan, each naming its step; with the DAG's layers when it is valid."""
     try:
         data = body.data()
@@ -103,7 +87,7 @@ async def validate_plan(body: PlanInput, svc: Service = Depends(service)) -> dic
             "yaml": plans.to_yaml(plan) if plan is not None and valid else None}
 
 
-class SavedPlanInput(PlanInput):
+class SavedPlanInput(plans.PlanInput):
     """A plan to keep under ``name`` (saving the same name again replaces it)."""
 
     name: str = Field(..., pattern=NAME_RE)

@@ -13,15 +13,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from agent_manager.models import ProjectCreate
 from agent_manager.service import Service
 from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
-from agent_manager.workspaces import Workspaces
 from agent_manager.workspaces import records as rec
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
-
-
-def workspaces(svc: Service) -> Workspaces:
-    found: Workspaces = svc.extras["workspaces"]
-    return found
 
 
 def view(svc: Service, project: dict[str, Any], with_workspaces: bool = False,
@@ -45,7 +39,7 @@ async def list_projects(request: Request, svc: Service = Depends(service)) -> li
 
 @router.post("", status_code=201)
 async def create_project(body: ProjectCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    project = await workspaces(svc).register(principal(request), body.name, path=body.path, git_url=body.git_url,
+    project = await svc.workspaces.register(principal(request), body.name, path=body.path, git_url=body.git_url,
                                              base=body.base)
     audit(request, "project.create", project["name"], {"path": project["path"], "git_url": project["git_url"]})
     return view(svc, project)
@@ -58,6 +52,6 @@ async def get_project(ref: str, request: Request, svc: Service = Depends(service
 
 @router.delete("/{ref}", status_code=204, dependencies=[Depends(require_admin)])
 async def delete_project(ref: str, request: Request, svc: Service = Depends(service)) -> Response:
-    await workspaces(svc).remove_project(ref)
+    await svc.workspaces.remove_project(ref)
     audit(request, "project.delete", ref)
     return Response(status_code=204)

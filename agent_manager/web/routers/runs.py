@@ -9,38 +9,16 @@ from pydantic import BaseModel, Field
 
 from agent_manager.errors import ValidationFailed
 from agent_manager.executors.base import Resources
-from agent_manager.executors.routing import RouteRequest, check_isolation
 from agent_manager.models import NO_NUL, Event, Run, RunCreate, RunPage, RunStatus
-from agent_manager.run_request import RunRequest
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
-from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.web import sse
 from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
-from agent_manager.web.routers.projects import workspaces
-from agent_manager.web.routers.workspaces import attach
+from agent_manager.workspaces import records as rec
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 RUN_TERMINAL = frozenset({"run.finished"})
-
-
-def start_run(request: Request, svc: Service, agent_ref: str, prompt: str, *, conversation_id: str | None,
-              backend: str | None, timeout_s: float | None = None,
-              resources: Resources | None = None, new_workspace: Any = None,
-              workspace_id: str | None = None) -> dict[str, Any]:
-    """Shared by POST /api/runs and the chat: resolve, check ownership, submit."""
-    agent = agent_store.get(svc.database, agent_ref)
-    who = principal(request)
-    # Refused now with a 403 rather than later as a failed run (docs/security.md).
-    check_isolation(RouteRequest(run_backend=backend, agent_backend=agent.get("backend"),
-                                 user_trusted=bool(who.get("trusted", True))), svc.settings)
-    if conversation_id:
-        conv_store.get(svc.database, conversation_id, owner_filter(request))
-    return svc.runs.submit(RunRequest(
-        agent=agent, prompt=prompt, conversation_id=conversation_id, backend=backend, timeout_s=timeout_s,
-        resources=resources or Resources(), owner=who.get("id"), user_trusted=bool(who.get("trusted", True)),
-        user_admin=bool(who.get("admin")), new_workspace=new_workspace, workspace_id=workspace_id))
 
 
 def check_resources(request: Request, svc: Service, resources: Resources) -> None:
@@ -72,10 +50,10 @@ async def create_run(body: RunCreate, request: Request, svc: Service = Depends(s
             raise ValidationFailed("project: a conversation's turns use the conversation's project",
                                    [{"field": "project", "message": "not with conversation_id"}])
         agent_store.get(svc.database, body.agent)  # 404 for an unknown agent before any git work
-        base = await workspaces(svc).check_base(body.project, body.base)
-    run = start_run(request, svc, body.agent, body.prompt, conversation_id=body.conversation_id,
-                    backend=body.backend, timeout_s=body.timeout_s, resources=resources, new_workspace=base)
-    return attach(svc, run)
+        base = await svc.workspaces.check_base(body.project, body.base)
+    run = svc.start_run(principal(request), body.agent, body.prompt, conversation_id=body.conversation_id,
+                        backend=body.backend, timeout_s=body.timeout_s, resources=resources, new_workspace=base)
+    return rec.attach(svc.database, run)
 
 
 @router.get("", response_model=RunPage)
@@ -86,7 +64,7 @@ async def list_runs(request: Request, agent: str | None = None, status: RunStatu
     # In the read pool: a count or a full-text match over a big history must not stall the loop.
     items, total = await svc.database.read(run_store.search, agent_id=agent_id, status=status, q=q,
                                            owner=owner_filter(request), limit=limit, offset=offset)
-    return {"items": [attach(svc, r) for r in items], "total": total, "limit": limit, "offset": offset}
+    return {"items": [rec.attach(svc.database, r) for r in items], "total": total, "limit": limit, "offset": offset}
 
 
 class PruneRequest(BaseModel):
@@ -103,14 +81,14 @@ async def prune_runs(body: PruneRequest, request: Request, svc: Service = Depend
 
 @router.get("/{run_id}", response_model=Run)
 async def get_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
-    return attach(svc, run_store.get(svc.database, run_id, owner_filter(request)))
+    return rec.attach(svc.database, run_store.get(svc.database, run_id, owner_filter(request)))
 
 
 @router.post("/{run_id}/cancel", response_model=Run)
 async def cancel_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     run = await svc.runs.cancel(run_id, owner_filter(request))
     audit(request, "run.cancel", run_id, {"agent": run["agent_name"], "status": run["status"]})
-    return attach(svc, run)
+    return rec.attach(svc.database, run)
 
 
 @router.get("/{run_id}/events", response_model=list[Event],

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request, Response, WebSocket
 from pydantic import Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, ExecutorUnavailable, NotFound
+from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, ExecutorUnavailable
 from agent_manager.models import RequestedBackend, Strict
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
@@ -45,9 +45,7 @@ class TerminalCreate(Strict):
 
 
 def manager(svc: Service) -> TerminalManager:
-    found = svc.extras.get("terminals")
-    if found is None:
-        raise ExecutorUnavailable("terminals are not available: the service is not started")
+    found = svc.terminals
     if not found.on_close:
         found.on_close.append(lambda term, reason: _audit_close(svc, term, reason))
     return found
@@ -111,11 +109,8 @@ def _run_workspace(svc: Service, run: dict[str, Any]) -> tuple[Path, str | None]
 async def _project_workspace(svc: Service, name: str, req: TerminalRequest) -> tuple[Path, str]:
     """A fresh workspace of the project (a worktree on branch ``am/<terminal id>``, from its
     default base): the user's own checkout is never touched. Committed when the terminal closes."""
-    workspaces = svc.extras.get("workspaces")
-    if workspaces is None:
-        raise NotFound(f"project {name!r} not found: projects are not available")
-    base = await workspaces.check_base(name, None)
-    ws = await workspaces.create_from(base, "terminal", req.terminal_id, req.owner)
+    base = await svc.workspaces.check_base(name, None)
+    ws = await svc.workspaces.create_from(base, "terminal", req.terminal_id, req.owner)
     return Path(ws["path"]), str(ws["id"])
 
 

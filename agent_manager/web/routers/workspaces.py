@@ -16,7 +16,6 @@ from agent_manager.store import conversations as conv_store
 from agent_manager.store import orchestrations as orch_store
 from agent_manager.store import runs as run_store
 from agent_manager.web.deps import audit, owner_filter, principal, service
-from agent_manager.web.routers.projects import workspaces
 from agent_manager.workspaces import records as rec
 from agent_manager.workspaces.workspace import commit_message
 
@@ -41,17 +40,6 @@ RESOURCES: dict[str, tuple[str, str, Callable[[Service, str, str | None], str]]]
 }
 
 
-def attach(svc: Service, row: dict[str, Any], table: str = "runs") -> dict[str, Any]:
-    """``row`` with its ``project`` and ``workspace`` (DESIGN 3.7), for any of the three resources."""
-    ws = None
-    if row.get("workspace_id"):
-        try:
-            ws = rec.workspace(svc.database, row["workspace_id"])
-        except NotFound:  # its project was removed since: the row stays readable
-            ws = None
-    return {**row, "project": ws["project"] if ws else None, "workspace": rec.public(ws)}
-
-
 def _router(resource: str) -> APIRouter:
     noun, table, title_of = RESOURCES[resource]
     router = APIRouter(prefix=f"/api/{resource}", tags=[resource])
@@ -68,11 +56,11 @@ def _router(resource: str) -> APIRouter:
                    svc: Service = Depends(service)) -> Any:
         ws, _ = target(svc, request, item_id)
         if format == "patch" or (format is None and "text/x-diff" in request.headers.get("accept", "")):
-            text = await workspaces(svc).patch(ws["id"])
+            text = await svc.workspaces.patch(ws["id"])
             name = ws["branch"].replace("/", "-") + ".patch"
             return Response(text, media_type="text/x-diff; charset=utf-8",
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
-        return await workspaces(svc).diff(ws["id"])
+        return await svc.workspaces.diff(ws["id"])
 
     @router.post("/{item_id}/merge", name=f"{noun}_merge")
     async def merge(item_id: str, request: Request, body: MergeRequest | None = Body(None),
@@ -84,7 +72,7 @@ def _router(resource: str) -> APIRouter:
             raise Forbidden("an untrusted user may not merge into a project on this host's file system; "
                             "download the patch (GET …/diff?format=patch) and ask a trusted user to apply it")
         strategy = (body or MergeRequest()).strategy
-        merged = await workspaces(svc).merge(ws["id"], strategy, title)
+        merged = await svc.workspaces.merge(ws["id"], strategy, title)
         audit(request, f"{noun}.merge", item_id, {"branch": ws["branch"], "strategy": strategy,
                                                   "commit": merged["merged_commit"]})
         return {**(rec.public(merged) or {}), "merged_commit": merged["merged_commit"]}
@@ -92,7 +80,7 @@ def _router(resource: str) -> APIRouter:
     @router.post("/{item_id}/discard", name=f"{noun}_discard")
     async def discard(item_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
         ws, _ = target(svc, request, item_id)
-        done = await workspaces(svc).discard(ws["id"])
+        done = await svc.workspaces.discard(ws["id"])
         audit(request, f"{noun}.discard", item_id, {"branch": ws["branch"]})
         return rec.public(done) or {}
 
