@@ -417,8 +417,7 @@ class RunManager:
         if isinstance(parser, PlainTextParser) and parser.truncated:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
         await self._settle(run_id, req, backend)
-        self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
-        run_store.index_stderr(self.db, run_id, stderr_tail)
+        self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id, stderr_tail)
 
     async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:
         """Commit what the agent left in its workspace before the run is reported finished, so
@@ -465,15 +464,16 @@ class RunManager:
                 self.events.append(run_id, "run.resumed", {})
 
     def _finish(self, run_id: str, status: str, code: int | None, answer: str | None, error: str | None,
-                usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None) -> None:
+                usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None,
+                stderr: str = "") -> None:
         run = run_store.get(self.db, run_id)
         if run["status"] in TERMINAL_STATUSES or run_id in self._finished:
             return
         self._finished.add(run_id)
         finished = now()
         started = run["started_at"] or finished
-        final_row = run_store.update_statements(
-            run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
+        final_row = run_store.update_statements(  # the search index follows on the writer thread
+            run_id, search=False, status=status, exit_code=code, output=answer, error=error, usage=usage,
             session_id=session_id, finished_at=finished, started_at=started)
         if req is not None and req.conversation_id:
             reply = answer if answer is not None else f"[{status}] {error or ''}".strip()
@@ -489,6 +489,7 @@ class RunManager:
         if error:
             data["error"] = error
         self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
+        self.db.commit_later(run_store.search_statements(run_id, answer, stderr))
         live = self._live.get(run_id)
         if live is not None:
             live.finished.set()

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(8 * 1_048_576, ge=1024)
     # Wrong tokens (bearer or /login) a client may send before it is answered 429 for a while.
     auth_failures_allowed: int = Field(10, ge=1, le=100_000)
+    # How long a browser login (session cookie) lasts; logout and token rotation end it sooner.
+    session_max_age_s: int = Field(30 * 24 * 3600, ge=60, le=366 * 24 * 3600)
 
     # runs
     max_concurrent_runs: int = Field(8, ge=1, le=1024)

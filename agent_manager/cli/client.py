@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from agent_manager.errors import AgentManagerError
 from agent_manager.instance import read_endpoint
 from agent_manager.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # imported when a client is made: `serve` (every command module is imported) never needs it
+    import httpx
 
 
 def service_url(settings: Settings, given: str | None) -> str:
@@ -22,6 +24,8 @@ def service_url(settings: Settings, given: str | None) -> str:
 
 class Client:
     def __init__(self, ctx_obj: dict[str, Any]) -> None:
+        import httpx
+
         try:
             settings = load_settings({"home": ctx_obj.get("home")})
         except AgentManagerError as exc:
@@ -39,6 +43,8 @@ class Client:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30, read=None))
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:

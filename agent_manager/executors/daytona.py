@@ -34,13 +34,13 @@ from agent_manager.executors.daytona_api import (
     Profile,
     Reaper,
     T,
-    _client,
-    _delete,
-    _list,
-    _sdk,
-    _state,
+    delete_sandbox,
+    list_labelled,
     list_sandboxes,
+    load_sdk,
+    make_client,
     retrying,
+    sandbox_state,
     sweep,
 )
 from agent_manager.executors.daytona_command import DaytonaExecution, build_command, env_payload
@@ -82,7 +82,6 @@ class DaytonaExecutor:
                  retry_base_s: float = 0.5) -> None:
         self.settings, self.instance_id = settings, instance_id
         self.create_seconds: Histogram | None = create_histogram()
-        self.live = 0
         self.attempts, self.base_delay = retry_attempts, retry_base_s
         self.backoff = Backoff(retry_base_s)
         self.reaper = Reaper(self.delete, self._delete_labelled)
@@ -111,11 +110,11 @@ class DaytonaExecutor:
                               idempotent=idempotent, backoff=self.backoff)
 
     async def delete(self, sb: AsyncSandbox) -> None:
-        await _delete(sb, self.attempts, self.base_delay, self.backoff)
+        await delete_sandbox(sb, self.attempts, self.base_delay, self.backoff)
 
     def client(self) -> AsyncDaytona:
         if self._client_obj is None:
-            self._client_obj = _client(self.settings)
+            self._client_obj = make_client(self.settings)
         return self._client_obj
 
     def keep_ids(self) -> set[str]:
@@ -138,12 +137,12 @@ class DaytonaExecutor:
 
     async def _check_available(self) -> Availability:
         try:
-            sdk = _sdk()
+            sdk = load_sdk()
             client = self.client()
         except ExecutorUnavailable as exc:
             return Availability(False, exc.message)
         try:
-            await asyncio.wait_for(_list(client, {LABEL: self.instance_id}, attempts=1), 15)
+            await asyncio.wait_for(list_labelled(client, {LABEL: self.instance_id}, attempts=1), 15)
         except ExecutionError as exc:
             if isinstance(exc.__cause__, sdk.DaytonaRateLimitError):  # it answered and knew the key
                 self.backoff.hit(None)
@@ -165,7 +164,7 @@ class DaytonaExecutor:
         return (spec.network, res.cpu, res.memory_mb, res.disk_gb) if sized else (spec.network,)
 
     def _params(self, profile: Profile, labels: dict[str, str]) -> Any:
-        sdk, s = _sdk(), self.settings
+        sdk, s = load_sdk(), self.settings
         common: dict[str, Any] = {
             "labels": labels, "auto_stop_interval": s.daytona_auto_stop_minutes,
             "auto_delete_interval": s.daytona_auto_delete_minutes, "network_block_all": not profile[0]}
@@ -199,7 +198,7 @@ class DaytonaExecutor:
                 sb = await self.call("create sandbox", attempt, timeout)
         except BaseException as exc:
             await asyncio.shield(self._delete_labelled(unique))
-            if isinstance(exc, ExecutionError) and isinstance(exc.__cause__, _sdk().DaytonaTimeoutError):
+            if isinstance(exc, ExecutionError) and isinstance(exc.__cause__, load_sdk().DaytonaTimeoutError):
                 raise ExecutionError(f"Daytona sandbox did not start within {timeout:.0f}s: {exc}") from exc
             raise
         if self.create_seconds is not None:
@@ -210,7 +209,7 @@ class DaytonaExecutor:
         """Delete sandboxes found by label: strays of failed creates, or unfinished pool ones.
         False (and the reaper takes over, for a run's unique label) when that failed."""
         try:
-            for sb in await _list(self.client(), labels, self.attempts, self.backoff):
+            for sb in await list_labelled(self.client(), labels, self.attempts, self.backoff):
                 if not pool_only or POOL_LABEL in sb.labels:
                     await self.delete(sb)
         except ExecutionError as exc:
@@ -255,7 +254,7 @@ class DaytonaExecutor:
             try:
                 await self.call("refresh sandbox", lambda c=candidate: c.refresh_data(  # type: ignore[misc]
                     request_timeout=REQUEST_TIMEOUT_S))
-                if _state(candidate) != "started":
+                if sandbox_state(candidate) != "started":
                     await self.call("start sandbox", lambda c=candidate: c.start(  # type: ignore[misc]
                         timeout=timeout), timeout)
                 await self.call("label sandbox", lambda c=candidate: c.set_labels(  # type: ignore[misc]
@@ -268,22 +267,26 @@ class DaytonaExecutor:
         await self._ensure_refill(profile)
         return sandbox
 
-    async def start(self, spec: ExecSpec) -> DaytonaExecution:
-        if not spec.argv:
-            raise ExecutionError("nothing to run: empty argv")
+    async def sandbox_for(self, spec: ExecSpec, unique: str) -> tuple[AsyncSandbox, bool]:
+        """A started sandbox of ``spec``'s shape labelled for one run or terminal (``unique``),
+        from the warm pool when it has one (then True) or created now."""
         if self._closed:
             raise ExecutorUnavailable("the Daytona executor is closed")
         self.client()  # ExecutorUnavailable early: extra missing or no key
-        run_id = self.issue_label()
-        labels = {**spec.labels, LABEL: self.instance_id, RUN_LABEL: run_id}  # ours cannot be overridden
+        labels = {**spec.labels, LABEL: self.instance_id, RUN_LABEL: unique}  # ours cannot be overridden
         profile = self._profile(spec)
         sandbox = await self._take(profile, labels)
-        pooled = sandbox is not None
-        if sandbox is None:
-            sandbox = await self._create(profile, labels)
+        if sandbox is not None:
+            return sandbox, True
+        return await self._create(profile, labels), False
+
+    async def start(self, spec: ExecSpec) -> DaytonaExecution:
+        if not spec.argv:
+            raise ExecutionError("nothing to run: empty argv")
+        run_id = self.issue_label()
+        sandbox, pooled = await self.sandbox_for(spec, run_id)
         execution = DaytonaExecution(self, sandbox, spec, run_id)
         execution.info["pool"] = "hit" if pooled else "miss"
-        self.live += 1
         self.running.add(execution)
         try:
             await execution.launch()
@@ -310,7 +313,7 @@ class DaytonaExecutor:
         if not self.settings.daytona_configured:
             self._issued = None
             return
-        await asyncio.to_thread(_sdk)  # about a second to import: not on the loop
+        await asyncio.to_thread(load_sdk)  # about a second to import: not on the loop
         try:  # runs may start meanwhile: their sandboxes are this executor's, not leftovers
             swept = await sweep(self.settings, keep=self.keep_ids(), instance=self.instance_id,
                                 spare=frozenset(self._issued or ()))
@@ -347,6 +350,11 @@ class DaytonaExecutor:
         if not self.settings.daytona_configured:
             raise ExecutorUnavailable(NOT_CONFIGURED)
         return await sweep(self.settings, keep=self.keep_ids(), instance=None if all_instances else self.instance_id)
+
+    @property
+    def live(self) -> int:
+        """Sandboxes running a command for this executor now."""
+        return len(self.running)
 
     def sandboxes_live(self) -> int:
         return self.live

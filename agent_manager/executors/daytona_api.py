@@ -37,9 +37,9 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 MAX_RATE_LIMITED = 50  # 429s one call absorbs (with the shared back-off) before it fails
 NOT_FOUND_MARK = "agent-manager: executable not found in the sandbox: "
 STDIN_NAME = ".agent-manager-stdin"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-def _sdk() -> Any:
+def load_sdk() -> Any:
     """The ``daytona`` module, imported on first use so the package works without the extra."""
     try:
         import daytona
@@ -48,15 +48,15 @@ def _sdk() -> Any:
     return daytona
 
 
-def _status(exc: BaseException) -> int | None:
+def status_of(exc: BaseException) -> int | None:
     status = getattr(exc, "status_code", None)
     return status if isinstance(status, int) else getattr(exc.__cause__, "status", None)
 
 
 def _retryable(exc: BaseException, idempotent: bool) -> bool:
     """429 was rejected before anything happened, so it is always safe to repeat."""
-    return _status(exc) == 429 or idempotent and (
-        _status(exc) in RETRY_STATUSES or isinstance(exc, _sdk().DaytonaConnectionError))
+    return status_of(exc) == 429 or idempotent and (
+        status_of(exc) in RETRY_STATUSES or isinstance(exc, load_sdk().DaytonaConnectionError))
 
 
 class Backoff:
@@ -169,7 +169,7 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout: float, 
     With ``backoff``, 429s pause every call sharing it and do not use up ``attempts`` (a rate
     limit is not a failure of this call, only a reason to wait); 5xx still do.
     """
-    sdk = _sdk()
+    sdk = load_sdk()
     attempt = limited = 0
     while True:
         if backoff is not None:
@@ -180,14 +180,14 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout: float, 
         except TimeoutError as exc:
             raise ExecutionError(f"Daytona {what}: no answer within {timeout + CLIENT_SLACK_S:.0f}s") from exc
         except sdk.DaytonaError as exc:
-            if backoff is not None and _status(exc) == 429 and limited < MAX_RATE_LIMITED:
+            if backoff is not None and status_of(exc) == 429 and limited < MAX_RATE_LIMITED:
                 limited += 1
                 attempt -= 1
                 pause = backoff.hit(_retry_after(exc))
                 log.info("Daytona %s: rate limited; every call pauses %.2fs", what, pause)
                 continue
             if attempt >= attempts or not _retryable(exc, idempotent):
-                raise ExecutionError(f"Daytona {what} failed: {exc}", {"status": _status(exc)}) from exc
+                raise ExecutionError(f"Daytona {what} failed: {exc}", {"status": status_of(exc)}) from exc
             delay = min(base_delay * 2 ** (attempt - 1), 10.0) * random.uniform(0.5, 1.0)
             delay = max(delay, min(_retry_after(exc) or 0.0, 30.0))
             log.info("Daytona %s: %s; retry %d/%d in %.2fs", what, exc, attempt, attempts - 1, delay)
@@ -198,9 +198,9 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout: float, 
         return result
 
 
-def _client(settings: Settings) -> AsyncDaytona:
+def make_client(settings: Settings) -> AsyncDaytona:
     """A client configured from settings alone (key, URL and target passed explicitly)."""
-    sdk = _sdk()
+    sdk = load_sdk()
     if not settings.daytona_configured or settings.daytona_api_key is None:
         raise ExecutorUnavailable("DAYTONA_API_KEY is not set")
     # No connection cap: every running command holds one log WebSocket on the shared aiohttp
@@ -212,38 +212,38 @@ def _client(settings: Settings) -> AsyncDaytona:
         connection_pool_maxsize=None))
 
 
-async def _list(client: AsyncDaytona, labels: dict[str, str], attempts: int = 5,
+async def list_labelled(client: AsyncDaytona, labels: dict[str, str], attempts: int = 5,
                 backoff: Backoff | None = None) -> list[AsyncSandbox]:
     """All sandboxes whose labels include ``labels`` (every page)."""
-    query = _sdk().ListSandboxesQuery(labels=labels)
+    query = load_sdk().ListSandboxesQuery(labels=labels)
 
     async def collect() -> list[AsyncSandbox]:
         return [sb async for sb in client.list(query, request_timeout=REQUEST_TIMEOUT_S)]
     return await retrying("list sandboxes", collect, REQUEST_TIMEOUT_S * 4, attempts=attempts, backoff=backoff)
 
 
-async def _delete(sb: AsyncSandbox, attempts: int = 5, base_delay: float = 0.5,
+async def delete_sandbox(sb: AsyncSandbox, attempts: int = 5, base_delay: float = 0.5,
                   backoff: Backoff | None = None) -> None:
     """Delete, treating "already gone" as success."""
     try:
         await retrying(f"delete sandbox {sb.id}", lambda: sb.delete(timeout=DELETE_TIMEOUT_S),
                        DELETE_TIMEOUT_S, attempts=attempts, base_delay=base_delay, backoff=backoff)
     except ExecutionError as exc:
-        if not isinstance(exc.__cause__, _sdk().DaytonaNotFoundError):
+        if not isinstance(exc.__cause__, load_sdk().DaytonaNotFoundError):
             raise
 
 
-def _state(sb: Any) -> str:
+def sandbox_state(sb: Any) -> str:
     return str(getattr(sb.state, "value", sb.state))
 
 
 async def list_sandboxes(settings: Settings) -> list[dict[str, Any]]:
     """Every sandbox labelled ``agent-manager`` (any instance): ``agent-manager sandboxes list``."""
-    async with _client(settings) as client:
-        return [{"id": sb.id, "name": sb.name, "state": _state(sb), "instance": sb.labels.get(LABEL),
+    async with make_client(settings) as client:
+        return [{"id": sb.id, "name": sb.name, "state": sandbox_state(sb), "instance": sb.labels.get(LABEL),
                  "run": sb.labels.get(RUN_LABEL), "pool": POOL_LABEL in sb.labels, "labels": dict(sb.labels),
                  "created_at": sb.created_at, "cpu": sb.cpu, "memory": sb.memory, "disk": sb.disk}
-                for sb in await _list(client, {}, attempts=2) if LABEL in sb.labels]
+                for sb in await list_labelled(client, {}, attempts=2) if LABEL in sb.labels]
 
 
 async def sweep(settings: Settings, keep: frozenset[str] | set[str] = frozenset(),
@@ -252,14 +252,14 @@ async def sweep(settings: Settings, keep: frozenset[str] | set[str] = frozenset(
     sparing those whose run or pool label is in ``spare``; unlabelled sandboxes are never
     touched. Returns how many were deleted."""
     deleted = 0
-    async with _client(settings) as client:
-        for sb in await _list(client, {}):
+    async with make_client(settings) as client:
+        for sb in await list_labelled(client, {}):
             if LABEL not in sb.labels or sb.id in keep or instance not in (None, sb.labels[LABEL]):
                 continue
             if spare and (sb.labels.get(RUN_LABEL) in spare or sb.labels.get(POOL_LABEL) in spare):
                 continue
             try:
-                await _delete(sb)
+                await delete_sandbox(sb)
                 deleted += 1
             except ExecutionError as exc:
                 log.warning("could not delete leftover sandbox %s: %s", sb.id, exc)

@@ -9,12 +9,12 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Chunk, ExecSpec, PortableRepo
 from agent_manager.executors.daytona_api import (
-    _ENV_NAME,
+    ENV_NAME,
     MAX_RATE_LIMITED,
     MAX_UPLOAD_BYTES,
     NOT_FOUND_MARK,
@@ -22,19 +22,39 @@ from agent_manager.executors.daytona_api import (
     STDIN_NAME,
     STREAM_ATTEMPTS,
     TRANSFER_TIMEOUT_S,
-    _sdk,
-    _status,
+    load_sdk,
+    status_of,
 )
 from agent_manager.models import Stream
 
 if TYPE_CHECKING:
     from daytona import AsyncSandbox
 
-    from agent_manager.executors.daytona import DaytonaExecutor
+    from agent_manager.executors.daytona_api import Backoff, Reaper
+    from agent_manager.settings import Settings
 
 log = logging.getLogger("agent_manager.executors.daytona")
 # Output chunks a run may have waiting between the log stream and the run layer.
 OUTPUT_QUEUE_CHUNKS = 256
+R = TypeVar("R")
+
+
+class SandboxOwner(Protocol):
+    """What a command (or a terminal, ``daytona_pty``) in a sandbox needs from the executor that
+    made it: its settings, its retrying calls and shared back-off, deleting (with the reaper as
+    the fallback) and the set of running commands. Declared here, implemented by
+    ``daytona.DaytonaExecutor``, so imports go one way: daytona → daytona_command → daytona_api."""
+
+    settings: Settings
+    backoff: Backoff
+    base_delay: float
+    reaper: Reaper
+    running: set[DaytonaExecution]
+
+    async def call(self, what: str, call: Callable[[], Awaitable[R]], timeout: float = ...,
+                   idempotent: bool = True) -> R: ...
+
+    async def delete(self, sb: AsyncSandbox) -> None: ...
 
 # Run as `sh -c PROLOGUE agent-manager SENTINEL CWD STDIN_FILE ARGV...`: read the environment from
 # stdin up to the sentinel, enter the working directory, exec the agent with its own stdin.
@@ -57,7 +77,7 @@ def build_command(argv: list[str], cwd: str, stdin_file: str | None, sentinel: s
 def env_payload(env: dict[str, str], sentinel: str) -> str:
     """What the command reads from stdin before the agent starts: ``export`` lines, then the sentinel."""
     for name in env:
-        if not _ENV_NAME.fullmatch(name):
+        if not ENV_NAME.fullmatch(name):
             raise ExecutionError(f"invalid environment variable name: {name!r}")
     return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()) + sentinel + "\n"
 
@@ -65,7 +85,7 @@ def env_payload(env: dict[str, str], sentinel: str) -> str:
 class DaytonaExecution:
     """One command in one sandbox; the sandbox is deleted when the command is over."""
 
-    def __init__(self, executor: DaytonaExecutor, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str) -> None:
+    def __init__(self, executor: SandboxOwner, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str) -> None:
         self.info: dict[str, str] = {"sandbox_id": sandbox.id}
         self._ex, self._sb, self._spec = executor, sandbox, spec
         self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""
@@ -82,7 +102,7 @@ class DaytonaExecution:
 
     async def launch(self) -> None:
         """Upload inputs, start the command, hand it its environment, start following it."""
-        ex, sb, spec, sdk = self._ex, self._sb, self._spec, _sdk()
+        ex, sb, spec, sdk = self._ex, self._sb, self._spec, load_sdk()
         work_dir = PurePosixPath(await ex.call("get work dir", sb.get_work_dir))
         self._remote_ws = str(work_dir / "workspace")
         self._carry = str(work_dir / ".agent-manager")
@@ -176,7 +196,7 @@ class DaytonaExecution:
 
     async def _stream(self) -> None:
         """Live logs; reopen a dropped stream (skipping what was delivered), else use the snapshot."""
-        sdk, proc = _sdk(), self._sb.process
+        sdk, proc = load_sdk(), self._sb.process
         attempt = limited = 0
         while attempt < STREAM_ATTEMPTS:
             seen: dict[Stream, int] = {"stdout": 0, "stderr": 0}
@@ -195,7 +215,7 @@ class DaytonaExecution:
             except sdk.DaytonaError as exc:
                 if self._cancelled:
                     return
-                if _status(exc) == 429 and limited < MAX_RATE_LIMITED:  # not a drop: wait with everyone
+                if status_of(exc) == 429 and limited < MAX_RATE_LIMITED:  # not a drop: wait with everyone
                     limited += 1
                     self._ex.backoff.hit(None)
                     await self._ex.backoff.gate()
@@ -221,7 +241,7 @@ class DaytonaExecution:
             await asyncio.sleep(0.2)
 
     async def _fetch_outputs(self) -> None:
-        spec, sdk = self._spec, _sdk()
+        spec, sdk = self._spec, load_sdk()
         if not spec.outputs or spec.workspace is None:
             return
         wanted = {f"{self._remote_ws}/{_safe_rel(rel)}": _safe_rel(rel) for rel in spec.outputs}
@@ -248,7 +268,7 @@ class DaytonaExecution:
         async with self._hold:
             if self._released:
                 return
-            self._released, self._ex.live = True, self._ex.live - 1
+            self._released = True
             self._ex.running.discard(self)
             try:
                 await self._ex.delete(self._sb)
@@ -291,7 +311,7 @@ class DaytonaExecution:
                 self._task.cancel()
 
 
-async def run_script(ex: DaytonaExecutor, sb: AsyncSandbox, what: str, script: str, *args: str) -> None:
+async def run_script(ex: SandboxOwner, sb: AsyncSandbox, what: str, script: str, *args: str) -> None:
     """One short ``sh -c`` command (not streamed); a non-zero exit is an ExecutionError."""
     command = shlex.join(["sh", "-c", script, "agent-manager", *args])
     result = await ex.call(what, lambda: sb.process.exec(command, timeout=TRANSFER_TIMEOUT_S),
@@ -300,7 +320,7 @@ async def run_script(ex: DaytonaExecutor, sb: AsyncSandbox, what: str, script: s
         raise ExecutionError(f"{what} failed in the Daytona sandbox: {(result.result or '').strip()[-500:]}")
 
 
-async def setup_repo(ex: DaytonaExecutor, sb: AsyncSandbox, repo: PortableRepo, carry: str, remote_ws: str) -> None:
+async def setup_repo(ex: SandboxOwner, sb: AsyncSandbox, repo: PortableRepo, carry: str, remote_ws: str) -> None:
     """The workspace as a git repository in ``remote_ws``: upload the bundle to ``carry``, clone
     it (workspaces.portable). Used by runs and by terminals (executors.daytona_pty)."""
     bundle = f"{carry}/base.bundle"
@@ -309,7 +329,7 @@ async def setup_repo(ex: DaytonaExecutor, sb: AsyncSandbox, repo: PortableRepo, 
     await run_script(ex, sb, "workspace set-up", repo.setup, bundle, remote_ws, f"{carry}/state", *repo.args)
 
 
-async def collect_changes(ex: DaytonaExecutor, sb: AsyncSandbox, repo: PortableRepo, carry: str,
+async def collect_changes(ex: SandboxOwner, sb: AsyncSandbox, repo: PortableRepo, carry: str,
                           remote_ws: str) -> None:
     """Everything changed in ``remote_ws`` since ``setup_repo`` (committed or not), as a binary
     patch, downloaded to ``repo.changes`` on this host — before the sandbox is deleted."""

@@ -22,26 +22,22 @@ import contextlib
 import logging
 import shlex
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent_manager.errors import ExecutionError, ExecutorUnavailable
+from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import ExecSpec, PortableRepo
 from agent_manager.executors.daytona_api import (
-    LABEL,
     MAX_UPLOAD_BYTES,
     REQUEST_TIMEOUT_S,
-    RUN_LABEL,
     TRANSFER_TIMEOUT_S,
-    _sdk,
+    load_sdk,
 )
-from agent_manager.executors.daytona_command import collect_changes, setup_repo
+from agent_manager.executors.daytona_command import SandboxOwner, collect_changes, setup_repo
 from agent_manager.executors.pty import clamp_size
 
 if TYPE_CHECKING:
     from daytona import AsyncSandbox
     from daytona.handle.async_pty_handle import AsyncPtyHandle
-
-    from agent_manager.executors.daytona import DaytonaExecutor
 
 log = logging.getLogger("agent_manager.executors.daytona")
 CONNECT_TIMEOUT_S = 20.0  # the SDK itself gives up after 10 s without the "connected" message
@@ -49,10 +45,21 @@ RECONNECTS = 3
 QUEUE_CHUNKS = 64
 
 
+class TerminalOwner(SandboxOwner, Protocol):
+    """What a terminal needs from ``daytona.DaytonaExecutor`` beyond a command's: a sandbox of
+    its own, and the set of terminal sandboxes (never swept while open)."""
+
+    terminal_ids: set[str]
+
+    def issue_label(self) -> str: ...
+
+    async def sandbox_for(self, spec: ExecSpec, unique: str) -> tuple[AsyncSandbox, bool]: ...
+
+
 class DaytonaPty:
     """The PTY session ``session_id`` in ``sandbox``; same surface as ``executors.pty.HostPty``."""
 
-    def __init__(self, executor: DaytonaExecutor, sandbox: AsyncSandbox, session_id: str) -> None:
+    def __init__(self, executor: TerminalOwner, sandbox: AsyncSandbox, session_id: str) -> None:
         self.ex, self.sandbox, self.session_id = executor, sandbox, session_id
         self.info: dict[str, str] = {"sandbox_id": sandbox.id}
         self.handle: AsyncPtyHandle | None = None
@@ -116,12 +123,12 @@ class DaytonaPty:
     async def write(self, data: bytes) -> None:
         if self.handle is None or self._ended.is_set():
             return
-        with contextlib.suppress(_sdk().DaytonaError):  # mid-reconnect: the keystroke is lost, as on a flaky link
+        with contextlib.suppress(load_sdk().DaytonaError):  # mid-reconnect: the keystroke is lost, as on a flaky link
             await self.handle.send_input(data)
 
     async def resize(self, cols: int, rows: int) -> None:
         cols, rows = clamp_size(cols, rows)
-        size = _sdk().PtySize(rows=rows, cols=cols)
+        size = load_sdk().PtySize(rows=rows, cols=cols)
         with contextlib.suppress(ExecutionError):
             await self.ex.call("resize terminal", lambda: self.sandbox.process.resize_pty_session(
                 self.session_id, size, request_timeout=REQUEST_TIMEOUT_S))
@@ -173,16 +180,11 @@ class DaytonaPty:
             log.warning("could not collect the changes of terminal sandbox %s: %s", self.sandbox.id, reason)
 
 
-async def open_pty(executor: DaytonaExecutor, spec: ExecSpec, cols: int, rows: int, shell: bool) -> DaytonaPty:
+async def open_pty(executor: TerminalOwner, spec: ExecSpec, cols: int, rows: int, shell: bool) -> DaytonaPty:
     """A sandbox with the workspace uploaded and a PTY session in it. ``shell``: ``spec.argv``
     is just "a shell" (the daemon's own); otherwise it is exec'ed in the session's shell."""
-    if executor._closed:
-        raise ExecutorUnavailable("the Daytona executor is closed")
-    executor.client()  # ExecutorUnavailable early: extra missing or no key
     unique = executor.issue_label()
-    labels = {**spec.labels, LABEL: executor.instance_id, RUN_LABEL: unique}
-    profile = executor._profile(spec)
-    sandbox = await executor._take(profile, labels) or await executor._create(profile, labels)
+    sandbox, _ = await executor.sandbox_for(spec, unique)
     pty = DaytonaPty(executor, sandbox, f"agent-manager-{unique}")
     executor.terminal_ids.add(sandbox.id)
     try:
@@ -196,7 +198,7 @@ async def open_pty(executor: DaytonaExecutor, spec: ExecSpec, cols: int, rows: i
             await _upload_workspace(executor, sandbox, spec.workspace, remote_ws)
         cols, rows = clamp_size(cols, rows)
         env = {"TERM": "xterm-256color", **spec.env}
-        await pty.connect({"cwd": remote_ws, "envs": env, "pty_size": _sdk().PtySize(rows=rows, cols=cols)})
+        await pty.connect({"cwd": remote_ws, "envs": env, "pty_size": load_sdk().PtySize(rows=rows, cols=cols)})
         if not shell:
             await pty.write(("exec " + shlex.join(spec.argv) + "\n").encode())
     except BaseException:
@@ -205,10 +207,10 @@ async def open_pty(executor: DaytonaExecutor, spec: ExecSpec, cols: int, rows: i
     return pty
 
 
-async def _upload_workspace(executor: DaytonaExecutor, sandbox: AsyncSandbox, workspace: Path | None,
+async def _upload_workspace(executor: TerminalOwner, sandbox: AsyncSandbox, workspace: Path | None,
                             remote_ws: str) -> None:
     """The workspace's regular files (never following links out of it), else an empty folder."""
-    sdk = _sdk()
+    sdk = load_sdk()
     files: list[Path] = []
     if workspace is not None and workspace.is_dir():
         files = [p for p in sorted(workspace.rglob("*")) if p.is_file() and not p.is_symlink()]

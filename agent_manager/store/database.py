@@ -135,6 +135,16 @@ class Database:
             self._writer = EventWriter(self, asyncio.get_running_loop())
         return self._writer
 
+    def commit_later(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Commit ``statements`` in the event writer's next batch, off the loop; here and now
+        when the writer has stopped (shutdown) or there is no loop."""
+        try:
+            self.writer().put_statements(statements)
+        except RuntimeError:
+            with self.transaction() as conn:
+                for statement, params in statements:
+                    conn.execute(statement, params)
+
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(reader, *args)`` on a read connection in the pool: sees every committed row."""
         if self.in_memory:  # a second connection would open a different, empty database

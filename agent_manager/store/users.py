@@ -78,15 +78,17 @@ def delete(db: Database, user_id: str) -> dict[str, Any]:
     user = get(db, user_id)
     with db.transaction() as conn:
         conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
+        conn.execute("DELETE FROM sessions WHERE user_id = ?", (user["id"],))  # store.sessions
     return user
 
 
 def rotate_token(db: Database, user_id: str) -> tuple[dict[str, Any], str]:
-    """A new token; the old one (and every cookie derived from it) stops working at once."""
+    """A new token; the old one and every session opened with it stop working at once."""
     user = get(db, user_id)
     token = new_token()
     with db.transaction() as conn:
         conn.execute("UPDATE users SET token_hash = ? WHERE id = ?", (token_hash(token), user["id"]))
+        conn.execute("DELETE FROM sessions WHERE user_id = ?", (user["id"],))  # store.sessions
     return user, token
 
 

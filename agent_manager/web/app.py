@@ -138,16 +138,16 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     @app.get("/login", include_in_schema=False, response_model=None)
     async def login(request: Request, token: str | None = None) -> Response:
         if token is not None:
-            return auth.login(app, request.query_params.getlist("token"), _client(request))
+            return auth.login(app, request.query_params.getlist("token"), _client(request), _https(request))
         return HTMLResponse(LOGIN_PAGE.format(error=""), headers=auth.LOGIN_HEADERS)
 
     @app.post("/login", include_in_schema=False, response_model=None)
     async def login_form(request: Request, token: str = Form(...)) -> Response:
-        return auth.login(app, [token], _client(request))
+        return auth.login(app, [token], _client(request), _https(request))
 
     @app.post("/logout", include_in_schema=False, response_model=None)
-    async def logout() -> Response:
-        return auth.logout()
+    async def logout(request: Request) -> Response:
+        return auth.logout(app, request.headers.getlist("cookie"), _https(request))
 
     # The middleware finds user credentials through app.state.service at request time.
     app.state.throttle = throttle = FailureThrottle(lambda: settings.auth_failures_allowed)
@@ -159,3 +159,9 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
+
+
+def _https(request: Request) -> bool:
+    """Whether the browser reached us over https: directly, or through a proxy whose
+    ``X-Forwarded-Proto`` uvicorn trusts (``--forwarded-allow-ips``, loopback by default)."""
+    return request.url.scheme == "https"
