@@ -14,7 +14,7 @@ import click
 from agent_manager import plugins
 from agent_manager.agents import DEFAULT_KIND
 from agent_manager.cli.choices import backend_choice, kind_choice
-from agent_manager.cli.client import Client
+from agent_manager.cli.client import Client, print_list
 
 
 def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
@@ -36,15 +36,12 @@ def agents() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def list_agents(obj: dict[str, Any], as_json: bool) -> None:
-    items = Client(obj).request("GET", "/api/agents")
-    if as_json:
-        click.echo(json.dumps(items, indent=2))
-        return
-    if not items:
-        click.echo("No agents yet. Try `agent-manager agents detect`.")
-    for a in items:
+    def line(a: dict[str, Any]) -> str:
         state = "available" if a["available"] else f"missing ({a['install_hint']})"
-        click.echo(f"{a['name']:<20} {a['kind']:<9} {a['command']:<24} {a['backend'] or 'auto':<8} {state}")
+        return f"{a['name']:<20} {a['kind']:<9} {a['command']:<24} {a['backend'] or 'auto':<8} {state}"
+
+    print_list(Client(obj).request("GET", "/api/agents"), as_json, "No agents yet. Try `agent-manager agents detect`.",
+               line)
 
 
 @agents.command("add")
