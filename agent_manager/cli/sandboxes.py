@@ -19,7 +19,7 @@ def command() -> None:
 @click.pass_obj
 def list_sandboxes(obj: dict[str, Any], as_json: bool) -> None:
     def line(item: dict[str, Any]) -> str:
-        use = "in use" if item.get("in_use") or item["backend"] == "sandbox" else "idle"
+        use = "in use" if item.get("in_use") else "idle"
         return (f"{item['backend']:<8} {item['id']:<38} {item.get('state', ''):<10} {use:<7} "
                 f"run={item.get('run') or '-'}")
 
