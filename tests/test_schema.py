@@ -101,7 +101,9 @@ def _seed(server: LiveServer, repo: Path) -> dict[str, Any]:
             "POST /api/conversations/{item_id}/discard.item_id": conv2["id"],
             "POST /api/orchestrations/{item_id}/discard.item_id": orch2["id"],
             "DELETE /api/projects/{ref}.ref": "proj2", "DELETE /api/files.path": "delete-me.txt",
-            "GET /login.token": server.token, "POST /login.token": server.token}
+            "GET /login.token": server.token, "POST /login.token": server.token,
+            # an agent the service can create: an installed kind, the default backend
+            "POST /api/agents.kind": "gemini", "POST /api/agents.backend": None}
 
 
 @pytest.fixture(scope="module")
@@ -147,23 +149,17 @@ def _with_seeds(seeds: dict[str, Any]) -> Any:
         label = f"{case.operation.method.upper()} {case.operation.path}"
         resource = (case.operation.path.split("/") + ["", ""])[2]
 
-        def seed(name: str, where: str = "") -> Any:
-            for key in (f"{label}.{name}", f"{resource}.{name}", f"{where}{name}"):
-                if key in seeds:
-                    return seeds[key]
-            return None
+        def seed(container: dict[str, Any], where: str = "") -> None:
+            for name in list(container):
+                key = next((k for k in (f"{label}.{name}", f"{resource}.{name}", f"{where}{name}") if k in seeds), None)
+                if key is not None:
+                    container[name] = seeds[key]
 
-        for name in list(case.path_parameters or {}):
-            if (value := seed(name)) is not None:
-                case.path_parameters[name] = value
-        if isinstance(case.query, dict):
-            for name in list(case.query):
-                if (value := seed(name)) is not None:
-                    case.query[name] = value
+        for container in (case.path_parameters, case.query):
+            if isinstance(container, dict):
+                seed(container)
         if isinstance(case.body, dict):
-            for name in list(case.body):
-                if (value := seed(name, "body.")) is not None:
-                    case.body[name] = value
+            seed(case.body, "body.")
             if resource in ("orchestrations", "plans") and {"plan", "yaml"} & set(case.body):
                 case.body.pop("yaml", None)
                 case.body["plan"] = seeds["plan"]

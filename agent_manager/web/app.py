@@ -26,6 +26,7 @@ from agent_manager.web.routers import (
     files,
     orchestrations,
     plans,
+    plugins,
     projects,
     runs,
     sandboxes,
@@ -126,9 +127,9 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     install_error_handlers(app)
     # Every router is imported plainly at the top: one that fails to import (a missing
     # dependency, a bug) stops the app from being built instead of its routes vanishing.
-    for router in (agents.router, runs.router, conversations.router, settings_api.router, sandboxes.router,
-                   projects.router, *workspaces.routers, plans.router, orchestrations.router,
-                   users.router, files.router, terminals.router, metrics.router):
+    for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router,
+                   sandboxes.router, projects.router, *workspaces.routers, plans.router, orchestrations.router,
+                   users.router, files.router, terminals.router, plugins.router):
         app.include_router(router)
     pages.install(app)
 

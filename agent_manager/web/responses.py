@@ -343,7 +343,9 @@ class Moved(BaseModel):
 
 
 class Sandbox(BaseModel):
-    """A sandbox a backend runs for Agent Manager. Remote backends add what their API says of it."""
+    """A sandbox a backend runs for Agent Manager. Remote backends add what their API says of it
+    (a plugin's ``list_sandboxes`` items are validated against this: ``id``, ``run`` and ``state``
+    are required)."""
 
     backend: str
     id: str = Field(..., description="the backend's id (a host pid for local sandboxes)")
