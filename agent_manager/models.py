@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-Kind = Literal["gemini", "claude", "codex", "ollama", "aider", "opencode", "llm", "generic"]
-Backend = Literal["local", "sandbox", "daytona"]
-RequestedBackend = Literal["local", "sandbox", "daytona", "auto"]
+from agent_manager import plugins
+from agent_manager.plugins import DEFAULT_KIND
+
+# Which kinds and backends exist is the registry's (plugins.py: entry points), so these are
+# strings checked against it; a wrong one is a 422 naming the installed choices.
+Kind = Annotated[str, AfterValidator(plugins.check_kind),
+                 Field(description="an installed agent kind (GET /api/kinds)")]
+Backend = Annotated[str, AfterValidator(plugins.check_backend),
+                    Field(description="an installed backend (GET /api/backends)")]
+RequestedBackend = Annotated[str, AfterValidator(lambda name: plugins.check_backend(name, allow_auto=True)),
+                             Field(description="an installed backend (GET /api/backends), or auto")]
 # Which of a process's output streams a chunk of text came from (executors read, agents parse).
 Stream = Literal["stdout", "stderr"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
@@ -111,7 +119,7 @@ class AgentFields(Strict):
 
 class AgentCreate(AgentFields):
     name: str = Field(..., pattern=NAME_RE)
-    kind: Kind = "generic"
+    kind: Kind = DEFAULT_KIND
 
 
 class AgentUpdate(Strict):
@@ -141,13 +149,13 @@ class AgentUpdate(Strict):
 class Agent(BaseModel):
     id: str
     name: str
-    kind: Kind
+    kind: str  # as stored: an agent whose plugin was uninstalled is still shown
     command: str
     args: list[str]
     env: dict[str, str]
     working_dir: str | None
     model: str | None
-    backend: Backend | None
+    backend: str | None
     trusted: bool
     timeout_s: float
     network: bool
@@ -277,3 +285,31 @@ class ProjectCreate(Strict):
 
 class MergeRequest(Strict):
     strategy: Literal["merge", "squash"] = "merge"
+
+
+class BackendInfo(BaseModel):
+    """One installed backend (GET /api/backends): what it can do, and whether it can run now."""
+
+    name: str
+    title: str
+    description: str
+    capabilities: list[str] = Field(description="subset of host, isolated, remote (docs/plugins.md)")
+    available: bool
+    reason: str = Field(description="why it is unavailable (empty when available)")
+    settings_section: str | None = Field(description="its own section of the settings, if it declares one")
+    builtin: bool
+    plugin: str | None = Field(description="the distribution providing it, with its version")
+
+
+class KindInfo(BaseModel):
+    """One installed agent kind (GET /api/kinds)."""
+
+    name: str
+    title: str
+    description: str
+    default_command: str = Field(description="the CLI run when an agent names no command ('' = it must)")
+    install_hint: str
+    supports_resume: bool
+    available: bool | None = Field(description="whether default_command is on the service's PATH (null: no default)")
+    builtin: bool
+    plugin: str | None

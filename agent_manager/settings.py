@@ -27,10 +27,10 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -43,7 +43,16 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from agent_manager.errors import ConfigError
 
-ExecutionMode = Literal["local", "sandbox", "daytona", "auto"]
+
+def _execution_mode(value: str) -> str:
+    """``auto`` or an installed backend (the registry decides which exist, plugins.py)."""
+    from agent_manager.plugins import check_backend
+
+    return check_backend(value, allow_auto=True)
+
+
+# TODO(13e): per-backend sections replace the daytona_*/sandbox_* fields below; keep this check.
+ExecutionMode = Annotated[str, AfterValidator(_execution_mode)]
 ENV_PREFIX = "AGENT_MANAGER_"
 CONFIG_FILE = "config.toml"
 # Daytona keeps its own variable names so that an existing Daytona setup just works.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -76,3 +78,15 @@ class Client:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+
+def print_list(items: list[dict[str, Any]], as_json: bool, empty: str, line: Callable[[dict[str, Any]], str]) -> None:
+    """A list command's output: the JSON as the API gave it (``--json``, for scripts), else one
+    line per item, or ``empty`` when there is none."""
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo(empty)
+    for item in items:
+        click.echo(line(item))

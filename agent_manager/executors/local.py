@@ -17,12 +17,15 @@ import contextlib
 import os
 import shutil
 import signal
+from pathlib import Path
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, prepare_workspace
 from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
+from agent_manager.executors.pty import HostPty
+from agent_manager.plugins import HOST, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
 
 
@@ -47,6 +50,15 @@ class LocalExecutor:
 
     def has_command(self, command: str) -> bool:
         return shutil.which(command, path=self.environ.get("PATH")) is not None
+
+    @staticmethod
+    def workspace_path(workspace: Path, name: str) -> str:
+        """Where the agent sees the workspace file ``name``: right where it is on this host."""
+        return str(workspace.resolve() / name)
+
+    async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool) -> HostPty:
+        """An interactive terminal (terminals.py): ``spec`` started with a PTY as its terminal."""
+        return await HostPty.open(self, spec, cols, rows)
 
     async def start(self, spec: ExecSpec) -> ProcessExecution:
         user = HostUser.resolve(spec.run_as) if spec.run_as else None
@@ -94,3 +106,13 @@ class LocalExecutor:
         for execution in list(self._live):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(execution.finished), 5.0)
+
+
+def _build(ctx: BackendContext) -> LocalExecutor:
+    return LocalExecutor(ctx.settings, ctx.prefix, dict(ctx.environ))
+
+
+PLUGIN = BackendPlugin(
+    name="local", title="local (this host)", capabilities=frozenset({HOST}), factory=_build,
+    description="A child process on this host, as the service's user (or run_as_user for non-admin users); "
+                "cancel ends its whole process tree.")

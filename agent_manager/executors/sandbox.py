@@ -54,6 +54,7 @@ from agent_manager.executors.process import (
     new_tag,
     signal_tagged,
 )
+from agent_manager.executors.pty import HostPty
 from agent_manager.executors.sandbox_profile import (
     STAGE_SCRIPT,
     Program,
@@ -62,6 +63,7 @@ from agent_manager.executors.sandbox_profile import (
     resolve_program,
     stage_root,
 )
+from agent_manager.plugins import HOST, ISOLATED, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
 
 if TYPE_CHECKING:
@@ -241,6 +243,18 @@ class SandboxExecutor:
     def forget_probe(self) -> None:
         """A setting the probe ran with changed (limits, uid, user): probe again when next asked."""
         self._availability = None
+
+    async def settings_changed(self, changed: set[str]) -> None:
+        if any(name.startswith("sandbox_") for name in changed):
+            self.forget_probe()  # its cached verdict was reached with the old limits
+
+    @staticmethod
+    def workspace_path(workspace: Path, name: str) -> str:
+        """The workspace is mounted at /workspace inside the sandbox."""
+        return f"/workspace/{name}"
+
+    async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool) -> HostPty:
+        return await HostPty.open(self, spec, cols, rows)
 
     async def _probe(self) -> Availability:
         if self.bwrap is None:
@@ -461,3 +475,13 @@ class SandboxExecutor:
                 await asyncio.wait_for(execution.wait(), 5.0)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(sweep, self.tag_prefix)
+
+
+def _build(ctx: BackendContext) -> SandboxExecutor:
+    return SandboxExecutor(ctx.settings, ctx.prefix, ctx.environ.get("PATH") or SYSTEM_PATH)
+
+
+PLUGIN = BackendPlugin(
+    name="sandbox", title="sandbox (bubblewrap)", capabilities=frozenset({HOST, ISOLATED}), factory=_build,
+    description="bubblewrap on this host: read-only system, only the workspace writable, no network unless "
+                "the agent allows it, an unprivileged user, cgroup limits.")

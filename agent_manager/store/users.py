@@ -14,7 +14,7 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import Conflict, NotFound
-from agent_manager.store.database import Database, dumps, new_id, now
+from agent_manager.store.database import Database, dumps, new_id, now, update_named
 
 TOKEN_PREFIX = "amu_"
 
@@ -65,12 +65,7 @@ def update(db: Database, user_id: str, changes: dict[str, Any]) -> dict[str, Any
     fields = {k: (int(v) if isinstance(v, bool) else v) for k, v in changes.items()
               if k in ("name", "trusted", "admin")}
     if fields:
-        assignments = ", ".join(f"{k} = ?" for k in fields)
-        try:
-            with db.transaction() as conn:
-                conn.execute(f"UPDATE users SET {assignments} WHERE id = ?", (*fields.values(), user["id"]))
-        except sqlite3.IntegrityError as exc:
-            raise Conflict(f"a user named {changes.get('name')!r} already exists", {"field": "name"}) from exc
+        update_named(db, "users", user["id"], fields, "a user")
     return get(db, user["id"])
 
 

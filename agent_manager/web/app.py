@@ -25,6 +25,7 @@ from agent_manager.web.routers import (
     files,
     orchestrations,
     plans,
+    plugins,
     projects,
     runs,
     sandboxes,
@@ -126,7 +127,7 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     # dependency, a bug) stops the app from being built instead of its routes vanishing.
     for router in (agents.router, runs.router, conversations.router, settings_api.router, metrics.router,
                    sandboxes.router, projects.router, *workspaces.routers, plans.router, orchestrations.router,
-                   users.router, files.router, terminals.router):
+                   users.router, files.router, terminals.router, plugins.router):
         app.include_router(router)
     pages.install(app)
 

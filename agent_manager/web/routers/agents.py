@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from agent_manager.agents import KINDS, get_kind
+from agent_manager import plugins
 from agent_manager.errors import ValidationFailed
 from agent_manager.models import MASK, Agent, AgentCreate, AgentUpdate, mask_env
 from agent_manager.run_request import working_dir_problem
@@ -19,10 +19,11 @@ router = APIRouter(prefix="/api/agents", tags=["agents"])
 
 
 def present(agent: dict[str, Any]) -> Agent:
-    kind = get_kind(agent["kind"])
+    kind = plugins.kinds().get(agent["kind"])
+    hint = kind.install_hint if kind is not None else f"the agent kind {agent['kind']!r} is not installed"
     return Agent(**{**agent, "env": mask_env(agent["env"]), "api_key": MASK if agent.get("api_key") else None,
-                    "available": shutil.which(agent["command"]) is not None,
-                    "install_hint": kind.install_hint})
+                    "available": kind is not None and shutil.which(agent["command"]) is not None,
+                    "install_hint": hint})
 
 
 def _check_working_dir(path: str | None) -> None:
@@ -35,10 +36,10 @@ def _fields(body: AgentCreate) -> dict[str, Any]:
     fields = body.model_dump()
     _check_working_dir(fields.get("working_dir"))
     if not fields.get("command"):
-        default = KINDS[body.kind].default_command
+        default = plugins.get_kind(body.kind).default_command
         if not default:
-            raise ValidationFailed("command: a generic agent needs a command", [{"field": "command",
-                                   "message": "required for generic agents"}])
+            raise ValidationFailed(f"command: a {body.kind} agent needs a command", [{"field": "command",
+                                   "message": f"required for {body.kind} agents"}])
         fields["command"] = default
     return fields
 

@@ -84,7 +84,7 @@ class FileWritten(BaseModel):
     modified: str
 
 
-def _stamp(seconds: float) -> str:
+def stamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -111,7 +111,7 @@ def agent_root(svc: Service, agent: dict[str, Any]) -> tuple[Path, bool]:
     return agent_workspace(svc.settings, agent), not agent.get("working_dir")
 
 
-def _errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
+def errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return NotFound(f"{rel or '/'}: no such file or directory")
     if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.EXDEV):
@@ -162,7 +162,7 @@ def _listing(fd: int) -> tuple[list[dict[str, Any]], bool]:
             except OSError:
                 continue
             entries.append({"name": entry.name, "type": _kind(info.st_mode), "size": info.st_size,
-                            "modified": _stamp(info.st_mtime)})
+                            "modified": stamp(info.st_mtime)})
     entries.sort(key=lambda e: (e["type"] != "dir", e["name"]))
     return entries, truncated
 
@@ -196,29 +196,46 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
                         "truncated": truncated}
             if not stat.S_ISREG(info.st_mode):
                 raise Forbidden(f"{rel}: not a regular file")
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
-            with os.fdopen(fd, "rb") as fh:
-                info = os.fstat(fh.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise Forbidden(f"{rel}: not a regular file")
-                if info.st_nlink > 1 and service_file(info, svc.settings.home):
-                    raise Forbidden(f"{rel}: a hard link to one of the service's own files")
-                if info.st_size > READ_CAP:
-                    raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
-                                   {"size": info.st_size, "limit": READ_CAP})
-                data = fh.read(READ_CAP + 1)[:READ_CAP]
+            data, info = read_plain(parent, name, rel, svc.settings.home)
     except OSError as exc:
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     if raw:
-        return Response(data, media_type="application/octet-stream", headers={
-            "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(resolved[-1])}",
-            "Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
-    try:
-        content, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        content, encoding = base64.b64encode(data).decode(), "base64"
+        return download(data, name)
+    content, encoding = as_text(data)
     return {"type": "file", "agent": found["name"], "path": rel, "size": len(data),
-            "modified": _stamp(info.st_mtime), "encoding": encoding, "content": content}
+            "modified": stamp(info.st_mtime), "encoding": encoding, "content": content}
+
+
+def read_plain(parent: int, name: str, rel: str, home: Path) -> tuple[bytes, os.stat_result]:
+    """The first ``READ_CAP`` bytes of ``name`` in the directory ``parent``, and its stat: only
+    a regular file (never a symlink followed or a FIFO waited on), and never a hard link to one
+    of the service's own files (token, database). Shared by the file browser and a plan's files."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Forbidden(f"{rel}: not a regular file")
+        if info.st_nlink > 1 and service_file(info, home):
+            raise Forbidden(f"{rel}: a hard link to one of the service's own files")
+        if info.st_size > READ_CAP:
+            raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
+                           {"size": info.st_size, "limit": READ_CAP})
+        return fh.read(READ_CAP + 1)[:READ_CAP], info
+
+
+def download(data: bytes, name: str) -> Response:
+    """A file's bytes as an attachment the browser never renders (no script of a run runs here)."""
+    return Response(data, media_type="application/octet-stream", headers={
+        "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}",
+        "Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
+
+
+def as_text(data: bytes) -> tuple[str, str]:
+    """(content, encoding): UTF-8 text as it is, anything else base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode(), "base64"
 
 
 def service_file(info: os.stat_result, home: Path) -> bool:
@@ -323,10 +340,10 @@ async def write(request: Request, agent: str = Query(..., min_length=1, max_leng
                 raise
             info = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except OSError as exc:
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     audit(request, "file.write", f"{found['name']}:{rel}", {"size": len(data)})
     return {"type": "file", "agent": found["name"], "path": rel, "size": info.st_size,
-            "modified": _stamp(info.st_mtime)}
+            "modified": stamp(info.st_mtime)}
 
 
 def _entry(svc: Service, agent: str, path: str) -> tuple[dict[str, Any], str, list[str], str, str]:
@@ -359,7 +376,7 @@ async def remove(request: Request, agent: str = Query(..., min_length=1, max_len
     except OSError as exc:
         if exc.errno == errno.ENOTEMPTY:
             raise Conflict(f"{rel}: the directory is not empty") from exc
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     audit(request, "file.delete", f"{found['name']}:{rel}")
     return Response(status_code=204)
 
@@ -381,6 +398,6 @@ async def move(request: Request, agent: str = Query(..., min_length=1, max_lengt
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise BadRequest(f"{rel}: cannot be moved into itself", [{"field": "to", "message": "inside"}]) from exc
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     audit(request, "file.move", f"{found['name']}:{rel}", {"to": dst_rel})
     return {"agent": found["name"], "path": dst_rel, "from": rel}
