@@ -40,10 +40,9 @@ from agent_manager.run_request import (
 )
 from agent_manager.settings import Settings
 from agent_manager.slots import HostSlots
-from agent_manager.store import Database
+from agent_manager.store import Database, run_totals
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
-from agent_manager.store.database import duration as run_duration
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
@@ -99,10 +98,12 @@ class RunManager:
         stale = run_store.unfinished(self.db)
         for run in stale:
             reason = "the service stopped before this run finished"
+            finished = run_store.last_heard(self.db, run["id"]) or now()
+            ms = run_totals.duration_ms(run["started_at"], finished)
             self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None, "error": reason},
-                               run_store.update_statements(run["id"], status="interrupted", error=reason,
-                                                           finished_at=run_store.last_heard(self.db, run["id"])
-                                                           or now()), direct=True)
+                               [*run_store.update_statements(run["id"], status="interrupted", error=reason,
+                                                             finished_at=finished),
+                                run_totals.add_statement(run["backend"], "interrupted", ms)], direct=True)
         self.metrics.load(self.db)  # after the above, so the stale runs count as interrupted
         return len(stale)
 
@@ -354,9 +355,9 @@ class RunManager:
                       timeout: float, execution: Execution) -> None:
         live = self._live[run_id]
         sandbox_id = execution.info.get("sandbox_id")
-        run_store.update(self.db, run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
         started = {"backend": backend, "route_reason": reason, **({"sandbox_id": sandbox_id} if sandbox_id else {})}
-        self.events.append(run_id, "run.started", started)
+        running = run_store.update_statements(run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
+        self.events.append(run_id, "run.started", started, also=running, direct=True)  # row and event: one commit
         loop = asyncio.get_running_loop()
         live.last_output = loop.time()
         timer = loop.call_later(timeout, self._expire, live, "timed_out")
@@ -472,9 +473,11 @@ class RunManager:
         self._finished.add(run_id)
         finished = now()
         started = run["started_at"] or finished
-        final_row = run_store.update_statements(  # the search index follows on the writer thread
+        ms = run_totals.duration_ms(started, finished)
+        final_row = [*run_store.update_statements(  # the search index follows on the writer thread
             run_id, search=False, status=status, exit_code=code, output=answer, error=error, usage=usage,
-            session_id=session_id, finished_at=finished, started_at=started)
+            session_id=session_id, finished_at=finished, started_at=started),
+            run_totals.add_statement(run["backend"], status, ms)]  # the /metrics totals, in the same commit
         if req is not None and req.conversation_id:
             reply = answer if answer is not None else f"[{status}] {error or ''}".strip()
             conv_store.add_message(self.db, req.conversation_id, "assistant", reply, req.agent["id"], run_id)
@@ -493,7 +496,7 @@ class RunManager:
         live = self._live.get(run_id)
         if live is not None:
             live.finished.set()
-        self.metrics.run_finished(run["backend"], status, run_duration(started, finished))
+        self.metrics.run_finished(run["backend"], status, ms)
 
 
 def _access(backend: str | None) -> Any:

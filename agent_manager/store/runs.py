@@ -7,7 +7,6 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store import run_totals
 from agent_manager.store.database import Database, Queryable, dumps, duration, now
 
 # A run's search entry, by rowid: runs_fts.run_id is UNINDEXED, so matching on it scans the index.
@@ -142,7 +141,6 @@ def prune(db: Database, finished_before: str, batch: int = 500) -> int:
                 " AND status NOT IN ('queued', 'running') LIMIT ?", (finished_before, batch))]
             if not ids:
                 return deleted
-            run_totals.carry(conn, ids)  # so the /metrics totals keep counting them
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs_fts WHERE rowid IN (SELECT search_rowid FROM runs WHERE id IN ({marks}))",
