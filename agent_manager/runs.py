@@ -355,9 +355,9 @@ class RunManager:
                       timeout: float, execution: Execution) -> None:
         live = self._live[run_id]
         sandbox_id = execution.info.get("sandbox_id")
-        run_store.update(self.db, run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
         started = {"backend": backend, "route_reason": reason, **({"sandbox_id": sandbox_id} if sandbox_id else {})}
-        self.events.append(run_id, "run.started", started)
+        running = run_store.update_statements(run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
+        self.events.append(run_id, "run.started", started, also=running, direct=True)  # row and event: one commit
         loop = asyncio.get_running_loop()
         live.last_output = loop.time()
         timer = loop.call_later(timeout, self._expire, live, "timed_out")

@@ -67,7 +67,9 @@ class LocalExecutor:
             env.update(USER=user.name, LOGNAME=user.name,
                        HOME=user.home if os.path.isdir(user.home) else str(spec.workspace or "/"))
         cwd = spec.cwd or (str(spec.workspace) if spec.workspace else None)
-        if spec.workspace:
+        if spec.workspace and not spec.files and user is None:
+            spec.workspace.mkdir(parents=True, exist_ok=True)  # all there is to do: no thread hop (a DAG hop's cost)
+        elif spec.workspace:
             await asyncio.to_thread(prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
         argv = list(spec.argv)
         resolved = shutil.which(argv[0], path=env.get("PATH"))
