@@ -299,6 +299,8 @@ class BackendInfo(BaseModel):
     settings_section: str | None = Field(description="its own section of the settings, if it declares one")
     builtin: bool
     plugin: str | None = Field(description="the distribution providing it, with its version")
+    loaded: bool = Field(description="false: the plugin failed to load or its name is taken (reason says); "
+                                     "it cannot be chosen")
 
 
 class KindInfo(BaseModel):
@@ -313,3 +315,5 @@ class KindInfo(BaseModel):
     available: bool | None = Field(description="whether default_command is on the service's PATH (null: no default)")
     builtin: bool
     plugin: str | None
+    loaded: bool = Field(description="false: the plugin failed to load or its name is taken (description says)")
+    default: bool = Field(False, description="the kind of an agent created without one (runs any program)")

@@ -7,6 +7,8 @@ with pip and runs through it end to end).
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -162,3 +164,89 @@ def test_cli_choices_come_from_the_registry() -> None:
     assert "[local|sandbox|daytona]" in out and "generic|gemini" in out
     result = CliRunner().invoke(main, ["run", "a", "p", "--backend", "cloud"])
     assert result.exit_code == 2 and "'cloud' is not one of 'auto', 'local', 'sandbox', 'daytona'" in result.output
+
+
+# -- no module outside the registry names a built-in backend or kind -----------------------------
+
+PACKAGE = Path(__file__).parent.parent / "agent_manager"
+REGISTRY_HOMES = ("executors", "agents")  # the plugins themselves, and plugins.py
+NOT_A_NAME = {"Content-Security-Policy"}  # a header whose value "sandbox" is a CSP directive
+
+
+def builtin_names() -> set[str]:
+    names = {e.name for e in plugins.backend_entries() + plugins.kind_entries() if e.builtin}
+    assert {"local", "sandbox", "daytona", "generic", "gemini"} <= names
+    return names
+
+
+def _quoted(names: set[str]) -> re.Pattern[str]:
+    alternatives = "|".join(sorted(map(re.escape, names)))
+    return re.compile(r"""(["'`])(""" + alternatives + r""")\1""")
+
+
+def python_hits(path: Path, names: set[str]) -> list[str]:
+    """String literals that are exactly a name, or quote one (SQL, JS in Python); docstrings and
+    comments are prose and may name backends."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            skip.add(id(body[0].value))  # a docstring
+        if isinstance(node, ast.Dict):
+            skip.update(id(v) for k, v in zip(node.keys, node.values, strict=True)
+                        if isinstance(k, ast.Constant) and k.value in NOT_A_NAME)
+    quoted = _quoted(names)
+    return [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value[:60]!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+            and (node.value in names or quoted.search(node.value))]
+
+
+def ui_hits(path: Path, names: set[str]) -> list[str]:
+    """Quoted names in the UI's JavaScript and HTML (comments stripped first)."""
+    text = re.sub(r"/\*.*?\*/|<!--.*?-->", "", path.read_text(), flags=re.S)
+    text = re.sub(r"(?m)^\s*//.*$", "", text)
+    quoted = _quoted(names)
+    return [f"{path.relative_to(PACKAGE.parent)}:{text[:m.start()].count(chr(10)) + 1}: {m.group(0)}"
+            for m in quoted.finditer(text)]
+
+
+def outside_registry() -> tuple[list[Path], list[Path]]:
+    python = [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in REGISTRY_HOMES
+              and p != PACKAGE / "plugins.py"]
+    static = PACKAGE / "web" / "static"
+    ui = [p for p in static.rglob("*") if p.suffix in (".js", ".html", ".mjs")
+          and "vendor" not in p.relative_to(static).parts]
+    ui += [p for p in (PACKAGE / "web").rglob("*.html") if "swagger" not in p.parts and p not in ui]
+    return python, ui
+
+
+def test_no_module_outside_the_registry_names_a_backend_or_kind() -> None:
+    names = builtin_names()
+    python, ui = outside_registry()
+    assert len(python) > 50 and any(p.name == "service.py" for p in python)
+    assert any(p.name == "agents.js" for p in ui) and any(p.name == "index.html" for p in ui)
+    hits = [hit for path in python for hit in python_hits(path, names)]
+    hits += [hit for path in ui for hit in ui_hits(path, names)]
+    assert not hits, "backend/kind names outside plugins.py, executors/, agents/ (ask the registry):\n" + \
+        "\n".join(hits)
+
+
+def test_the_literal_check_catches_what_it_should(tmp_path: Path) -> None:
+    names = {"local", "sandbox"}
+    py = tmp_path / "agent_manager" / "x.py"
+    py.parent.mkdir()
+    py.write_text('"""Runs on the sandbox or "local"."""\n# "sandbox" in a comment\n'
+                  'A = "sandbox"\nB = f"x {A}"\nC = "WHERE backend = \'local\'"\nD = "sandboxes"\n'
+                  'E = {"Content-Security-Policy": "sandbox"}\n')
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, tmp_path / "agent_manager"
+    try:
+        assert [h.split(": ", 1)[1] for h in python_hits(py, names)] == ["'sandbox'", '"WHERE backend = \'local\'"']
+        js = tmp_path / "agent_manager" / "p.js"
+        js.write_text('// "local" in a comment\n/* "sandbox" */ const a = ["local", `sandbox`, "sandboxed"];\n')
+        assert [h.rsplit(": ", 1)[1] for h in ui_hits(js, names)] == ['"local"', "`sandbox`"]
+    finally:
+        PACKAGE = saved

@@ -1,14 +1,21 @@
 """Browser sessions against a real server: a captured cookie is dead after logout, token
-rotation (a user's through the API, the admin's file plus a restart) ends every session of
-that holder, sessions expire, and the database never holds a usable cookie."""
+rotation (a user's through the API, the admin's with `agent-manager token --rotate` or a new
+token file) ends every session of that holder, sessions expire, and the database never holds
+a usable cookie."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 from conftest import LiveServer, start_server, stop_server
+from playwright.sync_api import expect
+from ui_harness import UI
 
 from agent_manager.web import auth
 from agent_manager.web.auth import save_token
@@ -115,3 +122,65 @@ def test_sessions_expire_and_the_cookie_says_so(tmp_path: Path, fake_path: Path)
         assert "secure" in proxied.headers["set-cookie"].lower()
     finally:
         stop_server(server)
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(home)}
+    env.pop("AGENT_MANAGER_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "agent_manager", *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_rotating_the_admin_token_of_a_running_service(live_server: LiveServer) -> None:
+    old = live_server.token
+    admin = httpx.Client(base_url=live_server.url, headers=live_server.headers)
+    boss = admin.post("/api/users", json={"name": "boss", "admin": True}).json()
+    boss_cookie = _cookie(_login(live_server, boss["token"]))
+    admin_cookie = _cookie(_login(live_server, old))
+    # An admin user is not the holder of the admin token: 403, and nothing changed.
+    refused = httpx.post(f"{live_server.url}/api/token/rotate", headers={"Authorization": f"Bearer {boss['token']}"})
+    assert refused.status_code == 403 and (live_server.home / "admin-token").read_text().strip() == old
+
+    done = _cli(live_server.home, "token", "--rotate")
+    assert done.returncode == 0, done.stderr
+    new = done.stdout.strip()
+    assert new != old and (live_server.home / "admin-token").read_text().strip() == new
+    assert stat.S_IMODE((live_server.home / "admin-token").stat().st_mode) == 0o600
+    assert _as(live_server, admin_cookie) == 401  # the admin's browser sessions ended
+    assert admin.get("/api/agents").status_code == 401  # so did the old token
+    assert httpx.get(f"{live_server.url}/api/agents", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert _as(live_server, boss_cookie) == 200  # users' sessions are theirs
+    assert _cli(live_server.home, "token").stdout.strip() == new  # client commands read the new file
+    assert _cli(live_server.home, "agents", "list").returncode == 0
+    # The rotation is in the audit log, the token is not.
+    audit = httpx.get(f"{live_server.url}/api/audit", headers={"Authorization": f"Bearer {new}"}).text
+    assert "admin.token_rotate" in audit and new not in audit and old not in audit
+    admin.close()
+
+
+def test_rotating_the_admin_token_while_the_service_is_stopped(tmp_path: Path, fake_path: Path) -> None:
+    home = tmp_path / "home"
+    server = start_server(home)
+    try:
+        cookie = _cookie(_login(server, server.token))
+    finally:
+        stop_server(server)
+    done = _cli(home, "token", "--rotate")
+    assert done.returncode == 0, done.stderr
+    server = start_server(home)
+    try:
+        assert server.token == done.stdout.strip()
+        assert _as(server, cookie) == 401
+    finally:
+        stop_server(server)
+
+
+def test_the_log_out_button_ends_the_session_for_every_copy(ui: UI, live_server: LiveServer) -> None:
+    """In Chromium: log in through the page, keep a copy of the cookie, press Log out."""
+    page = ui.page
+    ui.go("/")
+    copy = next(c["value"] for c in page.context.cookies() if c["name"] == auth.COOKIE)
+    assert _as(live_server, copy) == 200
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("Token")).to_be_visible()
+    assert _as(live_server, copy) == 401

@@ -181,19 +181,28 @@ class AuthMiddleware:
             return True
         return bool(self.settings.host) and host == self.settings.host and self.settings.host not in ("0.0.0.0", "::")
 
-    def _user(self, scope: Scope, value: str, cookie: bool) -> Principal | None:
+    def _token(self, scope: Scope) -> str | None:
+        """The admin token now: the app's (``rotate_admin_token`` replaces it) or the one given."""
+        if self.token is None:
+            return None  # authentication is off; a rotation cannot turn it on
+        state = getattr(scope.get("app"), "state", None)
+        current = getattr(state, "token", None) if state is not None else None
+        return current if isinstance(current, str) and current else self.token
+
+    def _user(self, scope: Scope, value: str, cookie: bool, token: str) -> Principal | None:
         svc = _service(scope)
         hook = self.authenticate or (svc.authenticate if svc is not None else None)
         if hook is not None:
             return hook(value, cookie=True) if cookie else hook(value)
         db = getattr(svc, "db", None)
-        if db is None or self.token is None:
+        if db is None:
             return None
-        return default_authenticate(db, self.token, value, cookie)
+        return default_authenticate(db, token, value, cookie)
 
     def principal(self, scope: Scope) -> tuple[Principal | None, str]:
         """(principal, how): how is "bearer", "cookie", "open" or "" when not authenticated."""
-        if self.token is None:
+        token = self._token(scope)
+        if token is None:
             return dict(ADMIN), "open"
         auth = _header(scope, b"authorization")
         if auth is not None:  # a (single) Authorization header decides alone; a bad one is not retried as cookie
@@ -201,13 +210,13 @@ class AuthMiddleware:
             given = given.strip()
             if scheme.lower() != "bearer" or not given:
                 return None, ""
-            if tokens_match(given, self.token):
+            if tokens_match(given, token):
                 return dict(ADMIN), "bearer"
-            user = self._user(scope, given, cookie=False)
+            user = self._user(scope, given, cookie=False, token=token)
             return (user, "bearer") if user is not None else (None, "")
         cookie = _cookie(scope, COOKIE)
         if cookie:
-            user = self._user(scope, cookie, cookie=True)
+            user = self._user(scope, cookie, cookie=True, token=token)
             if user is not None:
                 return user, "cookie"
         return None, ""
@@ -326,6 +335,18 @@ def login(app: Any, given: list[str], client: str = "?", secure: bool = False) -
     response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/", max_age=int(max_age),
                         secure=secure)
     return response
+
+
+def rotate_admin_token(app: Any) -> str:
+    """A new admin token, at once: written to the token file (what the CLI reads), used by
+    the running service from the next request on, and every admin session ends (each was
+    opened with the old token). Returns the new token, to be shown once."""
+    svc = app.state.service
+    token = secrets.token_urlsafe(32)
+    save_token(svc.settings.token_path, token)  # first: if this fails, nothing changed
+    app.state.token = token
+    session_store.end_user(svc.db, None)
+    return token
 
 
 def logout(app: Any, cookie_headers: list[str], secure: bool = False) -> Response:

@@ -52,7 +52,7 @@ async def list_backends(svc: Service = Depends(service)) -> list[BackendInfo]:
             description=plugin.description if plugin else "", available=ok, reason=reason,
             capabilities=sorted(plugin.capabilities) if plugin else [],
             settings_section=entry.name if plugin is not None and plugin.settings_model is not None else None,
-            builtin=entry.builtin, plugin=entry.distribution))
+            builtin=entry.builtin, plugin=entry.distribution, loaded=entry.error is None))
     return found
 
 
@@ -65,12 +65,14 @@ async def list_kinds() -> list[KindInfo]:
         if kind is None:
             found.append(KindInfo(name=entry.name, title=entry.name, description=entry.error or "",
                                   default_command="", install_hint="", supports_resume=False, available=False,
-                                  builtin=entry.builtin, plugin=entry.distribution))
+                                  builtin=entry.builtin, plugin=entry.distribution, loaded=False,
+                                  default=False))
             continue
         command = kind.default_command
         found.append(KindInfo(name=entry.name, title=kind.title or entry.name, description=kind.description,
                               default_command=command, install_hint=kind.install_hint,
                               supports_resume=kind.supports_resume,
                               available=shutil.which(command) is not None if command else None,
-                              builtin=entry.builtin, plugin=entry.distribution))
+                              builtin=entry.builtin, plugin=entry.distribution, loaded=True,
+                              default=entry.name == plugins.DEFAULT_KIND))
     return found

@@ -11,10 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from agent_manager.errors import ValidationFailed
+from agent_manager.errors import Conflict, Forbidden, ValidationFailed
 from agent_manager.models import NAME_RE, Strict
 from agent_manager.service import Service
 from agent_manager.store import users as user_store
+from agent_manager.web import auth
 from agent_manager.web.deps import audit, principal, require_admin, service
 
 router = APIRouter(tags=["users"])
@@ -43,6 +44,10 @@ class User(BaseModel):
 
 class UserWithToken(User):
     token: str = Field(..., description="shown once; only its hash is kept")
+
+
+class AdminToken(BaseModel):
+    token: str = Field(..., description="the new admin token, shown once (also written to the token file)")
 
 
 class Me(BaseModel):
@@ -124,6 +129,22 @@ async def rotate_token(user_id: str, request: Request, svc: Service = Depends(se
     user, token = user_store.rotate_token(svc.database, user_id)
     audit(request, "user.token_rotate", user["id"], {"name": user["name"]})
     return {**user, "token": token}
+
+
+# Out of /openapi.json like /login and /logout: an API fuzzer or a generated client walking the
+# schema with the admin token would otherwise replace the token it is using (docs/api.md has it).
+@router.post("/api/token/rotate", response_model=AdminToken, include_in_schema=False)
+async def rotate_admin_token(request: Request, response: Response) -> dict[str, Any]:
+    """Replace the admin token; the old one, and every admin session, stop working at once.
+    Only the holder of the admin token may do it (not a user who is an admin)."""
+    if request.app.state.token is None:
+        raise Conflict("authentication is off: there is no admin token to rotate")
+    if principal(request).get("id") is not None:
+        raise Forbidden("only the holder of the admin token may rotate it")
+    token = auth.rotate_admin_token(request.app)
+    audit(request, "admin.token_rotate", None)
+    response.headers["Cache-Control"] = "no-store"
+    return {"token": token}
 
 
 @router.get("/api/audit", response_model=AuditPage, dependencies=[Depends(require_admin)])
