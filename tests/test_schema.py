@@ -42,7 +42,7 @@ CHECKS = [response_schema_conformance, status_code_conformance, content_type_con
 LAST = ("/merge", "/discard", "PATCH /api/settings", "POST /api/runs/prune", "DELETE ")
 # What a success costs a lot of (a planner agent's runs, with one retry): fewer examples, all
 # of them naming the seeded planner.
-BUDGET = {"POST /api/plans": 3}
+BUDGET = {"POST /api/plans": 2}
 NON_JSON = {"text/event-stream", "text/x-diff", "application/octet-stream", "text/plain", "text/html", "image/svg+xml"}
 
 

@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from agent_manager.errors import (
     AgentManagerError,
@@ -49,40 +48,6 @@ router = APIRouter(prefix="/api/files", tags=["files"])
 READ_CAP = 1_048_576
 WRITE_CAP = 8 * 1_048_576
 LIST_CAP = 5000
-
-
-class FileEntry(BaseModel):
-    name: str
-    type: Literal["file", "dir", "symlink", "other"]
-    size: int
-    modified: str
-
-
-class DirListing(BaseModel):
-    type: Literal["dir"]
-    agent: str
-    root: str
-    path: str
-    entries: list[FileEntry]
-    truncated: bool
-
-
-class FileContent(BaseModel):
-    type: Literal["file"]
-    agent: str
-    path: str
-    size: int
-    modified: str
-    encoding: Literal["utf-8", "base64"]
-    content: str
-
-
-class FileWritten(BaseModel):
-    type: Literal["file"]
-    agent: str
-    path: str
-    size: int
-    modified: str
 
 
 def stamp(seconds: float) -> str:
@@ -168,7 +133,7 @@ def _listing(fd: int) -> tuple[list[dict[str, Any]], bool]:
     return entries, truncated
 
 
-@router.get("", response_model=DirListing | FileContent,
+@router.get("", response_model=api.DirListing | api.FileContent,
             responses={**api.DOWNLOAD, **api.errors(400, 403, 404, 409, 413)})
 async def read(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query("", max_length=4096), raw: bool = False,
@@ -295,7 +260,7 @@ WRITE_BODY = {"requestBody": {"required": True, "content": {
                                                    "encoding": {"enum": ["utf-8", "base64"]}}}}}}}
 
 
-@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY, dependencies=[Depends(require_trusted)],
+@router.put("", response_model=api.FileWritten, openapi_extra=WRITE_BODY, dependencies=[Depends(require_trusted)],
             responses=api.errors(400, 403, 404, 409, 413, 507))
 async def write(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                 path: str = Query(..., min_length=1, max_length=4096),

@@ -36,16 +36,10 @@ class PlanRequest(BaseModel):
         return value
 
 
-class PlanDraft(BaseModel):
-    plan: plans.Plan
-    raw: str
-    run_ids: list[str]
-
-
-@router.post("", response_model=PlanDraft, response_model_exclude_none=True, status_code=201,
+@router.post("", response_model=api.PlanDraft, response_model_exclude_none=True, status_code=201,
              responses=api.errors(400, 403, 404, 422, 499, 503))
 async def create_plan(body: PlanRequest, request: Request,
-                      svc: Service = Depends(service)) -> PlanDraft | Response:
+                      svc: Service = Depends(service)) -> api.PlanDraft | Response:
     """Ask the planner agent for a draft plan. Nothing runs: review it, then POST /api/orchestrations."""
     who = principal(request)
     work = asyncio.ensure_future(planner.draft(svc.database, svc.settings, svc.runs, body.goal, body.planner,
@@ -65,7 +59,7 @@ async def create_plan(body: PlanRequest, request: Request,
     if work.cancelled():
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     draft = work.result()
-    return PlanDraft(plan=draft.plan, raw=draft.raw, run_ids=draft.run_ids)
+    return api.PlanDraft(plan=draft.plan, raw=draft.raw, run_ids=draft.run_ids)
 
 
 @router.get("/schema", response_model=api.JsonSchemaDocument)

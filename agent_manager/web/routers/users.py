@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from agent_manager.errors import Conflict, Forbidden, ValidationFailed
 from agent_manager.models import NAME_RE, Strict
@@ -35,63 +35,25 @@ class UserUpdate(Strict):
     admin: bool | None = None
 
 
-class User(BaseModel):
-    id: str
-    name: str
-    trusted: bool
-    admin: bool
-    created_at: str
-
-
-class UserWithToken(User):
-    token: str = Field(..., description="shown once; only its hash is kept")
-
-
-class AdminToken(BaseModel):
-    token: str = Field(..., description="the new admin token, shown once (also written to the token file)")
-
-
-class Me(BaseModel):
-    id: str | None
-    name: str
-    admin: bool
-    trusted: bool
-
-
-class AuditEntry(BaseModel):
-    id: int
-    at: str
-    actor: str
-    action: str
-    target: str | None
-    details: dict[str, Any]
-
-
-class AuditPage(BaseModel):
-    items: list[AuditEntry]
-    total: int
-    limit: int
-    offset: int
-
-
 def _check_name(name: str | None) -> None:
     if name is not None and name.lower() in RESERVED_NAMES:
         raise ValidationFailed(f"name: {name!r} is reserved", [{"field": "name", "message": "reserved"}])
 
 
-@router.get("/api/users/me", response_model=Me)
+@router.get("/api/users/me", response_model=api.Me)
 async def me(request: Request) -> dict[str, Any]:
     who = principal(request)
     return {"id": who.get("id"), "name": who.get("name", "?"), "admin": bool(who.get("admin")),
             "trusted": bool(who.get("trusted"))}
 
 
-@router.get("/api/users", response_model=list[User], dependencies=[Depends(require_admin)], responses=api.errors(403))
+@router.get("/api/users", response_model=list[api.User], dependencies=[Depends(require_admin)],
+            responses=api.errors(403))
 async def list_users(svc: Service = Depends(service)) -> list[dict[str, Any]]:
     return user_store.list_all(svc.database)
 
 
-@router.post("/api/users", response_model=UserWithToken, status_code=201, dependencies=[Depends(require_admin)],
+@router.post("/api/users", response_model=api.UserWithToken, status_code=201, dependencies=[Depends(require_admin)],
              responses=api.errors(403, 409, 422))
 async def create_user(body: UserCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     _check_name(body.name)
@@ -101,13 +63,13 @@ async def create_user(body: UserCreate, request: Request, svc: Service = Depends
     return {**user, "token": token}
 
 
-@router.get("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)],
+@router.get("/api/users/{user_id}", response_model=api.User, dependencies=[Depends(require_admin)],
             responses=api.errors(403, 404))
 async def get_user(user_id: str, svc: Service = Depends(service)) -> dict[str, Any]:
     return user_store.get(svc.database, user_id)
 
 
-@router.patch("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)],
+@router.patch("/api/users/{user_id}", response_model=api.User, dependencies=[Depends(require_admin)],
               responses=api.errors(403, 404, 409, 422))
 async def update_user(user_id: str, body: UserUpdate, request: Request,
                       svc: Service = Depends(service)) -> dict[str, Any]:
@@ -129,7 +91,7 @@ async def delete_user(user_id: str, request: Request, svc: Service = Depends(ser
     return Response(status_code=204)
 
 
-@router.post("/api/users/{user_id}/token", response_model=UserWithToken, dependencies=[Depends(require_admin)],
+@router.post("/api/users/{user_id}/token", response_model=api.UserWithToken, dependencies=[Depends(require_admin)],
              responses=api.errors(403, 404))
 async def rotate_token(user_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     user, token = user_store.rotate_token(svc.database, user_id)
@@ -139,7 +101,7 @@ async def rotate_token(user_id: str, request: Request, svc: Service = Depends(se
 
 # Out of /openapi.json: an API fuzzer or a generated client walking the schema with the admin
 # token would otherwise replace the token it is using (docs/api.md has it).
-@router.post("/api/token/rotate", response_model=AdminToken, include_in_schema=False,
+@router.post("/api/token/rotate", response_model=api.AdminToken, include_in_schema=False,
              responses=api.errors(403, 409))
 async def rotate_admin_token(request: Request, response: Response) -> dict[str, Any]:
     """Replace the admin token; the old one, and every admin session, stop working at once.
@@ -154,7 +116,8 @@ async def rotate_admin_token(request: Request, response: Response) -> dict[str, 
     return {"token": token}
 
 
-@router.get("/api/audit", response_model=AuditPage, dependencies=[Depends(require_admin)], responses=api.errors(403))
+@router.get("/api/audit", response_model=api.AuditPage, dependencies=[Depends(require_admin)],
+            responses=api.errors(403))
 async def audit_log(actor: str | None = Query(None, max_length=200), action: str | None = Query(None, max_length=200),
                     limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**62),
                     svc: Service = Depends(service)) -> dict[str, Any]:
