@@ -264,3 +264,22 @@ def test_every_json_answer_has_a_schema(fuzz_server: tuple[LiveServer, dict[str,
 def test_the_fuzzer_used_our_home(fuzz_server: tuple[LiveServer, dict[str, Any]]) -> None:
     """Files the generated requests wrote stay under the test's data directory."""
     assert Path(fuzz_server[0].home).exists()
+
+
+def test_the_settings_answer_cannot_carry_a_secret(tmp_path: Path) -> None:
+    """The settings view's secrets are typed as the mask: a route that forgot to mask one would
+    fail its own response validation (a 500) instead of sending the key."""
+    from pydantic import ValidationError
+
+    from agent_manager.models import MASK
+    from agent_manager.settings import SECRET_FIELDS, Settings
+    from agent_manager.web.responses import SettingsView
+    from agent_manager.web.routers.settings import public_view
+
+    view = {**public_view(Settings(home=tmp_path)), "listening": None}
+    SettingsView.model_validate(view)
+    assert SECRET_FIELDS
+    for name in SECRET_FIELDS:
+        SettingsView.model_validate({**view, name: MASK})
+        with pytest.raises(ValidationError, match=name):
+            SettingsView.model_validate({**view, name: "the-real-key"})
