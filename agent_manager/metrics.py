@@ -5,8 +5,9 @@ Each service has a ``CollectorRegistry`` of its own, never the library's global 
 
 * ``agent_manager_runs_total{backend,status}`` (Counter) and ``agent_manager_run_duration_seconds``
   (histogram) count every run ever finished on this data directory. At start they are loaded
-  from the database (``store.run_totals``: the runs table plus what retention deleted), then
-  each run adds itself as it finishes, so neither a restart nor pruning makes them go back.
+  from the sums in the database (``store.run_totals``, to which each finish adds itself in its
+  own commit), then each run adds itself as it finishes, so neither a restart nor retention
+  makes them go back.
   Durations are kept as whole milliseconds, so ``_sum`` is exact and equal before and after a
   restart (a float sum could come back a hair lower and look like a counter reset).
 * Gauges (queue depth, runs on this host, live sandboxes) and each backend's sandbox-create
@@ -113,8 +114,8 @@ class ServiceMetrics:
             self.runs_total.labels(total.backend, total.status).inc(total.runs)
             self.durations.add(total.bucket_ms, total.runs, total.duration_ms)
 
-    def run_finished(self, backend: str | None, status: str, duration_s: float | None) -> None:
-        duration_ms = None if duration_s is None else max(0, round(duration_s * 1000))
+    def run_finished(self, backend: str | None, status: str, duration_ms: int | None) -> None:
+        """Count a run whose finish is being committed with ``run_totals.add_statement``."""
         self.runs_total.labels(backend or "none", status).inc()
         self.durations.add(run_totals.bucket_of(duration_ms), 1, duration_ms or 0)
 

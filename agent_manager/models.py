@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-Kind = Literal["gemini", "claude", "codex", "ollama", "aider", "opencode", "llm", "generic"]
-Backend = Literal["local", "sandbox", "daytona"]
-RequestedBackend = Literal["local", "sandbox", "daytona", "auto"]
+from agent_manager import plugins
+from agent_manager.plugins import DEFAULT_KIND
+
+# Which kinds and backends exist is the registry's (plugins.py: entry points), so these are
+# strings checked against it; a wrong one is a 422 naming the installed choices.
+Kind = Annotated[str, AfterValidator(plugins.check_kind),
+                 Field(description="an installed agent kind (GET /api/kinds)")]
+Backend = Annotated[str, AfterValidator(plugins.check_backend),
+                    Field(description="an installed backend (GET /api/backends)")]
+RequestedBackend = Annotated[str, AfterValidator(lambda name: plugins.check_backend(name, allow_auto=True)),
+                             Field(description="an installed backend (GET /api/backends), or auto")]
 # Which of a process's output streams a chunk of text came from (executors read, agents parse).
 Stream = Literal["stdout", "stderr"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
@@ -111,7 +119,7 @@ class AgentFields(Strict):
 
 class AgentCreate(AgentFields):
     name: str = Field(..., pattern=NAME_RE)
-    kind: Kind = "generic"
+    kind: Kind = DEFAULT_KIND
 
 
 class AgentUpdate(Strict):
@@ -141,13 +149,13 @@ class AgentUpdate(Strict):
 class Agent(BaseModel):
     id: str
     name: str
-    kind: Kind
+    kind: str  # as stored: an agent whose plugin was uninstalled is still shown
     command: str
     args: list[str]
     env: dict[str, str]
     working_dir: str | None
     model: str | None
-    backend: Backend | None
+    backend: str | None
     trusted: bool
     timeout_s: float
     network: bool
@@ -182,6 +190,24 @@ class RunCreate(Strict):
         return _no_nul(value)
 
 
+class WorkspaceInfo(BaseModel):
+    """The ``workspace`` of a run, conversation or orchestration on a project (DESIGN 3.7)."""
+
+    id: str
+    project: str
+    branch: str
+    base: str = Field(..., description="the branch (or commit) it started from")
+    base_commit: str
+    head_commit: str
+    state: Literal["open", "merged", "discarded"]
+    files_changed: int
+    insertions: int
+    deletions: int
+    created_at: str
+    updated_at: str
+    note: str | None = Field(..., description="why it changed on its own (a rewrite, a prune)")
+
+
 class Run(BaseModel):
     id: str
     agent_id: str
@@ -201,7 +227,7 @@ class Run(BaseModel):
     finished_at: str | None
     duration_s: float | None
     project: str | None = None
-    workspace: dict[str, Any] | None = None
+    workspace: WorkspaceInfo | None = None
 
 
 class RunPage(BaseModel):
@@ -242,7 +268,7 @@ class Conversation(BaseModel):
     updated_at: str
     messages: list[Message] | None = None
     project: str | None = None
-    workspace: dict[str, Any] | None = None
+    workspace: WorkspaceInfo | None = None
 
 
 class MessageCreate(Strict):
@@ -277,3 +303,35 @@ class ProjectCreate(Strict):
 
 class MergeRequest(Strict):
     strategy: Literal["merge", "squash"] = "merge"
+
+
+class BackendInfo(BaseModel):
+    """One installed backend (GET /api/backends): what it can do, and whether it can run now."""
+
+    name: str
+    title: str
+    description: str
+    capabilities: list[str] = Field(description="subset of host, isolated, remote (docs/plugins.md)")
+    available: bool
+    reason: str = Field(description="why it is unavailable (empty when available)")
+    settings_section: str | None = Field(description="its own section of the settings, if it declares one")
+    builtin: bool
+    plugin: str | None = Field(description="the distribution providing it, with its version")
+    loaded: bool = Field(description="false: the plugin failed to load or its name is taken (reason says); "
+                                     "it cannot be chosen")
+
+
+class KindInfo(BaseModel):
+    """One installed agent kind (GET /api/kinds)."""
+
+    name: str
+    title: str
+    description: str
+    default_command: str = Field(description="the CLI run when an agent names no command ('' = it must)")
+    install_hint: str
+    supports_resume: bool
+    available: bool | None = Field(description="whether default_command is on the service's PATH (null: no default)")
+    builtin: bool
+    plugin: str | None
+    loaded: bool = Field(description="false: the plugin failed to load or its name is taken (description says)")
+    default: bool = Field(False, description="the kind of an agent created without one (runs any program)")

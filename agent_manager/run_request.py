@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.errors import TooLarge
-from agent_manager.executors.base import Resources
+from agent_manager.executors.base import Executor, Resources
 
 if TYPE_CHECKING:
     from agent_manager.workspaces import Base
@@ -47,15 +47,12 @@ def check_argv_size(argv: list[str]) -> None:
                 [{"field": "prompt", "limit_bytes": MAX_ARG_BYTES, "size_bytes": size}])
 
 
-def prompt_file_path(backend: str, workspace: Path, name: str) -> str:
-    """The prompt file's path as the agent sees it: the host path for local runs, the fixed
-    mount point for the bubblewrap sandbox, and for remote backends (Daytona) the path relative
-    to the directory the agent starts in, which is where the workspace is uploaded."""
-    if backend == "local":
-        return str(workspace.resolve() / name)
-    if backend == "sandbox":
-        return f"/workspace/{name}"
-    return f"./{name}"
+def prompt_file_path(executor: Executor, workspace: Path, name: str) -> str:
+    """The prompt file's path as the agent sees it: the backend says (``workspace_path``: the
+    sandbox mounts the workspace elsewhere, a remote backend uploads it); by default the host
+    path, which is right for any backend running the agent on this host."""
+    seen = getattr(executor, "workspace_path", None)
+    return str(seen(workspace, name)) if seen is not None else str(workspace.resolve() / name)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent_manager import plugins
 from agent_manager.agents import get_kind
 from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
 from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, ValidationFailed
@@ -29,6 +30,7 @@ from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
+from agent_manager.plugins import HOST
 from agent_manager.run_request import (
     PROMPT_FILE_NAME,
     RunRequest,
@@ -38,10 +40,9 @@ from agent_manager.run_request import (
 )
 from agent_manager.settings import Settings
 from agent_manager.slots import HostSlots
-from agent_manager.store import Database
+from agent_manager.store import Database, run_totals
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
-from agent_manager.store.database import duration as run_duration
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
 
@@ -49,7 +50,13 @@ if TYPE_CHECKING:
     from agent_manager.workspaces import Workspaces
 
 log = logging.getLogger("agent_manager.runs")
-HOST_BACKENDS = frozenset({"local", "sandbox"})
+
+
+def on_host(backend: str | None) -> bool:
+    """Whether ``backend`` runs on this machine, taking one of its run slots (plugins.HOST)."""
+    return HOST in plugins.capabilities(backend)
+
+
 STDERR_KEEP = 16_384
 @dataclass
 class _Live:
@@ -91,10 +98,12 @@ class RunManager:
         stale = run_store.unfinished(self.db)
         for run in stale:
             reason = "the service stopped before this run finished"
+            finished = run_store.last_heard(self.db, run["id"]) or now()
+            ms = run_totals.duration_ms(run["started_at"], finished)
             self.events.append(run["id"], "run.finished", {"status": "interrupted", "exit_code": None, "error": reason},
-                               run_store.update_statements(run["id"], status="interrupted", error=reason,
-                                                           finished_at=run_store.last_heard(self.db, run["id"])
-                                                           or now()), direct=True)
+                               [*run_store.update_statements(run["id"], status="interrupted", error=reason,
+                                                             finished_at=finished),
+                                run_totals.add_statement(run["backend"], "interrupted", ms)], direct=True)
         self.metrics.load(self.db)  # after the above, so the stale runs count as interrupted
         return len(stale)
 
@@ -157,7 +166,7 @@ class RunManager:
         if live.end_reason is None:
             live.end_reason = "cancelled"
         if live.task is not None and (live.phase == "queued" or (
-                live.phase == "starting" and live.backend not in HOST_BACKENDS)):
+                live.phase == "starting" and not on_host(live.backend))):
             # Nothing runs yet: waiting for a slot, or a remote sandbox still being created
             # (its executor deletes it when interrupted). Answer now; the task cleans up behind.
             live.task.cancel()
@@ -172,6 +181,12 @@ class RunManager:
         """The executions of this process's runs that have started, by run id: a snapshot for
         views of what is running now (the sandboxes list, gauges); queued runs are left out."""
         return {run_id: live.execution for run_id, live in list(self._live.items()) if live.execution is not None}
+
+    def started_on(self) -> dict[str, str]:
+        """The backend of each started run of this process, by run id (a snapshot, like
+        ``executions``): views that tell backends apart by their capabilities use it."""
+        return {run_id: live.backend for run_id, live in list(self._live.items())
+                if live.execution is not None and live.backend is not None}
 
     def prune(self, older_than_days: float) -> int:
         """Delete runs that finished more than ``older_than_days`` ago; returns how many."""
@@ -256,14 +271,14 @@ class RunManager:
             run_store.update(self.db, run_id, backend=chosen.backend, route_reason=chosen.reason)
             live.backend = chosen.backend
             slots: contextlib.AbstractAsyncContextManager[Any] = (
-                self.host_slots if chosen.backend in HOST_BACKENDS else contextlib.nullcontext())
+                self.host_slots if on_host(chosen.backend) else contextlib.nullcontext())
             async with slots:
                 queued = False
                 self.queued -= 1
                 if live.end_reason:
                     self._finish(run_id, live.end_reason, None, None, None, None)
                     return
-                host = chosen.backend in HOST_BACKENDS
+                host = on_host(chosen.backend)
                 self.host_running += host
                 try:
                     await self._execute(run_id, req, kind, invocation, chosen, workspace, user)
@@ -320,13 +335,13 @@ class RunManager:
             hand_over(workspace, user, self.settings)
             spec.run_as = chosen.run_as
         if req.workspace_id and self.workspaces is not None:
-            spec = await self.workspaces.prepare(req.workspace_id, run_id, backend, spec)
+            spec = await self.workspaces.prepare(req.workspace_id, run_id, _access(backend), spec)
         prompt_file: Path | None = None
         if name in req.files and spec.workspace is not None:
-            seen_as = prompt_file_path(backend, spec.workspace, name)
+            seen_as = prompt_file_path(executor, spec.workspace, name)
             for index in invocation.prompt_file_at:
                 spec.argv[index] = seen_as
-            prompt_file = spec.workspace / name if backend in HOST_BACKENDS else None
+            prompt_file = spec.workspace / name if on_host(backend) else None
         if spec.workspace is not None:  # an agent's working_dir keeps its owners; ours are handed over
             spec.hand_over = service_owned(spec.workspace, self.settings)
         try:
@@ -343,9 +358,9 @@ class RunManager:
                       timeout: float, execution: Execution) -> None:
         live = self._live[run_id]
         sandbox_id = execution.info.get("sandbox_id")
-        run_store.update(self.db, run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
         started = {"backend": backend, "route_reason": reason, **({"sandbox_id": sandbox_id} if sandbox_id else {})}
-        self.events.append(run_id, "run.started", started)
+        running = run_store.update_statements(run_id, status="running", started_at=now(), sandbox_id=sandbox_id)
+        self.events.append(run_id, "run.started", started, also=running, direct=True)  # row and event: one commit
         loop = asyncio.get_running_loop()
         live.last_output = loop.time()
         timer = loop.call_later(timeout, self._expire, live, "timed_out")
@@ -406,8 +421,7 @@ class RunManager:
         if isinstance(parser, PlainTextParser) and parser.truncated:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
         await self._settle(run_id, req, backend)
-        self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id)
-        run_store.index_stderr(self.db, run_id, stderr_tail)
+        self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id, stderr_tail)
 
     async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:
         """Commit what the agent left in its workspace before the run is reported finished, so
@@ -417,7 +431,8 @@ class RunManager:
         if backend is None:
             backend = run_store.get(self.db, run_id)["backend"]
         try:
-            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, backend, req.files,
+            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, _access(backend),
+                                                             req.files,
                                                                       run_id))
         except AgentManagerError as exc:
             self.events.append(run_id, "error", {"message": f"could not commit the workspace: {exc.message}"})
@@ -453,16 +468,19 @@ class RunManager:
                 self.events.append(run_id, "run.resumed", {})
 
     def _finish(self, run_id: str, status: str, code: int | None, answer: str | None, error: str | None,
-                usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None) -> None:
+                usage: dict[str, Any] | None, req: RunRequest | None = None, session_id: str | None = None,
+                stderr: str = "") -> None:
         run = run_store.get(self.db, run_id)
         if run["status"] in TERMINAL_STATUSES or run_id in self._finished:
             return
         self._finished.add(run_id)
         finished = now()
         started = run["started_at"] or finished
-        final_row = run_store.update_statements(
-            run_id, status=status, exit_code=code, output=answer, error=error, usage=usage,
-            session_id=session_id, finished_at=finished, started_at=started)
+        ms = run_totals.duration_ms(started, finished)
+        final_row = [*run_store.update_statements(  # the search index follows on the writer thread
+            run_id, search=False, status=status, exit_code=code, output=answer, error=error, usage=usage,
+            session_id=session_id, finished_at=finished, started_at=started),
+            run_totals.add_statement(run["backend"], status, ms)]  # the /metrics totals, in the same commit
         if req is not None and req.conversation_id:
             reply = answer if answer is not None else f"[{status}] {error or ''}".strip()
             conv_store.add_message(self.db, req.conversation_id, "assistant", reply, req.agent["id"], run_id)
@@ -477,7 +495,16 @@ class RunManager:
         if error:
             data["error"] = error
         self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
+        self.db.commit_later(run_store.search_statements(run_id, answer, stderr))
         live = self._live.get(run_id)
         if live is not None:
             live.finished.set()
-        self.metrics.run_finished(run["backend"], status, run_duration(started, finished))
+        self.metrics.run_finished(run["backend"], status, ms)
+
+
+def _access(backend: str | None) -> Any:
+    """How ``backend`` reaches a workspace (imported when a workspace is used: git is not
+    needed by runs without one)."""
+    from agent_manager.workspaces import access_for
+
+    return access_for(backend)

@@ -14,13 +14,13 @@ import os
 import shutil
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent_manager import plugins
 from agent_manager.errors import ConfigError, ExecutorUnavailable, ValidationFailed
 from agent_manager.executors.base import Executor, Resources
-from agent_manager.executors.local import LocalExecutor
 from agent_manager.executors.process import signal_tagged
 from agent_manager.executors.routing import RouteRequest, check_isolation
 from agent_manager.instance import DataDirLock
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_manager")
 WORKSPACE_PRUNE_EVERY_S = 6 * 3600
 MIN_FREE_BYTES = 16 * 1024 * 1024
-# Settings the Daytona executor builds its client (or limits) from: a change means a new executor.
-DAYTONA_CLIENT_FIELDS = frozenset({"daytona.api_key", "daytona.api_url", "daytona.target",
-                                   "daytona.max_concurrent_creates"})
 PRUNE_EVERY_S = 3600.0
 
 
@@ -79,26 +76,31 @@ def tag_prefix(settings: Settings) -> str:
     return "am-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 
-def build_executors(settings: Settings, prefix: str, environ: dict[str, str]) -> dict[str, Executor]:
-    """``environ`` is the service's environment, read once here (backends never read it)."""
-    executors: dict[str, Executor] = {"local": LocalExecutor(settings, prefix, environ)}
-    try:
-        from agent_manager.executors.sandbox import SYSTEM_PATH, SandboxExecutor
-        executors["sandbox"] = SandboxExecutor(settings, prefix, environ.get("PATH") or SYSTEM_PATH)
-    except ImportError as exc:  # pragma: no cover - only while the module is missing
-        log.warning("sandbox backend unavailable: %s", exc)
-    try:
-        from agent_manager.executors.daytona import DaytonaExecutor
-        executors["daytona"] = DaytonaExecutor(settings, prefix)
-    except ImportError as exc:  # pragma: no cover
-        log.warning("daytona backend unavailable: %s", exc)
-    return executors
+def build_executors(settings: Settings, prefix: str,
+                    environ: dict[str, str]) -> tuple[dict[str, Executor], dict[str, str]]:
+    """Every registered backend's executor, built by its plugin (plugins.py); ``environ`` is
+    the service's environment, read once here (backends never read it). A factory that fails
+    makes that backend unavailable with the reason (``GET /api/backends``), never the service."""
+    executors: dict[str, Executor] = {}
+    problems: dict[str, str] = {}
+    for name, plugin in plugins.backends().items():
+        try:
+            executor = build_executor(plugin, settings, prefix, environ)
+        except Exception as exc:
+            log.error("the %s backend could not be started: %s: %s", name, type(exc).__name__, exc)
+            problems[name] = f"could not be started: {type(exc).__name__}: {exc}"
+            continue
+        executors[name] = executor
+    return executors, problems
 
 
-def _daytona(settings: Settings) -> Any:
-    from agent_manager.executors.daytona_settings import daytona_section
-
-    return daytona_section(settings)
+def build_executor(plugin: plugins.BackendPlugin, settings: Settings, prefix: str,
+                   environ: Mapping[str, str]) -> Executor:
+    executor = plugin.factory(plugins.BackendContext(settings=settings, section=settings.section(plugin.name),
+                                                     prefix=prefix, environ=environ))
+    if getattr(executor, "name", None) != plugin.name:
+        raise TypeError(f"its factory built an executor called {getattr(executor, 'name', None)!r}")
+    return executor
 
 
 class Service:
@@ -107,6 +109,8 @@ class Service:
         self.prefix = tag_prefix(settings)
         self.db: Database | None = None
         self.executors: dict[str, Executor] = {}
+        self.backend_problems: dict[str, str] = {}  # backends whose executor could not be built, and why
+        self._environ: dict[str, str] = {}
         self._runs: RunManager | None = None
         self._workspaces: Workspaces | None = None
         self._terminals: TerminalManager | None = None  # None again once stopping: no new terminals
@@ -161,7 +165,8 @@ class Service:
         self.db = Database(self.settings.db_path)
         self.db.migrate()
         os.chmod(self.settings.db_path, 0o600)
-        self.executors = build_executors(self.settings, self.prefix, dict(os.environ))
+        self._environ = dict(os.environ)
+        self.executors, self.backend_problems = build_executors(self.settings, self.prefix, self._environ)
         self._runs = RunManager(self.db, self.settings, self.executors)
         recovered = self._runs.recover()
         if recovered:
@@ -176,8 +181,8 @@ class Service:
         engine = self._orchestrations = OrchestrationEngine(self.db, self.settings, self._runs)
         if engine.recover():
             log.warning("orchestrations left running by a previous start are now interrupted (resumable)")
-        if _daytona(self.settings).configured and "daytona" in self.executors:
-            self._spawn(self._prepare_daytona())
+        for name, executor in self.executors.items():
+            self._spawn(self._prepare(name, executor))
         self._spawn(self._prune_loop())
 
     def _spawn(self, coro: Any) -> None:
@@ -209,53 +214,63 @@ class Service:
     async def check_settings(self, candidate: Settings) -> None:
         """Refuse a combination the service could not run, before it is saved (422)."""
         mode = candidate.execution_mode
-        if mode == self.settings.execution_mode and not (
-                mode == "daytona" and not _daytona(candidate).configured):
+        if mode == plugins.AUTO:
             return
-        if mode == "daytona":
-            if "daytona" not in self.executors:
-                raise ValidationFailed("execution_mode daytona needs the Daytona SDK: pip install "
-                                       "'agent-manager[daytona]'", [{"field": "execution_mode"}])
-            if not _daytona(candidate).configured:
-                raise ValidationFailed("execution_mode daytona needs Daytona configured first: set daytona.api_key "
-                                       "(or DAYTONA_API_KEY) and, if not the default, daytona_api_url",
-                                       [{"field": "execution_mode"}])
-        if mode == "sandbox":
-            sandbox = self.executors.get("sandbox")
-            availability = await sandbox.available() if sandbox is not None else None
-            if availability is None or not availability.ok:
-                reason = availability.reason if availability is not None else "not installed"
-                raise ValidationFailed(f"execution_mode sandbox: the sandbox backend is unavailable: {reason}",
-                                       [{"field": "execution_mode"}])
+        plugin = plugins.backends().get(mode)
+        setup = plugin.setup_problem if plugin is not None else None
+        problem = setup(candidate) if setup is not None else None
+        if mode == self.settings.execution_mode and problem is None:
+            return
+        field = [{"field": "execution_mode"}]
+        if plugin is None or mode not in self.executors:
+            why = self.backend_problems.get(mode) or "it is not installed"
+            raise ValidationFailed(f"execution_mode {mode}: the {mode} backend is unavailable: {why}", field)
+        if problem is not None:
+            raise ValidationFailed(f"execution_mode {mode} needs the backend set up first: {problem}", field)
+        if plugins.HOST in plugin.capabilities:  # a cheap local probe; a remote one would need the network
+            availability = await self.executors[mode].available()
+            if not availability.ok:
+                raise ValidationFailed(f"execution_mode {mode}: the {mode} backend is unavailable: "
+                                       f"{availability.reason}", field)
 
     async def apply_settings(self, changed: set[str]) -> None:
         """Make changed settings take effect now. Most need nothing (every component reads the
-        shared Settings when it uses a value); these build something from them."""
+        shared Settings and its sections when it uses a value). Keyed by section: a backend whose
+        section's changed fields include one its plugin names in ``rebuild_on`` gets a new executor,
+        others are told which fields of their section changed (``settings_changed``)."""
         if self._runs is not None and "max_concurrent_runs" in changed:
             await self._runs.host_slots.resize()  # a raised limit starts queued runs now
-        if changed & DAYTONA_CLIENT_FIELDS:
-            self._rebuild_daytona()
-        elif changed & {"daytona.warm_pool", "daytona.image", "daytona.snapshot"}:
-            self._spawn(self._resize_pool(drain=bool(changed & {"daytona.image", "daytona.snapshot"})))
-        forget_probe = getattr(self.executors.get("sandbox"), "forget_probe", None)
-        if forget_probe is not None and any(name.startswith("sandbox.") for name in changed):
-            forget_probe()  # its cached verdict was reached with the old limits
+        for name, plugin in plugins.backends().items():
+            executor = self.executors.get(name)
+            own = {key.partition(".")[2] for key in changed if key.startswith(name + ".")}  # its section's
+            if executor is None or not own:
+                continue
+            if own & plugin.rebuild_on:
+                self._rebuild(plugin)
+                continue
+            hook = getattr(executor, "settings_changed", None)
+            if hook is not None:
+                try:
+                    await hook(own)
+                except Exception as exc:  # reported, never fatal
+                    log.warning("the %s backend could not follow the changed settings: %s", name, exc)
         if "run_retention_days" in changed:
             self._prune_wakeup.set()
 
-    def _rebuild_daytona(self) -> None:
-        """A new key, URL or target: new runs get a new executor (and client) at once; the old
-        one finishes its running sandboxes, then closes. Sweep and warm pool follow."""
-        old = self.executors.pop("daytona", None)
+    def _rebuild(self, plugin: plugins.BackendPlugin) -> None:
+        """New runs get a new executor (e.g. a client for a new key or URL) at once; the old one
+        finishes its running work, then closes. Its start-up work (``prepare``) runs again."""
+        old = self.executors.pop(plugin.name, None)
         try:
-            from agent_manager.executors.daytona import DaytonaExecutor
-            self.executors["daytona"] = DaytonaExecutor(self.settings, self.prefix)
-        except ImportError:  # pragma: no cover - only without the SDK
-            return
+            new = self.executors[plugin.name] = build_executor(plugin, self.settings, self.prefix, self._environ)
+        except Exception as exc:
+            log.error("the %s backend could not be rebuilt: %s", plugin.name, exc)
+            self.backend_problems[plugin.name] = f"could not be started: {type(exc).__name__}: {exc}"
+        else:
+            self.backend_problems.pop(plugin.name, None)
+            self._spawn(self._prepare(plugin.name, new))
         if old is not None:
             self._spawn(self._retire(old))
-        if _daytona(self.settings).configured:
-            self._spawn(self._prepare_daytona())
 
     @staticmethod
     async def _retire(executor: Executor) -> None:
@@ -264,17 +279,19 @@ class Service:
         try:
             await executor.close()
         except Exception as exc:  # reported, never fatal
-            log.warning("closing the previous Daytona client failed: %s", exc)
+            log.warning("closing the previous %s executor failed: %s", executor.name, exc)
 
-    async def _resize_pool(self, drain: bool) -> None:
-        from agent_manager.executors import daytona
-
-        executor = self.executors.get("daytona")
-        if isinstance(executor, daytona.DaytonaExecutor) and _daytona(self.settings).configured:
-            try:
-                await executor.resize_pool(drain=drain)
-            except Exception as exc:  # reported, never fatal
-                log.warning("resizing the Daytona warm pool failed: %s", exc)
+    @staticmethod
+    async def _prepare(name: str, executor: Executor) -> None:
+        """A backend's optional start-up work (e.g. sweeping what a crashed predecessor left in
+        the cloud), in the background: an unreachable service must not delay or break ours."""
+        prepare = getattr(executor, "prepare", None)
+        if prepare is None:
+            return
+        try:
+            await prepare()
+        except Exception as exc:  # reported, never fatal
+            log.warning("the %s backend's start-up work failed: %s", name, exc)
 
     async def _prune_loop(self) -> None:
         """Apply ``run_retention_days`` at start, hourly, and when the setting changes."""
@@ -307,25 +324,6 @@ class Service:
             except Exception as exc:
                 log.warning("workspace pruning failed: %s", exc)
             await asyncio.sleep(WORKSPACE_PRUNE_EVERY_S)
-
-    async def _prepare_daytona(self) -> None:
-        """Sweep what a previous start of this instance left in Daytona, then fill the warm pool.
-
-        In the background: an unreachable Daytona must not delay or break the service's start.
-        """
-        from agent_manager.executors import daytona, daytona_api
-
-        try:
-            # The SDK takes about a second to import: do it in a thread, not on the loop.
-            await asyncio.to_thread(daytona_api.load_sdk)
-            swept = await daytona.sweep(_daytona(self.settings), instance=self.prefix)
-            if swept:
-                log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
-            executor = self.executors["daytona"]
-            if _daytona(self.settings).warm_pool and isinstance(executor, daytona.DaytonaExecutor):
-                await executor.warm(network=False)
-        except Exception as exc:  # reported, never fatal
-            log.warning("Daytona start-up sweep failed: %s", exc)
 
     async def interrupt(self) -> None:
         """The first half of stopping, done before the web server waits for its connections:

@@ -33,10 +33,10 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, cast
+from typing import Annotated, Any, Self, cast
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -52,7 +52,16 @@ from agent_manager import sections as sect
 from agent_manager.errors import ConfigError
 
 log = logging.getLogger("agent_manager.settings")
-ExecutionMode = Literal["local", "sandbox", "daytona", "auto"]
+
+
+def _execution_mode(value: str) -> str:
+    """``auto`` or an installed backend (the registry decides which exist, plugins.py)."""
+    from agent_manager.plugins import check_backend
+
+    return check_backend(value, allow_auto=True)
+
+
+ExecutionMode = Annotated[str, AfterValidator(_execution_mode)]
 ENV_PREFIX = sect.ENV_PREFIX
 CONFIG_FILE = "config.toml"
 
@@ -105,6 +114,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(8 * 1_048_576, ge=1024)
     # Wrong tokens (bearer or /login) a client may send before it is answered 429 for a while.
     auth_failures_allowed: int = Field(10, ge=1, le=100_000)
+    # How long a browser login (session cookie) lasts; logout and token rotation end it sooner.
+    session_max_age_s: int = Field(30 * 24 * 3600, ge=60, le=366 * 24 * 3600)
 
     # runs
     max_concurrent_runs: int = Field(8, ge=1, le=1024)

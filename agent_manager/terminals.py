@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent_manager import plugins
 from agent_manager.errors import BadRequest, ExecutionError, NotFound, TooManyRequests
 from agent_manager.executors.base import ExecSpec, Executor
-from agent_manager.executors.pty import HostPty, clamp_size
+from agent_manager.executors.pty import clamp_size
 from agent_manager.executors.routing import Route, RouteRequest, route
-from agent_manager.runs import HOST_BACKENDS, RunManager
+from agent_manager.plugins import ISOLATED, REMOTE
+from agent_manager.runs import RunManager, on_host
 from agent_manager.settings import Settings
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import hand_over, service_owned
@@ -165,7 +167,8 @@ class TerminalManager:
             raise TooManyRequests(f"{self.settings.terminal_max} terminals are open (terminal_max); close one first")
         agent = req.agent or {}
         backend = req.backend
-        if backend is None and req.run_backend and (req.user_trusted or req.run_backend != "local"):
+        if backend is None and req.run_backend and (
+                req.user_trusted or ISOLATED in plugins.capabilities(req.run_backend)):
             backend = req.run_backend  # the run's own backend, unless that would put an untrusted user on the host
         # A terminal is a shell: a non-admin user's gets a run's rules (runs.py) — as run_as_user,
         # or isolated — never the service's own OS user, which can read the admin token.
@@ -179,7 +182,7 @@ class TerminalManager:
             host_saturated=self.runs.host_running >= self.settings.max_concurrent_runs), self.settings, self.executors)
         chosen = Route(chosen.backend, chosen.reason.replace("requested by the run", "requested for this terminal"),
                        chosen.run_as)
-        host = chosen.backend in HOST_BACKENDS
+        host = on_host(chosen.backend)
         if host:
             busy = TooManyRequests(f"all {self.settings.max_concurrent_runs} run slots of this host are busy "
                                    "(max_concurrent_runs); terminals count against them")
@@ -206,7 +209,7 @@ class TerminalManager:
                     raise BadRequest("projects are not available")
                 # Exactly what a run in this workspace gets: busy-marked (merge/discard and other
                 # runs wait), worktree ensured, git made to work on this backend.
-                spec = await self.workspaces.prepare(req.workspace_id, terminal_id, chosen.backend, spec)
+                spec = await self.workspaces.prepare(req.workspace_id, terminal_id, _access(chosen.backend), spec)
                 prepared = True
             if spec.workspace is not None:  # an agent's working_dir keeps its owners; ours are handed over
                 spec.hand_over = service_owned(spec.workspace, self.settings)
@@ -224,7 +227,8 @@ class TerminalManager:
         finally:
             self._opening -= 1
         term = Terminal(id=terminal_id, owner=req.owner, backend=chosen.backend, route_reason=chosen.reason,
-                        command=" ".join(spec.argv) if not shell or chosen.backend != "daytona" else "shell",
+                        command="shell" if shell and REMOTE in plugins.capabilities(chosen.backend)
+                        else " ".join(spec.argv),
                         cols=cols, rows=rows, pty=pty, workspace=req.workspace, scratch=req.scratch,
                         release_slot=host, actor=req.actor, workspace_id=req.workspace_id)
         if self.settings.terminal_record:
@@ -252,13 +256,13 @@ class TerminalManager:
                         labels={"terminal": terminal_id}, timeout_s=7 * 24 * 3600), not agent
 
     async def _start(self, backend: str, spec: ExecSpec, cols: int, rows: int, shell: bool) -> Pty:
-        executor = self.executors[backend]
-        if backend == "daytona":
-            from agent_manager.executors.daytona_pty import open_pty
-            return await open_pty(executor, spec, cols, rows, shell)  # type: ignore[arg-type]
-        if backend not in HOST_BACKENDS:
+        """The backend's own PTY (``open_pty``: a host PTY, a cloud PTY session); a backend
+        without one has no terminals."""
+        open_pty = getattr(self.executors[backend], "open_pty", None)
+        if open_pty is None:
             raise BadRequest(f"the {backend} backend has no terminals")
-        return await HostPty.open(executor, spec, cols, rows)
+        pty: Pty = await open_pty(spec, cols, rows, shell)
+        return pty
 
     # -- the byte pump ----------------------------------------------------------------------------
 
@@ -380,7 +384,7 @@ class TerminalManager:
         if self.workspaces is None:
             return
         try:
-            await self.workspaces.settle(workspace_id, f"Terminal session {terminal_id}", backend,
+            await self.workspaces.settle(workspace_id, f"Terminal session {terminal_id}", _access(backend),
                                          run_id=terminal_id)
         except Exception:
             log.exception("terminal %s: could not commit its workspace", terminal_id)
@@ -390,3 +394,11 @@ class TerminalManager:
             self.close_soon(term, "service stopped")
         tasks = [t.closing for t in list(self.terminals.values()) if t.closing is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _access(backend: str | None) -> Any:
+    """How ``backend`` reaches a workspace (imported when a workspace is used: git is not
+    needed by runs without one)."""
+    from agent_manager.workspaces import access_for
+
+    return access_for(backend)

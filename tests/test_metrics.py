@@ -1,5 +1,6 @@
 """/metrics, parsed with prometheus_client's own parser: totals past 10,000 runs never go back,
-between scrapes, through retention and across a restart; sandbox-create latency stays bounded."""
+between scrapes, through retention and across a restart (the runs of an upgraded database
+included); sandbox-create latency stays bounded."""
 
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ def _stamp(moment: datetime) -> str:
 
 
 def _store_finished_runs(settings: Settings) -> tuple[dict[tuple[str, str], int], list[int]]:
-    """Insert STORED finished runs; returns (runs by (backend, status), the durations in ms)."""
+    """A database from before the run totals (migration 0011) holding STORED finished runs, as
+    an upgraded install has them; returns (runs by (backend, status), the durations in ms)."""
     db = Database(settings.db_path)
     db.migrate()
+    with db.transaction() as conn:
+        conn.execute("DROP TABLE run_totals")
+        conn.execute("DROP TABLE sessions")
+        conn.execute("DELETE FROM schema_version WHERE version = 11")
     counts: dict[tuple[str, str], int] = {}
     durations: list[int] = []
     start = datetime.now(UTC) - timedelta(days=400)
@@ -46,6 +52,7 @@ def _store_finished_runs(settings: Settings) -> tuple[dict[tuple[str, str], int]
     with db.transaction() as conn:
         conn.executemany("INSERT INTO runs (id, agent_id, agent_name, prompt, status, backend, created_at,"
                          " started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    assert db.migrate() == [11]  # the service's start would do the same
     db.close()
     return counts, durations
 
@@ -102,17 +109,23 @@ async def test_totals_past_10000_runs_never_go_back(settings: Settings) -> None:
 
 
 async def test_interrupted_runs_count_once_across_restart(settings: Settings) -> None:
-    """A run the previous process left running is counted as interrupted at the next start."""
-    async with running_service(settings) as svc, in_process_client(settings, svc) as client:
-        await client.post("/api/agents", json={"name": "e", "command": "echo"})
-        run = await wait_run(client, (await client.post("/api/runs", json={"agent": "e", "prompt": "x"})).json()["id"])
+    """A run a crashed process left running is counted as interrupted at the next start, once."""
     db = Database(settings.db_path)
-    db.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?", (run["id"],))
+    db.migrate()
+    began = datetime.now(UTC) - timedelta(minutes=5)
+    db.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, backend, created_at, started_at)"
+               " VALUES ('run_crashed', 'agent_x', 'x', 'p', 'running', 'local', ?, ?)", (_stamp(began), _stamp(began)))
+    db.execute("INSERT INTO run_events (run_id, seq, type, data, created_at)"
+               " VALUES ('run_crashed', 1, 'output', '{}', ?)", (_stamp(began + timedelta(seconds=42)),))
     db.close()
-    async with running_service(settings) as svc, in_process_client(settings, svc) as client:
-        metrics = parse_metrics((await client.get("/metrics")).text)
-        assert metrics[("agent_manager_runs_total", (("backend", "local"), ("status", "interrupted")))] == 1
-        assert ("agent_manager_runs_total", (("backend", "local"), ("status", "succeeded"))) not in metrics
+    interrupted = ("agent_manager_runs_total", (("backend", "local"), ("status", "interrupted")))
+    for _ in range(2):
+        async with running_service(settings) as svc, in_process_client(settings, svc) as client:
+            metrics = parse_metrics((await client.get("/metrics")).text)
+            assert metrics[interrupted] == 1
+            assert metrics[("agent_manager_run_duration_seconds_sum", ())] == 42  # until it was last heard of
+            assert metrics[("agent_manager_run_duration_seconds_bucket", (("le", "30"),))] == 0
+            assert metrics[("agent_manager_run_duration_seconds_bucket", (("le", "60"),))] == 1
 
 
 async def test_create_latency_memory_is_bounded(settings: Settings) -> None:

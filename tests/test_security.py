@@ -274,7 +274,9 @@ async def test_bearer_requests_are_csrf_safe(app: FastAPI, anon: httpx.AsyncClie
 async def test_websocket_upgrade_checks_origin(app: FastAPI) -> None:
     """No WebSocket route exists today; the middleware still refuses cross-site upgrades."""
     token = app.state.token
-    cookie = auth.session_value(token)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as browser:
+        cookie = (await browser.get(f"/login?token={token}")).cookies[auth.COOKIE]
     for headers in ([(b"cookie", f"{auth.COOKIE}={cookie}".encode()), (b"origin", EVIL.encode())],
                     [(b"cookie", f"{auth.COOKIE}={cookie}".encode())],
                     [(b"origin", EVIL.encode())]):

@@ -179,7 +179,7 @@ async def test_forged_user_cookie_is_refused(clients: Clients, app: FastAPI) -> 
     dave = await _user(admin, "dave")
     anon = clients.make()
     for value in (dave["token"], f"{dave['id']}.{'0' * 64}", f"{dave['id']}.", dave["id"],
-                  auth.user_session_value("not-the-secret", dave["id"], "0" * 64)):
+                  "0" * 43, auth.COOKIE):
         r = await anon.get("/api/users/me", headers={"Cookie": f"{auth.COOKIE}={value}"})
         assert r.status_code == 401, value
 

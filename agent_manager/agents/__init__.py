@@ -1,33 +1,28 @@
-"""Agent kinds: one module per CLI. ``KINDS`` maps the kind name stored on an agent to it."""
+"""Agent kinds: one module per CLI. Which kinds exist is the registry's business (plugins.py):
+the built-in ones register through the ``agent_manager.kinds`` entry point like any plugin."""
 
 from __future__ import annotations
 
-from agent_manager.errors import ValidationFailed
+from agent_manager.plugins import DEFAULT_KIND
 
-from .aider import AiderKind
 from .base import AgentKind, Invocation, OutputParser, ParsedEvent, PlainTextParser
-from .claude import ClaudeKind
-from .codex import CodexKind
-from .gemini import GeminiKind
-from .generic import GenericKind
-from .llm import LlmKind
-from .ollama import OllamaKind
-from .opencode import OpencodeKind
 
-KINDS: dict[str, AgentKind] = {
-    k.name: k
-    for k in (GeminiKind(), ClaudeKind(), CodexKind(), OllamaKind(), AiderKind(), OpencodeKind(),
-              LlmKind(), GenericKind())
-}
+
+def __getattr__(name: str) -> object:
+    """``KINDS``: the installed kinds by name (the registry's, read when asked)."""
+    if name == "KINDS":
+        from agent_manager.plugins import kinds
+
+        return kinds()
+    raise AttributeError(name)
 
 
 def get_kind(name: str) -> AgentKind:
     """The kind called ``name``; an unknown name is a validation error (422), not a crash."""
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise ValidationFailed(
-            f"unknown agent kind {name!r}; expected one of: {', '.join(KINDS)}") from None
+    from agent_manager.plugins import get_kind as registered
+
+    return registered(name)
 
 
-__all__ = ["KINDS", "AgentKind", "Invocation", "OutputParser", "ParsedEvent", "PlainTextParser", "get_kind"]
+__all__ = ["DEFAULT_KIND", "KINDS", "AgentKind", "Invocation", "OutputParser", "ParsedEvent", "PlainTextParser",
+           "get_kind"]

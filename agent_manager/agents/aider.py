@@ -166,6 +166,8 @@ class AiderParser(OutputParser):
 
 class AiderKind(AgentKind):
     name = "aider"
+    title = "aider"
+    description = "AI pair programming in the terminal (aider.chat)"
     default_command = "aider"
     install_hint = "python -m pip install aider-install && aider-install"
     supports_resume = False  # aider keeps chat history per directory, not per session id

@@ -156,7 +156,9 @@ class PlainTextParser(OutputParser):
 class AgentKind:
     """Base for one CLI kind. Subclasses set the class attributes and ``build``."""
 
-    name: str = "generic"
+    name: str = ""
+    title: str = ""  # shown in the UI's choices
+    description: str = ""
     default_command: str = ""
     install_hint: str = ""
     supports_resume: bool = False

@@ -137,6 +137,8 @@ class ClaudeParser(JsonLinesParser):
 
 class ClaudeKind(AgentKind):
     name = "claude"
+    title = "Claude Code"
+    description = "Anthropic's Claude Code CLI, stream-json output, resumable sessions"
     default_command = "claude"
     install_hint = "npm install -g @anthropic-ai/claude-code"
     supports_resume = True  # ``--resume <session_id>`` from the init/result events

@@ -158,6 +158,8 @@ class CodexParser(JsonLinesParser):
 
 class CodexKind(AgentKind):
     name = "codex"
+    title = "Codex CLI"
+    description = "OpenAI's Codex CLI (codex exec --json), resumable sessions"
     default_command = "codex"
     install_hint = "npm install -g @openai/codex"
     supports_resume = True  # ``codex exec resume <thread_id>``

@@ -146,6 +146,8 @@ class GeminiParser(JsonLinesParser):
 
 class GeminiKind(AgentKind):
     name = "gemini"
+    title = "Gemini CLI"
+    description = "Google's Gemini CLI, stream-json output, resumable sessions"
     default_command = "gemini"
     install_hint = "npm install -g @google/gemini-cli"
     supports_resume = True  # ``--resume <session id>`` (session id from the ``init`` event)

@@ -16,6 +16,8 @@ from .base import PROMPT_FILE_TOKEN, PROMPT_TOKEN, AgentKind, Gateway, Invocatio
 
 class GenericKind(AgentKind):
     name = "generic"
+    title = "any program"
+    description = "Any executable that takes a prompt; its output is read as plain text"
     default_command = ""
     install_hint = "any executable on PATH; give its name as `command`"
     supports_resume = False

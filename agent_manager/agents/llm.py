@@ -16,6 +16,8 @@ from .base import AgentKind, Gateway, Invocation, safe_value
 
 class LlmKind(AgentKind):
     name = "llm"
+    title = "llm"
+    description = "Simon Willison's llm CLI, plain-text output"
     default_command = "llm"
     install_hint = "pipx install llm"
     supports_resume = False  # `--cid` exists, but the plain output never reports the id

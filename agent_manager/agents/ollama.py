@@ -19,6 +19,8 @@ from .base import AgentKind, Gateway, Invocation, safe_value
 
 class OllamaKind(AgentKind):
     name = "ollama"
+    title = "Ollama"
+    description = "ollama run with a local model, plain-text output"
     default_command = "ollama"
     install_hint = "curl -fsSL https://ollama.com/install.sh | sh"
     supports_resume = False  # each `ollama run` is a fresh conversation

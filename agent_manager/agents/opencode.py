@@ -76,6 +76,8 @@ class OpencodeParser(JsonLinesParser):
 
 class OpencodeKind(AgentKind):
     name = "opencode"
+    title = "opencode"
+    description = "The opencode CLI (opencode run --format json)"
     default_command = "opencode"
     install_hint = "npm install -g opencode-ai"
     supports_resume = True  # ``--session <sessionID>``

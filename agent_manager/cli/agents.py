@@ -11,8 +11,10 @@ from typing import Any
 
 import click
 
-from agent_manager.agents import KINDS
-from agent_manager.cli.client import Client
+from agent_manager import plugins
+from agent_manager.agents import DEFAULT_KIND
+from agent_manager.cli.choices import backend_choice, kind_choice
+from agent_manager.cli.client import Client, print_list
 
 
 def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
@@ -34,26 +36,23 @@ def agents() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def list_agents(obj: dict[str, Any], as_json: bool) -> None:
-    items = Client(obj).request("GET", "/api/agents")
-    if as_json:
-        click.echo(json.dumps(items, indent=2))
-        return
-    if not items:
-        click.echo("No agents yet. Try `agent-manager agents detect`.")
-    for a in items:
+    def line(a: dict[str, Any]) -> str:
         state = "available" if a["available"] else f"missing ({a['install_hint']})"
-        click.echo(f"{a['name']:<20} {a['kind']:<9} {a['command']:<24} {a['backend'] or 'auto':<8} {state}")
+        return f"{a['name']:<20} {a['kind']:<9} {a['command']:<24} {a['backend'] or 'auto':<8} {state}"
+
+    print_list(Client(obj).request("GET", "/api/agents"), as_json, "No agents yet. Try `agent-manager agents detect`.",
+               line)
 
 
 @agents.command("add")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(sorted(KINDS)), default="generic", show_default=True)
+@click.option("--kind", type=kind_choice(), default=DEFAULT_KIND, show_default=True)
 @click.option("--command", "command", default=None, help="Executable (default: the kind's CLI).")
 @click.option("--arg", "args", multiple=True, help="Extra argument (repeatable); '{prompt}' marks the prompt.")
 @click.option("--env", "env", multiple=True, help="NAME=value (repeatable).")
 @click.option("--model", default=None)
 @click.option("--working-dir", default=None)
-@click.option("--backend", type=click.Choice(["local", "sandbox", "daytona"]), default=None)
+@click.option("--backend", type=backend_choice(allow_auto=False), default=None)
 @click.option("--untrusted", is_flag=True, help="Treat this agent's runs as untrusted (isolated backend).")
 @click.option("--timeout", "timeout_s", type=float, default=600, show_default=True)
 @click.option("--api-base", default=None, help="Your model gateway's base URL for this CLI (see docs/agents.md).")
@@ -125,7 +124,7 @@ def detect(obj: dict[str, Any]) -> None:
     existing = {a["name"] for a in client.request("GET", "/api/agents")}
     dirs = search_dirs()
     found = 0
-    for name, kind in sorted(KINDS.items()):
+    for name, kind in sorted(plugins.kinds().items()):
         hit = find_cli(kind.default_command, dirs) if kind.default_command else None
         if hit is None:
             continue
@@ -141,6 +140,6 @@ def detect(obj: dict[str, Any]) -> None:
         click.echo(f"{name}: registered ({path})")
     if not found:
         click.echo("No known agent CLI found on PATH, in npm's global bin or in ~/.local/bin. Install one:")
-        for k, v in sorted(KINDS.items()):
+        for k, v in sorted(plugins.kinds().items()):
             if v.default_command:
                 click.echo(f"  {k}: {v.install_hint}")

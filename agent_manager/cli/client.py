@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from agent_manager.errors import AgentManagerError
 from agent_manager.instance import read_endpoint
 from agent_manager.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # imported when a client is made: `serve` (every command module is imported) never needs it
+    import httpx
 
 
 def service_url(settings: Settings, given: str | None) -> str:
@@ -22,6 +26,8 @@ def service_url(settings: Settings, given: str | None) -> str:
 
 class Client:
     def __init__(self, ctx_obj: dict[str, Any]) -> None:
+        import httpx
+
         try:
             settings = load_settings({"home": ctx_obj.get("home")})
         except AgentManagerError as exc:
@@ -39,6 +45,8 @@ class Client:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30, read=None))
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
@@ -70,3 +78,15 @@ class Client:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+
+def print_list(items: list[dict[str, Any]], as_json: bool, empty: str, line: Callable[[dict[str, Any]], str]) -> None:
+    """A list command's output: the JSON as the API gave it (``--json``, for scripts), else one
+    line per item, or ``empty`` when there is none."""
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo(empty)
+    for item in items:
+        click.echo(line(item))

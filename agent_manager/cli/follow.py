@@ -15,12 +15,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import httpx
 
 from agent_manager.cli.client import Client
+
+if TYPE_CHECKING:  # imported where a stream is followed (see client.py)
+    import httpx
 
 RECONNECT_S = 5.0
 
@@ -46,6 +48,8 @@ def follow(client: Client, path: str, what: str, final: str,
     """Hand every event of the stream at ``path`` to ``on_event`` until the ``final`` event,
     whose data is returned. A dropped stream is resumed after the last event handed on; a
     service unreachable for ``RECONNECT_S`` ends the command with one line naming ``what``."""
+    import httpx
+
     last = 0
     lost_since: float | None = None
     while True:

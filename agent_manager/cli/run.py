@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from agent_manager.agents import get_kind
+from agent_manager import plugins
 from agent_manager.agents.base import PlainTextParser
+from agent_manager.cli.choices import backend_choice
 from agent_manager.cli.client import Client
 from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals
 from agent_manager.cli.follow import follow as follow_events
@@ -46,7 +47,7 @@ def _positive_seconds(_ctx: click.Context, param: click.Parameter, value: float 
 @click.command()
 @click.argument("agent")
 @click.argument("prompt")
-@click.option("--backend", type=click.Choice(["local", "sandbox", "daytona", "auto"]), default=None)
+@click.option("--backend", type=backend_choice(), default=None)
 @click.option("--conversation", "conversation_id", default=None, help="Continue this conversation.")
 @click.option("--timeout", "timeout_s", type=float, default=None, callback=_positive_seconds,
               help="Seconds before the run is killed.")
@@ -64,7 +65,8 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
     """
     client = Client(obj)
     info = client.request("GET", f"/api/agents/{agent}")
-    structured = not isinstance(get_kind(info["kind"]).parser(), PlainTextParser)
+    kind = plugins.kinds().get(info["kind"])  # the server may have a plugin this CLI lacks: show raw output
+    structured = kind is not None and not isinstance(kind.parser(), PlainTextParser)
     body = {"agent": agent, "prompt": prompt, "backend": backend, "conversation_id": conversation_id,
             "timeout_s": timeout_s, "project": project, "base": base}
     started: dict[str, Any] = {}

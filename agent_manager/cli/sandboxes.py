@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from agent_manager.cli.client import Client
+from agent_manager.cli.client import Client, print_list
 
 
 @click.group("sandboxes")
@@ -19,16 +18,12 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def list_sandboxes(obj: dict[str, Any], as_json: bool) -> None:
-    items = Client(obj).request("GET", "/api/sandboxes")
-    if as_json:
-        click.echo(json.dumps(items, indent=2))
-        return
-    if not items:
-        click.echo("No sandboxes.")
-    for item in items:
-        use = "in use" if item.get("in_use") or item["backend"] == "sandbox" else "idle"
-        click.echo(f"{item['backend']:<8} {item['id']:<38} {item.get('state', ''):<10} {use:<7} "
-                   f"run={item.get('run') or '-'}")
+    def line(item: dict[str, Any]) -> str:
+        use = "in use" if item.get("in_use") else "idle"
+        return (f"{item['backend']:<8} {item['id']:<38} {item.get('state', ''):<10} {use:<7} "
+                f"run={item.get('run') or '-'}")
+
+    print_list(Client(obj).request("GET", "/api/sandboxes"), as_json, "No sandboxes.", line)
 
 
 @command.command("gc")

@@ -116,13 +116,42 @@ class _Server(uvicorn.Server):
 
 
 @click.command()
+@click.option("--rotate", is_flag=True, default=False,
+              help="Replace the admin token: the old one and every admin browser session stop working.")
 @click.pass_obj
-def token(obj: dict[str, Any]) -> None:
+def token(obj: dict[str, Any], rotate: bool) -> None:
     """Print the admin token (from the 0600 file in the data directory)."""
     settings = load_settings({"home": obj.get("home")})
     if not settings.token_path.exists():
         raise click.ClickException("no token yet: start the service once with `agent-manager serve`")
+    if rotate:
+        click.echo(_rotate(obj, settings))
+        return
     click.echo(settings.token_path.read_text().strip())
+
+
+def _rotate(obj: dict[str, Any], settings: Any) -> str:
+    """Through the running service when there is one (it switches at once and ends the admin
+    sessions); else in the file, and the next start refuses the old token's sessions."""
+    import secrets
+
+    from agent_manager.instance import DataDirLock, read_endpoint
+
+    if read_endpoint(settings.home) is not None:
+        from agent_manager.cli.client import Client
+
+        answer = Client(obj).request("POST", "/api/token/rotate")
+        return str(answer["token"])
+    try:
+        lock = DataDirLock.acquire(settings.home)  # no service may start while the file changes
+    except AgentManagerError as exc:
+        raise click.ClickException(exc.message) from exc
+    try:
+        new = secrets.token_urlsafe(32)
+        save_token(settings.token_path, new)
+    finally:
+        lock.release()
+    return new
 
 
 @click.command()

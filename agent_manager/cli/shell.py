@@ -23,6 +23,7 @@ from typing import Any
 import click
 import wsproto.events
 
+from agent_manager.cli.choices import backend_choice
 from agent_manager.cli.client import Client
 
 DETACH = b"\x1d"  # Ctrl-]
@@ -37,7 +38,7 @@ def _size() -> list[int]:
 @click.argument("agent", required=False)
 @click.option("--run", "run_id", default=None, help="Open the shell in this run's workspace (and backend).")
 @click.option("--project", default=None, help="Open the shell in this project's checkout.")
-@click.option("--backend", type=click.Choice(["local", "sandbox", "daytona", "auto"]), default=None)
+@click.option("--backend", type=backend_choice(), default=None)
 @click.option("--attach", "attach_id", default=None, metavar="TERMINAL_ID", help="Reattach to an open terminal.")
 @click.pass_obj
 def command(obj: dict[str, Any], agent: str | None, run_id: str | None, project: str | None, backend: str | None,

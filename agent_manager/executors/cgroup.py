@@ -26,13 +26,42 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 CGROUP_NAME_PREFIX = "agent-manager-"
 
 
+# Where the cgroup hierarchies are mounted and where this process sits in them: read once per
+# ``HOST_VIEW_TTL_S`` instead of at every run's start (parsing /proc/self/mounts and
+# /proc/self/cgroup was a seventh of a run's spawn time), and still noticing a later change.
+HOST_VIEW_TTL_S = 10.0
+_cached: dict[str, tuple[float, Any]] = {}
+
+
+def _fresh(name: str, read: Callable[[], T]) -> T:
+    now = time.monotonic()
+    hit = _cached.get(name)
+    if hit is not None and now - hit[0] < HOST_VIEW_TTL_S:
+        return cast(T, hit[1])
+    value = read()
+    _cached[name] = (now, value)
+    return value
+
+
 def _mounts() -> tuple[dict[str, Path], Path | None]:
+    return _fresh("mounts", _read_mounts)
+
+
+def _own_paths() -> tuple[dict[str, str], str | None]:
+    return _fresh("own", _read_own_paths)
+
+
+def _read_mounts() -> tuple[dict[str, Path], Path | None]:
     """v1 controller → mount point, and the cgroup2 mount point (if any)."""
     v1: dict[str, Path] = {}
     v2: Path | None = None
@@ -54,7 +83,7 @@ def _mounts() -> tuple[dict[str, Path], Path | None]:
     return v1, v2
 
 
-def _own_paths() -> tuple[dict[str, str], str | None]:
+def _read_own_paths() -> tuple[dict[str, str], str | None]:
     """This process's cgroup path per v1 controller, and its v2 path."""
     v1: dict[str, str] = {}
     v2: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import math
 import time
@@ -49,11 +50,20 @@ from agent_manager.plugins import ISOLATED, REMOTE, BackendContext, BackendPlugi
 from agent_manager.settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from daytona import AsyncDaytona, AsyncSandbox
     from prometheus_client import Histogram
 
+    from agent_manager.executors.daytona_pty import DaytonaPty
+
 log = logging.getLogger("agent_manager.executors.daytona")
-__all__ = ["DaytonaExecutor", "DaytonaExecution", "build_command", "env_payload", "list_sandboxes", "sweep"]
+__all__ = ["DaytonaExecutor", "DaytonaExecution", "build_command", "env_payload", "list_sandboxes", "sweep", "PLUGIN"]
+# Fields of [daytona] the client (or the create limit) is built from: a change means a new executor.
+CLIENT_FIELDS = frozenset({"api_key", "api_url", "target", "max_concurrent_creates"})
+POOL_FIELDS = frozenset({"warm_pool", "image", "snapshot"})
+NOT_CONFIGURED = ("Daytona is not configured: set daytona.api_key (or DAYTONA_API_KEY) and, if not the default, "
+                  "daytona.api_url")
 
 
 class DaytonaExecutor:
@@ -87,6 +97,15 @@ class DaytonaExecutor:
         self._closed = False
         self._available_until = 0.0
         self._checking: asyncio.Task[Availability] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Unique labels given out before the start-up sweep finished: that sweep spares them.
+        self._issued: set[str] | None = set()
+
+    def issue_label(self) -> str:
+        label = uuid.uuid4().hex
+        if self._issued is not None:
+            self._issued.add(label)
+        return label
 
     async def call(self, what: str, call: Callable[[], Awaitable[T]], timeout: float = REQUEST_TIMEOUT_S,
                    idempotent: bool = True) -> T:
@@ -219,7 +238,7 @@ class DaytonaExecutor:
     async def _refill(self, profile: Profile) -> None:
         pool = self._pool.setdefault(profile, [])
         need = self.section.warm_pool - len(pool)
-        labels = [{LABEL: self.instance_id, POOL_LABEL: uuid.uuid4().hex} for _ in range(need)]
+        labels = [{LABEL: self.instance_id, POOL_LABEL: self.issue_label()} for _ in range(need)]
         results = await asyncio.gather(*(self._create(profile, lb) for lb in labels), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -267,7 +286,7 @@ class DaytonaExecutor:
     async def start(self, spec: ExecSpec) -> DaytonaExecution:
         if not spec.argv:
             raise ExecutionError("nothing to run: empty argv")
-        run_id = uuid.uuid4().hex
+        run_id = self.issue_label()
         sandbox, pooled = await self.sandbox_for(spec, run_id)
         execution = DaytonaExecution(self, sandbox, spec, run_id)
         execution.info["pool"] = "hit" if pooled else "miss"
@@ -278,6 +297,63 @@ class DaytonaExecutor:
             await asyncio.shield(execution.release())
             raise
         return execution
+
+    # -- what the service, terminals and /api/sandboxes ask of a backend (docs/plugins.md) --------
+
+    @staticmethod
+    def workspace_path(workspace: Path, name: str) -> str:
+        """The workspace is uploaded to the directory the command starts in."""
+        return f"./{name}"
+
+    async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool) -> DaytonaPty:
+        from agent_manager.executors.daytona_pty import open_pty
+
+        return await open_pty(self, spec, cols, rows, shell)
+
+    async def prepare(self) -> None:
+        """At start (in the background: an unreachable Daytona must not delay the service):
+        sweep what a previous start of this instance left, then fill the warm pool."""
+        if not self.section.configured:
+            self._issued = None
+            return
+        await asyncio.to_thread(load_sdk)  # about a second to import: not on the loop
+        try:  # runs may start meanwhile: their sandboxes are this executor's, not leftovers
+            swept = await sweep(self.section, keep=self.keep_ids(), instance=self.instance_id,
+                                spare=frozenset(self._issued or ()))
+        finally:
+            self._issued = None
+        if swept:
+            log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
+        if self.section.warm_pool:
+            await self.warm(network=False)
+
+    async def settings_changed(self, changed: set[str]) -> None:
+        """``changed``: fields of [daytona]. A new pool size follows at once; a new image or
+        snapshot drains the pool first."""
+        if changed & POOL_FIELDS and self.section.configured and not self._closed:
+            task = asyncio.create_task(self._resize_logged(drain=bool(changed & {"image", "snapshot"})))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _resize_logged(self, drain: bool) -> None:
+        try:
+            await self.resize_pool(drain=drain)
+        except Exception as exc:  # reported, never fatal
+            log.warning("resizing the Daytona warm pool failed: %s", exc)
+
+    async def list_sandboxes(self) -> list[dict[str, Any]]:
+        """Every sandbox labelled by Agent Manager (any instance), for /api/sandboxes."""
+        if not self.section.configured:
+            return []
+        keep = self.keep_ids()
+        return [{**item, "in_use": item["id"] in keep, "this_instance": item["instance"] == self.instance_id}
+                for item in await list_sandboxes(self.section)]
+
+    async def sweep_sandboxes(self, all_instances: bool = False) -> int:
+        """Delete labelled sandboxes no live run or warm pool of this service uses."""
+        if not self.section.configured:
+            raise ExecutorUnavailable(NOT_CONFIGURED)
+        return await sweep(self.section, keep=self.keep_ids(), instance=None if all_instances else self.instance_id)
 
     @property
     def live(self) -> int:
@@ -290,6 +366,9 @@ class DaytonaExecutor:
     async def close(self) -> None:
         """Stop refills, cancel running executions, delete pooled sandboxes, close the client."""
         self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for task in self._refills.values():
             task.cancel()
         await asyncio.gather(*self._refills.values(), return_exceptions=True)
@@ -323,6 +402,12 @@ class DaytonaExecutor:
         await self.warm(network=False)
 
 
+def _setup_problem(settings: Settings) -> str | None:
+    if importlib.util.find_spec("daytona") is None:
+        return "the Daytona SDK is not installed: pip install 'agent-manager[daytona]'"
+    return None if daytona_section(settings).configured else NOT_CONFIGURED
+
+
 def _build(ctx: BackendContext) -> DaytonaExecutor:
     section = ctx.section if isinstance(ctx.section, DaytonaSettings) else None
     return DaytonaExecutor(ctx.settings, ctx.prefix, section=section)
@@ -332,4 +417,4 @@ PLUGIN = BackendPlugin(
     name="daytona", title="daytona (cloud)", capabilities=frozenset({ISOLATED, REMOTE}), factory=_build,
     description="A Daytona cloud sandbox per run (official SDK, optional extra agent-manager[daytona]); "
                 "the workspace travels as a git bundle and comes back as commits.",
-    settings_model=DaytonaSettings)
+    settings_model=DaytonaSettings, setup_problem=_setup_problem, rebuild_on=CLIENT_FIELDS)

@@ -248,13 +248,16 @@ async def list_sandboxes(config: DaytonaSettings) -> list[dict[str, Any]]:
 
 
 async def sweep(config: DaytonaSettings, keep: frozenset[str] | set[str] = frozenset(),
-                instance: str | None = None) -> int:
-    """Delete leftover ``agent-manager`` sandboxes not in ``keep`` (only ``instance``'s if given);
-    unlabelled sandboxes are never touched. Returns how many were deleted."""
+                instance: str | None = None, spare: frozenset[str] = frozenset()) -> int:
+    """Delete leftover ``agent-manager`` sandboxes not in ``keep`` (only ``instance``'s if given),
+    sparing those whose run or pool label is in ``spare``; unlabelled sandboxes are never
+    touched. Returns how many were deleted."""
     deleted = 0
     async with make_client(config) as client:
         for sb in await list_labelled(client, {}):
             if LABEL not in sb.labels or sb.id in keep or instance not in (None, sb.labels[LABEL]):
+                continue
+            if spare and (sb.labels.get(RUN_LABEL) in spare or sb.labels.get(POOL_LABEL) in spare):
                 continue
             try:
                 await delete_sandbox(sb)

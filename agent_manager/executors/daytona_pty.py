@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import shlex
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +50,8 @@ class TerminalOwner(SandboxOwner, Protocol):
     its own, and the set of terminal sandboxes (never swept while open)."""
 
     terminal_ids: set[str]
+
+    def issue_label(self) -> str: ...
 
     async def sandbox_for(self, spec: ExecSpec, unique: str) -> tuple[AsyncSandbox, bool]: ...
 
@@ -182,7 +183,7 @@ class DaytonaPty:
 async def open_pty(executor: TerminalOwner, spec: ExecSpec, cols: int, rows: int, shell: bool) -> DaytonaPty:
     """A sandbox with the workspace uploaded and a PTY session in it. ``shell``: ``spec.argv``
     is just "a shell" (the daemon's own); otherwise it is exec'ed in the session's shell."""
-    unique = uuid.uuid4().hex
+    unique = executor.issue_label()
     sandbox, _ = await executor.sandbox_for(spec, unique)
     pty = DaytonaPty(executor, sandbox, f"agent-manager-{unique}")
     executor.terminal_ids.add(sandbox.id)

@@ -11,6 +11,7 @@ staging mounts) still run as root and the program itself never does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import pwd
@@ -141,6 +142,8 @@ def write_files(workspace: Path, files: dict[str, bytes], user: HostUser | None)
             finally:
                 os.close(fd)
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EISDIR):  # symlink, FIFO, dir
+                raise ExecutionError(f"input file path {rel!r} is taken by something other than a plain file") from exc
             raise ExecutionError(f"cannot write input file {rel!r} into the workspace: {exc.strerror}") from exc
         finally:
             os.close(dirfd)

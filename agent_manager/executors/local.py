@@ -17,12 +17,14 @@ import contextlib
 import os
 import shutil
 import signal
+from pathlib import Path
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, prepare_workspace
 from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
+from agent_manager.executors.pty import HostPty
 from agent_manager.plugins import HOST, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
 
@@ -49,6 +51,15 @@ class LocalExecutor:
     def has_command(self, command: str) -> bool:
         return shutil.which(command, path=self.environ.get("PATH")) is not None
 
+    @staticmethod
+    def workspace_path(workspace: Path, name: str) -> str:
+        """Where the agent sees the workspace file ``name``: right where it is on this host."""
+        return str(workspace.resolve() / name)
+
+    async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool) -> HostPty:
+        """An interactive terminal (terminals.py): ``spec`` started with a PTY as its terminal."""
+        return await HostPty.open(self, spec, cols, rows)
+
     async def start(self, spec: ExecSpec) -> ProcessExecution:
         user = HostUser.resolve(spec.run_as) if spec.run_as else None
         env = {**self.environ, **spec.env}
@@ -56,7 +67,9 @@ class LocalExecutor:
             env.update(USER=user.name, LOGNAME=user.name,
                        HOME=user.home if os.path.isdir(user.home) else str(spec.workspace or "/"))
         cwd = spec.cwd or (str(spec.workspace) if spec.workspace else None)
-        if spec.workspace:
+        if spec.workspace and not spec.files and user is None:
+            spec.workspace.mkdir(parents=True, exist_ok=True)  # all there is to do: no thread hop (a DAG hop's cost)
+        elif spec.workspace:
             await asyncio.to_thread(prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
         argv = list(spec.argv)
         resolved = shutil.which(argv[0], path=env.get("PATH"))

@@ -54,6 +54,7 @@ from agent_manager.executors.process import (
     new_tag,
     signal_tagged,
 )
+from agent_manager.executors.pty import HostPty
 from agent_manager.executors.sandbox_profile import (
     STAGE_SCRIPT,
     Program,
@@ -250,6 +251,19 @@ class SandboxExecutor:
     def forget_probe(self) -> None:
         """A setting the probe ran with changed (limits, uid, user): probe again when next asked."""
         self._availability = None
+
+    async def settings_changed(self, changed: set[str]) -> None:
+        """``changed``: fields of [sandbox]; the cached verdict was reached with the old limits."""
+        if changed:
+            self.forget_probe()
+
+    @staticmethod
+    def workspace_path(workspace: Path, name: str) -> str:
+        """The workspace is mounted at /workspace inside the sandbox."""
+        return f"/workspace/{name}"
+
+    async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool) -> HostPty:
+        return await HostPty.open(self, spec, cols, rows)
 
     async def _probe(self) -> Availability:
         if self.bwrap is None:

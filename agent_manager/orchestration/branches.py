@@ -47,7 +47,7 @@ class StepBranches:
         if not target.is_relative_to(root) or target == root or ".git" in Path(rel).parts:
             raise OSError(f"path {rel!r} escapes the workspace")
         write_beneath(root, str(target.relative_to(root)), content.encode())  # never through a symlink
-        await self.workspaces.settle(ws["id"], f"Write {rel}", "local")
+        await self.workspaces.settle(ws["id"], f"Write {rel}", "direct")  # written by the service itself
 
     async def result(self, orch_id: str, plan: Plan, status: dict[str, str]) -> dict[str, Any]:
         """Merge the succeeded steps that no succeeded step built on into the result branch."""

@@ -25,6 +25,7 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
+from agent_manager.agents import DEFAULT_KIND
 from agent_manager.errors import AgentManagerError, Conflict, NotFound
 from agent_manager.events import EventLog
 from agent_manager.orchestration.branches import StepBranches
@@ -369,7 +370,7 @@ class OrchestrationEngine:
             argv = [render(arg, live.outputs) for arg in step.argv or []]
             # Routed like any agent step (the user's trust and admin-ness decide where it runs);
             # network only when the step asks for it, as agents only get it when configured.
-            shell: dict[str, Any] = {"id": "shell", "name": "shell", "kind": "generic", "command": argv[0],
+            shell: dict[str, Any] = {"id": "shell", "name": "shell", "kind": DEFAULT_KIND, "command": argv[0],
                                      "args": argv[1:],
                                      "env": {}, "working_dir": None, "model": None, "backend": None,
                                      "trusted": True, "timeout_s": self.settings.default_timeout_s,

@@ -20,7 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent_manager import plugins
 from agent_manager.errors import ValidationFailed
+from agent_manager.models import RequestedBackend
 
 ACTIONS = ("agent", "write_file", "shell")
 ID_PATTERN = r"^[a-z0-9_-]+$"
@@ -52,8 +54,9 @@ class Step(BaseModel):
     retry_delay_s: float = Field(1.0, ge=0, le=3600,
                                  description="first back-off delay; doubles on every further retry")
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="per attempt")
-    backend: Literal["local", "sandbox", "daytona", "auto"] | None = Field(
-        None, description="where this step's run goes; null follows the agent / routing policy")
+    backend: RequestedBackend | None = Field(
+        None, description="where this step's run goes (an installed backend, or auto); null follows the agent / "
+                          "routing policy")
     network: bool | None = Field(None, description="shell steps: let the command use the network "
                                  "(default: no network where the backend can cut it; agent steps follow their agent)")
 
@@ -126,6 +129,9 @@ class PlanInvalid(ValidationFailed):
 def schema() -> dict[str, Any]:
     """The published JSON Schema of a plan (GET /api/plans/schema)."""
     data = Plan.model_json_schema()
+    # The installed backends, from the registry (a plugin installed with pip is valid here too).
+    backend = data["$defs"]["Step"]["properties"]["backend"]
+    backend["anyOf"] = [{"type": "string", "enum": plugins.backend_choices(allow_auto=True)}, {"type": "null"}]
     data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     data["title"] = "Agent Manager plan"
     return data

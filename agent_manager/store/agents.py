@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import Conflict, NotFound
-from agent_manager.store.database import Database, dumps, new_id, now
+from agent_manager.store.database import Database, dumps, new_id, now, update_named
 
 JSON_FIELDS = ("args", "env")
 BOOL_FIELDS = ("trusted", "network")
@@ -89,13 +89,8 @@ def update(db: Database, ref: str, changes: dict[str, Any]) -> dict[str, Any]:
     agent = get(db, ref)
     if not changes:
         return agent
-    encoded = _encode({**_fold_gateway(changes, agent), "updated_at": now()})
-    assignments = ", ".join(f"{k} = ?" for k in encoded)
-    try:
-        with db.transaction() as conn:
-            conn.execute(f"UPDATE agents SET {assignments} WHERE id = ?", (*encoded.values(), agent["id"]))
-    except sqlite3.IntegrityError as exc:
-        raise Conflict(f"an agent named {changes.get('name')!r} already exists", {"field": "name"}) from exc
+    update_named(db, "agents", agent["id"], _encode({**_fold_gateway(changes, agent), "updated_at": now()}),
+                 "an agent")
     return get(db, agent["id"])
 
 

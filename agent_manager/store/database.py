@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from agent_manager.errors import ConfigError
+from agent_manager.errors import ConfigError, Conflict
 from agent_manager.store.output_files import OutputFiles
 
 if TYPE_CHECKING:
@@ -52,6 +52,17 @@ def duration(started: str | None, finished: str | None) -> float | None:
     if not started or not finished:
         return None
     return round((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds(), 3)
+
+
+def update_named(db: Database, table: str, row_id: str, fields: dict[str, Any], noun: str) -> None:
+    """``UPDATE table SET fields WHERE id``, for a table whose ``name`` is unique: a name another
+    row has is refused with a 409 naming it (the UNIQUE constraint decides, so no race)."""
+    assignments = ", ".join(f"{k} = ?" for k in fields)
+    try:
+        with db.transaction() as conn:
+            conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*fields.values(), row_id))
+    except sqlite3.IntegrityError as exc:
+        raise Conflict(f"{noun} named {fields.get('name')!r} already exists", {"field": "name"}) from exc
 
 
 def new_id(prefix: str) -> str:
@@ -134,6 +145,16 @@ class Database:
             from agent_manager.store.writer import EventWriter
             self._writer = EventWriter(self, asyncio.get_running_loop())
         return self._writer
+
+    def commit_later(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Commit ``statements`` in the event writer's next batch, off the loop; here and now
+        when the writer has stopped (shutdown) or there is no loop."""
+        try:
+            self.writer().put_statements(statements)
+        except RuntimeError:
+            with self.transaction() as conn:
+                for statement, params in statements:
+                    conn.execute(statement, params)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(reader, *args)`` on a read connection in the pool: sees every committed row."""

@@ -7,12 +7,15 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import NotFound
-from agent_manager.store import run_totals
 from agent_manager.store.database import Database, Queryable, dumps, duration, now
+
+# A run's search entry, by rowid: runs_fts.run_id is UNINDEXED, so matching on it scans the index.
+SEARCH_ROWID = "(SELECT search_rowid FROM runs WHERE id = ?)"
 
 
 def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     data = dict(row)
+    data.pop("search_rowid", None)  # storage detail (where the run's search entry is)
     data["usage"] = json.loads(data["usage"]) if data["usage"] else None
     data["duration_s"] = duration(data["started_at"], data["finished_at"])
     return data
@@ -20,12 +23,14 @@ def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 def create(db: Database, record: dict[str, Any]) -> dict[str, Any]:
     record = {"status": "queued", "created_at": now(), **record}
-    cols = ", ".join(record)
-    marks = ", ".join("?" for _ in record)
     with db.transaction() as conn:
+        # The run keeps its search entry's rowid: later updates find the entry by it (0010).
+        entry = conn.execute("INSERT INTO runs_fts (run_id, prompt, output) VALUES (?, ?, '')",
+                             (record["id"], record["prompt"]))
+        record["search_rowid"] = entry.lastrowid
+        cols = ", ".join(record)
+        marks = ", ".join("?" for _ in record)
         conn.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(record.values()))
-        conn.execute("INSERT INTO runs_fts (run_id, prompt, output) VALUES (?, ?, '')",
-                     (record["id"], record["prompt"]))
     return get(db, record["id"])
 
 
@@ -36,30 +41,31 @@ def get(db: Queryable, run_id: str, owner: str | None = None) -> dict[str, Any]:
     return row_to_dict(row)
 
 
-def update_statements(run_id: str, **changes: Any) -> list[tuple[str, tuple[Any, ...]]]:
-    """The statements of ``update``, for a caller that commits them with something else."""
+def update_statements(run_id: str, search: bool = True, **changes: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements of ``update``, for a caller that commits them with something else.
+    ``search=False`` leaves a changed ``output`` out of the search index (see ``search_statements``)."""
     if "usage" in changes and changes["usage"] is not None:
         changes["usage"] = dumps(changes["usage"])
     assignments = ", ".join(f"{k} = ?" for k in changes)
     statements: list[tuple[str, tuple[Any, ...]]] = [
         (f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))]
-    if "output" in changes:
-        statements.append(("UPDATE runs_fts SET output = ? WHERE run_id = ?", (changes["output"] or "", run_id)))
+    if "output" in changes and search:
+        statements += search_statements(run_id, changes["output"])
     return statements
+
+
+def search_statements(run_id: str, output: str | None, stderr: str = "") -> list[tuple[str, tuple[Any, ...]]]:
+    """Index a finished run's answer (and what it wrote to stderr, so it is findable by that too).
+    Tokenizing a long answer costs milliseconds: the run manager hands this to the event writer
+    thread instead of committing it on the event loop with the run's final row."""
+    text = (output or "") + (f"\n{stderr}" if stderr.strip() else "")
+    return [(f"UPDATE runs_fts SET output = ? WHERE rowid = {SEARCH_ROWID}", (text, run_id))]
 
 
 def update(db: Database, run_id: str, **changes: Any) -> None:
     with db.transaction() as conn:
         for statement, params in update_statements(run_id, **changes):
             conn.execute(statement, params)
-
-
-def index_stderr(db: Database, run_id: str, stderr: str) -> None:
-    """Make a finished run findable by what it wrote to stderr too (the stored answer is stdout's)."""
-    if not stderr.strip():
-        return
-    with db.transaction() as conn:
-        conn.execute("UPDATE runs_fts SET output = output || char(10) || ? WHERE run_id = ?", (stderr, run_id))
 
 
 def fts_query(text: str) -> str:
@@ -135,10 +141,10 @@ def prune(db: Database, finished_before: str, batch: int = 500) -> int:
                 " AND status NOT IN ('queued', 'running') LIMIT ?", (finished_before, batch))]
             if not ids:
                 return deleted
-            run_totals.carry(conn, ids)  # so the /metrics totals keep counting them
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
-            conn.execute(f"DELETE FROM runs_fts WHERE run_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs_fts WHERE rowid IN (SELECT search_rowid FROM runs WHERE id IN ({marks}))",
+                         ids)
             conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
         if db.output_files is not None:  # after the commit: a crash in between leaves files, never rows without
             db.output_files.remove(ids)

@@ -14,7 +14,7 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import Conflict, NotFound
-from agent_manager.store.database import Database, dumps, new_id, now
+from agent_manager.store.database import Database, dumps, new_id, now, update_named
 
 TOKEN_PREFIX = "amu_"
 
@@ -65,12 +65,7 @@ def update(db: Database, user_id: str, changes: dict[str, Any]) -> dict[str, Any
     fields = {k: (int(v) if isinstance(v, bool) else v) for k, v in changes.items()
               if k in ("name", "trusted", "admin")}
     if fields:
-        assignments = ", ".join(f"{k} = ?" for k in fields)
-        try:
-            with db.transaction() as conn:
-                conn.execute(f"UPDATE users SET {assignments} WHERE id = ?", (*fields.values(), user["id"]))
-        except sqlite3.IntegrityError as exc:
-            raise Conflict(f"a user named {changes.get('name')!r} already exists", {"field": "name"}) from exc
+        update_named(db, "users", user["id"], fields, "a user")
     return get(db, user["id"])
 
 
@@ -78,15 +73,17 @@ def delete(db: Database, user_id: str) -> dict[str, Any]:
     user = get(db, user_id)
     with db.transaction() as conn:
         conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
+        conn.execute("DELETE FROM sessions WHERE user_id = ?", (user["id"],))  # store.sessions
     return user
 
 
 def rotate_token(db: Database, user_id: str) -> tuple[dict[str, Any], str]:
-    """A new token; the old one (and every cookie derived from it) stops working at once."""
+    """A new token; the old one and every session opened with it stop working at once."""
     user = get(db, user_id)
     token = new_token()
     with db.transaction() as conn:
         conn.execute("UPDATE users SET token_hash = ? WHERE id = ?", (token_hash(token), user["id"]))
+        conn.execute("DELETE FROM sessions WHERE user_id = ?", (user["id"],))  # store.sessions
     return user, token
 
 

@@ -56,7 +56,12 @@ class Row:
     on_commit: Callable[[Row], None]
     also: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)  # same transaction, before the row
     files: OutputFiles | None = None  # where a large output text goes (``output_files``)
+    insert: bool = True  # False: only the ``also`` statements (``put_statements``)
     taken: bool = False
+
+
+def _ignore(row: Row) -> None:
+    """Nobody waits for a ``put_statements`` row."""
 
 
 class EventWriter:
@@ -84,6 +89,12 @@ class EventWriter:
             self._queue.append(row)
             self.pending_bytes += row.size
             self._cond.notify()
+
+    def put_statements(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Statements with no event, committed in the next batch (work that may lag a little
+        but should not run on the loop, e.g. indexing a finished run's answer)."""
+        size = sum(len(str(p)) for _, params in statements for p in params) + 128
+        self.put(Row("", "", "", 0, "", {}, "", size, _ignore, list(statements), insert=False))
 
     def merge(self, row: Row, text: str) -> bool:
         """Append ``text`` to a queued output row; False once the thread has taken it."""
@@ -187,12 +198,15 @@ class EventWriter:
             del self._queue[:len(batch)]
             return batch
 
-    def _prepare(self, batch: list[Row]) -> tuple[list[tuple[str, int, str, str, str]], Appender | None]:
+    def _prepare(self, batch: list[Row]) -> tuple[list[tuple[str, int, str, str, str] | None], Appender | None]:
         """Each row's parameters; a large output text is appended to its run's file first, and
         the row refers to it. If the file cannot be written the text stays inline."""
-        params = []
+        params: list[tuple[str, int, str, str, str] | None] = []
         appender: Appender | None = None
         for row in batch:
+            if not row.insert:
+                params.append(None)
+                continue
             data = row.data
             if row.files is not None and row.files.wants(row.type, data):
                 try:
@@ -205,7 +219,7 @@ class EventWriter:
             params.append((row.key, row.seq, row.type, dumps(data), row.created_at))
         return params, appender
 
-    def _commit(self, batch: list[Row], params: list[tuple[str, int, str, str, str]]) -> None:
+    def _commit(self, batch: list[Row], params: list[tuple[str, int, str, str, str] | None]) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         run: list[tuple[str, int, str, str, str]] = []
@@ -220,7 +234,8 @@ class EventWriter:
                 for statement, statement_params in row.also:
                     conn.execute(statement, statement_params)
                 sql = insert
-            run.append(values)
+            if values is not None:
+                run.append(values)
         if run:
             conn.executemany(sql, run)
         conn.execute("COMMIT")

@@ -3,8 +3,9 @@
 An admin token is generated on first start and kept in a 0600 file in the data directory —
 never in argv or logs. The API takes it as ``Authorization: Bearer``; a browser exchanges it
 once at ``/login`` for an HttpOnly, SameSite=Strict session cookie. Users created by the admin
-log in the same way with their own tokens (``store.users``); their cookie is an HMAC of their
-token hash, so rotating a token ends its sessions. Independently of credentials, the Host
+log in the same way with their own tokens (``store.users``). The cookie names a session kept on
+the server (``store.sessions``): logging out ends it, rotating a token or deleting a user ends
+all of theirs, and it expires after ``session_max_age_s``. Independently of credentials, the Host
 header must name this service (DNS-rebinding defence) and a cookie-authenticated state change
 or WebSocket upgrade must come from our own origin (CSRF defence). There is no CORS: a foreign
 page can never read a response.
@@ -12,7 +13,6 @@ page can never read a response.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import html
 import ipaddress
@@ -32,6 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_manager.errors import ConfigError
 from agent_manager.settings import Settings
+from agent_manager.store import sessions as session_store
+from agent_manager.store import users as user_store
 from agent_manager.web.limits import FailureThrottle, client_key
 
 COOKIE = "am_session"
@@ -43,7 +45,6 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~-]{16,256}$")
 # (``urlsplit`` alone reads ``evil.com@127.0.0.1`` as host 127.0.0.1, and ignores ", evil.com".)
 HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]{2,45})\]|(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})))"
                      r"(?::[0-9]{1,5})?")
-SESSION_MAX_AGE = 30 * 24 * 3600
 # Sent with every response: no framing (clickjacking), no MIME sniffing, and no Referer, so a
 # ``/login?token=`` URL never travels to another site.
 SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
@@ -101,18 +102,6 @@ def save_token(path: Path, token: str) -> None:
     os.replace(tmp, path)
 
 
-def session_value(token: str) -> str:
-    """The admin cookie value: derived from the token, so the token itself never sits in a cookie."""
-    return hmac.new(token.encode(), b"agent-manager-session-v1", hashlib.sha256).hexdigest()
-
-
-def user_session_value(secret: str, user_id: str, token_hash: str) -> str:
-    """A user's cookie: ``<id>.<hmac>``; changes when the user's token is rotated."""
-    mac = hmac.new(secret.encode(), f"agent-manager-user-session-v1:{user_id}:{token_hash}".encode(),
-                   hashlib.sha256).hexdigest()
-    return f"{user_id}.{mac}"
-
-
 def tokens_match(given: str, expected: str) -> bool:
     """Constant-time comparison (never ``==`` on secrets)."""
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
@@ -139,24 +128,33 @@ def _service(scope: Scope) -> Any:
     return getattr(state, "service", None)
 
 
-def default_authenticate(db: Any, secret: str, value: str, cookie: bool = False) -> Principal | None:
-    """Bearer token or session cookie of a user in ``store.users`` → principal, else None."""
-    from agent_manager.store import users as user_store
-
-    if cookie:
-        user_id, _, _mac = value.partition(".")
-        found = user_store.session_material(db, user_id) if user_id else None
-        if found is None:
-            return None
-        user, digest = found
-        if not tokens_match(value, user_session_value(secret, user["id"], digest)):
-            return None
-    else:
-        by_token = user_store.by_token(db, value)
-        if by_token is None:
-            return None
-        user = by_token
+def _as_principal(user: dict[str, Any]) -> Principal:
     return {"id": user["id"], "name": user["name"], "admin": user["admin"], "trusted": user["trusted"]}
+
+
+def default_authenticate(db: Any, admin_token: str, value: str, cookie: bool = False) -> Principal | None:
+    """A user's bearer token, or a session cookie (the admin's or a user's) → principal, else None."""
+    if cookie:
+        return session_principal(db, admin_token, value)
+    user = user_store.by_token(db, value)
+    return _as_principal(user) if user is not None else None
+
+
+def session_principal(db: Any, admin_token: str, value: str) -> Principal | None:
+    """Whose live session the cookie names; None when it is unknown, ended, expired, or its
+    token has changed since the login (a rotated admin token too, after a restart)."""
+    found = session_store.find(db, value)
+    if found is None:
+        return None
+    if found.user_id is None:
+        principal = dict(ADMIN) if tokens_match(found.credential, session_store.credential_of(admin_token)) else None
+    else:
+        material = user_store.session_material(db, found.user_id)
+        principal = (_as_principal(material[0]) if material is not None and tokens_match(found.credential, material[1])
+                     else None)
+    if principal is not None:
+        session_store.touch(db, found)
+    return principal
 
 
 class AuthMiddleware:
@@ -168,7 +166,6 @@ class AuthMiddleware:
         self.settings = settings
         self.throttle = throttle
         self.token = token
-        self.session = session_value(token) if token else None
         # Optional override of how user credentials are checked: (value, cookie=False) -> principal | None.
         # Without one, the service's user store is asked — looked up per request, because the
         # service (and its database) starts after the app is built.
@@ -184,19 +181,28 @@ class AuthMiddleware:
             return True
         return bool(self.settings.host) and host == self.settings.host and self.settings.host not in ("0.0.0.0", "::")
 
-    def _user(self, scope: Scope, value: str, cookie: bool) -> Principal | None:
+    def _token(self, scope: Scope) -> str | None:
+        """The admin token now: the app's (``rotate_admin_token`` replaces it) or the one given."""
+        if self.token is None:
+            return None  # authentication is off; a rotation cannot turn it on
+        state = getattr(scope.get("app"), "state", None)
+        current = getattr(state, "token", None) if state is not None else None
+        return current if isinstance(current, str) and current else self.token
+
+    def _user(self, scope: Scope, value: str, cookie: bool, token: str) -> Principal | None:
         svc = _service(scope)
         hook = self.authenticate or (svc.authenticate if svc is not None else None)
         if hook is not None:
             return hook(value, cookie=True) if cookie else hook(value)
         db = getattr(svc, "db", None)
-        if db is None or self.token is None:
+        if db is None:
             return None
-        return default_authenticate(db, self.token, value, cookie)
+        return default_authenticate(db, token, value, cookie)
 
     def principal(self, scope: Scope) -> tuple[Principal | None, str]:
         """(principal, how): how is "bearer", "cookie", "open" or "" when not authenticated."""
-        if self.token is None:
+        token = self._token(scope)
+        if token is None:
             return dict(ADMIN), "open"
         auth = _header(scope, b"authorization")
         if auth is not None:  # a (single) Authorization header decides alone; a bad one is not retried as cookie
@@ -204,15 +210,13 @@ class AuthMiddleware:
             given = given.strip()
             if scheme.lower() != "bearer" or not given:
                 return None, ""
-            if tokens_match(given, self.token):
+            if tokens_match(given, token):
                 return dict(ADMIN), "bearer"
-            user = self._user(scope, given, cookie=False)
+            user = self._user(scope, given, cookie=False, token=token)
             return (user, "bearer") if user is not None else (None, "")
         cookie = _cookie(scope, COOKIE)
-        if cookie and self.session and tokens_match(cookie, self.session):
-            return dict(ADMIN), "cookie"
         if cookie:
-            user = self._user(scope, cookie, cookie=True)
+            user = self._user(scope, cookie, cookie=True, token=token)
             if user is not None:
                 return user, "cookie"
         return None, ""
@@ -296,10 +300,12 @@ async def _deny(scope: Scope, send: Send, status: int, code: str, message: str,
     await send({"type": "http.response.body", "body": body})
 
 
-def login(app: Any, given: list[str], client: str = "?") -> Response:
+def login(app: Any, given: list[str], client: str = "?", secure: bool = False) -> Response:
     """Exchange a token (admin or user) for a session cookie. ``given`` are all values sent:
     more than one is refused, like a repeated credential header. Wrong tokens count towards
-    the client's back-off (``web.limits``); a right one always works."""
+    the client's back-off (``web.limits``); a right one always works. ``secure``: the request
+    came over https (directly or through a proxy uvicorn trusts), so the cookie never travels
+    over plain http."""
     expected: str | None = app.state.token
     if expected is None:
         return RedirectResponse("/", status_code=303)
@@ -307,10 +313,11 @@ def login(app: Any, given: list[str], client: str = "?") -> Response:
         return HTMLResponse(LOGIN_PAGE.format(error="Send exactly one token."), status_code=400,
                             headers=LOGIN_HEADERS)
     token = given[0].strip()
+    svc = app.state.service
+    max_age = svc.settings.session_max_age_s
     if tokens_match(token, expected):
-        value = session_value(expected)
+        value = session_store.create(svc.db, None, session_store.credential_of(expected), max_age)
     else:
-        svc = app.state.service
         user = default_authenticate(svc.db, expected, token) if getattr(svc, "db", None) is not None else None
         if user is None:
             throttle: FailureThrottle | None = getattr(app.state, "throttle", None)
@@ -321,19 +328,38 @@ def login(app: Any, given: list[str], client: str = "?") -> Response:
                     status_code=429, headers={**LOGIN_HEADERS, "Retry-After": str(math.ceil(wait))})
             return HTMLResponse(LOGIN_PAGE.format(error=html.escape("That token is not valid.")), status_code=401,
                                 headers=LOGIN_HEADERS)
-        from agent_manager.store import users as user_store
-
         found = user_store.session_material(svc.db, user["id"])
         assert found is not None
-        value = user_session_value(expected, user["id"], found[1])
+        value = session_store.create(svc.db, user["id"], found[1], max_age)
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/", max_age=SESSION_MAX_AGE)
+    response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/", max_age=int(max_age),
+                        secure=secure)
     return response
 
 
-def logout() -> Response:
+def rotate_admin_token(app: Any) -> str:
+    """A new admin token, at once: written to the token file (what the CLI reads), used by
+    the running service from the next request on, and every admin session ends (each was
+    opened with the old token). Returns the new token, to be shown once."""
+    svc = app.state.service
+    token = secrets.token_urlsafe(32)
+    save_token(svc.settings.token_path, token)  # first: if this fails, nothing changed
+    app.state.token = token
+    session_store.end_user(svc.db, None)
+    return token
+
+
+def logout(app: Any, cookie_headers: list[str], secure: bool = False) -> Response:
+    """End the session on the server (a copy of the cookie stops working too), then clear it.
+    Every session cookie sent is ended, should a request carry more than one."""
+    svc = app.state.service
+    values = [value for raw in cookie_headers for key, _, value in (part.strip().partition("=")
+                                                                    for part in raw.split(";")) if key == COOKIE]
+    if getattr(svc, "db", None) is not None:
+        for value in values:
+            session_store.end(svc.db, value)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=secure)
     return response
 
 

@@ -9,15 +9,12 @@ without following symlinks (``files.walk``) — and nothing here writes.
 
 from __future__ import annotations
 
-import base64
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
-from fastapi.responses import Response
-
-from agent_manager.errors import Forbidden, TooLarge
+from agent_manager.errors import Forbidden
 from agent_manager.web.routers import files
 
 LIST_CAP = 500
@@ -34,27 +31,12 @@ def read(workspace: Path, path: str, raw: bool, home: Path) -> Any:
         raise Forbidden("path: names the workspace itself, not a file")
     try:
         with files.walk(real_root, resolved[:-1]) as parent:
-            fd = os.open(resolved[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
-            with os.fdopen(fd, "rb") as fh:
-                info = os.fstat(fh.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise Forbidden(f"{rel}: not a regular file")
-                if info.st_nlink > 1 and files.service_file(info, home):
-                    raise Forbidden(f"{rel}: a hard link to one of the service's own files")
-                if info.st_size > files.READ_CAP:
-                    raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {files.READ_CAP}-byte limit",
-                                   {"size": info.st_size, "limit": files.READ_CAP})
-                data = fh.read(files.READ_CAP + 1)[:files.READ_CAP]
+            data, _ = files.read_plain(parent, resolved[-1], rel, home)
     except OSError as exc:
-        raise files._errno_to_error(exc, rel) from exc
+        raise files.errno_to_error(exc, rel) from exc
     if raw:
-        return Response(data, media_type="application/octet-stream", headers={
-            "Content-Disposition": f"attachment; filename*=UTF-8''{files._quote(resolved[-1])}",
-            "Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
-    try:
-        content, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        content, encoding = base64.b64encode(data).decode(), "base64"
+        return files.download(data, resolved[-1])
+    content, encoding = files.as_text(data)
     return {"type": "file", "path": rel, "size": len(data), "encoding": encoding, "content": content}
 
 
@@ -77,7 +59,7 @@ def listing(workspace: Path) -> list[dict[str, Any]]:
                 continue
             kind = "file" if stat.S_ISREG(info.st_mode) else "symlink" if stat.S_ISLNK(info.st_mode) else "other"
             out.append({"path": os.path.relpath(full, root).replace(os.sep, "/"), "type": kind,
-                        "size": info.st_size, "modified": files._stamp(info.st_mtime)})
+                        "size": info.st_size, "modified": files.stamp(info.st_mtime)})
             if len(out) >= LIST_CAP:
                 break
         if len(out) >= LIST_CAP:

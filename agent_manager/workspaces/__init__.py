@@ -5,6 +5,6 @@
 merge, ``portable`` the bundle-in / patch-out form remote backends carry.
 """
 
-from agent_manager.workspaces.manager import Base, Workspaces
+from agent_manager.workspaces.manager import Base, Workspaces, access_for
 
-__all__ = ["Base", "Workspaces"]
+__all__ = ["Base", "Workspaces", "access_for"]

@@ -15,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent_manager import plugins
 from agent_manager.errors import Conflict, ValidationFailed
 from agent_manager.executors.base import ExecSpec
+from agent_manager.plugins import ISOLATED, REMOTE
 from agent_manager.settings import Settings
 from agent_manager.store import Database
 from agent_manager.workspaces import git, portable, projects, review
@@ -24,6 +26,15 @@ from agent_manager.workspaces import records as rec
 from agent_manager.workspaces import workspace as wsp
 
 log = logging.getLogger("agent_manager.workspaces")
+
+
+def access_for(backend: str | None) -> wsp.Access:
+    """How ``backend`` reaches a workspace, from its capabilities: remote ones carry it in its
+    portable form, isolated ones on this host get a private git dir, others use it directly."""
+    caps = plugins.capabilities(backend)
+    if REMOTE in caps:
+        return "portable"
+    return "private_git" if ISOLATED in caps else "direct"
 
 
 @dataclass
@@ -133,7 +144,7 @@ class Workspaces:
 
     # -- around a run --------------------------------------------------------------------------
 
-    async def prepare(self, ws_id: str, run_id: str, backend: str, spec: ExecSpec) -> ExecSpec:
+    async def prepare(self, ws_id: str, run_id: str, access: wsp.Access, spec: ExecSpec) -> ExecSpec:
         ws = rec.workspace(self.db, ws_id)
         if ws["state"] != "open":
             raise Conflict(f"workspace {ws['branch']} is {ws['state']}")
@@ -146,7 +157,7 @@ class Workspaces:
                 await wsp.ensure(p, ws["head_commit"])
                 scratch = self.settings.home / "sandbox-git" / ws_id
                 carry = self.settings.home / "portable" / ws_id
-                spec = wsp.spec_for(backend, p, ws, spec, scratch, carry)
+                spec = wsp.spec_for(access, p, ws, spec, scratch, carry)
                 if spec.portable is not None:
                     await portable.bundle(p.repo, p.branch, spec.portable.bundle)
         except BaseException:
@@ -154,7 +165,7 @@ class Workspaces:
             raise
         return spec
 
-    async def settle(self, ws_id: str, prompt: str, backend: str | None,
+    async def settle(self, ws_id: str, prompt: str, access: wsp.Access,
                      service_files: dict[str, bytes] | None = None, run_id: str | None = None) -> dict[str, Any]:
         """After a run (whatever its outcome): commit its work and record the statistics."""
         try:
@@ -166,12 +177,12 @@ class Workspaces:
             carry = self.settings.home / "portable" / ws_id
             async with self.lock(ws["project_id"]):
                 fields = await wsp.settle(p, ws, wsp.commit_message(prompt),
-                                          scratch=scratch if backend == "sandbox" and scratch.is_dir() else None,
-                                          changes=carry / "changes.patch" if backend == "daytona" else None,
+                                          scratch=scratch if access == "private_git" and scratch.is_dir() else None,
+                                          changes=carry / "changes.patch" if access == "portable" else None,
                                           service_files=service_files)
             if scratch.is_dir():
                 await asyncio.to_thread(shutil.rmtree, scratch, True)
-            if backend == "daytona" and "note" not in fields:
+            if access == "portable" and "note" not in fields:
                 await asyncio.to_thread(shutil.rmtree, carry, True)
             return rec.update(self.db, ws_id, **fields)
         finally:
@@ -265,7 +276,7 @@ class Workspaces:
         done = 0
         for row in rows:
             try:
-                await self.settle(row["workspace_id"], row["prompt"], row["backend"])
+                await self.settle(row["workspace_id"], row["prompt"], access_for(row["backend"]))
                 done += 1
             except Exception as exc:
                 log.warning("could not settle workspace %s after a restart: %s", row["workspace_id"], exc)
@@ -276,17 +287,18 @@ class Workspaces:
         a private git dir still there (a sandboxed terminal's commits, or a run's whose settle
         failed) and open workspaces made for a terminal (files left in the worktree)."""
         scratch_root = self.settings.home / "sandbox-git"
-        leftovers = {p.name: "sandbox" for p in scratch_root.iterdir()} if scratch_root.is_dir() else {}
+        leftovers: dict[str, wsp.Access] = (
+            {p.name: "private_git" for p in scratch_root.iterdir()} if scratch_root.is_dir() else {})
         for row in self.db.all("SELECT id FROM workspaces WHERE kind = 'terminal' AND state = 'open'"):
-            leftovers.setdefault(row["id"], "local")
+            leftovers.setdefault(row["id"], "direct")
         done = 0
-        for ws_id, backend in leftovers.items():
+        for ws_id, access in leftovers.items():
             ws = rec.find_by_id(self.db, ws_id)
             if ws is None or ws["state"] != "open" or ws_id in self.busy or not Path(ws["path"]).is_dir():
                 continue  # (a worktree removed by hand would be committed as every file deleted)
             try:
                 before = ws["head_commit"]
-                settled = await self.settle(ws_id, "Terminal session interrupted by a restart", backend)
+                settled = await self.settle(ws_id, "Terminal session interrupted by a restart", access)
                 done += settled["head_commit"] != before
             except Exception as exc:
                 log.warning("could not settle workspace %s after a restart: %s", ws_id, exc)

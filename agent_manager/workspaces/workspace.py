@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent_manager.executors.base import ExecSpec, Mount, PortableRepo
 from agent_manager.store.database import new_id
@@ -26,6 +26,11 @@ from agent_manager.workspaces import git, portable
 from agent_manager.workspaces import records as rec
 from agent_manager.workspaces.review import diff_stats
 
+Access = Literal["direct", "private_git", "portable"]
+"""How a backend reaches a workspace: ``direct`` (the worktree and its git as they are: an
+agent on this host), ``private_git`` (an isolated backend on this host: the worktree plus a
+private git dir, through ``ExecSpec.mounts``), ``portable`` (a remote backend: a bundle in and
+a patch out, through ``ExecSpec.portable``). manager.access_for derives it from capabilities."""
 INSIDE_GIT = "/.agent-manager/git"
 INSIDE_OBJECTS = "/.agent-manager/objects"
 MESSAGE_MAX = 200
@@ -227,13 +232,13 @@ async def remove_worktree(p: Paths) -> None:
     await git.run(["worktree", "prune"], git_dir=p.repo, check=False)
 
 
-def spec_for(backend: str, p: Paths, ws: dict[str, Any], spec: ExecSpec, scratch: Path,
+def spec_for(access: Access, p: Paths, ws: dict[str, Any], spec: ExecSpec, scratch: Path,
              portable_dir: Path) -> ExecSpec:
-    """Point ``spec`` at the workspace the way ``backend`` can use it."""
+    """Point ``spec`` at the workspace the way its backend can use it (``Access``)."""
     spec.workspace = p.worktree
-    if backend == "sandbox":
+    if access == "private_git":
         spec.mounts = [*spec.mounts, *sandbox_git(p, scratch, ws["head_commit"])]
-    elif backend not in ("local",):
+    elif access == "portable":
         changes = portable_dir / "changes.patch"
         changes.unlink(missing_ok=True)
         spec.portable = PortableRepo(bundle=portable_dir / "base.bundle", setup=portable.SETUP,

@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from agent_manager.errors import (
     AgentManagerError,
@@ -40,6 +39,7 @@ from agent_manager.errors import (
 )
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, require_trusted, service
 from agent_manager.workdirs import agent_workspace
 from agent_manager.workdirs import open_dir as walk
@@ -50,41 +50,7 @@ WRITE_CAP = 8 * 1_048_576
 LIST_CAP = 5000
 
 
-class FileEntry(BaseModel):
-    name: str
-    type: Literal["file", "dir", "symlink", "other"]
-    size: int
-    modified: str
-
-
-class DirListing(BaseModel):
-    type: Literal["dir"]
-    agent: str
-    root: str
-    path: str
-    entries: list[FileEntry]
-    truncated: bool
-
-
-class FileContent(BaseModel):
-    type: Literal["file"]
-    agent: str
-    path: str
-    size: int
-    modified: str
-    encoding: Literal["utf-8", "base64"]
-    content: str
-
-
-class FileWritten(BaseModel):
-    type: Literal["file"]
-    agent: str
-    path: str
-    size: int
-    modified: str
-
-
-def _stamp(seconds: float) -> str:
+def stamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -111,7 +77,7 @@ def agent_root(svc: Service, agent: dict[str, Any]) -> tuple[Path, bool]:
     return agent_workspace(svc.settings, agent), not agent.get("working_dir")
 
 
-def _errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
+def errno_to_error(exc: OSError, rel: str) -> AgentManagerError:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return NotFound(f"{rel or '/'}: no such file or directory")
     if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.EXDEV):
@@ -162,13 +128,13 @@ def _listing(fd: int) -> tuple[list[dict[str, Any]], bool]:
             except OSError:
                 continue
             entries.append({"name": entry.name, "type": _kind(info.st_mode), "size": info.st_size,
-                            "modified": _stamp(info.st_mtime)})
+                            "modified": stamp(info.st_mtime)})
     entries.sort(key=lambda e: (e["type"] != "dir", e["name"]))
     return entries, truncated
 
 
-@router.get("", response_model=DirListing | FileContent,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get("", response_model=api.DirListing | api.FileContent,
+            responses={**api.DOWNLOAD, **api.errors(400, 403, 404, 409, 413)})
 async def read(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query("", max_length=4096), raw: bool = False,
                svc: Service = Depends(service)) -> Any:
@@ -196,29 +162,46 @@ async def read(request: Request, agent: str = Query(..., min_length=1, max_lengt
                         "truncated": truncated}
             if not stat.S_ISREG(info.st_mode):
                 raise Forbidden(f"{rel}: not a regular file")
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
-            with os.fdopen(fd, "rb") as fh:
-                info = os.fstat(fh.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise Forbidden(f"{rel}: not a regular file")
-                if info.st_nlink > 1 and service_file(info, svc.settings.home):
-                    raise Forbidden(f"{rel}: a hard link to one of the service's own files")
-                if info.st_size > READ_CAP:
-                    raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
-                                   {"size": info.st_size, "limit": READ_CAP})
-                data = fh.read(READ_CAP + 1)[:READ_CAP]
+            data, info = read_plain(parent, name, rel, svc.settings.home)
     except OSError as exc:
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     if raw:
-        return Response(data, media_type="application/octet-stream", headers={
-            "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(resolved[-1])}",
-            "Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
-    try:
-        content, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        content, encoding = base64.b64encode(data).decode(), "base64"
+        return download(data, name)
+    content, encoding = as_text(data)
     return {"type": "file", "agent": found["name"], "path": rel, "size": len(data),
-            "modified": _stamp(info.st_mtime), "encoding": encoding, "content": content}
+            "modified": stamp(info.st_mtime), "encoding": encoding, "content": content}
+
+
+def read_plain(parent: int, name: str, rel: str, home: Path) -> tuple[bytes, os.stat_result]:
+    """The first ``READ_CAP`` bytes of ``name`` in the directory ``parent``, and its stat: only
+    a regular file (never a symlink followed or a FIFO waited on), and never a hard link to one
+    of the service's own files (token, database). Shared by the file browser and a plan's files."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Forbidden(f"{rel}: not a regular file")
+        if info.st_nlink > 1 and service_file(info, home):
+            raise Forbidden(f"{rel}: a hard link to one of the service's own files")
+        if info.st_size > READ_CAP:
+            raise TooLarge(f"{rel}: {info.st_size} bytes is more than the {READ_CAP}-byte limit",
+                           {"size": info.st_size, "limit": READ_CAP})
+        return fh.read(READ_CAP + 1)[:READ_CAP], info
+
+
+def download(data: bytes, name: str) -> Response:
+    """A file's bytes as an attachment the browser never renders (no script of a run runs here)."""
+    return Response(data, media_type="application/octet-stream", headers={
+        "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}",
+        "Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
+
+
+def as_text(data: bytes) -> tuple[str, str]:
+    """(content, encoding): UTF-8 text as it is, anything else base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode(), "base64"
 
 
 def service_file(info: os.stat_result, home: Path) -> bool:
@@ -277,7 +260,8 @@ WRITE_BODY = {"requestBody": {"required": True, "content": {
                                                    "encoding": {"enum": ["utf-8", "base64"]}}}}}}}
 
 
-@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY, dependencies=[Depends(require_trusted)])
+@router.put("", response_model=api.FileWritten, openapi_extra=WRITE_BODY, dependencies=[Depends(require_trusted)],
+            responses=api.errors(400, 403, 404, 409, 413, 507))
 async def write(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                 path: str = Query(..., min_length=1, max_length=4096),
                 svc: Service = Depends(service)) -> dict[str, Any]:
@@ -323,10 +307,10 @@ async def write(request: Request, agent: str = Query(..., min_length=1, max_leng
                 raise
             info = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except OSError as exc:
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     audit(request, "file.write", f"{found['name']}:{rel}", {"size": len(data)})
     return {"type": "file", "agent": found["name"], "path": rel, "size": info.st_size,
-            "modified": _stamp(info.st_mtime)}
+            "modified": stamp(info.st_mtime)}
 
 
 def _entry(svc: Service, agent: str, path: str) -> tuple[dict[str, Any], str, list[str], str, str]:
@@ -344,7 +328,8 @@ def _entry(svc: Service, agent: str, path: str) -> tuple[dict[str, Any], str, li
     return found, real_root, parent, parts[-1], "/".join([*parent, parts[-1]])
 
 
-@router.delete("", status_code=204, dependencies=[Depends(require_trusted)])
+@router.delete("", status_code=204, dependencies=[Depends(require_trusted)],
+               responses=api.errors(400, 403, 404, 409, 507))
 async def remove(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                  path: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> Response:
     """Delete a file, a symlink (not its target) or an empty directory."""
@@ -359,12 +344,13 @@ async def remove(request: Request, agent: str = Query(..., min_length=1, max_len
     except OSError as exc:
         if exc.errno == errno.ENOTEMPTY:
             raise Conflict(f"{rel}: the directory is not empty") from exc
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     audit(request, "file.delete", f"{found['name']}:{rel}")
     return Response(status_code=204)
 
 
-@router.post("/move", dependencies=[Depends(require_trusted)])
+@router.post("/move", dependencies=[Depends(require_trusted)], response_model=api.Moved,
+             responses=api.errors(400, 403, 404, 409, 507))
 async def move(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query(..., min_length=1, max_length=4096),
                to: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> dict[str, Any]:
@@ -381,6 +367,6 @@ async def move(request: Request, agent: str = Query(..., min_length=1, max_lengt
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise BadRequest(f"{rel}: cannot be moved into itself", [{"field": "to", "message": "inside"}]) from exc
-        raise _errno_to_error(exc, rel) from exc
+        raise errno_to_error(exc, rel) from exc
     audit(request, "file.move", f"{found['name']}:{rel}", {"to": dst_rel})
     return {"agent": found["name"], "path": dst_rel, "from": rel}

@@ -1,4 +1,9 @@
-"""/api/sandboxes: what the backends are running, and sweeping what they left behind."""
+"""/api/sandboxes: what the isolated backends are running, and sweeping what they left behind.
+
+Nothing here names a backend: sandboxes on this host are the live runs of isolated host
+backends; a backend with sandboxes of its own elsewhere (a cloud) lists and sweeps them
+through its optional ``list_sandboxes`` / ``sweep_sandboxes`` methods (docs/plugins.md).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from agent_manager import plugins
 from agent_manager.errors import ExecutorUnavailable
-from agent_manager.executors.daytona_settings import daytona_section
+from agent_manager.plugins import HOST, ISOLATED
 from agent_manager.service import Service
+from agent_manager.web import responses as api
 from agent_manager.web.deps import owner_filter, require_admin, service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
-
-
-def _daytona(svc: Service) -> Any:
-    from agent_manager.executors import daytona
-
-    if not daytona_section(svc.settings).configured:
-        raise ExecutorUnavailable("Daytona is not configured: set DAYTONA_API_KEY or the daytona_api_key setting")
-    return daytona
-
-
-def _in_use(svc: Service) -> set[str]:
-    executor = svc.executors.get("daytona")
-    keep_ids = getattr(executor, "keep_ids", None)
-    return set(keep_ids()) if keep_ids is not None else set()
 
 
 def _owned_runs(svc: Service, owner: str | None, run_ids: set[str]) -> set[str]:
@@ -37,35 +30,43 @@ def _owned_runs(svc: Service, owner: str | None, run_ids: set[str]) -> set[str]:
     return {row["id"] for row in rows}
 
 
-@router.get("")
+@router.get("", response_model=list[api.Sandbox], response_model_exclude_unset=True, responses=api.errors(503))
 async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
-    """Local bubblewrap sandboxes of live runs, and every Daytona sandbox labelled by Agent Manager.
+    """Sandboxes of live runs on this host, and every remote sandbox labelled by Agent Manager.
     A user sees only those of their own runs (no other run ids, host pids or pool sandboxes)."""
     owner = owner_filter(request)
     found: list[dict[str, Any]] = []
-    local = {run_id: execution.info for run_id, execution in svc.runs.executions().items()
-             if execution.info.get("sandbox") == "bwrap"}
+    started = svc.runs.started_on()
+    local = {run_id: (started[run_id], execution.info) for run_id, execution in svc.runs.executions().items()
+             if run_id in started and {HOST, ISOLATED} <= plugins.capabilities(started[run_id])}
     visible = _owned_runs(svc, owner, set(local))
-    for run_id, info in local.items():
+    for run_id, (backend, info) in local.items():
         if run_id in visible:
-            found.append({"backend": "sandbox", "id": info.get("pid", ""), "run": run_id, "state": "running"})
-    if daytona_section(svc.settings).configured:
-        daytona = _daytona(svc)
-        keep = _in_use(svc)
-        items = await daytona.list_sandboxes(daytona_section(svc.settings))
+            found.append({"backend": backend, "id": info.get("pid", ""), "run": run_id, "state": "running",
+                          "in_use": True})
+    for name, executor in list(svc.executors.items()):
+        listing = getattr(executor, "list_sandboxes", None)
+        if listing is None:
+            continue
+        items = await listing()
         visible = _owned_runs(svc, owner, {item["run"] for item in items if item.get("run")})
-        for item in items:
-            if owner is None or item.get("run") in visible:
-                found.append({"backend": "daytona", **item, "in_use": item["id"] in keep,
-                              "this_instance": item["instance"] == svc.prefix})
+        found += [{"backend": name, **item} for item in items if owner is None or item.get("run") in visible]
     return found
 
 
-@router.post("/gc", dependencies=[Depends(require_admin)])
+@router.post("/gc", dependencies=[Depends(require_admin)], response_model=api.Swept, responses=api.errors(403, 503))
 async def gc(all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
-    """Delete labelled Daytona sandboxes no live run or warm pool of this service uses."""
-    daytona = _daytona(svc)
-    keep = _in_use(svc)
-    deleted = await daytona.sweep(daytona_section(svc.settings), keep=keep,
-                                  instance=None if all_instances else svc.prefix)
+    """Delete labelled remote sandboxes no live run or warm pool of this service uses."""
+    sweepers = [(name, sweep) for name, executor in list(svc.executors.items())
+                if (sweep := getattr(executor, "sweep_sandboxes", None)) is not None]
+    deleted, problems = 0, []
+    for name, sweep in sweepers:
+        try:
+            deleted += await sweep(all_instances)
+        except ExecutorUnavailable as exc:
+            problems.append(f"{name}: {exc.message}")
+    if problems and len(problems) == len(sweepers):
+        raise ExecutorUnavailable("no backend could sweep its sandboxes: " + "; ".join(problems))
+    if not sweepers:
+        raise ExecutorUnavailable("no installed backend keeps sandboxes to sweep")
     return {"deleted": deleted}

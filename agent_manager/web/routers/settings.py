@@ -27,6 +27,7 @@ from agent_manager.settings import (
     error_key,
     write_config_file,
 )
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, require_admin, service
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
@@ -66,7 +67,7 @@ def public_view(settings: Settings) -> dict[str, Any]:
     return data
 
 
-@router.get("")
+@router.get("", response_model=api.SettingsView)
 async def get_settings(svc: Service = Depends(service)) -> dict[str, Any]:
     return _view(svc)
 
@@ -112,7 +113,8 @@ def settings_keys(body: Mapping[str, Any], settings: Settings) -> dict[str, Any]
     return out
 
 
-@router.patch("", dependencies=[Depends(require_admin)])
+@router.patch("", dependencies=[Depends(require_admin)], response_model=api.SettingsView,
+              responses=api.errors(403, 409, 422))
 async def patch_settings(request: Request, body: dict[str, Any] = Body(...),
                          svc: Service = Depends(service)) -> dict[str, Any]:
     settings = svc.settings

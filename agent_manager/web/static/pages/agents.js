@@ -3,11 +3,9 @@
 
 import { del, get, patch, post } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle, toast } from "../lib/dom.js";
+import { backendOptions, backends, kinds, options } from "../lib/registry.js";
 import { agentCard } from "./dashboard.js";
 
-const KINDS = ["generic", "gemini", "claude", "codex", "ollama", "aider", "opencode", "llm"];
-const BACKENDS = [["", "auto (routing policy)"], ["local", "local"], ["sandbox", "sandbox (bubblewrap)"],
-  ["daytona", "daytona (cloud)"]];
 const MASK = "********";
 const SECRET_NAME = /(KEY|TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|AUTH|COOKIE|PRIVATE|SESSION)/i;
 
@@ -56,25 +54,32 @@ function rowsEditor({ label, addLabel, makeRow, items, id }) {
 async function form(root, { signal, navigate }, ref) {
   setTitle(ref ? "Edit agent" : "New agent");
   let agent = null;
-  if (ref) {
-    try {
-      agent = await get(`/api/agents/${encodeURIComponent(ref)}`, null, { signal });
-    } catch (err) {
-      if (err.name === "AbortError") return;
-      root.append(h("h1", null, "Edit agent"), errorBox(err));
-      return;
-    }
+  let kindList = [];
+  let backendList = [];
+  try {
+    [agent, kindList, backendList] = await Promise.all([
+      ref ? get(`/api/agents/${encodeURIComponent(ref)}`, null, { signal }) : Promise.resolve(null),
+      kinds(), backends()]);
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    root.append(h("h1", null, ref ? "Edit agent" : "New agent"), errorBox(err));
+    return;
   }
-  const a = agent || { name: "", kind: "generic", command: "", args: [], env: {}, working_dir: null, model: null,
-    backend: null, trusted: true, network: false, timeout_s: 600 };
+  const installed = kindList.filter((k) => k.loaded);
+  const fallback = installed.find((k) => k.default) || installed[0];
+  const a = agent || { name: "", kind: fallback?.name || "", command: "", args: [], env: {}, working_dir: null,
+    model: null, backend: null, trusted: true, network: false, timeout_s: 600 };
+  const kindPairs = installed.map((k) => [k.name, k.title && k.title !== k.name ? `${k.name} — ${k.title}` : k.name,
+    k.description]);
+  if (a.kind && !kindPairs.some(([v]) => v === a.kind)) kindPairs.push([a.kind, `${a.kind} (not installed)`]);
 
   const rows = {};
   const input = (attrs) => h("input", { autocomplete: "off", ...attrs });
   rows.name = field({ label: "Name", name: "name", hint: "Letters, digits, '.', '_' or '-'; used as @name in the CLI.",
     input: input({ type: "text", value: a.name, required: true, spellcheck: "false" }) });
-  const kind = h("select", null, KINDS.map((k) => h("option", { value: k, selected: k === a.kind }, k)));
+  const kind = h("select", null, options(kindPairs, a.kind));
   rows.kind = field({ label: "Kind", name: "kind", input: kind,
-    hint: "How the prompt is passed and the output read. 'generic' runs any program." });
+    hint: `How the prompt is passed and the output read. ${fallback ? `'${fallback.name}' runs any program.` : ""}` });
   rows.command = field({ label: "Command", name: "command",
     hint: "Executable name or path. Leave empty to use the kind's default (required for generic).",
     input: input({ type: "text", value: agent ? a.command : "", spellcheck: "false", class: "mono" }) });
@@ -118,7 +123,7 @@ async function form(root, { signal, navigate }, ref) {
   rows.model = field({ label: "Model", name: "model", hint: "Optional; passed as --model=… where the CLI has it.",
     input: input({ type: "text", value: a.model || "", spellcheck: "false" }) });
   rows.backend = field({ label: "Backend", name: "backend",
-    input: h("select", null, BACKENDS.map(([v, t]) => h("option", { value: v, selected: (a.backend || "") === v }, t))),
+    input: h("select", null, options(backendOptions(backendList, [["", "auto (routing policy)"]]), a.backend || "")),
     hint: "Where its runs execute; auto follows the routing policy in Settings." });
   rows.timeout_s = field({ label: "Timeout (seconds)", name: "timeout_s",
     input: input({ type: "number", value: a.timeout_s, min: "1", step: "any" }) });

@@ -11,21 +11,23 @@ import { announce } from "../lib/attention.js";
 import { copyText } from "../lib/logview.js";
 import { MarkdownStream, renderMarkdown } from "../lib/markdown.js";
 import { diffView, projectInputs, withProject } from "../lib/diff.js";
+import { backendOptions, backends, options } from "../lib/registry.js";
 import { stickyScroll } from "../lib/runview.js";
 
-const BACKENDS = [["", "default backend"], ["auto", "auto"], ["local", "local"], ["sandbox", "sandbox"],
-  ["daytona", "daytona"]];
+const LEADING = [["", "default backend"], ["auto", "auto"]];
 
 export async function render(root, { id, query, signal, navigate }) {
   setTitle("Chat");
   let agents = [];
   let convs = [];
   let conv = null;
+  let backendList = [];
   try {
-    [agents, convs, conv] = await Promise.all([
+    [agents, convs, conv, backendList] = await Promise.all([
       get("/api/agents", null, { signal }),
       get("/api/conversations", { limit: 100 }, { signal }),
       id ? get(`/api/conversations/${encodeURIComponent(id)}`, null, { signal }) : Promise.resolve(null),
+      backends(),
     ]);
   } catch (err) {
     if (err.name === "AbortError") return undefined;
@@ -52,7 +54,7 @@ export async function render(root, { id, query, signal, navigate }) {
     input: h("select", null, agents.map((a) => h("option", { value: a.name, selected: a.name === defaultAgent },
       a.name))) });
   rows.backend = field({ label: "Backend", name: "backend",
-    input: h("select", null, BACKENDS.map(([v, t]) => h("option", { value: v }, t))) });
+    input: h("select", null, options(backendOptions(backendList, LEADING))) });
   rows.content = field({ label: "Message", name: "content", hint: "Enter sends; Shift+Enter adds a line.",
     input: h("textarea", { rows: "2", placeholder: "Message the agent…" }) });
   const summary = h("div", { class: "form-summary" });

@@ -5,10 +5,10 @@ import { get, post } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle } from "../lib/dom.js";
 import { announce } from "../lib/attention.js";
 import { diffView, projectInputs, withProject } from "../lib/diff.js";
+import { backendOptions, backends, options } from "../lib/registry.js";
 import { runView } from "../lib/runview.js";
 
-const BACKENDS = [["", "agent default / auto"], ["auto", "auto (routing policy)"], ["local", "local"],
-  ["sandbox", "sandbox"], ["daytona", "daytona"]];
+const LEADING = [["", "agent default / auto"], ["auto", "auto (routing policy)"]];
 
 export async function render(root, { id, query, signal, navigate }) {
   if (id && query.get("again")) { // old "Edit & rerun" links
@@ -18,11 +18,13 @@ export async function render(root, { id, query, signal, navigate }) {
   setTitle(id ? "Run" : "New run");
   let run = null;
   let agents = [];
+  let backendList = [];
   try {
-    [agents, run] = await Promise.all([
+    [agents, run, backendList] = await Promise.all([
       get("/api/agents", null, { signal }),
       id || query.get("from") ? get(`/api/runs/${encodeURIComponent(id || query.get("from"))}`, null, { signal })
         : Promise.resolve(null),
+      backends(),
     ]);
   } catch (err) {
     if (err.name === "AbortError") return;
@@ -36,7 +38,7 @@ export async function render(root, { id, query, signal, navigate }) {
     input: h("select", null, agents.map((a) => h("option", { value: a.name, selected: a.name === wanted },
       `${a.name} (${a.kind}${a.available ? "" : ", not installed"})`))) });
   rows.backend = field({ label: "Backend", name: "backend",
-    input: h("select", null, BACKENDS.map(([v, t]) => h("option", { value: v }, t))),
+    input: h("select", null, options(backendOptions(backendList, LEADING))),
     hint: "Override where this one run executes." });
   rows.prompt = field({ label: "Prompt", name: "prompt", hint: "Enter runs it; Shift+Enter adds a line.",
     input: h("textarea", { rows: "3", placeholder: "What should the agent do?", required: true }) });

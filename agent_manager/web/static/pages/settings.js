@@ -8,9 +8,10 @@
 
 import { get, patch } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle, toast } from "../lib/dom.js";
+import { backends } from "../lib/registry.js";
 
 const MASK = "********";
-const CHOICES = { execution_mode: ["auto", "local", "sandbox", "daytona"] };
+const CHOICES = {}; // filled from the registry: execution_mode is auto or an installed backend
 const READ_ONLY = ["home", "host", "port", "auth"];
 const GROUPS = [
   ["Execution and routing", ["execution_mode", "prefer_daytona_for_untrusted", "allow_fallback", "heavy_cpu",
@@ -45,7 +46,9 @@ export async function render(root, { signal }) {
   root.append(h("div", { class: "page-head" }, h("h1", null, "Settings")));
   let current;
   try {
-    current = await get("/api/settings", null, { signal });
+    let backendList;
+    [current, backendList] = await Promise.all([get("/api/settings", null, { signal }), backends()]);
+    CHOICES.execution_mode = ["auto", ...backendList.filter((b) => b.loaded).map((b) => b.name)];
   } catch (err) {
     if (err.name !== "AbortError") root.append(errorBox(err));
     return;

@@ -7,10 +7,9 @@
 
 import { del, get, post } from "../lib/api.js";
 import { errorBox, field, h, setTitle, toast } from "../lib/dom.js";
+import { backendOptions, backends, options } from "../lib/registry.js";
 
 const VENDOR = "/static/vendor/xterm";
-const BACKENDS = [["", "auto (routing policy)"], ["local", "local"], ["sandbox", "sandbox (bubblewrap)"],
-  ["daytona", "daytona (cloud)"]];
 const KEYS = [
   ["Esc", "\x1b"], ["Tab", "\t"], ["Ctrl", null], ["←", "\x1b[D"], ["↑", "\x1b[A"], ["↓", "\x1b[B"],
   ["→", "\x1b[C"], ["|", "|"], ["~", "~"], ["/", "/"], ["-", "-"],
@@ -56,7 +55,7 @@ async function listPage(root, { signal, navigate }) {
   setTitle("Terminals");
   const box = h("div", { class: "terminal-list" }, h("p", { class: "muted" }, "Loading…"));
   const backend = field({ label: "Backend", name: "backend",
-    input: h("select", null, BACKENDS.map(([v, t]) => h("option", { value: v }, t))) });
+    input: h("select", null, options([["", "auto (routing policy)"]])) });
   const agent = field({ label: "Program", name: "agent",
     input: h("select", null, h("option", { value: "" }, "a shell")),
     hint: "A shell, or an agent's CLI started interactively (e.g. to sign it in)." });
@@ -66,8 +65,9 @@ async function listPage(root, { signal, navigate }) {
   root.append(h("div", { class: "page-head" }, h("h1", null, "Terminals")), form,
     h("h2", null, "Open terminals"), box);
   try {
-    const [terms, agents] = await Promise.all([get("/api/terminals", null, { signal }),
-      get("/api/agents", null, { signal })]);
+    const [terms, agents, backendList] = await Promise.all([get("/api/terminals", null, { signal }),
+      get("/api/agents", null, { signal }), backends()]);
+    backend.input.replaceChildren(...options(backendOptions(backendList, [["", "auto (routing policy)"]])));
     agent.input.append(...agents.map((a) => h("option", { value: a.name }, `${a.name} (${a.kind})`)));
     box.replaceChildren(...(terms.length ? terms.map(card) : [h("p", { class: "empty" }, "No open terminals.")]));
   } catch (err) {

@@ -1,0 +1,46 @@
+/**
+ * lib/registry.js — the installed backends and agent kinds (GET /api/backends, GET /api/kinds).
+ *
+ * Every list of backends or kinds in the UI comes from here, never from an array in a page:
+ * a plugin installed with pip (docs/plugins.md) then shows up in every choice. Each list is
+ * fetched once per page load and shared by the pages; a failed fetch is retried next time.
+ *
+ * Exports
+ *   backends() -> Promise<[{name, title, description, capabilities, available, reason, loaded, ...}]>
+ *   kinds()    -> Promise<[{name, title, description, default_command, available, loaded, ...}]>
+ *       Entries with loaded=false (a plugin that failed to load) are listed but never offered.
+ *   backendOptions(list, leading=[]) -> [[value, label, tooltip], ...]
+ *       `leading` are the page's own first options (e.g. [["", "auto (routing policy)"]]); then
+ *       one per backend: its title, marked "unavailable" with the reason as the tooltip.
+ *   options(pairs, selected) -> <option> elements for a <select>
+ */
+
+import { get } from "./api.js";
+import { h } from "./dom.js";
+
+const cache = new Map();
+
+function load(path) {
+  if (!cache.has(path)) {
+    // Not tied to one page's AbortSignal: the answer is shared by every page.
+    const pending = get(path).catch((err) => {
+      cache.delete(path);
+      throw err;
+    });
+    cache.set(path, pending);
+  }
+  return cache.get(path);
+}
+
+export const backends = () => load("/api/backends");
+export const kinds = () => load("/api/kinds");
+
+export function backendOptions(list, leading = []) {
+  return [...leading, ...list.filter((b) => b.loaded).map((b) => [b.name,
+    b.available ? b.title : `${b.title} — unavailable`, b.available ? b.description : b.reason])];
+}
+
+export function options(pairs, selected = "") {
+  return pairs.map(([value, text, tip]) => h("option", { value, selected: value === selected,
+    title: tip || null }, text));
+}
