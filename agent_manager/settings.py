@@ -407,6 +407,9 @@ def describe_errors(exc: ValidationError, source: Any = str) -> str:
         if error["type"] == "extra_forbidden":
             parts.append(f"{source(name)}: there is no setting called {name!r}")
             continue
+        if error["type"] == "missing":  # its input is the whole section: never shown
+            parts.append(f"{name} is not set, and it has no default")
+            continue
         shown = repr(error.get("input"))
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         if _is_secret_key(name):

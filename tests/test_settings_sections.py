@@ -170,3 +170,22 @@ def test_a_section_may_not_take_a_service_settings_name(monkeypatch: pytest.Monk
         s = Settings(port=1234)
     assert s.port == 1234 and s.section("port") is None and s.section("odd") is None
     assert "taken by a service setting" in caplog.text and "not a pydantic model" in caplog.text
+
+
+class NeedsHost(BaseModel):
+    host: str = Field(description="required: no default")
+    token: SecretStr | None = None
+
+
+def test_a_required_field_without_value_is_named_and_nothing_echoed(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    original = plugins.backends()
+    needy = plugins.BackendPlugin(name="needy", title="needy", capabilities=frozenset(),
+                                  factory=lambda ctx: None,  # type: ignore[arg-type,return-value]
+                                  settings_model=NeedsHost)
+    monkeypatch.setattr(plugins, "backends", lambda: {**original, "needy": needy})
+    with pytest.raises(ConfigError) as info:
+        load_settings({"home": tmp_path}, environ={"AGENT_MANAGER_NEEDY_TOKEN": "tok-4242"})
+    assert "needy.host is not set, and it has no default" in str(info.value) and "tok-4242" not in str(info.value)
+    s = load_settings({"home": tmp_path}, environ={"AGENT_MANAGER_NEEDY_HOST": "h"})
+    assert s.value_of("needy.host") == "h"

@@ -37,7 +37,7 @@ const LABELS = {
   prefer_daytona_for_untrusted: "Prefer Daytona for untrusted runs", allow_fallback: "Fall back when a backend is down",
   stall_kill: "Stop stalled runs", history_messages: "Chat history: messages", history_chars: "Chat history: characters",
 };
-const WORDS = { api: "API", url: "URL", uid: "uid", tmp: "/tmp", pids: "processes", id: "ID" };
+const WORDS = { api: "API", url: "URL", uid: "uid", tmp: "/tmp", pids: "processes", id: "ID", io: "I/O", cpu: "CPU" };
 const label = (name) => LABELS[name] || name.replace(/_s$/, " (s)").replace(/_mb$/, " (MB)").split("_")
   .map((w) => WORDS[w] || w).join(" ").replace(/^[a-z]/, (c) => c.toUpperCase());
 
