@@ -267,19 +267,26 @@ def test_the_fuzzer_used_our_home(fuzz_server: tuple[LiveServer, dict[str, Any]]
 
 
 def test_the_settings_answer_cannot_carry_a_secret(tmp_path: Path) -> None:
-    """The settings view's secrets are typed as the mask: a route that forgot to mask one would
-    fail its own response validation (a 500) instead of sending the key."""
+    """The settings view's secrets (those of the backends' sections) are typed as the mask: a
+    route that forgot to mask one would fail its own response validation (a 500) instead of
+    sending the key."""
     from pydantic import ValidationError
 
     from agent_manager.models import MASK
-    from agent_manager.settings import SECRET_FIELDS, Settings
+    from agent_manager.sections import is_secret
+    from agent_manager.settings import Settings
     from agent_manager.web.responses import SettingsView
     from agent_manager.web.routers.settings import public_view
 
-    view = {**public_view(Settings(home=tmp_path)), "listening": None}
+    settings = Settings(home=tmp_path)
+    view = {**public_view(settings), "listening": None}
     SettingsView.model_validate(view)
-    assert SECRET_FIELDS
-    for name in SECRET_FIELDS:
-        SettingsView.model_validate({**view, name: MASK})
-        with pytest.raises(ValidationError, match=name):
-            SettingsView.model_validate({**view, name: "the-real-key"})
+    secrets = [(name, field) for name, section in settings.sections.items()
+               for field, info in type(section).model_fields.items() if is_secret(info)]
+    assert secrets
+    for name, field in secrets:
+        def with_value(value: str, name: str = name, field: str = field) -> dict[str, object]:
+            return {**view, "sections": {**view["sections"], name: {**view["sections"][name], field: value}}}
+        SettingsView.model_validate(with_value(MASK))
+        with pytest.raises(ValidationError, match=field):
+            SettingsView.model_validate(with_value("the-real-key"))
