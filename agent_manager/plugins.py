@@ -238,6 +238,11 @@ def capabilities(name: str | None) -> frozenset[str]:
     return plugin.capabilities if plugin is not None else frozenset()
 
 
+def on_host(name: str | None) -> bool:
+    """Whether backend ``name`` runs on this machine, taking one of its run slots."""
+    return HOST in capabilities(name)
+
+
 def _unknown(what: str, name: str, known: Iterable[str], failed: Mapping[str, str]) -> str:
     message = f"unknown {what} {name!r}; expected one of: {', '.join(known)}"
     if name in failed:

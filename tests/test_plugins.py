@@ -250,3 +250,32 @@ def test_the_literal_check_catches_what_it_should(tmp_path: Path) -> None:
         assert [h.rsplit(": ", 1)[1] for h in ui_hits(js, names)] == ['"local"', "`sandbox`"]
     finally:
         PACKAGE = saved
+
+
+async def test_a_second_cloud_backend_slots_into_routing(tmp_path: Path) -> None:
+    """Routing decides by capabilities: another remote, isolated backend takes heavy and
+    untrusted work exactly as Daytona would, with no change to the routing code."""
+    from agent_manager.executors.base import Availability, Resources
+    from agent_manager.executors.routing import RouteRequest, route
+    from agent_manager.settings import Settings
+
+    class Up:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def available(self) -> Availability:
+            return Availability(True)
+
+    executors: dict = {name: Up(name) for name in ("local", "sandbox", "cloud2")}
+    caps = {"local": frozenset({HOST}), "sandbox": frozenset({HOST, ISOLATED}), "cloud2": frozenset({ISOLATED, REMOTE})}
+    cfg = Settings(home=tmp_path)
+    heavy = await route(RouteRequest(resources=Resources(cpu=64)), cfg, executors, caps)
+    assert heavy.backend == "cloud2" and heavy.reason.endswith("so it runs on cloud2")
+    cfg.prefer_daytona_for_untrusted = True
+    untrusted = await route(RouteRequest(agent_trusted=False), cfg, executors, caps)
+    assert untrusted.backend == "cloud2" and "isolated in cloud2" in untrusted.reason
+    light = await route(RouteRequest(), cfg, executors, caps)
+    assert light.backend == "local"
+    del executors["cloud2"]
+    heavy = await route(RouteRequest(resources=Resources(cpu=64)), cfg, executors, {**caps})
+    assert heavy.backend == "local" and "no remote backend is installed" in heavy.reason
