@@ -76,6 +76,7 @@ BROKEN = """
     local = am_test_dupe:PLUGIN
     notaplugin = am_test_dupe:NOT_A_PLUGIN
     misnamed = am_test_dupe:PLUGIN
+    boom = am_test_dupe:BOOM
 
     [agent_manager.kinds]
     claude = am_test_dupe:Kind
@@ -89,6 +90,7 @@ DUPE = """
     PLUGIN = BackendPlugin(name="local", title="an impostor", capabilities=frozenset({HOST}),
                            factory=lambda ctx: LocalExecutor(ctx.settings, ctx.prefix, dict(ctx.environ)))
     NOT_A_PLUGIN = 42
+    BOOM = BackendPlugin(name="boom", title="boom", capabilities=frozenset({HOST}), factory=lambda ctx: 1 / 0)
 
     class Kind(AgentKind):
         name = "claude"
@@ -112,6 +114,17 @@ def test_broken_and_duplicate_plugins_are_reported_not_dropped(on_path: Path, ca
     assert "am_test_missing_module" in caplog.text  # logged, not silent
     with pytest.raises(ValueError, match="installed but unusable: failed to load"):
         plugins.check_backend("ghost")
+
+
+def test_a_backend_whose_factory_fails_is_unavailable_not_fatal(on_path: Path, tmp_path: Path) -> None:
+    from agent_manager.service import build_executors
+    from agent_manager.settings import Settings
+
+    install_dist(on_path, "am-broken", BROKEN, {"am_test_dupe": DUPE})
+    plugins.reload()
+    executors, problems = build_executors(Settings(home=tmp_path), "am-test", {"PATH": "/usr/bin:/bin"})
+    assert {"local", "sandbox", "daytona"} <= set(executors) and "boom" not in executors
+    assert problems == {"boom": "could not be started: ZeroDivisionError: division by zero"}
 
 
 async def test_api_lists_backends_and_kinds_with_failures(on_path: Path, client: httpx.AsyncClient) -> None:
@@ -161,7 +174,7 @@ def test_cli_choices_come_from_the_registry() -> None:
     from agent_manager.cli import main
 
     out = CliRunner().invoke(main, ["agents", "add", "--help"]).output
-    assert "[local|sandbox|daytona]" in out and "generic|gemini" in out
+    assert "[local|sandbox|daytona]" in out and "[generic|aider|claude" in out
     result = CliRunner().invoke(main, ["run", "a", "p", "--backend", "cloud"])
     assert result.exit_code == 2 and "'cloud' is not one of 'auto', 'local', 'sandbox', 'daytona'" in result.output
 
