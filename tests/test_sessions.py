@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 from conftest import LiveServer, start_server, stop_server
+from playwright.sync_api import expect
+from ui_harness import UI
 
 from agent_manager.web import auth
 from agent_manager.web.auth import save_token
@@ -171,3 +173,14 @@ def test_rotating_the_admin_token_while_the_service_is_stopped(tmp_path: Path, f
         assert _as(server, cookie) == 401
     finally:
         stop_server(server)
+
+
+def test_the_log_out_button_ends_the_session_for_every_copy(ui: UI, live_server: LiveServer) -> None:
+    """In Chromium: log in through the page, keep a copy of the cookie, press Log out."""
+    page = ui.page
+    ui.go("/")
+    copy = next(c["value"] for c in page.context.cookies() if c["name"] == auth.COOKIE)
+    assert _as(live_server, copy) == 200
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("Token")).to_be_visible()
+    assert _as(live_server, copy) == 401

@@ -92,7 +92,7 @@ class OutputFiles:
 
     def _read(self, key: str, offset: int, length: int) -> bytes:
         try:
-            fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             return b""
         try:
@@ -121,7 +121,7 @@ class OutputFiles:
         dirty, self.dirty = self.dirty, set()
         for key in dirty:
             with contextlib.suppress(OSError, ValueError):
-                fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
                 try:
                     os.fdatasync(fd)
                 finally:
@@ -145,7 +145,8 @@ class Appender:
         if key in self._open:
             fd, size = self._open[key]
         else:
-            fd = os.open(self.files.path(key), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.files.path(key), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
             size = os.fstat(fd).st_size
         self._open[key] = (fd, size)
         self.files.dirty.add(key)
