@@ -190,6 +190,24 @@ class RunCreate(Strict):
         return _no_nul(value)
 
 
+class WorkspaceInfo(BaseModel):
+    """The ``workspace`` of a run, conversation or orchestration on a project (DESIGN 3.7)."""
+
+    id: str
+    project: str
+    branch: str
+    base: str = Field(..., description="the branch (or commit) it started from")
+    base_commit: str
+    head_commit: str
+    state: Literal["open", "merged", "discarded"]
+    files_changed: int
+    insertions: int
+    deletions: int
+    created_at: str
+    updated_at: str
+    note: str | None = Field(..., description="why it changed on its own (a rewrite, a prune)")
+
+
 class Run(BaseModel):
     id: str
     agent_id: str
@@ -209,7 +227,7 @@ class Run(BaseModel):
     finished_at: str | None
     duration_s: float | None
     project: str | None = None
-    workspace: dict[str, Any] | None = None
+    workspace: WorkspaceInfo | None = None
 
 
 class RunPage(BaseModel):
@@ -250,7 +268,7 @@ class Conversation(BaseModel):
     updated_at: str
     messages: list[Message] | None = None
     project: str | None = None
-    workspace: dict[str, Any] | None = None
+    workspace: WorkspaceInfo | None = None
 
 
 class MessageCreate(Strict):

@@ -115,6 +115,14 @@ def test_api_docs_render_offline_in_a_browser(live_server: LiveServer) -> None:
             page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
             assert "Agent Manager" in page.inner_text(".swagger-ui .info .title")
             assert page.locator(".opblock").count() > 10
+            # an operation's answers render from the document: its success model and its errors
+            page.click("#operations-orchestrations-get_orchestration_api_orchestrations__orch_id__get .opblock-summary")
+            answers = page.locator("#operations-orchestrations-get_orchestration_api_orchestrations__orch_id__get"
+                                   " .responses-table")
+            answers.first.wait_for(timeout=10_000)
+            text = answers.first.inner_text()
+            assert "404" in text and "steps" in text and "error" in text, text[:2000]
+            assert page.locator(".errors-wrapper").count() == 0  # no reference Swagger UI could not resolve
             assert not foreign, foreign
         finally:
             browser.close()

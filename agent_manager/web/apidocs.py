@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from agent_manager.web import responses as api
+
 ASSETS = Path(__file__).parent / "swagger"
 ASSETS_URL = "/docs-assets"
 PAGE = """<!doctype html>
@@ -40,6 +42,7 @@ def install(app: FastAPI) -> None:
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
     page = PAGE.format(title=app.title, assets=ASSETS_URL)
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get("/docs", tags=["ui"], response_class=HTMLResponse, responses=api.HTML)
     async def docs() -> HTMLResponse:
+        """This API, browsable (Swagger UI)."""
         return HTMLResponse(page, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_manager import __version__
@@ -17,6 +17,7 @@ from agent_manager.errors import AgentManagerError
 from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.web import apidocs, auth, metrics, pages
+from agent_manager.web import responses as api
 from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
 from agent_manager.web.limits import BodyLimitMiddleware, FailureThrottle
 from agent_manager.web.routers import (
@@ -120,6 +121,7 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     app = FastAPI(title="Agent Manager", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A local control panel for command-line AI agents.")
     apidocs.install(app)
+    api.install(app)
     app.state.service = svc
     app.state.token = token
     install_error_handlers(app)
@@ -131,21 +133,24 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
         app.include_router(router)
     pages.install(app)
 
-    @app.get("/api/health", tags=["service"])
+    @app.get("/api/health", tags=["service"], response_model=api.Health)
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/login", include_in_schema=False, response_model=None)
+    @app.get("/login", tags=["session"], response_model=None, response_class=HTMLResponse, responses=api.LOGIN)
     async def login(request: Request, token: str | None = None) -> Response:
+        """The login page; with ``?token=`` exchange the token for a session cookie (a browser's way in)."""
         if token is not None:
             return auth.login(app, request.query_params.getlist("token"), _client(request), _https(request))
         return HTMLResponse(LOGIN_PAGE.format(error=""), headers=auth.LOGIN_HEADERS)
 
-    @app.post("/login", include_in_schema=False, response_model=None)
+    @app.post("/login", tags=["session"], response_model=None, response_class=HTMLResponse, responses=api.LOGIN)
     async def login_form(request: Request, token: str = Form(...)) -> Response:
+        """The login form: exchange the token for a session cookie."""
         return auth.login(app, [token], _client(request), _https(request))
 
-    @app.post("/logout", include_in_schema=False, response_model=None)
+    @app.post("/logout", tags=["session"], response_model=None, status_code=303, response_class=RedirectResponse,
+              responses=api.redirect("/login", "The session cookie is deleted (and the session ended)"))
     async def logout(request: Request) -> Response:
         return auth.logout(app, request.headers.getlist("cookie"), _https(request))
 

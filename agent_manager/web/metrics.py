@@ -7,12 +7,12 @@ from fastapi.responses import Response
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from agent_manager.service import Service
+from agent_manager.web import responses as api
 from agent_manager.web.deps import service
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}})
+@router.get("/metrics", response_class=Response, responses=api.PROMETHEUS)
 async def metrics(svc: Service = Depends(service)) -> Response:
     return Response(svc.runs.metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+
+from agent_manager.web import responses as api
 
 STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -45,20 +47,23 @@ def install(app: FastAPI) -> None:
     """Mount ``/static`` and serve the UI shell at ``/``."""
     app.mount("/static", _Static(directory=STATIC), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", tags=["ui"], response_class=HTMLResponse, responses=api.HTML)
     async def index() -> FileResponse:
+        """The web UI."""
         return FileResponse(STATIC / "index.html", media_type="text/html", headers=SHELL_HEADERS)
 
-    @app.get("/index.html", include_in_schema=False)
+    @app.get("/index.html", tags=["ui"], response_class=HTMLResponse, responses=api.HTML)
     async def index_file() -> FileResponse:
+        """The web UI (its file name)."""
         return await index()
 
-    @app.get("/favicon.ico", include_in_schema=False)
+    @app.get("/favicon.ico", tags=["ui"], response_class=Response, responses=api.SVG)
     async def favicon() -> FileResponse:
         # Browsers ask for it on every page, the login page included (an open path).
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml",
                             headers={"Cache-Control": "max-age=86400"})
 
-    @app.get("/ui/pages.json", include_in_schema=False)
+    @app.get("/ui/pages.json", tags=["ui"], response_model=api.PageList)
     async def pages() -> JSONResponse:
+        """The UI's page modules that exist (the UI's router asks)."""
         return JSONResponse({"pages": available_pages()}, headers={"Cache-Control": "no-cache"})

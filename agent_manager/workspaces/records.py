@@ -96,8 +96,7 @@ def public(ws: dict[str, Any] | None) -> dict[str, Any] | None:
     if ws is None:
         return None
     return {"id": ws["id"], "project": ws["project"], **{k: ws[k] for k in PUBLIC_FIELDS},
-            "created_at": ws["created_at"], "updated_at": ws["updated_at"],
-            **({"note": ws["note"]} if ws.get("note") else {})}
+            "created_at": ws["created_at"], "updated_at": ws["updated_at"], "note": ws.get("note") or None}
 
 
 def attach(db: Database, row: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from agent_manager.models import MASK, Agent, AgentCreate, AgentUpdate, mask_env
 from agent_manager.run_request import working_dir_problem
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, require_admin, service
 
 router = APIRouter(prefix="/api/agents", tags=["agents"])
@@ -49,19 +50,21 @@ async def list_agents(svc: Service = Depends(service)) -> list[Agent]:
     return [present(a) for a in agent_store.list_all(svc.database)]
 
 
-@router.post("", response_model=Agent, status_code=201, dependencies=[Depends(require_admin)])
+@router.post("", response_model=Agent, status_code=201, dependencies=[Depends(require_admin)],
+             responses=api.errors(403, 409, 422))
 async def create_agent(body: AgentCreate, request: Request, svc: Service = Depends(service)) -> Agent:
     agent = agent_store.create(svc.database, _fields(body))
     audit(request, "agent.create", agent["id"], {"name": agent["name"], "kind": agent["kind"]})
     return present(agent)
 
 
-@router.get("/{ref}", response_model=Agent)
+@router.get("/{ref}", response_model=Agent, responses=api.errors(404))
 async def get_agent(ref: str, svc: Service = Depends(service)) -> Agent:
     return present(agent_store.get(svc.database, ref))
 
 
-@router.patch("/{ref}", response_model=Agent, dependencies=[Depends(require_admin)])
+@router.patch("/{ref}", response_model=Agent, dependencies=[Depends(require_admin)],
+              responses=api.errors(403, 404, 409, 422))
 async def update_agent(ref: str, body: AgentUpdate, request: Request, svc: Service = Depends(service)) -> Agent:
     current = agent_store.get(svc.database, ref)
     changes = body.model_dump(exclude_unset=True)
@@ -81,7 +84,7 @@ async def update_agent(ref: str, body: AgentUpdate, request: Request, svc: Servi
     return present(updated)
 
 
-@router.delete("/{ref}", status_code=204, dependencies=[Depends(require_admin)])
+@router.delete("/{ref}", status_code=204, dependencies=[Depends(require_admin)], responses=api.errors(403, 404))
 async def delete_agent(ref: str, request: Request, svc: Service = Depends(service)) -> Response:
     agent = agent_store.get(svc.database, ref)
     agent_store.delete(svc.database, ref)

@@ -11,6 +11,7 @@ from agent_manager.models import NO_NUL, Conversation, ConversationCreate, Messa
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import conversations as conv_store
+from agent_manager.web import responses as api
 from agent_manager.web.deps import owner_filter, principal, service
 from agent_manager.workspaces import records as rec
 
@@ -24,7 +25,7 @@ async def list_conversations(request: Request, q: str | None = Query(None, max_l
     return await svc.database.read(conv_store.search, q, owner_filter(request), limit, offset)
 
 
-@router.post("", response_model=Conversation, status_code=201)
+@router.post("", response_model=Conversation, status_code=201, responses=api.errors(404, 409, 422))
 async def create_conversation(body: ConversationCreate, request: Request,
                         svc: Service = Depends(service)) -> dict[str, Any]:
     agent_id = agent_store.get(svc.database, body.agent)["id"] if body.agent else None
@@ -40,13 +41,14 @@ async def create_conversation(body: ConversationCreate, request: Request,
     return rec.attach(svc.database, conv)
 
 
-@router.get("/{conv_id}", response_model=Conversation)
+@router.get("/{conv_id}", response_model=Conversation, responses=api.errors(404))
 async def get_conversation(conv_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     conv = conv_store.get(svc.database, conv_id, owner_filter(request))
     return rec.attach(svc.database, {**conv, "messages": conv_store.messages(svc.database, conv_id)})
 
 
-@router.post("/{conv_id}/messages", response_model=MessagePosted, status_code=201)
+@router.post("/{conv_id}/messages", response_model=MessagePosted, status_code=201,
+             responses=api.errors(403, 404, 409, 413, 422, 503))
 async def post_message(conv_id: str, body: MessageCreate, request: Request,
                  svc: Service = Depends(service)) -> dict[str, Any]:
     conv = conv_store.get(svc.database, conv_id, owner_filter(request))

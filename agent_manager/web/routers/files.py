@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from agent_manager.errors import (
     AgentManagerError,
@@ -40,6 +39,7 @@ from agent_manager.errors import (
 )
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, require_trusted, service
 from agent_manager.workdirs import agent_workspace
 from agent_manager.workdirs import open_dir as walk
@@ -48,40 +48,6 @@ router = APIRouter(prefix="/api/files", tags=["files"])
 READ_CAP = 1_048_576
 WRITE_CAP = 8 * 1_048_576
 LIST_CAP = 5000
-
-
-class FileEntry(BaseModel):
-    name: str
-    type: Literal["file", "dir", "symlink", "other"]
-    size: int
-    modified: str
-
-
-class DirListing(BaseModel):
-    type: Literal["dir"]
-    agent: str
-    root: str
-    path: str
-    entries: list[FileEntry]
-    truncated: bool
-
-
-class FileContent(BaseModel):
-    type: Literal["file"]
-    agent: str
-    path: str
-    size: int
-    modified: str
-    encoding: Literal["utf-8", "base64"]
-    content: str
-
-
-class FileWritten(BaseModel):
-    type: Literal["file"]
-    agent: str
-    path: str
-    size: int
-    modified: str
 
 
 def stamp(seconds: float) -> str:
@@ -167,8 +133,8 @@ def _listing(fd: int) -> tuple[list[dict[str, Any]], bool]:
     return entries, truncated
 
 
-@router.get("", response_model=DirListing | FileContent,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get("", response_model=api.DirListing | api.FileContent,
+            responses={**api.DOWNLOAD, **api.errors(400, 403, 404, 409, 413)})
 async def read(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query("", max_length=4096), raw: bool = False,
                svc: Service = Depends(service)) -> Any:
@@ -294,7 +260,8 @@ WRITE_BODY = {"requestBody": {"required": True, "content": {
                                                    "encoding": {"enum": ["utf-8", "base64"]}}}}}}}
 
 
-@router.put("", response_model=FileWritten, openapi_extra=WRITE_BODY, dependencies=[Depends(require_trusted)])
+@router.put("", response_model=api.FileWritten, openapi_extra=WRITE_BODY, dependencies=[Depends(require_trusted)],
+            responses=api.errors(400, 403, 404, 409, 413, 507))
 async def write(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                 path: str = Query(..., min_length=1, max_length=4096),
                 svc: Service = Depends(service)) -> dict[str, Any]:
@@ -361,7 +328,8 @@ def _entry(svc: Service, agent: str, path: str) -> tuple[dict[str, Any], str, li
     return found, real_root, parent, parts[-1], "/".join([*parent, parts[-1]])
 
 
-@router.delete("", status_code=204, dependencies=[Depends(require_trusted)])
+@router.delete("", status_code=204, dependencies=[Depends(require_trusted)],
+               responses=api.errors(400, 403, 404, 409, 507))
 async def remove(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                  path: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> Response:
     """Delete a file, a symlink (not its target) or an empty directory."""
@@ -381,7 +349,8 @@ async def remove(request: Request, agent: str = Query(..., min_length=1, max_len
     return Response(status_code=204)
 
 
-@router.post("/move", dependencies=[Depends(require_trusted)])
+@router.post("/move", dependencies=[Depends(require_trusted)], response_model=api.Moved,
+             responses=api.errors(400, 403, 404, 409, 507))
 async def move(request: Request, agent: str = Query(..., min_length=1, max_length=256),
                path: str = Query(..., min_length=1, max_length=4096),
                to: str = Query(..., min_length=1, max_length=4096), svc: Service = Depends(service)) -> dict[str, Any]:

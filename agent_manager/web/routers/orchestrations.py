@@ -9,12 +9,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
 
 from agent_manager.errors import NotFound, ValidationFailed
+from agent_manager.models import Event
 from agent_manager.orchestration import plan as plans
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import orchestrations as store
 from agent_manager.store import users as user_store
 from agent_manager.web import plan_files, sse
+from agent_manager.web import responses as api
 from agent_manager.web.deps import owner_filter, principal, service
 from agent_manager.workspaces import records as rec
 
@@ -39,7 +41,8 @@ def with_workspaces(svc: Service, view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=api.Orchestration, response_model_exclude_unset=True,
+             responses=api.errors(403, 404, 409, 422, 503))
 async def create_orchestration(body: OrchestrationInput, request: Request,
                                svc: Service = Depends(service)) -> dict[str, Any]:
     """Validate the plan (422 naming the step on any problem) and start running it."""
@@ -53,7 +56,7 @@ async def create_orchestration(body: OrchestrationInput, request: Request,
                                                    user_admin=bool(who.get("admin"))))
 
 
-@router.get("")
+@router.get("", response_model=api.OrchestrationPage)
 async def list_orchestrations(request: Request, status: OrchestrationStatus | None = None,
                               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
                               svc: Service = Depends(service)) -> dict[str, Any]:
@@ -64,17 +67,20 @@ async def list_orchestrations(request: Request, status: OrchestrationStatus | No
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{orch_id}")
+@router.get("/{orch_id}", response_model=api.Orchestration, response_model_exclude_unset=True,
+            responses=api.errors(404))
 async def get_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     return with_workspaces(svc, store.view(svc.database, orch_id, owner_filter(request)))
 
 
-@router.post("/{orch_id}/cancel")
+@router.post("/{orch_id}/cancel", response_model=api.Orchestration, response_model_exclude_unset=True,
+             responses=api.errors(404))
 async def cancel_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     return with_workspaces(svc, await svc.orchestrations.cancel(orch_id, owner_filter(request)))
 
 
-@router.post("/{orch_id}/resume")
+@router.post("/{orch_id}/resume", response_model=api.Orchestration, response_model_exclude_unset=True,
+             responses=api.errors(404, 409))
 async def resume_orchestration(orch_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     who = owner_rights(svc, request, orch_id)
     return with_workspaces(svc, svc.orchestrations.resume(orch_id, owner_filter(request),
@@ -82,12 +88,14 @@ async def resume_orchestration(orch_id: str, request: Request, svc: Service = De
                                                    user_admin=bool(who.get("admin"))))
 
 
-@router.post("/{orch_id}/steps/{step_id}/retry")
+@router.post("/{orch_id}/steps/{step_id}/retry", response_model=api.Orchestration,
+             response_model_exclude_unset=True, responses=api.errors(404, 409))
 async def retry_step(orch_id: str, step_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     """Run one failed (or skipped/cancelled) step again, and the steps below it that it held back."""
     who = owner_rights(svc, request, orch_id)
-    return svc.orchestrations.resume(orch_id, owner_filter(request), user_trusted=bool(who.get("trusted", True)),
-                              only=step_id, user_admin=bool(who.get("admin")))
+    return with_workspaces(svc, svc.orchestrations.resume(orch_id, owner_filter(request), only=step_id,
+                                                          user_trusted=bool(who.get("trusted", True)),
+                                                          user_admin=bool(who.get("admin"))))
 
 
 def owner_rights(svc: Service, request: Request, orch_id: str) -> dict[str, Any]:
@@ -103,7 +111,8 @@ def owner_rights(svc: Service, request: Request, orch_id: str) -> dict[str, Any]
     return who
 
 
-@router.get("/{orch_id}/files")
+@router.get("/{orch_id}/files", response_model=api.PlanFileList | api.PlanFileContent,
+            responses={**api.DOWNLOAD, **api.errors(400, 403, 404, 413)})
 async def orchestration_files(orch_id: str, request: Request, path: str = Query("", max_length=4096),
                               raw: bool = False, svc: Service = Depends(service)) -> Any:
     """The files the plan wrote in its workspace: without ``path`` a recursive list (bounded), with
@@ -112,7 +121,7 @@ async def orchestration_files(orch_id: str, request: Request, path: str = Query(
     return plan_files.read(Path(orch["workspace"]), path, raw, svc.settings.home)
 
 
-@router.get("/{orch_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/{orch_id}/events", response_model=list[Event], responses={**api.SSE, **api.errors(400, 404)})
 async def orchestration_events(orch_id: str, request: Request, after: int | None = Query(None, ge=0, le=sse.MAX_SEQ),
                                limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
     """SSE (Accept: text/event-stream) or a JSON list; ``?after=`` / ``Last-Event-ID`` resume."""

@@ -15,6 +15,7 @@ from agent_manager.orchestration import planner
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import saved_plans
+from agent_manager.web import responses as api
 from agent_manager.web.deps import owner_filter, principal, service
 
 router = APIRouter(prefix="/api/plans", tags=["plans"])
@@ -35,15 +36,10 @@ class PlanRequest(BaseModel):
         return value
 
 
-class PlanDraft(BaseModel):
-    plan: plans.Plan
-    raw: str
-    run_ids: list[str]
-
-
-@router.post("", response_model=PlanDraft, response_model_exclude_none=True, status_code=201)
+@router.post("", response_model=api.PlanDraft, response_model_exclude_none=True, status_code=201,
+             responses=api.errors(400, 403, 404, 422, 499, 503))
 async def create_plan(body: PlanRequest, request: Request,
-                      svc: Service = Depends(service)) -> PlanDraft | Response:
+                      svc: Service = Depends(service)) -> api.PlanDraft | Response:
     """Ask the planner agent for a draft plan. Nothing runs: review it, then POST /api/orchestrations."""
     who = principal(request)
     work = asyncio.ensure_future(planner.draft(svc.database, svc.settings, svc.runs, body.goal, body.planner,
@@ -63,22 +59,23 @@ async def create_plan(body: PlanRequest, request: Request,
     if work.cancelled():
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     draft = work.result()
-    return PlanDraft(plan=draft.plan, raw=draft.raw, run_ids=draft.run_ids)
+    return api.PlanDraft(plan=draft.plan, raw=draft.raw, run_ids=draft.run_ids)
 
 
-@router.get("/schema")
+@router.get("/schema", response_model=api.JsonSchemaDocument)
 async def plan_schema() -> dict[str, Any]:
     """The JSON Schema of a plan (DESIGN 3.4)."""
     return plans.schema()
 
 
-@router.post("/validate")
+@router.post("/validate", response_model=api.PlanValidation, response_model_exclude_unset=True)
 async def validate_plan(body: plans.PlanInput, svc: Service = Depends(service)) -> dict[str, Any]:
     """Every problem of a plan, each naming its step; with the DAG's layers when it is valid."""
     try:
         data = body.data()
     except plans.PlanInvalid as exc:
-        return {"valid": False, "errors": [i.to_json() for i in exc.issues], "plan": None, "layers": []}
+        return {"valid": False, "errors": [i.to_json() for i in exc.issues], "plan": None, "layers": [],
+                "yaml": None}
     plan, issues = plans.check(data, agent_store.list_all(svc.database))
     valid = plan is not None and not issues
     return {"valid": valid, "errors": [i.to_json() for i in issues],
@@ -93,13 +90,15 @@ class SavedPlanInput(plans.PlanInput):
     name: str = Field(..., pattern=NAME_RE)
 
 
-@router.get("/saved")
+@router.get("/saved", response_model=list[api.SavedPlan], response_model_exclude_unset=True)
 async def list_saved(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
     """Your saved plans (the admin's list has everyone's), by name."""
     return saved_plans.list_all(svc.database, owner_filter(request))
 
 
-@router.post("/saved", status_code=201)
+@router.post("/saved", status_code=201, response_model=api.SavedPlan, response_model_exclude_unset=True,
+             responses={200: {"model": api.SavedPlan, "description": "Replaced the plan of that name"},
+                        **api.errors(422)})
 async def save_plan(body: SavedPlanInput, request: Request, response: Response,
                     svc: Service = Depends(service)) -> dict[str, Any]:
     """Validate the plan (422 naming the step) and keep it; 200 when it replaced one of that name."""
@@ -110,12 +109,13 @@ async def save_plan(body: SavedPlanInput, request: Request, response: Response,
     return saved
 
 
-@router.get("/saved/{plan_id}")
+@router.get("/saved/{plan_id}", response_model=api.SavedPlan, response_model_exclude_unset=True,
+            responses=api.errors(404))
 async def get_saved(plan_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     return saved_plans.get(svc.database, plan_id, owner_filter(request))
 
 
-@router.delete("/saved/{plan_id}", status_code=204)
+@router.delete("/saved/{plan_id}", status_code=204, responses=api.errors(404))
 async def delete_saved(plan_id: str, request: Request, svc: Service = Depends(service)) -> Response:
     saved_plans.delete(svc.database, plan_id, owner_filter(request))
     return Response(status_code=204)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from agent_manager.models import ProjectCreate
 from agent_manager.service import Service
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
 from agent_manager.workspaces import records as rec
 
@@ -32,12 +33,12 @@ def view(svc: Service, project: dict[str, Any], with_workspaces: bool = False,
     return out
 
 
-@router.get("")
+@router.get("", response_model=list[api.Project])
 async def list_projects(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
     return [view(svc, p, owner=owner_filter(request)) for p in rec.projects(svc.database)]
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=api.Project, responses=api.errors(400, 403, 409, 422))
 async def create_project(body: ProjectCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     project = await svc.workspaces.register(principal(request), body.name, path=body.path, git_url=body.git_url,
                                              base=body.base)
@@ -45,12 +46,13 @@ async def create_project(body: ProjectCreate, request: Request, svc: Service = D
     return view(svc, project)
 
 
-@router.get("/{ref}")
+@router.get("/{ref}", response_model=api.ProjectDetail, response_model_exclude_unset=True,
+            responses=api.errors(404))
 async def get_project(ref: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     return view(svc, rec.project(svc.database, ref), with_workspaces=True, owner=owner_filter(request))
 
 
-@router.delete("/{ref}", status_code=204, dependencies=[Depends(require_admin)])
+@router.delete("/{ref}", status_code=204, dependencies=[Depends(require_admin)], responses=api.errors(403, 404, 409))
 async def delete_project(ref: str, request: Request, svc: Service = Depends(service)) -> Response:
     await svc.workspaces.remove_project(ref)
     audit(request, "project.delete", ref)

@@ -13,6 +13,7 @@ from agent_manager.models import NO_NUL, Event, Run, RunCreate, RunPage, RunStat
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import runs as run_store
+from agent_manager.web import responses as api
 from agent_manager.web import sse
 from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
 from agent_manager.workspaces import records as rec
@@ -37,7 +38,7 @@ def check_resources(request: Request, svc: Service, resources: Resources) -> Non
                                      "message": f"at most {cap:g}"}])
 
 
-@router.post("", response_model=Run, status_code=201)
+@router.post("", response_model=Run, status_code=201, responses=api.errors(403, 404, 409, 413, 422, 503))
 async def create_run(body: RunCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     resources = Resources(cpu=body.resources.cpu, memory_mb=body.resources.memory_mb) if body.resources else None
     if resources is not None:
@@ -56,7 +57,7 @@ async def create_run(body: RunCreate, request: Request, svc: Service = Depends(s
     return rec.attach(svc.database, run)
 
 
-@router.get("", response_model=RunPage)
+@router.get("", response_model=RunPage, responses=api.errors(404))
 async def list_runs(request: Request, agent: str | None = None, status: RunStatus | None = None,
               q: str | None = Query(None, max_length=500, pattern=NO_NUL), limit: int = Query(50, ge=1, le=500),
               offset: int = Query(0, ge=0), svc: Service = Depends(service)) -> dict[str, Any]:
@@ -71,7 +72,8 @@ class PruneRequest(BaseModel):
     older_than_days: float = Field(..., ge=0, le=100_000, allow_inf_nan=False)
 
 
-@router.post("/prune", dependencies=[Depends(require_admin)])
+@router.post("/prune", dependencies=[Depends(require_admin)], response_model=api.Pruned,
+             responses=api.errors(403))
 async def prune_runs(body: PruneRequest, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     """Delete finished runs (and their event logs) older than ``older_than_days``."""
     deleted = svc.runs.prune(body.older_than_days)
@@ -79,12 +81,12 @@ async def prune_runs(body: PruneRequest, request: Request, svc: Service = Depend
     return {"deleted": deleted, "older_than_days": body.older_than_days}
 
 
-@router.get("/{run_id}", response_model=Run)
+@router.get("/{run_id}", response_model=Run, responses=api.errors(404))
 async def get_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     return rec.attach(svc.database, run_store.get(svc.database, run_id, owner_filter(request)))
 
 
-@router.post("/{run_id}/cancel", response_model=Run)
+@router.post("/{run_id}/cancel", response_model=Run, responses=api.errors(404))
 async def cancel_run(run_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     run = await svc.runs.cancel(run_id, owner_filter(request))
     audit(request, "run.cancel", run_id, {"agent": run["agent_name"], "status": run["status"]})
@@ -92,7 +94,7 @@ async def cancel_run(run_id: str, request: Request, svc: Service = Depends(servi
 
 
 @router.get("/{run_id}/events", response_model=list[Event],
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={**api.SSE, **api.errors(400, 404)})
 async def run_events(run_id: str, request: Request, after: int | None = Query(None, ge=0, le=sse.MAX_SEQ),
                limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
     run_store.get(svc.database, run_id, owner_filter(request))

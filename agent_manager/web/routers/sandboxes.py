@@ -15,6 +15,7 @@ from agent_manager import plugins
 from agent_manager.errors import ExecutorUnavailable
 from agent_manager.plugins import HOST, ISOLATED
 from agent_manager.service import Service
+from agent_manager.web import responses as api
 from agent_manager.web.deps import owner_filter, require_admin, service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
@@ -29,7 +30,7 @@ def _owned_runs(svc: Service, owner: str | None, run_ids: set[str]) -> set[str]:
     return {row["id"] for row in rows}
 
 
-@router.get("")
+@router.get("", response_model=list[api.Sandbox], response_model_exclude_unset=True, responses=api.errors(503))
 async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
     """Sandboxes of live runs on this host, and every remote sandbox labelled by Agent Manager.
     A user sees only those of their own runs (no other run ids, host pids or pool sandboxes)."""
@@ -53,7 +54,7 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
     return found
 
 
-@router.post("/gc", dependencies=[Depends(require_admin)])
+@router.post("/gc", dependencies=[Depends(require_admin)], response_model=api.Swept, responses=api.errors(403, 503))
 async def gc(all_instances: bool = Query(False), svc: Service = Depends(service)) -> dict[str, int]:
     """Delete labelled remote sandboxes no live run or warm pool of this service uses."""
     sweepers = [(name, sweep) for name, executor in list(svc.executors.items())

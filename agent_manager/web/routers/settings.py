@@ -18,6 +18,7 @@ from agent_manager.settings import (
     describe_errors,
     write_config_file,
 )
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, require_admin, service
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
@@ -35,7 +36,7 @@ def public_view(settings: Settings) -> dict[str, Any]:
     return data
 
 
-@router.get("")
+@router.get("", response_model=api.SettingsView)
 async def get_settings(svc: Service = Depends(service)) -> dict[str, Any]:
     return _view(svc)
 
@@ -50,7 +51,8 @@ def _current(settings: Settings, name: str) -> Any:
     return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
 
-@router.patch("", dependencies=[Depends(require_admin)])
+@router.patch("", dependencies=[Depends(require_admin)], response_model=api.SettingsView,
+              responses=api.errors(403, 409, 422))
 async def patch_settings(request: Request, changes: dict[str, Any] = Body(...),
                    svc: Service = Depends(service)) -> dict[str, Any]:
     unknown = sorted(set(changes) - set(Settings.model_fields))

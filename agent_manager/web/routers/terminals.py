@@ -27,6 +27,7 @@ from agent_manager.store import runs as run_store
 from agent_manager.store import users as user_store
 from agent_manager.store.database import new_id
 from agent_manager.terminals import Client, Terminal, TerminalManager, TerminalRequest
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, owner_filter, principal, service
 from agent_manager.workdirs import agent_workspace
 
@@ -114,7 +115,7 @@ async def _project_workspace(svc: Service, name: str, req: TerminalRequest) -> t
     return Path(ws["path"]), str(ws["id"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=api.Terminal, responses=api.errors(403, 404, 409, 429, 503))
 async def open_terminal(body: TerminalCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     mgr = manager(svc)
     req, details = await _workspace(svc, request, body)
@@ -128,17 +129,17 @@ async def open_terminal(body: TerminalCreate, request: Request, svc: Service = D
     return term.public()
 
 
-@router.get("")
+@router.get("", response_model=list[api.Terminal], responses=api.errors(503))
 async def list_terminals(request: Request, svc: Service = Depends(service)) -> list[dict[str, Any]]:
     return manager(svc).list(owner_filter(request))
 
 
-@router.get("/{terminal_id}")
+@router.get("/{terminal_id}", response_model=api.Terminal, responses=api.errors(404, 503))
 async def get_terminal(terminal_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     return manager(svc).get(terminal_id, owner_filter(request)).public()
 
 
-@router.delete("/{terminal_id}", status_code=204)
+@router.delete("/{terminal_id}", status_code=204, responses=api.errors(404, 503))
 async def close_terminal(terminal_id: str, request: Request, svc: Service = Depends(service)) -> Response:
     mgr = manager(svc)
     term = mgr.get(terminal_id, owner_filter(request))

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from agent_manager.errors import Conflict, Forbidden, ValidationFailed
 from agent_manager.models import NAME_RE, Strict
 from agent_manager.service import Service
 from agent_manager.store import users as user_store
 from agent_manager.web import auth
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, principal, require_admin, service
 
 router = APIRouter(tags=["users"])
@@ -34,63 +35,26 @@ class UserUpdate(Strict):
     admin: bool | None = None
 
 
-class User(BaseModel):
-    id: str
-    name: str
-    trusted: bool
-    admin: bool
-    created_at: str
-
-
-class UserWithToken(User):
-    token: str = Field(..., description="shown once; only its hash is kept")
-
-
-class AdminToken(BaseModel):
-    token: str = Field(..., description="the new admin token, shown once (also written to the token file)")
-
-
-class Me(BaseModel):
-    id: str | None
-    name: str
-    admin: bool
-    trusted: bool
-
-
-class AuditEntry(BaseModel):
-    id: int
-    at: str
-    actor: str
-    action: str
-    target: str | None
-    details: dict[str, Any]
-
-
-class AuditPage(BaseModel):
-    items: list[AuditEntry]
-    total: int
-    limit: int
-    offset: int
-
-
 def _check_name(name: str | None) -> None:
     if name is not None and name.lower() in RESERVED_NAMES:
         raise ValidationFailed(f"name: {name!r} is reserved", [{"field": "name", "message": "reserved"}])
 
 
-@router.get("/api/users/me", response_model=Me)
+@router.get("/api/users/me", response_model=api.Me)
 async def me(request: Request) -> dict[str, Any]:
     who = principal(request)
     return {"id": who.get("id"), "name": who.get("name", "?"), "admin": bool(who.get("admin")),
             "trusted": bool(who.get("trusted"))}
 
 
-@router.get("/api/users", response_model=list[User], dependencies=[Depends(require_admin)])
+@router.get("/api/users", response_model=list[api.User], dependencies=[Depends(require_admin)],
+            responses=api.errors(403))
 async def list_users(svc: Service = Depends(service)) -> list[dict[str, Any]]:
     return user_store.list_all(svc.database)
 
 
-@router.post("/api/users", response_model=UserWithToken, status_code=201, dependencies=[Depends(require_admin)])
+@router.post("/api/users", response_model=api.UserWithToken, status_code=201, dependencies=[Depends(require_admin)],
+             responses=api.errors(403, 409, 422))
 async def create_user(body: UserCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     _check_name(body.name)
     user, token = user_store.create(svc.database, body.name, trusted=body.trusted, admin=body.admin)
@@ -99,12 +63,14 @@ async def create_user(body: UserCreate, request: Request, svc: Service = Depends
     return {**user, "token": token}
 
 
-@router.get("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)])
+@router.get("/api/users/{user_id}", response_model=api.User, dependencies=[Depends(require_admin)],
+            responses=api.errors(403, 404))
 async def get_user(user_id: str, svc: Service = Depends(service)) -> dict[str, Any]:
     return user_store.get(svc.database, user_id)
 
 
-@router.patch("/api/users/{user_id}", response_model=User, dependencies=[Depends(require_admin)])
+@router.patch("/api/users/{user_id}", response_model=api.User, dependencies=[Depends(require_admin)],
+              responses=api.errors(403, 404, 409, 422))
 async def update_user(user_id: str, body: UserUpdate, request: Request,
                       svc: Service = Depends(service)) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
@@ -117,23 +83,26 @@ async def update_user(user_id: str, body: UserUpdate, request: Request,
     return user
 
 
-@router.delete("/api/users/{user_id}", status_code=204, dependencies=[Depends(require_admin)])
+@router.delete("/api/users/{user_id}", status_code=204, dependencies=[Depends(require_admin)],
+               responses=api.errors(403, 404))
 async def delete_user(user_id: str, request: Request, svc: Service = Depends(service)) -> Response:
     user = user_store.delete(svc.database, user_id)
     audit(request, "user.delete", user["id"], {"name": user["name"]})
     return Response(status_code=204)
 
 
-@router.post("/api/users/{user_id}/token", response_model=UserWithToken, dependencies=[Depends(require_admin)])
+@router.post("/api/users/{user_id}/token", response_model=api.UserWithToken, dependencies=[Depends(require_admin)],
+             responses=api.errors(403, 404))
 async def rotate_token(user_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     user, token = user_store.rotate_token(svc.database, user_id)
     audit(request, "user.token_rotate", user["id"], {"name": user["name"]})
     return {**user, "token": token}
 
 
-# Out of /openapi.json like /login and /logout: an API fuzzer or a generated client walking the
-# schema with the admin token would otherwise replace the token it is using (docs/api.md has it).
-@router.post("/api/token/rotate", response_model=AdminToken, include_in_schema=False)
+# Out of /openapi.json: an API fuzzer or a generated client walking the schema with the admin
+# token would otherwise replace the token it is using (docs/api.md has it).
+@router.post("/api/token/rotate", response_model=api.AdminToken, include_in_schema=False,
+             responses=api.errors(403, 409))
 async def rotate_admin_token(request: Request, response: Response) -> dict[str, Any]:
     """Replace the admin token; the old one, and every admin session, stop working at once.
     Only the holder of the admin token may do it (not a user who is an admin)."""
@@ -147,7 +116,8 @@ async def rotate_admin_token(request: Request, response: Response) -> dict[str, 
     return {"token": token}
 
 
-@router.get("/api/audit", response_model=AuditPage, dependencies=[Depends(require_admin)])
+@router.get("/api/audit", response_model=api.AuditPage, dependencies=[Depends(require_admin)],
+            responses=api.errors(403))
 async def audit_log(actor: str | None = Query(None, max_length=200), action: str | None = Query(None, max_length=200),
                     limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=2**62),
                     svc: Service = Depends(service)) -> dict[str, Any]:

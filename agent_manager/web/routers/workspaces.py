@@ -10,11 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from agent_manager.errors import Forbidden, NotFound
-from agent_manager.models import MergeRequest
+from agent_manager.models import MergeRequest, WorkspaceInfo
 from agent_manager.service import Service
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import orchestrations as orch_store
 from agent_manager.store import runs as run_store
+from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, owner_filter, principal, service
 from agent_manager.workspaces import records as rec
 from agent_manager.workspaces.workspace import commit_message
@@ -51,7 +52,8 @@ def _router(resource: str) -> APIRouter:
             raise NotFound(f"{noun} {item_id!r} has no workspace: it was not started on a project")
         return ws, title
 
-    @router.get("/{item_id}/diff", responses={200: {"content": {"text/x-diff": {}}}}, name=f"{noun}_diff")
+    @router.get("/{item_id}/diff", response_model=api.WorkspaceDiff, response_model_exclude_unset=True,
+                responses={**api.PATCH, **api.errors(404)}, name=f"{noun}_diff")
     async def diff(item_id: str, request: Request, format: str | None = Query(None, pattern="^(json|patch)$"),
                    svc: Service = Depends(service)) -> Any:
         ws, _ = target(svc, request, item_id)
@@ -62,7 +64,8 @@ def _router(resource: str) -> APIRouter:
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
         return await svc.workspaces.diff(ws["id"])
 
-    @router.post("/{item_id}/merge", name=f"{noun}_merge")
+    @router.post("/{item_id}/merge", name=f"{noun}_merge", response_model=api.MergedWorkspace,
+                 responses=api.errors(403, 404, 409))
     async def merge(item_id: str, request: Request, body: MergeRequest | None = Body(None),
                     svc: Service = Depends(service)) -> dict[str, Any]:
         ws, title = target(svc, request, item_id)
@@ -77,7 +80,8 @@ def _router(resource: str) -> APIRouter:
                                                   "commit": merged["merged_commit"]})
         return {**(rec.public(merged) or {}), "merged_commit": merged["merged_commit"]}
 
-    @router.post("/{item_id}/discard", name=f"{noun}_discard")
+    @router.post("/{item_id}/discard", name=f"{noun}_discard", response_model=WorkspaceInfo,
+                 responses=api.errors(404, 409))
     async def discard(item_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
         ws, _ = target(svc, request, item_id)
         done = await svc.workspaces.discard(ws["id"])
