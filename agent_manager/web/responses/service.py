@@ -4,10 +4,11 @@ terminals, files, sandboxes, settings."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
 
+from agent_manager.models import MASK
 from agent_manager.settings import Settings
 
 # -- service -----------------------------------------------------------------------------------
@@ -156,14 +157,18 @@ class Swept(BaseModel):
 # -- settings ----------------------------------------------------------------------------------
 
 
+def _mentions(annotation: Any, kind: type) -> bool:
+    return annotation is kind or any(_mentions(arg, kind) for arg in get_args(annotation))
+
+
 def _public(annotation: Any) -> Any:
-    """A setting's type as the API shows it: secrets masked, paths as text."""
-    if annotation == SecretStr | None:
-        return Literal["********"] | None
-    if annotation == Path:
-        return str
-    if annotation == Path | None:
-        return str | None
+    """A setting's type as the API shows it: secrets only as the mask (whatever else their type
+    says: pydantic would otherwise accept and re-mask any string, with a mask of another length),
+    paths as text."""
+    if _mentions(annotation, SecretStr):
+        return Literal[MASK] | None
+    if _mentions(annotation, Path):
+        return str | None if _mentions(annotation, type(None)) else str
     return annotation
 
 
