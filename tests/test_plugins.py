@@ -292,3 +292,25 @@ async def test_a_second_cloud_backend_slots_into_routing(tmp_path: Path) -> None
     del executors["cloud2"]
     heavy = await route(RouteRequest(resources=Resources(cpu=64)), cfg, executors, {**caps})
     assert heavy.backend == "local" and "no remote backend is installed" in heavy.reason
+
+
+async def test_agents_of_an_uninstalled_plugin_stay_listed(client: httpx.AsyncClient, service: object) -> None:
+    """Uninstalling a plugin loses no data: its agents are still listed (not available, saying
+    why), and a run on its backend fails with a reason instead of the API breaking."""
+    r = await client.post("/api/agents", json={"name": "orphan", "command": "echo"})
+    assert r.status_code == 201
+    db = service.database  # type: ignore[attr-defined]
+    db.execute("UPDATE agents SET kind = 'gone', backend = 'vanished' WHERE name = 'orphan'")
+    listed = {a["name"]: a for a in (await client.get("/api/agents")).json()}
+    orphan = listed["orphan"]
+    assert orphan["kind"] == "gone" and orphan["backend"] == "vanished" and not orphan["available"]
+    assert "'gone' is not installed" in orphan["install_hint"]
+    r = await client.post("/api/runs", json={"agent": "orphan", "prompt": "x"})
+    assert r.status_code == 422 and "unknown agent kind 'gone'" in r.json()["error"]["message"]
+    db.execute("UPDATE agents SET kind = 'generic' WHERE name = 'orphan'")
+    r = await client.post("/api/runs", json={"agent": "orphan", "prompt": "x"})
+    assert r.status_code == 201
+    from helpers import wait_run
+
+    run = await wait_run(client, r.json()["id"])
+    assert run["status"] == "failed" and "the vanished backend is not installed" in run["error"], run
