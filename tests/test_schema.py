@@ -170,6 +170,23 @@ def _with_seeds(seeds: dict[str, Any]) -> Any:
     return apply
 
 
+@pytest.mark.parametrize(("path", "param", "seed"), [("/api/runs/{run_id}/events", "run_id", "run_id"),
+                                                      ("/api/orchestrations/{orch_id}/events", "orch_id", "orch_id")])
+def test_live_event_streams_are_documented(fuzz_server: tuple[LiveServer, dict[str, Any]], path: str, param: str,
+                                           seed: str) -> None:
+    """The SSE side of the JSON/SSE endpoints (generated requests never ask for it): a finished
+    run's or orchestration's stream replays and ends, as the documented media type. Before the
+    generated requests, which prune runs and delete what they name."""
+    server, seeds = fuzz_server
+    api = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=server.headers)
+    operation = api[path]["GET"]
+    case = operation.Case(path_parameters={param: seeds[seed]}, headers={"Accept": "text/event-stream"})
+    response = case.call(base_url=server.url, headers=server.headers, timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream")
+    assert "event: " in response.text and "id: " in response.text
+    case.validate_response(response, checks=CHECKS, headers=server.headers)
+
+
 def test_api_survives_generated_input(fuzz_server: tuple[LiveServer, dict[str, Any]]) -> None:
     """Every operation, EXAMPLES valid and EXAMPLES invalid generated requests each."""
     server, seeds = fuzz_server
