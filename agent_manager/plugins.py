@@ -132,18 +132,27 @@ def _dist(ep: EntryPoint) -> tuple[str | None, str | None]:
 
 
 def _order(eps: Iterable[EntryPoint]) -> list[EntryPoint]:
-    """Built-ins first, in the order pyproject.toml lists them (the UI's order, and the one
-    routing prefers among equals); then installed plugins by distribution and name."""
+    """Built-ins first (so they keep their names), then installed plugins by distribution and
+    name. (Entry-point files are not ordered: setuptools writes them sorted by name.)"""
     listed = list(eps)
-    builtin = [ep for ep in listed if _dist(ep)[0] == BUILTIN_DIST]
-    others = sorted((ep for ep in listed if _dist(ep)[0] != BUILTIN_DIST),
-                    key=lambda ep: (_dist(ep)[0] or "", ep.name))
-    return builtin + others
+    return sorted(listed, key=lambda ep: (_dist(ep)[0] != BUILTIN_DIST, _dist(ep)[0] or "", ep.name))
 
 
-def _load(group: str, check: Callable[[str, Any], Any]) -> _Group:
+def _backend_rank(entry: Entry) -> tuple[bool, bool, bool, bool, str]:
+    """The order of the UI's choices: built-ins first, each group from the bare host outwards
+    (host, isolated on this host, remote), loaded before failed."""
+    caps = entry.plugin.capabilities if entry.plugin is not None else frozenset()
+    return entry.error is not None, not entry.builtin, REMOTE in caps, ISOLATED in caps, entry.name
+
+
+def _kind_rank(entry: Entry) -> tuple[bool, bool, bool, str]:
+    """Built-ins first, the default kind (any program) first of all, then by name."""
+    return entry.error is not None, not entry.builtin, entry.name != DEFAULT_KIND, entry.name
+
+
+def _load(group: str, check: Callable[[str, Any], Any], rank: Callable[[Entry], Any]) -> _Group:
     """Load every entry point of ``group``; ``check`` turns the loaded object into the plugin
-    (or raises TypeError/ValueError saying what is wrong with it)."""
+    (or raises TypeError/ValueError saying what is wrong with it); ``rank`` orders the result."""
     result = _Group()
     taken: dict[str, Entry] = {}
     seen: set[tuple[str, str, str | None]] = set()
@@ -169,6 +178,7 @@ def _load(group: str, check: Callable[[str, Any], Any]) -> _Group:
             entry = Entry(ep.name, ep.value, dist, version, plugin=plugin)
         taken[ep.name] = entry
         result.entries.append(entry)
+    result.entries.sort(key=rank)
     return result
 
 
@@ -202,23 +212,23 @@ _loaded: dict[str, _Group] = {}  # group → what loading it found (loaded once,
 
 def _backends() -> _Group:
     if BACKEND_GROUP not in _loaded:
-        _loaded[BACKEND_GROUP] = _load(BACKEND_GROUP, _check_backend)
+        _loaded[BACKEND_GROUP] = _load(BACKEND_GROUP, _check_backend, _backend_rank)
     return _loaded[BACKEND_GROUP]
 
 
 def _kinds() -> _Group:
     if KIND_GROUP not in _loaded:
-        _loaded[KIND_GROUP] = _load(KIND_GROUP, _check_kind)
+        _loaded[KIND_GROUP] = _load(KIND_GROUP, _check_kind, _kind_rank)
     return _loaded[KIND_GROUP]
 
 
 def backends() -> dict[str, BackendPlugin]:
-    """Every backend that loaded, by name, built-ins first."""
+    """Every backend that loaded, by name, in the UI's order (built-ins first: local, sandbox, ...)."""
     return _backends().loaded()
 
 
 def kinds() -> dict[str, AgentKind]:
-    """Every agent kind that loaded, by name, built-ins first."""
+    """Every agent kind that loaded, by name, built-ins first, the default kind first of all."""
     return _kinds().loaded()
 
 
@@ -240,6 +250,11 @@ def capabilities(name: str | None) -> frozenset[str]:
     """The capabilities of backend ``name``; none for a name that is not installed."""
     plugin = backends().get(name or "")
     return plugin.capabilities if plugin is not None else frozenset()
+
+
+def on_host(name: str | None) -> bool:
+    """Whether backend ``name`` runs on this machine, taking one of its run slots."""
+    return HOST in capabilities(name)
 
 
 def _unknown(what: str, name: str, known: Iterable[str], failed: Mapping[str, str]) -> str:

@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_manager import plugins
 from agent_manager.agents import get_kind
 from agent_manager.agents.base import AgentKind, Gateway, Invocation, PlainTextParser
 from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, ValidationFailed
@@ -30,7 +29,7 @@ from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
-from agent_manager.plugins import HOST
+from agent_manager.plugins import on_host
 from agent_manager.run_request import (
     PROMPT_FILE_NAME,
     RunRequest,
@@ -50,12 +49,6 @@ if TYPE_CHECKING:
     from agent_manager.workspaces import Workspaces
 
 log = logging.getLogger("agent_manager.runs")
-
-
-def on_host(backend: str | None) -> bool:
-    """Whether ``backend`` runs on this machine, taking one of its run slots (plugins.HOST)."""
-    return HOST in plugins.capabilities(backend)
-
 
 STDERR_KEEP = 16_384
 @dataclass
@@ -503,8 +496,7 @@ class RunManager:
 
 
 def _access(backend: str | None) -> Any:
-    """How ``backend`` reaches a workspace (imported when a workspace is used: git is not
-    needed by runs without one)."""
+    """How ``backend`` reaches a workspace (git is imported only by runs that use one)."""
     from agent_manager.workspaces import access_for
 
     return access_for(backend)

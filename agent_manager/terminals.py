@@ -37,8 +37,8 @@ from agent_manager.errors import BadRequest, ExecutionError, NotFound, TooManyRe
 from agent_manager.executors.base import ExecSpec, Executor
 from agent_manager.executors.pty import clamp_size
 from agent_manager.executors.routing import Route, RouteRequest, route
-from agent_manager.plugins import ISOLATED, REMOTE
-from agent_manager.runs import RunManager, on_host
+from agent_manager.plugins import ISOLATED, REMOTE, on_host
+from agent_manager.runs import RunManager
 from agent_manager.settings import Settings
 from agent_manager.store.database import new_id, now
 from agent_manager.workdirs import hand_over, service_owned

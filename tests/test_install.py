@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -28,7 +29,14 @@ def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     where = tmp_path_factory.mktemp("plain") / "venv"
     venv.EnvBuilder(with_pip=True).create(where)
     pip = [str(where / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    result = subprocess.run([*pip, str(ROOT)], capture_output=True, text=True, timeout=900)
+    # setuptools builds in the checkout; its agent_manager.egg-info there would then shadow the
+    # installed metadata (entry points: the plugin registry) of every later run from the checkout.
+    leftovers = [p for p in (ROOT / "agent_manager.egg-info", ROOT / "build") if not p.exists()]
+    try:
+        result = subprocess.run([*pip, str(ROOT)], capture_output=True, text=True, timeout=900)
+    finally:
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
     if result.returncode != 0 and ("Could not find a version" in result.stderr or "NewConnectionError" in
                                    result.stderr or "Temporary failure in name resolution" in result.stderr):
         pytest.skip(f"no package index reachable: {result.stderr[-300:]}")
@@ -64,6 +72,14 @@ def test_plain_install_starts_and_serves(plain_venv: Path, tmp_path: Path) -> No
         assert httpx.get(f"{url}/api/health").json()["status"] == "ok"
         docs = httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js", headers={"Authorization": f"Bearer {token}"})
         assert docs.status_code == 200 and len(docs.content) > 100_000
+        # The built-in backends and kinds register through the installed entry points; without the
+        # optional Daytona SDK that backend is listed as unavailable, saying how to get it.
+        auth = {"Authorization": f"Bearer {token}"}
+        backends = {b["name"]: b for b in httpx.get(f"{url}/api/backends", headers=auth).json()}
+        assert list(backends) == ["local", "sandbox", "daytona"] and backends["local"]["available"]
+        assert not backends["daytona"]["available"] and "agent-manager[daytona]" in backends["daytona"]["reason"]
+        kinds = [k["name"] for k in httpx.get(f"{url}/api/kinds", headers=auth).json()]
+        assert kinds[0] == "generic" and {"gemini", "claude", "codex"} <= set(kinds)
         # The CLI of that install finds the service without flags.
         agents = subprocess.run([str(plain_venv / "bin" / "agent-manager"), "agents", "list"], env=env,
                                 capture_output=True, text=True, timeout=60)

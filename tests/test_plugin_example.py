@@ -191,3 +191,16 @@ def test_the_ui_offers_it(browser: Browser, server: LiveServer) -> None:
     finally:
         ui.page.context.close()
         ui.api.close()
+
+
+def test_the_cli_lists_it(server: LiveServer) -> None:
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(server.home), "AGENT_MANAGER_URL": server.url}
+    cli = [sys.executable, "-m", "agent_manager"]
+    listed = subprocess.run([*cli, "backends"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith("nice "))
+    assert "host" in line and "available" in line and "[agent-manager-nice 0.1.0]" in line
+    assert any(line.startswith("daytona ") and "unavailable: Daytona is not configured" in line
+               for line in listed.stdout.splitlines())
+    kinds = subprocess.run([*cli, "kinds"], env=env, capture_output=True, text=True, timeout=60)
+    assert kinds.returncode == 0 and any(line.startswith("stdin ") for line in kinds.stdout.splitlines())

@@ -8,6 +8,7 @@ with pip and runs through it end to end).
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -76,6 +77,7 @@ BROKEN = """
     local = am_test_dupe:PLUGIN
     notaplugin = am_test_dupe:NOT_A_PLUGIN
     misnamed = am_test_dupe:PLUGIN
+    boom = am_test_dupe:BOOM
 
     [agent_manager.kinds]
     claude = am_test_dupe:Kind
@@ -89,6 +91,7 @@ DUPE = """
     PLUGIN = BackendPlugin(name="local", title="an impostor", capabilities=frozenset({HOST}),
                            factory=lambda ctx: LocalExecutor(ctx.settings, ctx.prefix, dict(ctx.environ)))
     NOT_A_PLUGIN = 42
+    BOOM = BackendPlugin(name="boom", title="boom", capabilities=frozenset({HOST}), factory=lambda ctx: 1 / 0)
 
     class Kind(AgentKind):
         name = "claude"
@@ -112,6 +115,17 @@ def test_broken_and_duplicate_plugins_are_reported_not_dropped(on_path: Path, ca
     assert "am_test_missing_module" in caplog.text  # logged, not silent
     with pytest.raises(ValueError, match="installed but unusable: failed to load"):
         plugins.check_backend("ghost")
+
+
+def test_a_backend_whose_factory_fails_is_unavailable_not_fatal(on_path: Path, tmp_path: Path) -> None:
+    from agent_manager.service import build_executors
+    from agent_manager.settings import Settings
+
+    install_dist(on_path, "am-broken", BROKEN, {"am_test_dupe": DUPE})
+    plugins.reload()
+    executors, problems = build_executors(Settings(home=tmp_path), "am-test", {"PATH": "/usr/bin:/bin"})
+    assert {"local", "sandbox", "daytona"} <= set(executors) and "boom" not in executors
+    assert problems == {"boom": "could not be started: ZeroDivisionError: division by zero"}
 
 
 async def test_api_lists_backends_and_kinds_with_failures(on_path: Path, client: httpx.AsyncClient) -> None:
@@ -161,7 +175,7 @@ def test_cli_choices_come_from_the_registry() -> None:
     from agent_manager.cli import main
 
     out = CliRunner().invoke(main, ["agents", "add", "--help"]).output
-    assert "[local|sandbox|daytona]" in out and "generic|gemini" in out
+    assert "[local|sandbox|daytona]" in out and "[generic|aider|claude" in out
     result = CliRunner().invoke(main, ["run", "a", "p", "--backend", "cloud"])
     assert result.exit_code == 2 and "'cloud' is not one of 'auto', 'local', 'sandbox', 'daytona'" in result.output
 
@@ -250,3 +264,68 @@ def test_the_literal_check_catches_what_it_should(tmp_path: Path) -> None:
         assert [h.rsplit(": ", 1)[1] for h in ui_hits(js, names)] == ['"local"', "`sandbox`"]
     finally:
         PACKAGE = saved
+
+
+async def test_a_second_cloud_backend_slots_into_routing(tmp_path: Path) -> None:
+    """Routing decides by capabilities: another remote, isolated backend takes heavy and
+    untrusted work exactly as Daytona would, with no change to the routing code."""
+    from agent_manager.executors.base import Availability, Resources
+    from agent_manager.executors.routing import RouteRequest, route
+    from agent_manager.settings import Settings
+
+    class Up:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def available(self) -> Availability:
+            return Availability(True)
+
+    executors: dict = {name: Up(name) for name in ("local", "sandbox", "cloud2")}
+    caps = {"local": frozenset({HOST}), "sandbox": frozenset({HOST, ISOLATED}), "cloud2": frozenset({ISOLATED, REMOTE})}
+    cfg = Settings(home=tmp_path)
+    heavy = await route(RouteRequest(resources=Resources(cpu=64)), cfg, executors, caps)
+    assert heavy.backend == "cloud2" and heavy.reason.endswith("so it runs on cloud2")
+    cfg.prefer_daytona_for_untrusted = True
+    untrusted = await route(RouteRequest(agent_trusted=False), cfg, executors, caps)
+    assert untrusted.backend == "cloud2" and "isolated in cloud2" in untrusted.reason
+    light = await route(RouteRequest(), cfg, executors, caps)
+    assert light.backend == "local"
+    del executors["cloud2"]
+    heavy = await route(RouteRequest(resources=Resources(cpu=64)), cfg, executors, {**caps})
+    assert heavy.backend == "local" and "no remote backend is installed" in heavy.reason
+
+
+async def test_agents_of_an_uninstalled_plugin_stay_listed(client: httpx.AsyncClient, service: object) -> None:
+    """Uninstalling a plugin loses no data: its agents are still listed (not available, saying
+    why), and a run on its backend fails with a reason instead of the API breaking."""
+    r = await client.post("/api/agents", json={"name": "orphan", "command": "echo"})
+    assert r.status_code == 201
+    db = service.database  # type: ignore[attr-defined]
+    db.execute("UPDATE agents SET kind = 'gone', backend = 'vanished' WHERE name = 'orphan'")
+    listed = {a["name"]: a for a in (await client.get("/api/agents")).json()}
+    orphan = listed["orphan"]
+    assert orphan["kind"] == "gone" and orphan["backend"] == "vanished" and not orphan["available"]
+    assert "'gone' is not installed" in orphan["install_hint"]
+    r = await client.post("/api/runs", json={"agent": "orphan", "prompt": "x"})
+    assert r.status_code == 422 and "unknown agent kind 'gone'" in r.json()["error"]["message"]
+    db.execute("UPDATE agents SET kind = 'generic' WHERE name = 'orphan'")
+    r = await client.post("/api/runs", json={"agent": "orphan", "prompt": "x"})
+    assert r.status_code == 201
+    from helpers import wait_run
+
+    run = await wait_run(client, r.json()["id"])
+    assert run["status"] == "failed" and "the vanished backend is not installed" in run["error"], run
+
+
+def test_stale_metadata_is_one_clear_sentence_at_start(tmp_path: Path) -> None:
+    """An agent_manager.egg-info without the entry points (an old build left in a checkout)
+    shadows the real metadata: serve refuses to start a service that could run nothing."""
+    stale = tmp_path / "stale" / "agent_manager.egg-info"
+    stale.mkdir(parents=True)
+    (stale / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: agent-manager\nVersion: 0.0.1\n")
+    (stale / "entry_points.txt").write_text("[console_scripts]\nagent-manager = agent_manager.cli:main\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stale.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "agent_manager", "--home", str(tmp_path / "home"), "serve",
+                           "--port", "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode != 0 and "no built-in backends are registered" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from agent_manager import __version__
-from agent_manager.cli import agents, orchestrate, plan, projects, run, sandboxes, serve, shell
+from agent_manager.cli import agents, backends, orchestrate, plan, projects, run, sandboxes, serve, shell
 from agent_manager.cli import runs as runs_prune
 
 
@@ -31,5 +31,6 @@ main.add_command(projects.command)
 main.add_command(projects.runs)
 projects.runs.add_command(runs_prune.prune)
 # Imported plainly: a command whose module fails to import breaks the CLI loudly, never vanishes.
-for module in (plan, orchestrate, sandboxes, shell):
+for module in (plan, orchestrate, sandboxes, shell, backends):
     main.add_command(module.command)
+main.add_command(backends.kinds)

@@ -40,7 +40,8 @@ from agent_manager.models import Stream
 
 TAG_ENV = "AGENT_MANAGER_TAG"
 READ_SIZE = 256 * 1024  # what one read takes from a pipe (asyncio's pipe transport reads up to this)
-PIPE_SIZE = 1024 * 1024  # the output pipes' kernel buffer (Linux's default pipe-max-size)
+PIPE_SIZE = 1024 * 1024  # a fast writer's output pipe (Linux's default pipe-max-size)
+DEFAULT_PIPE_SIZE = 65536
 F_SETPIPE_SZ = 1031
 ABANDON_S = 1.0  # after the last kill, how long a pipe may stay open before we stop reading it
 # Host variables an agent CLI legitimately needs; everything else (the service's own
@@ -229,16 +230,17 @@ def _fast_child_watcher() -> None:
     asyncio.get_event_loop_policy().set_child_watcher(_PidfdWatcher())
 
 
-def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
-    """Give the output pipes a 1 MiB buffer: a fast writer then wakes the loop once per 256 KiB
-    instead of once per 64 KiB (a pipe's default size). Best effort: a host limit just keeps 64 KiB."""
+def _widen_pipe(proc: asyncio.subprocess.Process, fd: int) -> None:
+    """Give an output pipe a 1 MiB buffer: a fast writer then wakes the loop once per 256 KiB
+    instead of once per 64 KiB (a pipe's default size). Done only once a read came back full
+    (a fast writer): pipe memory counts against the user's pipe-user-pages-soft, past which
+    Linux gives every new pipe of that user a single page. Best effort: a limit keeps 64 KiB."""
     transport = getattr(proc, "_transport", None)
-    for fd in (1, 2):
-        pipe = transport.get_pipe_transport(fd) if transport is not None else None
-        handle = pipe.get_extra_info("pipe") if pipe is not None else None
-        if handle is not None:
-            with contextlib.suppress(OSError, ValueError):
-                fcntl.fcntl(handle.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+    pipe = transport.get_pipe_transport(fd) if transport is not None else None
+    handle = pipe.get_extra_info("pipe") if pipe is not None else None
+    if handle is not None:
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(handle.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def new_tag(prefix: str) -> str:
@@ -289,8 +291,6 @@ class ProcessExecution:
             raise ExecutionError(f"executable not found: {missing}", {"argv0": argv[0]}) from exc
         except PermissionError as exc:
             raise ExecutionError(f"cannot execute {argv[0]}: permission denied") from exc
-        if tty is None:
-            _widen_pipes(proc)
         execution = cls(proc, tag, kill_grace_s=kill_grace_s, stream_close_grace_s=stream_close_grace_s,
                         info=info, cgroup=cgroup)
         if stdin is not None and tty is None:
@@ -308,8 +308,12 @@ class ProcessExecution:
     async def _read(self, reader: asyncio.StreamReader | None, stream: Stream) -> None:
         assert reader is not None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        widened = False
         while True:
             data = await reader.read(READ_SIZE)
+            if not widened and len(data) >= DEFAULT_PIPE_SIZE:
+                widened = True
+                _widen_pipe(self.proc, 1 if stream == "stdout" else 2)
             text = decoder.decode(data, final=not data)
             if text:
                 await self._queue.put(Chunk(stream, text))

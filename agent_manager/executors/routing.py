@@ -64,7 +64,7 @@ def _bare_host(caps: frozenset[str]) -> bool:
 async def _why_not(executors: Mapping[str, Executor], name: str, settings: Settings | None = None) -> str | None:
     executor = executors.get(name)
     if executor is None:
-        return f"the {name} backend is not configured"
+        return f"the {name} backend is not installed or could not be started (GET /api/backends says why)"
     plugin = plugins.backends().get(name)
     if settings is not None and plugin is not None and plugin.setup_problem is not None:
         problem = plugin.setup_problem(settings)
