@@ -76,11 +76,22 @@ def tag_prefix(settings: Settings) -> str:
     return "am-" + hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 
+def check_registry() -> None:
+    """Fail at start, with a clear message, when the built-in backends are not registered: only
+    stale package metadata does that (an old install, or an agent_manager.egg-info left in a
+    checkout that is on sys.path), and a service without backends could run nothing."""
+    if not any(entry.builtin for entry in plugins.backend_entries()):
+        raise ConfigError("no built-in backends are registered: the installed metadata of agent-manager has no "
+                          f"{plugins.BACKEND_GROUP} entry points. Reinstall it (pip install agent-manager, or "
+                          "pip install -e . in a checkout) and remove any stale agent_manager.egg-info.")
+
+
 def build_executors(settings: Settings, prefix: str,
                     environ: dict[str, str]) -> tuple[dict[str, Executor], dict[str, str]]:
     """Every registered backend's executor, built by its plugin (plugins.py); ``environ`` is
     the service's environment, read once here (backends never read it). A factory that fails
     makes that backend unavailable with the reason (``GET /api/backends``), never the service."""
+    check_registry()
     executors: dict[str, Executor] = {}
     problems: dict[str, str] = {}
     for name, plugin in plugins.backends().items():

@@ -8,6 +8,7 @@ with pip and runs through it end to end).
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -314,3 +315,17 @@ async def test_agents_of_an_uninstalled_plugin_stay_listed(client: httpx.AsyncCl
 
     run = await wait_run(client, r.json()["id"])
     assert run["status"] == "failed" and "the vanished backend is not installed" in run["error"], run
+
+
+def test_stale_metadata_is_one_clear_sentence_at_start(tmp_path: Path) -> None:
+    """An agent_manager.egg-info without the entry points (an old build left in a checkout)
+    shadows the real metadata: serve refuses to start a service that could run nothing."""
+    stale = tmp_path / "stale" / "agent_manager.egg-info"
+    stale.mkdir(parents=True)
+    (stale / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: agent-manager\nVersion: 0.0.1\n")
+    (stale / "entry_points.txt").write_text("[console_scripts]\nagent-manager = agent_manager.cli:main\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stale.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "agent_manager", "--home", str(tmp_path / "home"), "serve",
+                           "--port", "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode != 0 and "no built-in backends are registered" in done.stderr
+    assert "Traceback" not in done.stderr

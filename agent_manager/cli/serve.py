@@ -42,8 +42,9 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
             "commands. Remove --no-auth / AGENT_MANAGER_AUTH=off, or bind --host 127.0.0.1.")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from agent_manager.service import Service, check_data_dir
+        from agent_manager.service import Service, check_data_dir, check_registry
         check_data_dir(settings)
+        check_registry()
         # The lock first: a second service on this data directory is refused before it touches
         # anything (its start-up sweep would kill the first one's runs).
         lock = DataDirLock.acquire(settings.home)

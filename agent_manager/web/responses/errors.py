@@ -54,8 +54,16 @@ def text(media_type: str, description: str, status: int = 200, **extra: Any) -> 
                      "content": {media_type: {"schema": {"type": "string", **extra}}}}}
 
 
-SSE = text("text/event-stream", "The events as JSON; with Accept: text/event-stream, server-sent events: `id: <seq>`, "
-           "`event: <type>`, `data: <JSON with at>`; resumes after ?after= or Last-Event-ID")
+# Before OpenAPI 3.2 (FastAPI writes 3.1) the schema of text/event-stream describes one event.
+SSE_EVENT = {"type": "object", "required": ["id", "event", "data"], "properties": {
+    "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the event's seq"},
+    "event": {"type": "string", "description": "its type, e.g. run.output"},
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": "its data object, with `at` (when it was stored)"}}}
+SSE: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The events as JSON; with Accept: text/event-stream, server-sent events (replayed, then live; "
+                   "resumed after ?after= or Last-Event-ID; `: keepalive` comments in between)",
+    "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 DOWNLOAD = text("application/octet-stream", "With raw=true, the file's bytes as an attachment",
                 format="binary")
 PATCH = text("text/x-diff", "With format=patch or Accept: text/x-diff, the patch as an attachment")
