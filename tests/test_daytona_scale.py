@@ -70,3 +70,24 @@ async def test_a_sandbox_whose_delete_failed_is_deleted_later(
         assert not daytona_emulator.sandboxes and not executor.reaper.sandboxes
     finally:
         await executor.close()
+
+
+async def test_a_start_whose_answer_was_lost_adopts_the_command_it_started(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    """Under load a gateway can time out after the toolbox started the command. "start command"
+    is not idempotent, so it is never repeated: the run's own session shows the command, which
+    is adopted, and the agent runs exactly once."""
+    daytona_emulator.lose_answer_next("POST /toolbox/*/process/session/*/exec", 1, 504)
+    async with running_service(daytona_settings) as svc:
+        agent = agent_store.create(svc.database, {
+            "name": "cloud-once", "kind": "generic", "command": "sh",
+            "args": ["-c", 'echo "begin $1"; echo "end $1"', "sh", "{prompt}"], "backend": "daytona"})
+        run = svc.runs.submit(RunRequest(agent=agent, prompt="once", backend="daytona"))
+        final = await asyncio.wait_for(svc.runs.wait(run["id"]), 120)
+    assert daytona_emulator.faults_pending() == 0  # the lost answer did happen
+    assert final["status"] == "succeeded" and final["output"] == "begin once\nend once\n", final
+    starts = [r for r in daytona_emulator.requests if r[0] == "POST" and r[1].endswith("/exec")
+              and "/process/session/" in r[1]]
+    assert len(starts) == 1  # never started twice
+    assert not daytona_emulator.sandboxes

@@ -283,20 +283,22 @@ def test_the_fuzzer_used_our_home(fuzz_server: tuple[LiveServer, dict[str, Any]]
     assert Path(fuzz_server[0].home).exists()
 
 
-def test_the_settings_answer_cannot_carry_a_secret(tmp_path: Path) -> None:
-    """The settings view's secrets are typed as the mask: a route that forgot to mask one would
-    fail its own response validation (a 500) instead of sending the key."""
-    from pydantic import ValidationError
+def test_the_settings_answer_cannot_carry_a_secret() -> None:
+    """A secret setting is typed as the mask in the settings answer: a route that forgot to mask
+    one fails its own response validation (a 500) instead of sending the key."""
+    from pydantic import BaseModel, SecretStr, ValidationError
 
     from agent_manager.models import MASK
-    from agent_manager.settings import SECRET_FIELDS, Settings
-    from agent_manager.web.responses import SettingsView
-    from agent_manager.web.routers.settings import public_view
+    from agent_manager.web.responses import settings_view
 
-    view = {**public_view(Settings(home=tmp_path)), "listening": None}
-    SettingsView.model_validate(view)
-    assert SECRET_FIELDS
-    for name in SECRET_FIELDS:
-        SettingsView.model_validate({**view, name: MASK})
-        with pytest.raises(ValidationError, match=name):
-            SettingsView.model_validate({**view, name: "the-real-key"})
+    class Demo(BaseModel):
+        api_key: SecretStr | None = None
+        home: Path = Path("/")
+
+    view = settings_view(Demo)
+    answer = {"home": "/x", "mutable": [], "restart_required": [], "from_env": {}, "listening": None,
+              "sections": {}, "section_info": []}
+    for shown in (MASK, None):
+        view.model_validate({**answer, "api_key": shown})
+    with pytest.raises(ValidationError, match="api_key"):
+        view.model_validate({**answer, "api_key": "the-real-key"})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
+import threading
 from typing import Any
 
 import click
@@ -17,6 +19,21 @@ from agent_manager.web.auth import ensure_token, is_loopback, save_token
 
 # How long uvicorn waits for connections after runs were interrupted and streams ended.
 STOP_GRACE_S = 3
+# When the heap is frozen a second time: the Daytona SDK is imported in the background at start.
+FREEZE_AGAIN_S = 5.0
+
+
+def freeze_heap(collect: bool) -> None:
+    """Move what start-up built (modules, models, the app) out of the cyclic GC's reach.
+
+    Why: with hundreds of runs in flight, each full collection also walked these hundreds of
+    thousands of objects that never die: measured 180–750 ms pauses of the event loop during
+    600 Daytona runs (the API's worst latencies), 40–230 ms once frozen. Frozen objects are
+    still freed by reference counting; only cycles among them are never collected, so start-up
+    garbage is collected first."""
+    if collect:
+        gc.collect()
+    gc.freeze()
 
 
 @click.command()
@@ -84,6 +101,10 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
             click.echo("Reachable from other machines: add the host name clients use to allowed_hosts "
                        "(AGENT_MANAGER_ALLOWED_HOSTS), and put TLS in front (see docs/security.md).")
         sys.stdout.flush()
+        freeze_heap(collect=True)
+        again = threading.Timer(FREEZE_AGAIN_S, freeze_heap, kwargs={"collect": False})
+        again.daemon = True
+        again.start()
 
     app = create_app(settings, service=svc, token=token, on_started=announce)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",

@@ -118,13 +118,34 @@ class DaytonaExecution:
         stdin_file = f"{self._remote_ws}/{STDIN_NAME}" if spec.stdin is not None else None
         command = build_command(spec.argv, self._remote_cwd(), stdin_file, sentinel)
         request = sdk.SessionExecuteRequest(command=command, run_async=True, suppress_input_echo=True)
-        response = await ex.call("start command", lambda: sb.process.execute_session_command(
-            self._session, request, timeout=int(REQUEST_TIMEOUT_S)), idempotent=False)
-        self._cmd_id = response.cmd_id
+        try:
+            response = await ex.call("start command", lambda: sb.process.execute_session_command(
+                self._session, request, timeout=int(REQUEST_TIMEOUT_S)), idempotent=False)
+            self._cmd_id = response.cmd_id
+        except ExecutionError:
+            self._cmd_id = await self._started_anyway()
+            if not self._cmd_id:
+                raise
         payload = env_payload(spec.env, sentinel)
         await ex.call("send environment", lambda: sb.process.send_session_command_input(
             self._session, self._cmd_id, payload, request_timeout=REQUEST_TIMEOUT_S), idempotent=False)
         self._task = asyncio.create_task(self._follow())
+
+    async def _started_anyway(self) -> str:
+        """The start failed without an answer (a timeout or gateway error under load), but it may
+        have gone through: this run's own session then holds exactly that one command, which is
+        adopted. Never started again blindly: a repeat could run the agent twice. "" if not."""
+        sb = self._sb
+        try:
+            session = await self._ex.call("look for the started command", lambda: sb.process.get_session(
+                self._session, request_timeout=REQUEST_TIMEOUT_S))
+        except ExecutionError:
+            return ""
+        commands = list(getattr(session, "commands", None) or [])
+        if len(commands) != 1 or not getattr(commands[0], "id", None):
+            return ""
+        log.warning("Daytona start command of %s got no answer, but the command runs: adopted", self._session)
+        return str(commands[0].id)
 
     def _uploads(self, sdk: Any) -> list[Any]:
         spec = self._spec

@@ -55,6 +55,7 @@ class FaultRule:
     pattern: str
     remaining: int
     status: int
+    after: bool = False  # handle the request, then answer ``status`` (the answer was lost, not the request)
 
 
 @dataclass
@@ -119,6 +120,11 @@ class DaytonaEmulator:
         """The next ``count`` requests matching ``pattern`` (e.g. ``"POST /api/sandbox"``,
         ``"* /toolbox/*/files/bulk-upload"``) get ``status`` before reaching any handler."""
         self._faults.append(FaultRule(pattern, count, status))
+
+    def lose_answer_next(self, pattern: str, count: int = 1, status: int = 504) -> None:
+        """The next ``count`` requests matching ``pattern`` are carried out, then answered with
+        ``status``, like a gateway that timed out while the request went through."""
+        self._faults.append(FaultRule(pattern, count, status, after=True))
 
     def slow_creation(self, seconds: float) -> None:
         """New sandboxes stay ``creating`` for ``seconds`` before becoming ``started``."""
@@ -257,6 +263,8 @@ class DaytonaEmulator:
         for rule in self._faults:
             if rule.remaining > 0 and fnmatch.fnmatchcase(key, rule.pattern):
                 rule.remaining -= 1
+                if rule.after:
+                    await handler(request)
                 return error_response(rule.status, f"injected fault {rule.status}", f"HTTP_{rule.status}")
         control = request.path.startswith("/api/sandbox")
         if (self.rate_429 > 0 and (control or self.rate_429_toolbox) and self._random.random() < self.rate_429
