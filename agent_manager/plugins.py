@@ -204,6 +204,8 @@ def _check_kind(name: str, obj: Any) -> AgentKind:
         raise TypeError(f"expected an agent_manager.agents.base.AgentKind, got {type(obj).__name__}")
     if obj.name != name:
         raise ValueError(f"the entry point is called {name!r} but the kind says its name is {obj.name!r}")
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a usable kind name")
     return obj
 
 
