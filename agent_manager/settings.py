@@ -54,8 +54,13 @@ from agent_manager.errors import ConfigError
 log = logging.getLogger("agent_manager.settings")
 
 
+AUTO = "auto"  # plugins.AUTO, without importing the registry
+
+
 def _execution_mode(value: str) -> str:
     """``auto`` or an installed backend (the registry decides which exist, plugins.py)."""
+    if value == AUTO:
+        return value  # the default: no need to load the plugins to know it is valid
     from agent_manager.plugins import check_backend
 
     return check_backend(value, allow_auto=True)
@@ -162,8 +167,9 @@ class Settings(BaseSettings):
     _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
-    def __init__(self, **values: Any) -> None:
-        models = sect.section_models()
+    def __init__(self, _core_only: bool = False, **values: Any) -> None:
+        # _core_only: no backend sections (load_settings(sections=False), for client commands).
+        models = {} if _core_only else sect.section_models()
         core, raw = sect.split_flat(values, type(self).model_fields, models)
         errors: list[InitErrorDetails] = []
         built: dict[str, BaseModel] = {}
@@ -256,6 +262,8 @@ def _relocated(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorD
 # the one Settings object (and its sections) and read it when they use a value, and the few that
 # build something from settings are rebuilt by Service.apply_settings.
 RESTART_FIELDS = frozenset({"home", "host", "port", "auth", "workspaces_dir"})
+# Fields whose check needs the plugins: load_settings(sections=False) leaves them at their default.
+PLUGIN_CHECKED = frozenset({"execution_mode"})
 MUTABLE_FIELDS = frozenset(Settings.model_fields) - RESTART_FIELDS
 
 
@@ -348,15 +356,25 @@ def _flatten(values: Mapping[str, Any], models: Mapping[str, type[BaseModel]]) -
     return out
 
 
-def load_settings(overrides: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Merge the four sources in the documented order and validate the result."""
+def load_settings(overrides: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None, *,
+                  sections: bool = True) -> Settings:
+    """Merge the four sources in the documented order and validate the result.
+
+    ``sections=False`` leaves the backends' sections out (and does not load the plugins): what
+    client commands need (the data directory, address, token) without their start-up cost;
+    section values (and ``execution_mode``) are then neither read nor checked: the service
+    checks them."""
     environ = dict(os.environ if environ is None else environ)
-    models = sect.section_models()
+    models = sect.section_models() if sections else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     env_values, variables = env_settings(environ, models)
     home = Path(overrides.get("home") or env_values.get("home") or default_home()).expanduser()
     # Merged key by key, so that an override of one section field keeps the others of the file.
-    from_file = _flatten(_file_settings(home, models), models)
+    in_file = read_config_file(home) if not sections else _file_settings(home, models)
+    if not sections:  # nor execution_mode, which only the plugins can check
+        in_file = {k: v for k, v in in_file.items() if k in Settings.model_fields and k not in PLUGIN_CHECKED}
+        env_values = {k: v for k, v in env_values.items() if k not in PLUGIN_CHECKED}
+    from_file = _flatten(in_file, models)
     given = _flatten(overrides, models)
     from_env = _flatten(env_values, models)
     merged: dict[str, Any] = {**from_file, **from_env, **given, "home": home}
@@ -368,7 +386,7 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: Mapping[str,
         else:
             values[key] = value
     try:
-        settings = Settings(**values)
+        settings = Settings(_core_only=not sections, **values)
     except ValidationError as exc:
         def source(name: str) -> str:
             if name in given:

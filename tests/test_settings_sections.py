@@ -189,3 +189,23 @@ def test_a_required_field_without_value_is_named_and_nothing_echoed(tmp_path: Pa
     assert "needy.host is not set, and it has no default" in str(info.value) and "tok-4242" not in str(info.value)
     s = load_settings({"home": tmp_path}, environ={"AGENT_MANAGER_NEEDY_HOST": "h"})
     assert s.value_of("needy.host") == "h"
+
+
+def test_client_commands_load_no_plugins(tmp_path: Path) -> None:
+    """Client commands (load_settings(sections=False)) need the data directory, address and
+    token: they neither load the plugins nor trip over section values (the service checks those)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "config.toml").write_text('port = 9100\nexecution_mode = "sandbox"\ndaytona_warm_pool = -5\n'
+                                          '[sandbox]\nmemory_mb = 1\n')
+    code = ("import sys; from agent_manager.settings import load_settings; "
+            f"s = load_settings({{'home': {str(tmp_path)!r}}}, environ={{}}, sections=False); "
+            "print(s.port, s.sections, 'agent_manager.plugins' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["9100", "{}", "False"], done.stdout + done.stderr
+    with pytest.raises(ConfigError, match="sandbox.memory_mb"):  # the service does check them
+        load_settings({"home": tmp_path}, environ={})
+    from agent_manager import settings as settings_module
+
+    assert settings_module.AUTO == plugins.AUTO
