@@ -79,14 +79,18 @@ class BackendPlugin:
     factory: Callable[[BackendContext], Executor]
     """Builds the executor once at service start (and again when ``rebuild_on`` settings change)."""
     settings_model: type[BaseModel] | None = None
-    """The backend's own typed settings section (filled in by the settings work of issue 13)."""
+    """The backend's own typed settings section, a pydantic model whose fields all have defaults
+    (sections.py): ``[name]`` in config.toml, ``AGENT_MANAGER_<NAME>_<FIELD>`` in the environment,
+    ``name.field`` in the API; shown on the Settings page. The factory gets the live instance as
+    ``BackendContext.section``."""
     description: str = ""
     setup_problem: Callable[[Settings], str | None] | None = None
     """Why the backend is not set up for use (e.g. no API key), or None. Routing's ``auto``
     policy skips a backend with a problem; choosing it as ``execution_mode`` is refused."""
     rebuild_on: frozenset[str] = frozenset()
-    """Settings whose change needs a new executor (e.g. a client built from a URL and key):
-    the service builds one for new runs and closes the old one when its runs are done."""
+    """Fields of its own section whose change needs a new executor (e.g. a client built from a
+    URL and key): the service builds one for new runs and closes the old one when its runs are
+    done. A change to its other fields is passed to the executor's ``settings_changed(fields)``."""
 
 
 @dataclass(frozen=True)

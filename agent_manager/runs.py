@@ -206,12 +206,15 @@ class RunManager:
         home_owner = self.settings.home.stat().st_uid if self.settings.home.exists() else 0
         if user.uid in (0, os.geteuid(), home_owner):
             return None, f"the run_as_user {name!r} is the service's own user or owns the data directory"
-        # A process of the sandbox's host user can read the environment of (and ptrace) every
-        # sandboxed run, because their user namespaces belong to it: the two must differ.
-        sandbox_user = lookup_user(self.settings.sandbox_user)
-        if sandbox_user is not None and sandbox_user.uid == user.uid:
-            return None, (f"the run_as_user {name!r} is also the sandbox's host user; give non-admin "
-                          "local runs a dedicated user")
+        # A process of an isolating backend's host user (the sandbox's) can read the environment
+        # of (and ptrace) every run it isolates, because their user namespaces belong to it: the
+        # two must differ.
+        for backend, executor in self.executors.items():
+            host_user = getattr(executor, "host_user_name", lambda: None)()
+            other = lookup_user(host_user) if host_user else None
+            if other is not None and other.uid == user.uid:
+                return None, (f"the run_as_user {name!r} is also the {backend} backend's host user; give "
+                              "non-admin local runs a dedicated user")
         problem = reach_problem(workspace, user)
         if problem:
             return None, (f"the workspace {workspace} is out of reach of {name!r} ({problem}; set "

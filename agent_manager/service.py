@@ -107,8 +107,8 @@ def build_executors(settings: Settings, prefix: str,
 
 def build_executor(plugin: plugins.BackendPlugin, settings: Settings, prefix: str,
                    environ: Mapping[str, str]) -> Executor:
-    executor = plugin.factory(plugins.BackendContext(settings=settings, section=None, prefix=prefix,
-                                                     environ=environ))
+    executor = plugin.factory(plugins.BackendContext(settings=settings, section=settings.section(plugin.name),
+                                                     prefix=prefix, environ=environ))
     if getattr(executor, "name", None) != plugin.name:
         raise TypeError(f"its factory built an executor called {getattr(executor, 'name', None)!r}")
     return executor
@@ -246,21 +246,23 @@ class Service:
 
     async def apply_settings(self, changed: set[str]) -> None:
         """Make changed settings take effect now. Most need nothing (every component reads the
-        shared Settings when it uses a value); a backend whose plugin names them in
-        ``rebuild_on`` gets a new executor, others are told (``settings_changed``)."""
+        shared Settings and its sections when it uses a value). Keyed by section: a backend whose
+        section's changed fields include one its plugin names in ``rebuild_on`` gets a new executor,
+        others are told which fields of their section changed (``settings_changed``)."""
         if self._runs is not None and "max_concurrent_runs" in changed:
             await self._runs.host_slots.resize()  # a raised limit starts queued runs now
         for name, plugin in plugins.backends().items():
             executor = self.executors.get(name)
-            if executor is None:
+            own = {key.partition(".")[2] for key in changed if key.startswith(name + ".")}  # its section's
+            if executor is None or not own:
                 continue
-            if changed & plugin.rebuild_on:
+            if own & plugin.rebuild_on:
                 self._rebuild(plugin)
                 continue
             hook = getattr(executor, "settings_changed", None)
             if hook is not None:
                 try:
-                    await hook(set(changed))
+                    await hook(own)
                 except Exception as exc:  # reported, never fatal
                     log.warning("the %s backend could not follow the changed settings: %s", name, exc)
         if "run_retention_days" in changed:

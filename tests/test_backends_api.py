@@ -8,6 +8,7 @@ from conftest import in_process_client, running_service
 from fakes.daytona_emulator import DaytonaEmulator
 from helpers import events, parse_metrics, wait_run
 
+from agent_manager.executors.daytona_settings import DaytonaSettings
 from agent_manager.settings import Settings
 
 
@@ -60,22 +61,36 @@ async def test_run_on_daytona_and_sweep(cloud_client: httpx.AsyncClient, daytona
 
 
 async def test_settings_api_masks_secrets_and_validates(client: httpx.AsyncClient, settings: Settings) -> None:
-    r = await client.patch("/api/settings", json={"daytona_api_key": "dtn-secret-123", "execution_mode": "sandbox",
-                                                  "heavy_cpu": 4})
+    daytona = settings.section("daytona")
+    assert isinstance(daytona, DaytonaSettings)
+    r = await client.patch("/api/settings", json={"daytona": {"api_key": "dtn-secret-123"},
+                                                  "execution_mode": "sandbox", "heavy_cpu": 4})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["daytona_api_key"] == "********" and body["execution_mode"] == "sandbox" and body["heavy_cpu"] == 4
+    assert body["sections"]["daytona"]["api_key"] == "********"
+    assert body["execution_mode"] == "sandbox" and body["heavy_cpu"] == 4
+    info = {s["name"]: s for s in body["section_info"]}["daytona"]
+    api_key = next(f for f in info["fields"] if f["name"] == "api_key")
+    assert (api_key["type"], api_key["default"], api_key["env"]) == ("secret", None, "DAYTONA_API_KEY")
     assert "dtn-secret-123" not in (await client.get("/api/settings")).text
-    assert settings.daytona_api_key is not None and settings.daytona_api_key.get_secret_value() == "dtn-secret-123"
+    assert daytona.api_key is not None and daytona.api_key.get_secret_value() == "dtn-secret-123"
     assert "dtn-secret-123" in (settings.home / "config.toml").read_text()  # persisted for the next start
-    # Sending the mask back keeps the secret.
-    await client.patch("/api/settings", json={"daytona_api_key": "********"})
-    assert settings.daytona_api_key.get_secret_value() == "dtn-secret-123"
+    # Sending the mask back keeps the secret (nested, dotted or by the older flat name).
+    for masked in ({"daytona": {"api_key": "********"}}, {"daytona.api_key": "********"},
+                   {"daytona_api_key": "********"}, {"sections": {"daytona": {"api_key": "********"}}}):
+        assert (await client.patch("/api/settings", json=masked)).status_code == 200
+        assert daytona.api_key.get_secret_value() == "dtn-secret-123"
     for bad, field in (({"execution_mode": "cloud"}, "execution_mode"), ({"nope": 1}, "nope"),
-                       ({"port": 1}, "port"), ({"max_concurrent_runs": 0}, "max_concurrent_runs")):
+                       ({"port": 1}, "port"), ({"max_concurrent_runs": 0}, "max_concurrent_runs"),
+                       ({"daytona": {"warm_pool": -1}}, "daytona.warm_pool"),
+                       ({"sandbox_memory_mb": 1}, "sandbox.memory_mb"), ({"daytona": {"nope": 1}}, "daytona.nope"),
+                       ({"daytona": "x"}, "daytona"), ({"sections": {"nosuch": {"a": 1}}}, "nosuch")):
         r = await client.patch("/api/settings", json=bad)
-        assert r.status_code == 422 and field in r.json()["error"]["message"]
+        assert r.status_code == 422 and field in r.json()["error"]["message"], (bad, r.text)
+        details = r.json()["error"]["details"]
+        assert field in [d["field"] for d in details], (bad, details)
     assert settings.execution_mode == "sandbox"  # failed patches changed nothing
+    assert daytona.warm_pool == 0 and settings.section("sandbox").memory_mb == 2048  # type: ignore[union-attr]
 
 
 async def test_metrics_format(client: httpx.AsyncClient) -> None:

@@ -6,13 +6,14 @@ import re
 import tomllib
 from pathlib import Path
 
+from agent_manager import plugins, sections
 from agent_manager.settings import Settings
 
 DOCS = Path(__file__).parent.parent / "docs"
 
 
 def test_every_setting_is_documented_with_its_default() -> None:
-    text = (DOCS / "configuration.md").read_text()
+    text = (DOCS / "configuration.md").read_text().partition(sections.DOCS_BEGIN)[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, re.MULTILINE))
     assert set(rows) == set(Settings.model_fields), "docs/configuration.md table out of date"
     for name, field in Settings.model_fields.items():
@@ -21,6 +22,23 @@ def test_every_setting_is_documented_with_its_default() -> None:
             assert shown.lower() == str(field.default).lower() or float(shown) == float(field.default), name
         elif isinstance(field.default, str):
             assert shown == field.default, name
+
+
+def test_backend_sections_are_documented_as_their_models_say() -> None:
+    """The tables of the backends' own settings are generated from their models: a field added,
+    renamed, or given another default or description without regenerating them fails here."""
+    text = (DOCS / "configuration.md").read_text()
+    assert text == sections.with_reference(text), (
+        "docs/configuration.md's backend sections are out of date: run "
+        "python -m agent_manager.sections docs/configuration.md")
+    builtin = {entry.name for entry in plugins.backend_entries() if entry.builtin}
+    assert {"sandbox", "daytona"} <= builtin
+    for name, model in sections.section_models().items():
+        if name not in builtin:
+            continue  # a plugin installed into this venv documents its own settings
+        assert f"### `[{name}]`" in text
+        for field in model.model_fields:
+            assert f"| `{field}` | `{sections.env_prefix(name)}{field.upper()}`" in text, (name, field)
 
 
 def test_config_example_is_valid() -> None:

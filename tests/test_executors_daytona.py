@@ -23,6 +23,7 @@ from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors import daytona_api
 from agent_manager.executors.base import Chunk, ExecSpec, Executor, Resources
 from agent_manager.executors.daytona import DaytonaExecutor, build_command, env_payload, list_sandboxes, sweep
+from agent_manager.executors.daytona_settings import daytona_section
 from agent_manager.settings import Settings
 
 PY = sys.executable
@@ -133,9 +134,7 @@ async def test_secrets_reach_the_process_only(
 async def test_create_params_are_explicit(
     daytona_settings: Settings, daytona_emulator: DaytonaEmulator
 ) -> None:
-    settings = daytona_settings.model_copy(
-        update={"daytona_image": "python:3.12-slim", "daytona_auto_stop_minutes": 7}
-    )
+    settings = daytona_settings.with_changes({"daytona.image": "python:3.12-slim", "daytona.auto_stop_minutes": 7})
     ex = DaytonaExecutor(settings, "inst-1")
     try:
         spec = ExecSpec(
@@ -244,7 +243,7 @@ async def test_a_sandbox_that_never_starts_fails_clearly_and_is_deleted(
     daytona_settings: Settings, daytona_emulator: DaytonaEmulator, how: str
 ) -> None:
     daytona_emulator.never_starting(how)
-    ex = DaytonaExecutor(daytona_settings.model_copy(update={"daytona_create_timeout_s": 1.5}), "inst-1")
+    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.create_timeout_s": 1.5}), "inst-1")
     try:
         with pytest.raises(
             ExecutionError, match="did not start within" if how == "creating" else "error state"
@@ -286,7 +285,7 @@ async def test_warm_pool_start_is_faster_than_cold(
 ) -> None:
     daytona_emulator.slow_creation(1.2)
     cold_ex = DaytonaExecutor(daytona_settings, "inst-cold")
-    warm_ex = DaytonaExecutor(daytona_settings.model_copy(update={"daytona_warm_pool": 1}), "inst-warm")
+    warm_ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-warm")
     try:
         began = time.monotonic()
         cold = await cold_ex.start(ExecSpec(argv=["true"]))
@@ -312,7 +311,7 @@ async def test_warm_pool_start_is_faster_than_cold(
 async def test_a_stopped_pool_sandbox_is_started_before_reuse(
     daytona_settings: Settings, daytona_emulator: DaytonaEmulator
 ) -> None:
-    ex = DaytonaExecutor(daytona_settings.model_copy(update={"daytona_warm_pool": 1}), "inst-1")
+    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-1")
     try:
         await ex.warm()
         pooled = next(iter(ex._pool.values()))[0]
@@ -341,10 +340,11 @@ async def test_list_and_sweep_touch_only_labelled_leftovers(
             ("c", {}),
         ]:
             ids[name] = (await client.create(CreateSandboxFromSnapshotParams(labels=labels), timeout=10)).id
-        listed = await list_sandboxes(daytona_settings)
+        config = daytona_section(daytona_settings)
+        listed = await list_sandboxes(config)
         assert {item["id"] for item in listed} == {ids["a"], ids["b"], ids["keep"]}
-        assert await sweep(daytona_settings, keep={ids["keep"]}, instance="old") == 1
-        assert await sweep(daytona_settings, keep={ids["keep"]}) == 1
+        assert await sweep(config, keep={ids["keep"]}, instance="old") == 1
+        assert await sweep(config, keep={ids["keep"]}) == 1
         assert set(daytona_emulator.sandboxes) == {ids["keep"], ids["foreign"], ids["c"]}
         for sandbox_id in list(daytona_emulator.sandboxes):
             await (await client.get(sandbox_id)).delete(timeout=10)
@@ -356,17 +356,17 @@ async def test_available_reasons(
     ok = DaytonaExecutor(daytona_settings, "i")
     assert (await ok.available()).ok
     await ok.close()
-    no_key = DaytonaExecutor(daytona_settings.model_copy(update={"daytona_api_key": None}), "i")
-    assert (await no_key.available()).reason == "DAYTONA_API_KEY is not set"
+    no_key = DaytonaExecutor(daytona_settings.with_changes({"daytona.api_key": None}), "i")
+    assert (await no_key.available()).reason == "Daytona is not configured: set daytona.api_key (or DAYTONA_API_KEY)"
     with pytest.raises(ExecutorUnavailable):
         await no_key.start(ExecSpec(argv=["true"]))
     bad_key = DaytonaExecutor(
-        daytona_settings.model_copy(update={"daytona_api_key": SecretStr("wrong")}), "i"
+        daytona_settings.with_changes({"daytona.api_key": SecretStr("wrong")}), "i"
     )
     assert "rejected the API key" in (await bad_key.available()).reason
     await bad_key.close()
     down = DaytonaExecutor(
-        daytona_settings.model_copy(update={"daytona_api_url": "http://127.0.0.1:9/api"}), "i"
+        daytona_settings.with_changes({"daytona.api_url": "http://127.0.0.1:9/api"}), "i"
     )
     assert (await down.available()).reason.startswith("Daytona API unreachable: ")
     await down.close()

@@ -266,7 +266,7 @@ async def test_identity_is_unprivileged(sandbox: SandboxExecutor, workspace: Pat
     """)
     assert code == 0
     status = json.loads(out)
-    uid = str(sandbox.settings.sandbox_uid)
+    uid = str(sandbox.section.uid)
     assert status["Uid"] == [uid] * 4 and status["Gid"] == [uid] * 4 and uid != "0"
     assert status["CapEff"] == ["0000000000000000"] and status["CapPrm"] == ["0000000000000000"]
     assert status["NoNewPrivs"] == ["1"]
@@ -315,7 +315,7 @@ async def test_process_count_is_bounded(sandbox: SandboxExecutor, workspace: Pat
             print("blocked after", n, exc)
     """)
     assert "blocked after" in out, out
-    assert int(out.split()[2]) < sandbox.settings.sandbox_pids_max
+    assert int(out.split()[2]) < sandbox.section.pids_max
 
 
 async def start_marked(sandbox: SandboxExecutor, workspace: Path, marker: str) -> SandboxExecution:

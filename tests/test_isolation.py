@@ -206,7 +206,7 @@ async def test_workspace_cannot_grow_past_sandbox_disk_mb(tmp_path: Path) -> Non
                                                   workspace=many, network=False))
         code, out, err = await collect(execution, timeout=60)
         assert f"wrote {attempt}" not in out, "32x the limit was written"
-        assert "disk_exceeded" in execution.info and "sandbox_disk_mb" in err
+        assert "disk_exceeded" in execution.info and "sandbox.disk_mb" in err
         assert code != 0
         assert usage_bytes(many) < attempt << 20
     finally:
@@ -236,7 +236,7 @@ async def test_deleted_but_open_files_count_towards_sandbox_disk_mb(tmp_path: Pa
         execution = await executor.start(ExecSpec(argv=["python3", "-c", UNLINKED], workspace=tmp_path / "ws"))
         code, out, err = await collect(execution, timeout=60)
         assert "wrote 42" not in out, "5x the limit was written in deleted files"
-        assert "disk_exceeded" in execution.info and "sandbox_disk_mb" in err, (code, out, err)
+        assert "disk_exceeded" in execution.info and "sandbox.disk_mb" in err, (code, out, err)
         assert code != 0
     finally:
         await executor.close()
@@ -251,7 +251,7 @@ async def test_empty_files_count_towards_sandbox_disk_mb(tmp_path: Path) -> None
                   "print('made 20000 empty files', flush=True)\ntime.sleep(2)\n")
         execution = await executor.start(ExecSpec(argv=["python3", "-c", script], workspace=tmp_path / "ws"))
         code, out, err = await collect(execution, timeout=60)
-        assert "disk_exceeded" in execution.info and "sandbox_disk_mb" in err, (code, out, err)
+        assert "disk_exceeded" in execution.info and "sandbox.disk_mb" in err, (code, out, err)
         assert code != 0
         assert len(os.listdir(tmp_path / "ws")) < 20000
     finally:

@@ -4,7 +4,8 @@ pip installs the package into a directory of its own (``--target``); the server 
 gets it on PYTHONPATH, which is all importlib.metadata needs to find its entry points. Then,
 against that real server on a real port: the backend is listed and available, a run on it
 streams while the agent is still running, cancel ends the whole tree, its extra agent kind
-works, the routing rules for users hold, and a real Chromium offers it in the UI's choices.
+works, its own settings section is served, validated and used, the routing rules for users
+hold, and a real Chromium offers it (and its settings) in the UI.
 """
 
 from __future__ import annotations
@@ -142,6 +143,31 @@ def test_users_cannot_use_it_to_reach_the_service_user(api: httpx.Client) -> Non
             assert str(done["output"]).strip() != str(os.geteuid()), done
 
 
+def test_its_settings_section_is_served_validated_and_used(api: httpx.Client) -> None:
+    """The plugin's own section ([nice], NiceSettings) appears in the API with its description,
+    is validated by its model (errors name nice.field), and the next run uses what was set."""
+    body = api.get("/api/settings").json()
+    assert body["sections"]["nice"] == {"niceness": 19, "io_class": "idle"}
+    info = {s["name"]: s for s in body["section_info"]}["nice"]
+    assert info["title"] == "nice (this host, lowest priority)" and info["env_prefix"] == "AGENT_MANAGER_NICE_"
+    fields = {f["name"]: f for f in info["fields"]}
+    assert (fields["niceness"]["type"], fields["niceness"]["minimum"], fields["niceness"]["maximum"]) == (
+        "integer", 0, 19)
+    assert fields["io_class"]["choices"] == ["idle", "best-effort"]
+    r = api.patch("/api/settings", json={"nice": {"niceness": 40}})
+    assert r.status_code == 422 and "nice.niceness" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["details"][0]["field"] == "nice.niceness"
+    try:
+        r = api.patch("/api/settings", json={"nice": {"niceness": 7, "io_class": "best-effort"}})
+        assert r.status_code == 200 and r.json()["sections"]["nice"]["niceness"] == 7, r.text
+        api.post("/api/agents", json={"name": "prio", "command": "sh", "backend": "nice", "args": [
+            "-c", 'echo "nice=$(cut -d" " -f19 /proc/$$/stat) io=$(ionice -p $$)"', "sh"]})
+        done = _wait(api, str(api.post("/api/runs", json={"agent": "prio", "prompt": "x"}).json()["id"]))
+        assert done["status"] == "succeeded" and "nice=7 io=best-effort" in str(done["output"]), done
+    finally:
+        assert api.patch("/api/settings", json={"nice": {"niceness": 19, "io_class": "idle"}}).status_code == 200
+
+
 def test_the_ui_offers_it(browser: Browser, server: LiveServer) -> None:
     ui = open_ui(browser, server)
     try:
@@ -155,6 +181,12 @@ def test_the_ui_offers_it(browser: Browser, server: LiveServer) -> None:
         expect(ui.page.get_by_label("Backend").locator("option[value=nice]")).to_have_count(1)
         ui.go("/settings")
         expect(ui.page.get_by_label("Execution mode").locator("option[value=nice]")).to_have_count(1)
+        # Its settings section, drawn from the plugin's model.
+        section = ui.page.locator("fieldset[data-section=nice]")
+        expect(section.locator("legend")).to_have_text("nice (this host, lowest priority)")
+        expect(section.get_by_label("Niceness")).to_have_attribute("max", "19")
+        expect(section.get_by_label("I/O class").locator("option")).to_have_text(["idle", "best-effort"])
+        expect(section).to_contain_text("CPU niceness of runs")
         assert ui.unexpected_errors() == []
     finally:
         ui.page.context.close()

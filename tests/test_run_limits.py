@@ -79,7 +79,7 @@ async def test_cancel_of_an_orchestration_with_queued_steps_answers_at_once(
 
 async def test_cancel_while_the_daytona_sandbox_is_being_created(
         daytona_settings: Settings, daytona_emulator: DaytonaEmulator, fake_path: Path) -> None:
-    daytona_settings.daytona_create_timeout_s = 120
+    daytona_settings.assign("daytona.create_timeout_s", 120)
     daytona_emulator.slow_creation(60)
     async with running_service(daytona_settings) as svc, in_process_client(daytona_settings, svc) as client:
         await add(client, "sh", command="sh", args=["-c", "echo hi", "sh"], backend="daytona")

@@ -302,3 +302,29 @@ def test_the_settings_answer_cannot_carry_a_secret() -> None:
         view.model_validate({**answer, "api_key": shown})
     with pytest.raises(ValidationError, match="api_key"):
         view.model_validate({**answer, "api_key": "the-real-key"})
+
+
+def test_the_backend_sections_cannot_carry_a_secret(tmp_path: Path) -> None:
+    """The settings view's secrets (those of the backends' sections) are typed as the mask: a
+    route that forgot to mask one would fail its own response validation (a 500) instead of
+    sending the key."""
+    from pydantic import ValidationError
+
+    from agent_manager.models import MASK
+    from agent_manager.sections import is_secret
+    from agent_manager.settings import Settings
+    from agent_manager.web.responses import SettingsView
+    from agent_manager.web.routers.settings import public_view
+
+    settings = Settings(home=tmp_path)
+    view = {**public_view(settings), "listening": None}
+    SettingsView.model_validate(view)
+    secrets = [(name, field) for name, section in settings.sections.items()
+               for field, info in type(section).model_fields.items() if is_secret(info)]
+    assert secrets
+    for name, field in secrets:
+        def with_value(value: str, name: str = name, field: str = field) -> dict[str, object]:
+            return {**view, "sections": {**view["sections"], name: {**view["sections"][name], field: value}}}
+        SettingsView.model_validate(with_value(MASK))
+        with pytest.raises(ValidationError, match=field):
+            SettingsView.model_validate(with_value("the-real-key"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent_manager.errors import ConfigError
+from agent_manager.executors.daytona_settings import daytona_section
 from agent_manager.settings import load_settings, read_config_file, write_config_file
 
 
@@ -33,8 +34,11 @@ def test_home_from_env(tmp_path: Path) -> None:
 def test_daytona_standard_variables(tmp_path: Path) -> None:
     env = {"DAYTONA_API_KEY": "k-123", "DAYTONA_API_URL": "http://x/api", "DAYTONA_TARGET": "eu"}
     s = load_settings({"home": tmp_path}, environ=env)
-    assert s.daytona_configured and s.daytona_api_url == "http://x/api" and s.daytona_target == "eu"
-    assert "k-123" not in repr(s)  # the key is a SecretStr
+    daytona = daytona_section(s)
+    assert daytona.configured and daytona.api_url == "http://x/api" and daytona.target == "eu"
+    assert "k-123" not in repr(s) and "k-123" not in repr(daytona)  # the key is a SecretStr
+    assert s.from_env == {"daytona.api_key": "DAYTONA_API_KEY", "daytona.api_url": "DAYTONA_API_URL",
+                          "daytona.target": "DAYTONA_TARGET"}
 
 
 @pytest.mark.parametrize("env", [{"AGENT_MANAGER_AUTH": "maybe"}, {"AGENT_MANAGER_PORT": "notaport"},
@@ -94,7 +98,7 @@ def test_env_numbers_and_lists_are_typed(tmp_path: Path) -> None:
 
 def test_our_daytona_variable_wins_over_daytonas_own(tmp_path: Path) -> None:
     s = load_settings({"home": tmp_path}, environ={"DAYTONA_TARGET": "us", "AGENT_MANAGER_DAYTONA_TARGET": "eu"})
-    assert s.daytona_target == "eu" and s.from_env == {"daytona_target": "AGENT_MANAGER_DAYTONA_TARGET"}
+    assert daytona_section(s).target == "eu" and s.from_env == {"daytona.target": "AGENT_MANAGER_DAYTONA_TARGET"}
 
 
 def test_errors_name_the_config_file_and_the_option(tmp_path: Path) -> None:

@@ -335,16 +335,28 @@ def test_settings_show_and_save_with_api_errors(ui: UI) -> None:
     row = page.locator(".field", has=page.get_by_label("Stall timeout (s)"))
     expect(row.locator(".field-error")).to_have_text("Must be 0 or more.")
     page.get_by_label("Stall timeout (s)").fill("30")
-    page.get_by_label("Daytona API key").fill("dtn-secret")
+    # Backend sections are drawn from the API's description of their models.
+    daytona = page.locator("fieldset[data-section=daytona]")
+    expect(daytona.locator("legend")).to_have_text("daytona (cloud)")
+    daytona.get_by_label("API key").fill("dtn-secret")
+    memory_row = page.locator("fieldset[data-section=sandbox] .field", has=page.get_by_label("Memory (MB)", exact=True))
+    memory = memory_row.get_by_label("Memory (MB)", exact=True)
+    expect(memory).to_have_attribute("min", "16")
+    expect(memory_row).to_contain_text("memory limit per run")
+    memory.fill("8")  # below the model's minimum: the API's error appears under the field
+    page.get_by_role("button", name="Save settings").click()
+    expect(memory_row.locator(".field-error")).not_to_be_empty()
+    memory.fill("1024")
     page.get_by_role("button", name="Save settings").click()
     expect(page.locator(".toast")).to_contain_text("Settings saved")
     current = ui.api.get("/api/settings").json()
-    assert (current["execution_mode"], current["stall_timeout_s"], current["daytona_api_key"]) == (
-        "local", 30, "********")
+    assert (current["execution_mode"], current["stall_timeout_s"], current["sections"]["daytona"]["api_key"],
+            current["sections"]["sandbox"]["memory_mb"]) == ("local", 30, "********", 1024)
     page.reload()
     expect(page.get_by_label("Execution mode")).to_have_value("local")
-    expect(page.get_by_label("Daytona API key")).to_have_value("")
-    expect(page.get_by_label("Daytona API key")).to_have_attribute("placeholder", re.compile(r"\*{8}"))
+    expect(daytona.get_by_label("API key")).to_have_value("")
+    expect(daytona.get_by_label("API key")).to_have_attribute("placeholder", re.compile(r"\*{8}"))
+    expect(memory).to_have_value("1024")
 
 
 def test_mistyped_route_says_not_found_and_menu_pages_open(ui: UI) -> None:

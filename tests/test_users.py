@@ -207,7 +207,7 @@ async def test_audit_log_records_who_changed_what(clients: Clients, app: FastAPI
     text = json.dumps(page)
     assert "canary-audit" not in text  # secrets never reach the audit log
     settings_entry = next(e for e in page["items"] if e["action"] == "settings.update")
-    assert settings_entry["details"]["daytona_api_key"] == "********"
+    assert settings_entry["details"]["daytona.api_key"] == "********"
     assert settings_entry["details"]["max_concurrent_runs"] == 3
     update = next(e for e in page["items"] if e["action"] == "agent.update")
     assert update["details"]["fields"] == ["command", "env"]

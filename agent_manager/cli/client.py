@@ -29,7 +29,7 @@ class Client:
         import httpx
 
         try:
-            settings = load_settings({"home": ctx_obj.get("home")})
+            settings = load_settings({"home": ctx_obj.get("home")}, sections=False)
         except AgentManagerError as exc:
             raise click.ClickException(exc.message) from exc
         self.url = service_url(settings, ctx_obj.get("url"))

@@ -143,7 +143,7 @@ class _Server(uvicorn.Server):
 @click.pass_obj
 def token(obj: dict[str, Any], rotate: bool) -> None:
     """Print the admin token (from the 0600 file in the data directory)."""
-    settings = load_settings({"home": obj.get("home")})
+    settings = load_settings({"home": obj.get("home")}, sections=False)
     if not settings.token_path.exists():
         raise click.ClickException("no token yet: start the service once with `agent-manager serve`")
     if rotate:
@@ -183,7 +183,7 @@ def url(obj: dict[str, Any]) -> None:
     from agent_manager.cli.client import service_url
 
     try:
-        settings = load_settings({"home": obj.get("home")})
+        settings = load_settings({"home": obj.get("home")}, sections=False)
     except AgentManagerError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(service_url(settings, obj.get("url")))

@@ -44,6 +44,7 @@ from agent_manager.executors.daytona_api import (
     sweep,
 )
 from agent_manager.executors.daytona_command import DaytonaExecution, build_command, env_payload
+from agent_manager.executors.daytona_settings import DaytonaSettings, daytona_section
 from agent_manager.metrics import create_histogram
 from agent_manager.plugins import ISOLATED, REMOTE, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
@@ -58,11 +59,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent_manager.executors.daytona")
 __all__ = ["DaytonaExecutor", "DaytonaExecution", "build_command", "env_payload", "list_sandboxes", "sweep", "PLUGIN"]
-# Settings the client (or the create limit) is built from: a change means a new executor.
-CLIENT_FIELDS = frozenset({"daytona_api_key", "daytona_api_url", "daytona_target", "daytona_max_concurrent_creates"})
-POOL_FIELDS = frozenset({"daytona_warm_pool", "daytona_image", "daytona_snapshot"})
-NOT_CONFIGURED = ("Daytona is not configured: set daytona_api_key (or DAYTONA_API_KEY) and, if not the default, "
-                  "daytona_api_url")
+# Fields of [daytona] the client (or the create limit) is built from: a change means a new executor.
+CLIENT_FIELDS = frozenset({"api_key", "api_url", "target", "max_concurrent_creates"})
+POOL_FIELDS = frozenset({"warm_pool", "image", "snapshot"})
+NOT_CONFIGURED = ("Daytona is not configured: set daytona.api_key (or DAYTONA_API_KEY) and, if not the default, "
+                  "daytona.api_url")
 
 
 class DaytonaExecutor:
@@ -72,20 +73,22 @@ class DaytonaExecutor:
     successful create (pool refills included), and ``live`` (sandboxes running a command now).
 
     Scale: one SDK client (one aiohttp session) serves every run, a run is a few coroutines
-    (no thread), at most ``daytona_max_concurrent_creates`` creates are in flight (the rest
+    (no thread), at most ``daytona.max_concurrent_creates`` creates are in flight (the rest
     wait their turn in order), and a 429 pauses every call through one shared ``Backoff``.
     """
 
     name = "daytona"
 
     def __init__(self, settings: Settings, instance_id: str, *, retry_attempts: int = 5,
-                 retry_base_s: float = 0.5) -> None:
+                 retry_base_s: float = 0.5, section: DaytonaSettings | None = None) -> None:
         self.settings, self.instance_id = settings, instance_id
+        # This backend's own section ([daytona]): the plugin's factory passes it; read at use time.
+        self.section = section if section is not None else daytona_section(settings)
         self.create_seconds: Histogram | None = create_histogram()
         self.attempts, self.base_delay = retry_attempts, retry_base_s
         self.backoff = Backoff(retry_base_s)
         self.reaper = Reaper(self.delete, self._delete_labelled)
-        self._creates = asyncio.Semaphore(settings.daytona_max_concurrent_creates)
+        self._creates = asyncio.Semaphore(self.section.max_concurrent_creates)
         self._client_obj: AsyncDaytona | None = None
         self._pool: dict[Profile, list[AsyncSandbox]] = {}
         self._refills: dict[Profile, asyncio.Task[None]] = {}
@@ -114,7 +117,7 @@ class DaytonaExecutor:
 
     def client(self) -> AsyncDaytona:
         if self._client_obj is None:
-            self._client_obj = make_client(self.settings)
+            self._client_obj = make_client(self.section)
         return self._client_obj
 
     def keep_ids(self) -> set[str]:
@@ -159,28 +162,28 @@ class DaytonaExecutor:
     def _profile(self, spec: ExecSpec) -> Profile:
         """Sandboxes are interchangeable only with the same network and size."""
         res = spec.resources
-        sized = bool(self.settings.daytona_image) and any(
+        sized = bool(self.section.image) and any(
             v is not None for v in (res.cpu, res.memory_mb, res.disk_gb))
         return (spec.network, res.cpu, res.memory_mb, res.disk_gb) if sized else (spec.network,)
 
     def _params(self, profile: Profile, labels: dict[str, str]) -> Any:
-        sdk, s = load_sdk(), self.settings
+        sdk, s = load_sdk(), self.section
         common: dict[str, Any] = {
-            "labels": labels, "auto_stop_interval": s.daytona_auto_stop_minutes,
-            "auto_delete_interval": s.daytona_auto_delete_minutes, "network_block_all": not profile[0]}
-        if not s.daytona_image:  # a snapshot fixes its own size: resources only work with an image
-            return sdk.CreateSandboxFromSnapshotParams(snapshot=s.daytona_snapshot, **common)
+            "labels": labels, "auto_stop_interval": s.auto_stop_minutes,
+            "auto_delete_interval": s.auto_delete_minutes, "network_block_all": not profile[0]}
+        if not s.image:  # a snapshot fixes its own size: resources only work with an image
+            return sdk.CreateSandboxFromSnapshotParams(snapshot=s.snapshot, **common)
         resources = None
         if len(profile) > 1:
             _, cpu, memory_mb, disk_gb = profile
             resources = sdk.Resources(cpu=math.ceil(cpu) if cpu else None, disk=disk_gb,
                                       memory=math.ceil(memory_mb / 1024) if memory_mb else None)
-        return sdk.CreateSandboxFromImageParams(image=s.daytona_image, resources=resources, **common)
+        return sdk.CreateSandboxFromImageParams(image=s.image, resources=resources, **common)
 
     async def _create(self, profile: Profile, labels: dict[str, str]) -> AsyncSandbox:
         """Create and wait for ``started``; on any failure delete whatever carries our unique label."""
         unique = {k: v for k, v in labels.items() if k in (RUN_LABEL, POOL_LABEL)}
-        timeout = self.settings.daytona_create_timeout_s
+        timeout = self.section.create_timeout_s
         params = self._params(profile, labels)
         async def attempt() -> AsyncSandbox:
             # create() is POST then polling GETs: a failure (a 429 on a poll, say) may come after
@@ -224,7 +227,7 @@ class DaytonaExecutor:
         await self._ensure_refill(self._profile(ExecSpec(argv=["true"], network=network)), wait=True)
 
     async def _ensure_refill(self, profile: Profile, wait: bool = False) -> None:
-        if self.settings.daytona_warm_pool <= 0 or self._closed:
+        if self.section.warm_pool <= 0 or self._closed:
             return
         task = self._refills.get(profile)
         if task is None or task.done():
@@ -234,7 +237,7 @@ class DaytonaExecutor:
 
     async def _refill(self, profile: Profile) -> None:
         pool = self._pool.setdefault(profile, [])
-        need = self.settings.daytona_warm_pool - len(pool)
+        need = self.section.warm_pool - len(pool)
         labels = [{LABEL: self.instance_id, POOL_LABEL: self.issue_label()} for _ in range(need)]
         results = await asyncio.gather(*(self._create(profile, lb) for lb in labels), return_exceptions=True)
         for result in results:
@@ -247,7 +250,7 @@ class DaytonaExecutor:
 
     async def _take(self, profile: Profile, labels: dict[str, str]) -> AsyncSandbox | None:
         """A pooled sandbox (started again if it auto-stopped while idle, relabelled for the run)."""
-        pool, timeout = self._pool.get(profile, []), self.settings.daytona_create_timeout_s
+        pool, timeout = self._pool.get(profile, []), self.section.create_timeout_s
         sandbox = None
         while pool and sandbox is None:
             candidate = pool.pop(0)
@@ -310,24 +313,25 @@ class DaytonaExecutor:
     async def prepare(self) -> None:
         """At start (in the background: an unreachable Daytona must not delay the service):
         sweep what a previous start of this instance left, then fill the warm pool."""
-        if not self.settings.daytona_configured:
+        if not self.section.configured:
             self._issued = None
             return
         await asyncio.to_thread(load_sdk)  # about a second to import: not on the loop
         try:  # runs may start meanwhile: their sandboxes are this executor's, not leftovers
-            swept = await sweep(self.settings, keep=self.keep_ids(), instance=self.instance_id,
+            swept = await sweep(self.section, keep=self.keep_ids(), instance=self.instance_id,
                                 spare=frozenset(self._issued or ()))
         finally:
             self._issued = None
         if swept:
             log.warning("deleted %d leftover Daytona sandbox(es) of this instance", swept)
-        if self.settings.daytona_warm_pool:
+        if self.section.warm_pool:
             await self.warm(network=False)
 
     async def settings_changed(self, changed: set[str]) -> None:
-        """A new pool size follows at once; a new image or snapshot drains the pool first."""
-        if changed & POOL_FIELDS and self.settings.daytona_configured and not self._closed:
-            task = asyncio.create_task(self._resize_logged(drain=bool(changed & {"daytona_image", "daytona_snapshot"})))
+        """``changed``: fields of [daytona]. A new pool size follows at once; a new image or
+        snapshot drains the pool first."""
+        if changed & POOL_FIELDS and self.section.configured and not self._closed:
+            task = asyncio.create_task(self._resize_logged(drain=bool(changed & {"image", "snapshot"})))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -339,17 +343,17 @@ class DaytonaExecutor:
 
     async def list_sandboxes(self) -> list[dict[str, Any]]:
         """Every sandbox labelled by Agent Manager (any instance), for /api/sandboxes."""
-        if not self.settings.daytona_configured:
+        if not self.section.configured:
             return []
         keep = self.keep_ids()
         return [{**item, "in_use": item["id"] in keep, "this_instance": item["instance"] == self.instance_id}
-                for item in await list_sandboxes(self.settings)]
+                for item in await list_sandboxes(self.section)]
 
     async def sweep_sandboxes(self, all_instances: bool = False) -> int:
         """Delete labelled sandboxes no live run or warm pool of this service uses."""
-        if not self.settings.daytona_configured:
+        if not self.section.configured:
             raise ExecutorUnavailable(NOT_CONFIGURED)
-        return await sweep(self.settings, keep=self.keep_ids(), instance=None if all_instances else self.instance_id)
+        return await sweep(self.section, keep=self.keep_ids(), instance=None if all_instances else self.instance_id)
 
     @property
     def live(self) -> int:
@@ -382,10 +386,10 @@ class DaytonaExecutor:
 
 
     async def resize_pool(self, drain: bool = False) -> None:
-        """Follow a changed ``daytona_warm_pool`` at once (or, with ``drain``, a new image or
+        """Follow a changed ``daytona.warm_pool`` at once (or, with ``drain``, a new image or
         snapshot): delete pooled sandboxes beyond the new size (all of them when draining),
         then fill every pool up to the new size."""
-        keep = 0 if drain else self.settings.daytona_warm_pool
+        keep = 0 if drain else self.section.warm_pool
         extra = []
         for pool in self._pool.values():
             extra += pool[keep:]
@@ -401,15 +405,16 @@ class DaytonaExecutor:
 def _setup_problem(settings: Settings) -> str | None:
     if importlib.util.find_spec("daytona") is None:
         return "the Daytona SDK is not installed: pip install 'agent-manager[daytona]'"
-    return None if settings.daytona_configured else NOT_CONFIGURED
+    return None if daytona_section(settings).configured else NOT_CONFIGURED
 
 
 def _build(ctx: BackendContext) -> DaytonaExecutor:
-    return DaytonaExecutor(ctx.settings, ctx.prefix)
+    section = ctx.section if isinstance(ctx.section, DaytonaSettings) else None
+    return DaytonaExecutor(ctx.settings, ctx.prefix, section=section)
 
 
 PLUGIN = BackendPlugin(
     name="daytona", title="daytona (cloud)", capabilities=frozenset({ISOLATED, REMOTE}), factory=_build,
     description="A Daytona cloud sandbox per run (official SDK, optional extra agent-manager[daytona]); "
                 "the workspace travels as a git bundle and comes back as commits.",
-    setup_problem=_setup_problem, rebuild_on=CLIENT_FIELDS)
+    settings_model=DaytonaSettings, setup_problem=_setup_problem, rebuild_on=CLIENT_FIELDS)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
-from agent_manager.settings import Settings
+from agent_manager.executors.daytona_settings import DaytonaSettings
 
 if TYPE_CHECKING:
     from daytona import AsyncDaytona, AsyncSandbox
@@ -198,17 +198,18 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout: float, 
         return result
 
 
-def make_client(settings: Settings) -> AsyncDaytona:
-    """A client configured from settings alone (key, URL and target passed explicitly)."""
+def make_client(config: DaytonaSettings) -> AsyncDaytona:
+    """A client configured from the ``[daytona]`` section alone (key, URL and target passed
+    explicitly: the SDK never reads the environment on its own)."""
     sdk = load_sdk()
-    if not settings.daytona_configured or settings.daytona_api_key is None:
-        raise ExecutorUnavailable("DAYTONA_API_KEY is not set")
+    if not config.configured or config.api_key is None:
+        raise ExecutorUnavailable("Daytona is not configured: set daytona.api_key (or DAYTONA_API_KEY)")
     # No connection cap: every running command holds one log WebSocket on the shared aiohttp
     # session, so the SDK's default cap (250) would make run 251 wait for run 1 to end before
     # it could even create its sandbox. Concurrency is bounded by our own limits instead.
     return sdk.AsyncDaytona(sdk.DaytonaConfig(
-        api_key=settings.daytona_api_key.get_secret_value(),
-        api_url=settings.daytona_api_url or DEFAULT_API_URL, target=settings.daytona_target,
+        api_key=config.api_key.get_secret_value(),
+        api_url=config.api_url or DEFAULT_API_URL, target=config.target,
         connection_pool_maxsize=None))
 
 
@@ -237,22 +238,22 @@ def sandbox_state(sb: Any) -> str:
     return str(getattr(sb.state, "value", sb.state))
 
 
-async def list_sandboxes(settings: Settings) -> list[dict[str, Any]]:
+async def list_sandboxes(config: DaytonaSettings) -> list[dict[str, Any]]:
     """Every sandbox labelled ``agent-manager`` (any instance): ``agent-manager sandboxes list``."""
-    async with make_client(settings) as client:
+    async with make_client(config) as client:
         return [{"id": sb.id, "name": sb.name, "state": sandbox_state(sb), "instance": sb.labels.get(LABEL),
                  "run": sb.labels.get(RUN_LABEL), "pool": POOL_LABEL in sb.labels, "labels": dict(sb.labels),
                  "created_at": sb.created_at, "cpu": sb.cpu, "memory": sb.memory, "disk": sb.disk}
                 for sb in await list_labelled(client, {}, attempts=2) if LABEL in sb.labels]
 
 
-async def sweep(settings: Settings, keep: frozenset[str] | set[str] = frozenset(),
+async def sweep(config: DaytonaSettings, keep: frozenset[str] | set[str] = frozenset(),
                 instance: str | None = None, spare: frozenset[str] = frozenset()) -> int:
     """Delete leftover ``agent-manager`` sandboxes not in ``keep`` (only ``instance``'s if given),
     sparing those whose run or pool label is in ``spare``; unlabelled sandboxes are never
     touched. Returns how many were deleted."""
     deleted = 0
-    async with make_client(settings) as client:
+    async with make_client(config) as client:
         for sb in await list_labelled(client, {}):
             if LABEL not in sb.labels or sb.id in keep or instance not in (None, sb.labels[LABEL]):
                 continue

@@ -2,7 +2,7 @@
 
 What it is made of, and why (measurements: the isolation notes; user doc: docs/backends-sandbox.md):
 
-* **never host root.** When the service is root, the launch chain drops to ``settings.sandbox_user``
+* **never host root.** When the service is root, the launch chain drops to ``sandbox.user`` (settings)
   (default ``nobody``) *before* bwrap, so the sandbox's user namespace maps to that host uid: a
   namespace made by root would map its "unprivileged" uid to host root, and ``/proc/sys`` writes
   inside (``kernel.core_pattern``) would own the host. ``/proc/sys``, ``/proc/sysrq-trigger`` & co.
@@ -24,7 +24,7 @@ What it is made of, and why (measurements: the isolation notes; user doc: docs/b
   does), so it works whether or not the service is root. Egress works, the host's loopback —
   where this service listens — does not. Else fail closed;
 * a per-run cgroup for memory/pids/cpu (``cgroup.py``), or rlimits via ``prlimit`` when cgroups
-  are not writable; ``sandbox_disk_mb`` caps what a run adds to its workspace (``disk_guard.py``).
+  are not writable; ``sandbox.disk_mb`` caps what a run adds to its workspace (``disk_guard.py``).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from agent_manager.executors.sandbox_profile import (
     resolve_program,
     stage_root,
 )
+from agent_manager.executors.sandbox_settings import SandboxSettings
 from agent_manager.plugins import HOST, ISOLATED, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
 
@@ -176,12 +177,12 @@ class SandboxExecution:
             await asyncio.to_thread(self.cgroup.remove)
 
     async def disk_exceeded(self, added: int) -> None:
-        """The workspace grew past ``sandbox_disk_mb``: say so on stderr, end everything now."""
+        """The workspace grew past ``sandbox.disk_mb``: say so on stderr, end everything now."""
         assert self.guard is not None
         limit_mb = self.guard.limit_bytes >> 20
         self.info["disk_exceeded"] = f"{added >> 20} MiB written, limit {limit_mb} MiB"
         await self.inner.note("stderr", f"\n[agent-manager] the run wrote {added >> 20} MiB into its workspace, "
-                                        f"over the sandbox_disk_mb limit of {limit_mb} MiB; it was stopped.\n")
+                                        f"over the sandbox.disk_mb limit of {limit_mb} MiB; it was stopped.\n")
         if self.cgroup is not None:
             self.cgroup.kill()
         self.inner.kill_tree()
@@ -203,8 +204,11 @@ class SandboxExecution:
 class SandboxExecutor:
     name = "sandbox"
 
-    def __init__(self, settings: Settings, tag_prefix: str, host_path: str = SYSTEM_PATH) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, tag_prefix: str, host_path: str = SYSTEM_PATH,
+                 section: SandboxSettings | None = None) -> None:
+        self.settings = settings  # the service's: timeouts, grace periods, the data directory
+        # This backend's own section ([sandbox]): the plugin's factory passes it; read at use time.
+        self.section = section if section is not None else _section(settings)
         self.tag_prefix = tag_prefix
         self.bwrap = shutil.which("bwrap", path=SYSTEM_PATH)
         self.slirp4netns = shutil.which("slirp4netns", path=SYSTEM_PATH)
@@ -223,9 +227,13 @@ class SandboxExecutor:
             sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
 
     def user(self) -> HostUser | None:
-        """Who the sandbox runs as on the host: ``sandbox_user`` when the service is root, else
+        """Who the sandbox runs as on the host: ``sandbox.user`` when the service is root, else
         the service's own user (``None``: nothing to switch)."""
-        return HostUser.resolve(self.settings.sandbox_user) if self.root else None
+        return HostUser.resolve(self.section.user) if self.root else None
+
+    def host_user_name(self) -> str | None:
+        """The host user other backends' users must differ from (runs.py checks run_as_user)."""
+        return self.section.user if self.root else None
 
     async def available(self) -> Availability:
         """Cached: bwrap present, and a trivial sandbox with the real profile actually runs.
@@ -245,8 +253,9 @@ class SandboxExecutor:
         self._availability = None
 
     async def settings_changed(self, changed: set[str]) -> None:
-        if any(name.startswith("sandbox_") for name in changed):
-            self.forget_probe()  # its cached verdict was reached with the old limits
+        """``changed``: fields of [sandbox]; the cached verdict was reached with the old limits."""
+        if changed:
+            self.forget_probe()
 
     @staticmethod
     def workspace_path(workspace: Path, name: str) -> str:
@@ -305,16 +314,16 @@ class SandboxExecutor:
         guard = None
         if spec.workspace is not None:
             await asyncio.to_thread(prepare_workspace, spec.workspace, spec.files, user, spec.hand_over)
-            guard = await asyncio.to_thread(DiskGuard, spec.workspace, self.settings.sandbox_disk_mb << 20,
+            guard = await asyncio.to_thread(DiskGuard, spec.workspace, self.section.disk_mb << 20,
                                             self._noop)
         for mount in spec.mounts:  # writable extra mounts (a worktree's private git dir) too
             source = mount.source
             if mount.writable and source is not None and user is not None:
                 await asyncio.to_thread(hand_over, source, user)
         tag = new_tag(self.tag_prefix)
-        memory_mb = spec.resources.memory_mb or self.settings.sandbox_memory_mb
+        memory_mb = spec.resources.memory_mb or self.section.memory_mb
         cgroup = RunCgroup.create(cgroup_name(self.tag_prefix, tag.rsplit(":", 1)[-1]), memory_mb=memory_mb,
-                                  pids_max=self.settings.sandbox_pids_max, cpu=spec.resources.cpu)
+                                  pids_max=self.section.pids_max, cpu=spec.resources.cpu)
         fds = _Fds()
         info_r = block_w = -1
         try:
@@ -387,21 +396,21 @@ class SandboxExecutor:
             prefix += [self.sh, "-c", STAGE_SCRIPT, "sh", str(len(procs)), *procs, stage, str(len(sources)),
                        *map(str, sources)]
         if self.prlimit is not None:
-            disk = str(self.settings.sandbox_disk_mb << 20)
+            disk = str(self.section.disk_mb << 20)
             prefix += [self.prlimit, f"--fsize={disk}:{disk}"]
             if cgroup is None and memory_mb:
                 data = str(memory_mb << 20)
                 prefix.append(f"--data={data}:{data}")
                 if user is None and not self.root:  # RLIMIT_NPROC counts per real uid, ignored for root
-                    nproc = self.settings.sandbox_pids_max
+                    nproc = self.section.pids_max
                     prefix.append(f"--nproc={nproc}:{nproc}")
             prefix.append("--")
         if user is not None:
             prefix += drop_to(user, no_new_privs=False)
         if network is not None:  # the netns slirp4netns joins, owned by the sandbox user's userns
             prefix += [str(self.unshare), "--user", "--map-root-user", "--net", "--"]
-        data_fd = {dest: fds.data(content) for dest, content in data_files(self.settings, spec).items()}
-        options = bwrap_options(spec, program, self.settings, data_fd, staged, network)
+        data_fd = {dest: fds.data(content) for dest, content in data_files(self.section, spec).items()}
+        options = bwrap_options(spec, program, self.section, data_fd, staged, network)
         args_fd = fds.memfd(b"".join(o.encode() + b"\0" for o in options))
         return [*prefix, self.bwrap, "--args", str(args_fd), "--", *program.argv]
 
@@ -477,11 +486,17 @@ class SandboxExecutor:
             await asyncio.to_thread(sweep, self.tag_prefix)
 
 
+def _section(settings: Settings) -> SandboxSettings:
+    section = settings.section("sandbox")
+    return section if isinstance(section, SandboxSettings) else SandboxSettings()
+
+
 def _build(ctx: BackendContext) -> SandboxExecutor:
-    return SandboxExecutor(ctx.settings, ctx.prefix, ctx.environ.get("PATH") or SYSTEM_PATH)
+    section = ctx.section if isinstance(ctx.section, SandboxSettings) else None
+    return SandboxExecutor(ctx.settings, ctx.prefix, ctx.environ.get("PATH") or SYSTEM_PATH, section=section)
 
 
 PLUGIN = BackendPlugin(
     name="sandbox", title="sandbox (bubblewrap)", capabilities=frozenset({HOST, ISOLATED}), factory=_build,
     description="bubblewrap on this host: read-only system, only the workspace writable, no network unless "
-                "the agent allows it, an unprivileged user, cgroup limits.")
+                "the agent allows it, an unprivileged user, cgroup limits.", settings_model=SandboxSettings)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import ExecSpec
+from agent_manager.executors.sandbox_settings import SandboxSettings
 from agent_manager.settings import Settings
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -180,13 +181,13 @@ def inside_cwd(spec: ExecSpec) -> str:
     return spec.cwd
 
 
-def bwrap_options(spec: ExecSpec, program: Program, settings: Settings, data_fd: dict[str, int],
+def bwrap_options(spec: ExecSpec, program: Program, section: SandboxSettings, data_fd: dict[str, int],
                   sources: dict[Path, str], network: tuple[int, int] | None) -> list[str]:
     """Every bwrap option (they go through ``--args``, never argv). ``data_fd`` maps generated
     /etc files to fds holding their content; ``sources`` maps host paths to where the launch
     chain staged them (identity when nothing is staged); ``network`` is (info fd, block fd)
     when the sandbox shares the netns made for slirp4netns just before it."""
-    uid = str(settings.sandbox_uid)
+    uid = str(section.uid)
     args = ["--ro-bind", "/usr", "/usr"]
     for name in SYSTEM_DIRS[1:]:
         p = Path(name)
@@ -203,15 +204,15 @@ def bwrap_options(spec: ExecSpec, program: Program, settings: Settings, data_fd:
     args += ["--dev", "/dev", "--proc", "/proc"]
     for name in PROC_READ_ONLY:
         args += ["--ro-bind-try", name, name]
-    args += ["--size", str(settings.sandbox_tmp_mb << 20), "--tmpfs", "/tmp"]
+    args += ["--size", str(section.tmp_mb << 20), "--tmpfs", "/tmp"]
     # bwrap's /dev is a tmpfs of unbounded size that the sandbox user owns: written to, it is host
     # memory that no rlimit counts (the service not root = no memory cgroup). /dev/shm gets its own
     # bounded tmpfs and the rest of /dev is read-only (device nodes and /dev/pts still work).
-    args += ["--size", str(settings.sandbox_tmp_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    args += ["--size", str(section.tmp_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     if spec.workspace is not None:
         args += ["--bind", sources.get(spec.workspace, str(spec.workspace)), "/workspace"]
     else:
-        args += ["--size", str(settings.sandbox_tmp_mb << 20), "--tmpfs", "/workspace"]
+        args += ["--size", str(section.tmp_mb << 20), "--tmpfs", "/workspace"]
     for bind in program.binds:
         args += ["--ro-bind", sources.get(bind, str(bind)), str(bind)]
     # spec.mounts (workspaces: a worktree's git dir), after /workspace so they may cover a path
@@ -240,18 +241,18 @@ def mount_key(target: str) -> str:
     return "mount:" + target
 
 
-def data_files(settings: Settings, spec: ExecSpec) -> dict[str, str]:
+def data_files(section: SandboxSettings, spec: ExecSpec) -> dict[str, str]:
     """Every file bwrap makes from data: the /etc files, then the spec's data mounts."""
-    files = etc_files(settings)
+    files = etc_files(section)
     for mount in spec.mounts:
         if mount.data is not None:
             files[mount_key(mount.target)] = mount.data
     return files
 
 
-def etc_files(settings: Settings) -> dict[str, str]:
+def etc_files(section: SandboxSettings) -> dict[str, str]:
     """The generated /etc files: the sandbox's own passwd/group/hosts, slirp's resolver."""
-    uid = str(settings.sandbox_uid)
+    uid = str(section.uid)
     return {"/etc/passwd": (f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
                             f"sandbox:x:{uid}:{uid}:sandbox:/workspace:/bin/sh\n"),
             "/etc/group": f"root:x:0:\nsandbox:x:{uid}:\n",

@@ -41,9 +41,7 @@ async def daytona_emulator(
 def daytona_settings(daytona_emulator: DaytonaEmulator, tmp_path: Path) -> Settings:
     return Settings(
         home=tmp_path / "home",
-        daytona_api_key=daytona_emulator.api_key,
-        daytona_api_url=daytona_emulator.api_url,
-        daytona_target="us",
-        daytona_create_timeout_s=10,
+        daytona={"api_key": daytona_emulator.api_key, "api_url": daytona_emulator.api_url, "target": "us",
+                 "create_timeout_s": 10},
         kill_grace_s=0.2,
     )

@@ -172,6 +172,48 @@ def _public(annotation: Any) -> Any:
     return annotation
 
 
+class SettingField(BaseModel):
+    """One field of a backend's settings section, as the Settings page draws it (sections.describe)."""
+
+    name: str
+    type: Literal["boolean", "integer", "number", "string", "list", "secret"]
+    default: Any = Field(..., description="null for a secret or when there is none")
+    description: str
+    nullable: bool = Field(..., description="null (not set) is a valid value")
+    choices: list[Any] | None
+    minimum: float | None
+    maximum: float | None
+    env: str | None = Field(..., description="another program's environment variable for it, besides "
+                                             "AGENT_MANAGER_<SECTION>_<FIELD>")
+
+
+class SectionInfo(BaseModel):
+    """A backend's own settings section: ``[name]`` in config.toml, ``name.field`` in PATCH."""
+
+    name: str
+    title: str
+    env_prefix: str
+    fields: list[SettingField]
+
+
+def section_views() -> type[BaseModel]:
+    """``sections`` of the settings view: one model per installed backend's section, its fields
+    typed as the API shows them (secrets only as the mask); sections of backends loaded later
+    (tests) pass as they are."""
+    from agent_manager import sections
+
+    fields: dict[str, Any] = {}
+    for name, model in sections.section_models().items():
+        shown: dict[str, Any] = {field: (_public(info.annotation), Field(..., description=info.description))
+                                 for field, info in model.model_fields.items()}
+        view = create_model(f"{sections.stem(name).title().replace('_', '')}Section",
+                            __config__=ConfigDict(extra="forbid"), __doc__=f"The {name} backend's own settings.",
+                            **shown)
+        fields[sections.stem(name)] = (view | None, Field(None, alias=name))
+    return create_model("SettingsSections", __config__=ConfigDict(extra="allow", populate_by_name=True),
+                        __doc__="Each installed backend's own settings, by backend name.", **fields)
+
+
 def settings_view(settings: type[BaseModel]) -> type[BaseModel]:
     """GET/PATCH /api/settings: every field of ``settings`` (derived, so a new setting or section
     is described without touching this), plus what the Settings page needs to know about them."""
@@ -179,10 +221,14 @@ def settings_view(settings: type[BaseModel]) -> type[BaseModel]:
         name: (_public(info.annotation), Field(..., description=info.description))
         for name, info in settings.model_fields.items()}
     fields.update(
-        mutable=(list[str], Field(..., description="settings PATCH may change now")),
+        mutable=(list[str], Field(..., description="settings PATCH may change now (a section's as section.field)")),
         restart_required=(list[str], Field(..., description="settings that only a restart changes")),
-        from_env=(dict[str, str], Field(..., description="setting → the environment variable that sets it")),
-        listening=(str | None, Field(..., description="where the service really listens")))
+        from_env=(dict[str, str], Field(..., description="setting (or section.field) → the environment variable "
+                                                          "that sets it")),
+        listening=(str | None, Field(..., description="where the service really listens")),
+        sections=(section_views(), Field(..., description="each backend's own settings by backend name (secrets "
+                                                          "'********' when set, null when not)")),
+        section_info=(list[SectionInfo], Field(..., description="what each section's fields are")))
     model: type[BaseModel] = create_model(
         "SettingsView", __doc__="The service's settings; secrets are '********' when set, null when not. Open: "
         "backend plugins add sections of their own.", __config__=ConfigDict(extra="allow"), **fields)

@@ -6,6 +6,9 @@ SIGTERM → SIGKILL, tags every process so a restart after a crash ends leftover
 ``base_environment`` (the agent never sees the service's environment) and ``HostPty``
 (interactive terminals). The priority is lowered by ``nice``/``ionice`` *in front of* the
 agent's own argv, so the prompt is still exactly one argv element and no shell is involved.
+How low is the backend's own settings section, ``[nice]`` (``NiceSettings``): Agent Manager
+loads it from config.toml and ``AGENT_MANAGER_NICE_*``, shows it on its Settings page and
+changes it through its API; the executor reads it when it starts a run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import contextlib
 import os
 import shutil
 import signal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
@@ -23,8 +29,17 @@ from agent_manager.executors.process import ProcessExecution, base_environment, 
 from agent_manager.executors.pty import HostPty
 from agent_manager.plugins import HOST, BackendContext, BackendPlugin
 
-NICENESS = 19
-IONICE_IDLE = "3"
+IONICE_CLASSES = {"idle": "3", "best-effort": "2"}
+
+
+class NiceSettings(BaseModel):
+    """The ``[nice]`` settings section: how low the runs' priority is."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    niceness: int = Field(default=19, ge=0, le=19, description="CPU niceness of runs (19 = the lowest priority)")
+    io_class: Literal["idle", "best-effort"] = Field(
+        default="idle", description="I/O scheduling class of runs (ionice); idle waits for every other process")
 
 
 class NiceExecutor:
@@ -34,6 +49,8 @@ class NiceExecutor:
 
     def __init__(self, ctx: BackendContext) -> None:
         self.settings = ctx.settings
+        # The live [nice] section: read when a run starts, so a change applies to the next run.
+        self.section = ctx.section if isinstance(ctx.section, NiceSettings) else NiceSettings()
         self.tag_prefix = ctx.prefix
         self.environ = base_environment(dict(ctx.environ))
         self.nice = shutil.which("nice", path=SYSTEM_PATH)
@@ -49,8 +66,8 @@ class NiceExecutor:
         """What goes in front of the agent's argv: nice, and ionice's idle class when present."""
         if self.nice is None:
             raise ExecutionError("the nice backend needs nice (coreutils)")
-        argv = [self.nice, "-n", str(NICENESS)]
-        return argv + ([self.ionice, "-c", IONICE_IDLE] if self.ionice else [])
+        argv = [self.nice, "-n", str(self.section.niceness)]
+        return argv + ([self.ionice, "-c", IONICE_CLASSES[self.section.io_class]] if self.ionice else [])
 
     async def start(self, spec: ExecSpec) -> ProcessExecution:
         if not spec.argv:
@@ -70,7 +87,8 @@ class NiceExecutor:
             [*prefix, *argv], env=env, cwd=cwd, stdin=spec.stdin, tag=new_tag(self.tag_prefix),
             kill_grace_s=self.settings.kill_grace_s, stream_close_grace_s=self.settings.stream_close_grace_s,
             tty=spec.tty)
-        execution.info["priority"] = f"nice {NICENESS}" + (", ionice idle" if self.ionice else "")
+        execution.info["priority"] = f"nice {self.section.niceness}" + (
+            f", ionice {self.section.io_class}" if self.ionice else "")
         self._live.add(execution)
         execution.finished.add_done_callback(lambda _task: self._live.discard(execution))
         return execution
@@ -91,8 +109,8 @@ class NiceExecutor:
 
 PLUGIN = BackendPlugin(
     name="nice", title="nice (this host, lowest priority)", capabilities=frozenset({HOST}),
-    factory=NiceExecutor,
+    factory=NiceExecutor, settings_model=NiceSettings,
     description="A child process on this host at nice 19 and idle I/O priority: long runs never slow down "
                 "interactive work. Example plugin (examples/agent-manager-nice).")
 
-__all__ = ["PLUGIN", "NiceExecutor"]
+__all__ = ["PLUGIN", "NiceExecutor", "NiceSettings"]

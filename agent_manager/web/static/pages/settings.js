@@ -1,14 +1,16 @@
 // Settings: GET/PATCH /api/settings. Only changed fields are sent; secrets are write-only
 // (shown as "********"; an empty box keeps the stored secret). The API's errors appear next
-// to the fields. Settings this page does not know yet still show up, under "Other". Settings an
-// environment variable sets are shown read-only, naming the variable: the API refuses them.
+// to the fields. The service's own settings are grouped below; each backend's section is drawn
+// from the API's description of it (section_info: field names, types, defaults, descriptions,
+// choices, bounds), so a backend installed as a plugin shows up with nothing to change here.
+// Settings this page does not know yet still show up, under "Other". Settings an environment
+// variable sets are shown read-only, naming the variable: the API refuses them.
 
 import { get, patch } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle, toast } from "../lib/dom.js";
 import { backends } from "../lib/registry.js";
 
 const MASK = "********";
-const SECRETS = new Set(["daytona_api_key"]);
 const CHOICES = {}; // filled from the registry: execution_mode is auto or an installed backend
 const READ_ONLY = ["home", "host", "port", "auth"];
 const GROUPS = [
@@ -17,9 +19,6 @@ const GROUPS = [
   ["Runs", ["max_concurrent_runs", "default_timeout_s", "kill_grace_s", "stream_close_grace_s", "output_cap_bytes",
     "history_messages", "history_chars", "max_stored_output_mb", "run_retention_days"]],
   ["Stall detection", ["stall_timeout_s", "stall_kill"]],
-  ["Daytona", ["daytona_api_key", "daytona_api_url", "daytona_target", "daytona_image", "daytona_snapshot",
-    "daytona_auto_stop_minutes", "daytona_auto_delete_minutes", "daytona_create_timeout_s", "daytona_warm_pool"]],
-  ["Sandbox (bubblewrap)", ["sandbox_uid", "sandbox_memory_mb", "sandbox_pids_max", "sandbox_tmp_mb"]],
   ["Orchestration", ["default_planner", "orchestration_max_parallel"]],
   ["Access", ["allowed_hosts"]],
 ];
@@ -27,8 +26,6 @@ const HINTS = {
   execution_mode: "auto lets the routing policy pick per run; the others force one backend.",
   stall_timeout_s: "Report a run as stalled after this many silent seconds (0 = off).",
   stall_kill: "Also stop a stalled run.",
-  daytona_api_key: "Write-only. Leave empty to keep the stored key.",
-  daytona_auto_delete_minutes: "-1 = never, 0 = when stopped.",
   allowed_hosts: "Extra host names the service answers to, comma separated.",
   heavy_cpu: "Runs declaring at least this many CPUs count as heavy (routed to Daytona when configured).",
   max_stored_output_mb: "Raw output kept per run; the rest is counted, not stored (0 = keep all).",
@@ -38,11 +35,11 @@ const HINTS = {
 const LABELS = {
   heavy_cpu: "Heavy work: CPUs", heavy_memory_mb: "Heavy work: memory (MB)", output_cap_bytes: "Output cap (bytes)",
   prefer_daytona_for_untrusted: "Prefer Daytona for untrusted runs", allow_fallback: "Fall back when a backend is down",
-  daytona_api_key: "Daytona API key", daytona_api_url: "Daytona API URL", sandbox_uid: "Sandbox uid",
   stall_kill: "Stop stalled runs", history_messages: "Chat history: messages", history_chars: "Chat history: characters",
 };
-const label = (name) => LABELS[name] || name.replace(/_s$/, " (s)").replace(/_mb$/, " (MB)").replace(/_/g, " ")
-  .replace(/^./, (c) => c.toUpperCase());
+const WORDS = { api: "API", url: "URL", uid: "uid", tmp: "/tmp", pids: "processes", id: "ID", io: "I/O", cpu: "CPU" };
+const label = (name) => LABELS[name] || name.replace(/_s$/, " (s)").replace(/_mb$/, " (MB)").split("_")
+  .map((w) => WORDS[w] || w).join(" ").replace(/^[a-z]/, (c) => c.toUpperCase());
 
 export async function render(root, { signal }) {
   setTitle("Settings");
@@ -61,62 +58,95 @@ export async function render(root, { signal }) {
   const shown = (n) => mutable.has(n) || n in fromEnv;
   const rows = {};
   const readers = {};
+  const described = {};  // "section.field" -> the API's description of it
 
-  function control(name, value) {
-    if (CHOICES[name]) {
-      const select = h("select", null, CHOICES[name].map((c) => h("option", { value: c, selected: c === value }, c)));
-      readers[name] = () => select.value;
+  // A key is a service setting ("port") or a backend section's field ("daytona.api_key").
+  const split = (key) => (key.includes(".") ? key.split(".", 2) : [null, key]);
+  function valueOf(data, key) {
+    const [section, name] = split(key);
+    return section ? ((data.sections || {})[section] || {})[name] : data[name];
+  }
+
+  function control(name, value, info) {
+    const type = info ? info.type : null;
+    const choices = info ? info.choices : CHOICES[name];
+    if (choices) {
+      const options = (info && info.nullable ? [null, ...choices] : choices)
+        .map((c) => h("option", { value: c ?? "", selected: c === value }, c ?? "(not set)"));
+      const select = h("select", null, options);
+      readers[name] = () => (select.value === "" && info && info.nullable ? null : select.value);
       return select;
     }
-    if (SECRETS.has(name)) {
+    if (type === "secret") {
       const input = h("input", { type: "password", autocomplete: "new-password",
         placeholder: value ? `${MASK} (set)` : "not set" });
       readers[name] = () => (input.value ? input.value : undefined);
       return input;
     }
-    if (typeof value === "boolean") {
-      const input = h("input", { type: "checkbox", checked: value });
+    if (type === "boolean" || (!type && typeof value === "boolean")) {
+      const input = h("input", { type: "checkbox", checked: Boolean(value) });
       readers[name] = () => input.checked;
       return input;
     }
-    if (typeof value === "number") {
-      const input = h("input", { type: "number", value: String(value), step: "any" });
+    if (type === "integer" || type === "number" || (!type && typeof value === "number")) {
+      const attrs = { type: "number", value: value ?? "", step: type === "integer" ? "1" : "any" };
+      if (info && info.minimum != null) attrs.min = String(info.minimum);
+      if (info && info.maximum != null) attrs.max = String(info.maximum);
+      const input = h("input", attrs);
       readers[name] = () => (input.value.trim() === "" ? null : Number(input.value));
       return input;
     }
-    if (Array.isArray(value)) {
-      const input = h("input", { type: "text", value: value.join(", "), autocomplete: "off" });
+    if (type === "list" || (!type && Array.isArray(value))) {
+      const input = h("input", { type: "text", value: (value || []).join(", "), autocomplete: "off" });
       readers[name] = () => input.value.split(",").map((s) => s.trim()).filter(Boolean);
       return input;
     }
     const input = h("input", { type: "text", value: value ?? "", autocomplete: "off", spellcheck: "false" });
-    readers[name] = () => (input.value.trim() === "" ? null : input.value.trim());
+    readers[name] = () => (input.value.trim() === "" ? (info && !info.nullable ? "" : null) : input.value.trim());
     return input;
   }
 
-  const known = new Set([...READ_ONLY, "mutable", "restart_required", "from_env",
-    ...GROUPS.flatMap(([, names]) => names)]);
+  function hintFor(info) {
+    if (!info) return undefined;
+    const parts = [info.description];
+    if (info.type === "secret") parts.push("Write-only: leave empty to keep the stored value.");
+    else if (info.default !== null && info.default !== undefined) {
+      parts.push(`Default: ${Array.isArray(info.default) ? info.default.join(", ") : info.default}.`);
+    }
+    return parts.filter(Boolean).join(" ");
+  }
+
+  const known = new Set([...READ_ONLY, "mutable", "restart_required", "from_env", "sections", "section_info",
+    "listening", ...GROUPS.flatMap(([, names]) => names)]);
   const others = Object.keys(current).filter((k) => !known.has(k) && shown(k));
-  const groups = others.length ? [...GROUPS, ["Other", others]] : GROUPS;
+  const groups = others.length ? [...GROUPS, ["Other", others]] : [...GROUPS];
+  for (const section of current.section_info || []) {
+    const keys = section.fields.map((f) => `${section.name}.${f.name}`);
+    section.fields.forEach((f, i) => { described[keys[i]] = f; });
+    groups.push([section.title || section.name, keys, section.name]);
+  }
   const summary = h("div", { class: "form-summary" });
   const save = h("button", { type: "submit" }, "Save settings");
   const form = h("form", { class: "form settings", novalidate: true, "aria-label": "Settings", onSubmit }, summary);
-  for (const [title, names] of groups) {
-    const present = names.filter((n) => n in current && shown(n));
+  for (const [title, names, section] of groups) {
+    const present = names.filter((n) => (section || n in current) && shown(n));
     if (!present.length) continue;
-    const set = h("fieldset", { class: "card" }, h("legend", null, title));
+    const set = h("fieldset", { class: "card", "data-section": section || null }, h("legend", null, title));
     const grid = h("div", { class: "form-grid" });
     for (const name of present) {
+      const info = described[name];
+      const text = label(split(name)[1]);
+      const value = valueOf(current, name);
       if (name in fromEnv) {  // shown, never sent: the variable wins at every start
-        const input = control(name, current[name]);
+        const input = control(name, value, info);
         delete readers[name];
         input.disabled = true;
         input.dataset.fromEnv = fromEnv[name];
         const hint = `Set by the environment variable ${fromEnv[name]}; change it where the service is started.`;
-        grid.append(field({ label: label(name), name, input, hint }).wrap);
+        grid.append(field({ label: text, name, input, hint }).wrap);
         continue;
       }
-      rows[name] = field({ label: label(name), name, input: control(name, current[name]), hint: HINTS[name] });
+      rows[name] = field({ label: text, name, input: control(name, value, info), hint: HINTS[name] || hintFor(info) });
       grid.append(rows[name].wrap);
     }
     set.append(grid);
@@ -128,12 +158,16 @@ export async function render(root, { signal }) {
       || `${current.host}:${current.port}`} · authentication ${current.auth ? "on" : "off"} (these need a restart to change).`),
     form);
 
+  // The PATCH body: service settings by name, a section's fields in its own object.
   function changes() {
     const out = {};
-    for (const name of Object.keys(rows)) {
-      const value = readers[name]();
+    for (const key of Object.keys(rows)) {
+      const value = readers[key]();
       if (value === undefined) continue;
-      if (JSON.stringify(value) !== JSON.stringify(current[name])) out[name] = value;
+      if (JSON.stringify(value) === JSON.stringify(valueOf(current, key) ?? null)) continue;
+      const [section, name] = split(key);
+      if (section) (out[section] ||= {})[name] = value;
+      else out[name] = value;
     }
     return out;
   }
@@ -150,10 +184,10 @@ export async function render(root, { signal }) {
     try {
       current = await patch("/api/settings", body);
       applyErrors(summary, null, rows);
-      for (const name of Object.keys(body)) {
-        if (SECRETS.has(name)) {
-          rows[name].input.value = "";
-          rows[name].input.placeholder = current[name] ? `${MASK} (set)` : "not set";
+      for (const [key, row] of Object.entries(rows)) {
+        if (described[key] && described[key].type === "secret") {
+          row.input.value = "";
+          row.input.placeholder = valueOf(current, key) ? `${MASK} (set)` : "not set";
         }
       }
       toast("Settings saved", "ok");
