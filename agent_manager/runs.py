@@ -29,7 +29,7 @@ from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
-from agent_manager.plugins import on_host
+from agent_manager.plugins import on_host, workspace_access
 from agent_manager.run_request import (
     PROMPT_FILE_NAME,
     RunRequest,
@@ -261,7 +261,7 @@ class RunManager:
                 host_saturated=self.host_running >= self.settings.max_concurrent_runs,
                 user_admin=req.user_admin, run_as=user.name if user else None, run_as_problem=problem),
                 self.settings, self.executors)
-            run_store.update(self.db, run_id, backend=chosen.backend, route_reason=chosen.reason)
+            run_store.update(self.db, run_id, backend=chosen.backend, route_reason=self.settings.scrub(chosen.reason))
             live.backend = chosen.backend
             slots: contextlib.AbstractAsyncContextManager[Any] = (
                 self.host_slots if on_host(chosen.backend) else contextlib.nullcontext())
@@ -278,9 +278,10 @@ class RunManager:
                 finally:
                     self.host_running -= host
         except AgentManagerError as exc:
-            self.events.append(run_id, "error", {"message": exc.message})
+            message = self.settings.scrub(exc.message)  # a backend's or SDK's words may carry a key
+            self.events.append(run_id, "error", {"message": message})
             await self._settle(run_id, req)
-            self._finish(run_id, "failed", None, None, exc.message, None)
+            self._finish(run_id, "failed", None, None, message, None)
         except asyncio.CancelledError:  # the workspace is settled at the next start (Workspaces.recover)
             if live.end_reason == "cancelled":  # cancelled before anything ran: nothing to settle
                 if self.workspaces is not None and req.workspace_id and \
@@ -309,7 +310,7 @@ class RunManager:
                        chosen: Route, workspace: Path, user: OsUser | None) -> None:
         live = self._live[run_id]
         agent = req.agent
-        backend, reason = chosen.backend, chosen.reason
+        backend, reason = chosen.backend, self.settings.scrub(chosen.reason)
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
         name = PROMPT_FILE_NAME.format(run_id=run_id)
         if invocation.prompt_file_at and invocation.prompt_file is not None:
@@ -328,7 +329,7 @@ class RunManager:
             hand_over(workspace, user, self.settings)
             spec.run_as = chosen.run_as
         if req.workspace_id and self.workspaces is not None:
-            spec = await self.workspaces.prepare(req.workspace_id, run_id, _access(backend), spec)
+            spec = await self.workspaces.prepare(req.workspace_id, run_id, workspace_access(backend), spec)
         prompt_file: Path | None = None
         if name in req.files and spec.workspace is not None:
             seen_as = prompt_file_path(executor, spec.workspace, name)
@@ -424,7 +425,7 @@ class RunManager:
         if backend is None:
             backend = run_store.get(self.db, run_id)["backend"]
         try:
-            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, _access(backend),
+            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, workspace_access(backend),
                                                              req.files,
                                                                       run_id))
         except AgentManagerError as exc:
@@ -493,10 +494,3 @@ class RunManager:
         if live is not None:
             live.finished.set()
         self.metrics.run_finished(run["backend"], status, ms)
-
-
-def _access(backend: str | None) -> Any:
-    """How ``backend`` reaches a workspace (git is imported only by runs that use one)."""
-    from agent_manager.workspaces import access_for
-
-    return access_for(backend)
