@@ -261,7 +261,7 @@ class RunManager:
                 host_saturated=self.host_running >= self.settings.max_concurrent_runs,
                 user_admin=req.user_admin, run_as=user.name if user else None, run_as_problem=problem),
                 self.settings, self.executors)
-            run_store.update(self.db, run_id, backend=chosen.backend, route_reason=chosen.reason)
+            run_store.update(self.db, run_id, backend=chosen.backend, route_reason=self.settings.scrub(chosen.reason))
             live.backend = chosen.backend
             slots: contextlib.AbstractAsyncContextManager[Any] = (
                 self.host_slots if on_host(chosen.backend) else contextlib.nullcontext())
@@ -278,9 +278,10 @@ class RunManager:
                 finally:
                     self.host_running -= host
         except AgentManagerError as exc:
-            self.events.append(run_id, "error", {"message": exc.message})
+            message = self.settings.scrub(exc.message)  # a backend's or SDK's words may carry a key
+            self.events.append(run_id, "error", {"message": message})
             await self._settle(run_id, req)
-            self._finish(run_id, "failed", None, None, exc.message, None)
+            self._finish(run_id, "failed", None, None, message, None)
         except asyncio.CancelledError:  # the workspace is settled at the next start (Workspaces.recover)
             if live.end_reason == "cancelled":  # cancelled before anything ran: nothing to settle
                 if self.workspaces is not None and req.workspace_id and \
@@ -309,7 +310,7 @@ class RunManager:
                        chosen: Route, workspace: Path, user: OsUser | None) -> None:
         live = self._live[run_id]
         agent = req.agent
-        backend, reason = chosen.backend, chosen.reason
+        backend, reason = chosen.backend, self.settings.scrub(chosen.reason)
         timeout = req.timeout_s or agent.get("timeout_s") or self.settings.default_timeout_s
         name = PROMPT_FILE_NAME.format(run_id=run_id)
         if invocation.prompt_file_at and invocation.prompt_file is not None:

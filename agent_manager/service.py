@@ -98,8 +98,8 @@ def build_executors(settings: Settings, prefix: str,
         try:
             executor = build_executor(plugin, settings, prefix, environ)
         except Exception as exc:
-            log.error("the %s backend could not be started: %s: %s", name, type(exc).__name__, exc)
-            problems[name] = f"could not be started: {type(exc).__name__}: {exc}"
+            problems[name] = settings.scrub(f"could not be started: {type(exc).__name__}: {exc}")
+            log.error("the %s backend %s", name, problems[name])
             continue
         executors[name] = executor
     return executors, problems

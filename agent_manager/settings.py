@@ -232,6 +232,18 @@ class Settings(BaseSettings):
         model = type(self._sections[section]) if section else type(self)
         return sect.is_secret(model.model_fields[field])
 
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret setting's value (core and sections) shown as the mask.
+        For messages that come from a backend or an SDK (availability, start-up failures, run
+        errors), which every user sees and which a plugin may have built from its own key."""
+        for key in self.setting_keys():
+            if self.is_secret(key):
+                value = self.value_of(key)
+                secret = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+                if isinstance(secret, str) and len(secret) >= 4:
+                    text = text.replace(secret, "********")
+        return text
+
     @property
     def from_env(self) -> dict[str, str]:
         return dict(self._from_env)

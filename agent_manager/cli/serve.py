@@ -79,6 +79,9 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
+        # Listening now, not when uvicorn starts serving (after the lifespan start-up, which is
+        # when "listening on" is printed): a client that acts on that line must not be refused.
+        sock.listen(2048)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
     bound_port = sock.getsockname()[1]

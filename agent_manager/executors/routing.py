@@ -86,12 +86,14 @@ def explicit_choice(req: RouteRequest, settings: Settings) -> tuple[str, str] | 
 
 
 def check_isolation(req: RouteRequest, settings: Settings, capabilities: Capabilities | None = None) -> None:
-    """An untrusted user's run never runs on the bare host, whatever was requested."""
+    """An untrusted user's run only ever runs on a backend that claims ``isolated``, whatever
+    was requested: not on the bare host, and not on a plugin's backend that is merely remote
+    or claims nothing (an SSH or Docker backend without the claim runs what it is given as is)."""
     choice = explicit_choice(req, settings)
     if not req.user_trusted and choice is not None:
         caps = capabilities.get(choice[0], frozenset()) if capabilities is not None \
             else plugins.capabilities(choice[0])
-        if _bare_host(caps):
+        if ISOLATED not in caps:
             isolated = [name for name, plugin in plugins.backends().items() if ISOLATED in plugin.capabilities]
             raise Forbidden(f"runs of untrusted users must be isolated, but {choice[1]}; "
                             f"choose {' or '.join(isolated) or 'an isolated backend'}")

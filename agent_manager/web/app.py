@@ -141,6 +141,8 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
     async def login(request: Request, token: str | None = None) -> Response:
         """The login page; with ``?token=`` exchange the token for a session cookie (a browser's way in)."""
         if token is not None:
+            if request.headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
+                return auth.cross_site_login()
             return auth.login(app, request.query_params.getlist("token"), _client(request), _https(request))
         return HTMLResponse(LOGIN_PAGE.format(error=""), headers=auth.LOGIN_HEADERS)
 

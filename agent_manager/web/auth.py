@@ -337,6 +337,17 @@ def login(app: Any, given: list[str], client: str = "?", secure: bool = False) -
     return response
 
 
+def cross_site_login() -> Response:
+    """The answer to ``GET /login?token=`` reached from another site (a link or redirect on a
+    page the browser was showing). Accepting it would be login CSRF: a page could log your
+    browser into the attacker's own account (its token in the link), so that what you type
+    next — prompts, secrets in chats — lands where the attacker reads it. A URL pasted into the
+    address bar or opened from a terminal arrives with ``Sec-Fetch-Site: none`` and works."""
+    return HTMLResponse(LOGIN_PAGE.format(error=html.escape(
+        "That login link came from another site, so it was not used. Paste your token here.")),
+        status_code=403, headers=LOGIN_HEADERS)
+
+
 def rotate_admin_token(app: Any) -> str:
     """A new admin token, at once: written to the token file (what the CLI reads), used by
     the running service from the next request on, and every admin session ends (each was

@@ -47,6 +47,7 @@ async def list_backends(svc: Service = Depends(service)) -> list[BackendInfo]:
     for entry in entries:
         plugin: plugins.BackendPlugin | None = entry.plugin
         ok, reason = checks[entry.name] if entry.error is None else (False, entry.error)
+        reason = svc.settings.scrub(reason)  # a plugin's or SDK's message may carry its own key
         found.append(BackendInfo(
             name=entry.name, title=plugin.title if plugin else entry.name,
             description=plugin.description if plugin else "", available=ok, reason=reason,
