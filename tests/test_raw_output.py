@@ -202,3 +202,18 @@ async def test_rows_of_the_first_file_format_still_read(client: httpx.AsyncClien
     path.write_bytes(escaped)
     assert (await client.get(f"/api/runs/{run['id']}/events", params={"limit": 10000})).json() == events
     assert (await client.get(f"/api/runs/{run['id']}/output")).content == EVERYTHING
+
+
+async def test_the_stored_output_cap_applies(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    """Past max_stored_output_mb nothing more is stored, so nothing more is sent; the stored
+    note about the dropped bytes is (on stderr)."""
+    r = await client.patch("/api/settings", json={"max_stored_output_mb": 1})
+    assert r.status_code == 200, r.text
+    await _agent(client, tmp_path, "big", BIG)
+    run = (await client.post("/api/runs", json={"agent": "big", "prompt": str(3 * 1024 * 1024)})).json()
+    assert (await wait_run(client, run["id"]))["status"] == "succeeded"
+    body = (await client.get(f"/api/runs/{run['id']}/output")).content
+    stdout = (await client.get(f"/api/runs/{run['id']}/output", params={"stream": "stdout"})).content
+    stderr = (await client.get(f"/api/runs/{run['id']}/output", params={"stream": "stderr"})).content
+    assert 512 * 1024 < len(stdout) <= 1024 * 1024 and stdout == body[:len(stdout)]
+    assert b"[agent-manager: output truncated:" in stderr and body == stdout + stderr
