@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent_manager.errors import ValidationFailed
 
@@ -252,6 +252,19 @@ def capabilities(name: str | None) -> frozenset[str]:
     """The capabilities of backend ``name``; none for a name that is not installed."""
     plugin = backends().get(name or "")
     return plugin.capabilities if plugin is not None else frozenset()
+
+
+WorkspaceAccess = Literal["direct", "private_git", "portable"]
+
+
+def workspace_access(name: str | None) -> WorkspaceAccess:
+    """How backend ``name`` reaches a project workspace (workspaces/): a remote one carries it in
+    its portable form (``ExecSpec.portable``), an isolated one on this host gets a private git dir
+    (``ExecSpec.mounts``), any other uses the worktree and its git directly."""
+    caps = capabilities(name)
+    if REMOTE in caps:
+        return "portable"
+    return "private_git" if ISOLATED in caps else "direct"
 
 
 def on_host(name: str | None) -> bool:

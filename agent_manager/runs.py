@@ -29,7 +29,7 @@ from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
-from agent_manager.plugins import on_host
+from agent_manager.plugins import on_host, workspace_access
 from agent_manager.run_request import (
     PROMPT_FILE_NAME,
     RunRequest,
@@ -329,7 +329,7 @@ class RunManager:
             hand_over(workspace, user, self.settings)
             spec.run_as = chosen.run_as
         if req.workspace_id and self.workspaces is not None:
-            spec = await self.workspaces.prepare(req.workspace_id, run_id, _access(backend), spec)
+            spec = await self.workspaces.prepare(req.workspace_id, run_id, workspace_access(backend), spec)
         prompt_file: Path | None = None
         if name in req.files and spec.workspace is not None:
             seen_as = prompt_file_path(executor, spec.workspace, name)
@@ -427,7 +427,7 @@ class RunManager:
         if backend is None:
             backend = run_store.get(self.db, run_id)["backend"]
         try:
-            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, _access(backend),
+            ws = await asyncio.shield(self.workspaces.settle(req.workspace_id, req.prompt, workspace_access(backend),
                                                              req.files,
                                                                       run_id))
         except AgentManagerError as exc:
@@ -496,10 +496,3 @@ class RunManager:
         if live is not None:
             live.finished.set()
         self.metrics.run_finished(run["backend"], status, ms)
-
-
-def _access(backend: str | None) -> Any:
-    """How ``backend`` reaches a workspace (git is imported only by runs that use one)."""
-    from agent_manager.workspaces import access_for
-
-    return access_for(backend)

@@ -44,16 +44,28 @@ def plugins_with_sections() -> dict[str, BackendPlugin]:
     from agent_manager.settings import Settings
 
     found = {}
+    # Flat names (config keys, and AGENT_MANAGER_ variables) already spoken for: a section
+    # ``daytona_api`` with a field ``key`` would otherwise read AGENT_MANAGER_DAYTONA_API_KEY,
+    # Daytona's key, and a section ``heavy`` with ``cpu`` the service's heavy_cpu.
+    taken = {key: "a service setting" for key in Settings.model_fields}
     for name, plugin in plugins.backends().items():
         model = plugin.settings_model
         if model is None:
             continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             _refuse(name, f"its settings_model is not a pydantic model ({model!r})")
-        elif name in Settings.model_fields or name in RESERVED:
+            continue
+        if name in Settings.model_fields or name in RESERVED:
             _refuse(name, f"its name {name!r} is taken by a service setting, so it can have no section")
-        else:
-            found[name] = plugin
+            continue
+        flat = {flat_key(name, field) for field in model.model_fields}
+        clash = sorted(flat & set(taken))
+        if clash:
+            _refuse(name, f"its fields would share the names {', '.join(clash)} (config keys and "
+                          f"{ENV_PREFIX}* variables) with {taken[clash[0]]}; rename the backend or the fields")
+            continue
+        taken.update(dict.fromkeys(flat, f"the {name} section"))
+        found[name] = plugin
     return found
 
 

@@ -37,7 +37,7 @@ from agent_manager.errors import BadRequest, ExecutionError, NotFound, TooManyRe
 from agent_manager.executors.base import ExecSpec, Executor
 from agent_manager.executors.pty import clamp_size
 from agent_manager.executors.routing import Route, RouteRequest, route
-from agent_manager.plugins import ISOLATED, REMOTE, on_host
+from agent_manager.plugins import ISOLATED, REMOTE, on_host, workspace_access
 from agent_manager.runs import RunManager
 from agent_manager.settings import Settings
 from agent_manager.store.database import new_id, now
@@ -209,7 +209,8 @@ class TerminalManager:
                     raise BadRequest("projects are not available")
                 # Exactly what a run in this workspace gets: busy-marked (merge/discard and other
                 # runs wait), worktree ensured, git made to work on this backend.
-                spec = await self.workspaces.prepare(req.workspace_id, terminal_id, _access(chosen.backend), spec)
+                access = workspace_access(chosen.backend)
+                spec = await self.workspaces.prepare(req.workspace_id, terminal_id, access, spec)
                 prepared = True
             if spec.workspace is not None:  # an agent's working_dir keeps its owners; ours are handed over
                 spec.hand_over = service_owned(spec.workspace, self.settings)
@@ -384,7 +385,7 @@ class TerminalManager:
         if self.workspaces is None:
             return
         try:
-            await self.workspaces.settle(workspace_id, f"Terminal session {terminal_id}", _access(backend),
+            await self.workspaces.settle(workspace_id, f"Terminal session {terminal_id}", workspace_access(backend),
                                          run_id=terminal_id)
         except Exception:
             log.exception("terminal %s: could not commit its workspace", terminal_id)
@@ -394,11 +395,3 @@ class TerminalManager:
             self.close_soon(term, "service stopped")
         tasks = [t.closing for t in list(self.terminals.values()) if t.closing is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _access(backend: str | None) -> Any:
-    """How ``backend`` reaches a workspace (imported when a workspace is used: git is not
-    needed by runs without one)."""
-    from agent_manager.workspaces import access_for
-
-    return access_for(backend)

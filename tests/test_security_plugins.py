@@ -161,5 +161,70 @@ async def test_a_plugins_key_in_its_error_never_reaches_users_or_the_log(
             await asyncio.sleep(0.02)
         assert found["status"] == "failed" and "Bearer ********" in found["error"], found
         events = (await admin.get(f"/api/runs/{run['id']}/events", headers=user)).text
-        everything = listed + str(found) + events + caplog.text
+        # Refused in the request itself (a terminal on it): the JSON error says it masked too.
+        terminal = await admin.post("/api/terminals", json={"backend": "flaky"}, headers=user)
+        assert terminal.status_code >= 400 and "Bearer ********" in terminal.text, terminal.text
+        everything = listed + str(found) + events + terminal.text + caplog.text
         assert one not in everything and two not in everything
+
+
+SQUATTER = """
+    from pydantic import BaseModel, ConfigDict, SecretStr
+
+    from agent_manager.executors.local import LocalExecutor
+    from agent_manager.plugins import REMOTE, BackendPlugin
+
+    class KeySettings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        key: SecretStr | None = None
+
+    class CpuSettings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        cpu: float = 1.0
+
+    class Api(LocalExecutor):
+        name = "daytona_api"
+
+    class Heavy(LocalExecutor):
+        name = "heavy"
+
+    # Innocent names whose flat forms are another section's field, or a service setting.
+    API = BackendPlugin(name="daytona_api", title="api", capabilities=frozenset({REMOTE}), settings_model=KeySettings,
+                        factory=lambda ctx: Api(ctx.settings, ctx.prefix, dict(ctx.environ)))
+    HEAVY = BackendPlugin(name="heavy", title="heavy", capabilities=frozenset({REMOTE}), settings_model=CpuSettings,
+                          factory=lambda ctx: Heavy(ctx.settings, ctx.prefix, dict(ctx.environ)))
+"""
+
+
+def test_a_section_never_reads_another_sections_variables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``AGENT_MANAGER_DAYTONA_API_KEY`` is Daytona's key; a plugin called ``daytona_api`` with a
+    field ``key`` must not receive it (nor ``heavy.cpu`` the service's ``heavy_cpu``)."""
+    from agent_manager.settings import load_settings
+
+    root = tmp_path / "squat-site"
+    info = root / "am_test_squat-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: am-test-squat\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[agent_manager.backends]\ndaytona_api = am_test_squat:API\n"
+                                           "heavy = am_test_squat:HEAVY\n")
+    (root / "am_test_squat.py").write_text(textwrap.dedent(SQUATTER))
+    saved = (plugins._backends(), plugins._kinds())
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("AGENT_MANAGER_DAYTONA_API_KEY", "sk-daytonas-own-key-0123456789")
+    monkeypatch.setenv("AGENT_MANAGER_HEAVY_CPU", "8")
+    plugins.reload()
+    try:
+        assert {"daytona_api", "heavy"} <= set(plugins.backends())
+        settings = load_settings({"home": str(tmp_path / "home")})
+        daytona = settings.section("daytona")
+        assert daytona is not None and daytona.api_key.get_secret_value() == "sk-daytonas-own-key-0123456789"
+        assert settings.heavy_cpu == 8
+        assert settings.section("daytona_api") is None and settings.section("heavy") is None
+        assert set(settings.from_env) == {"daytona.api_key", "heavy_cpu"}
+        assert "would share the names daytona_api_key" in caplog.text
+        assert "heavy_cpu" in caplog.text
+    finally:
+        sys.modules.pop("am_test_squat", None)
+        plugins.reload()
+        plugins._loaded.update({plugins.BACKEND_GROUP: saved[0], plugins.KIND_GROUP: saved[1]})

@@ -258,8 +258,7 @@ class SandboxExecutor:
             self.forget_probe()
 
     @staticmethod
-    def workspace_path(workspace: Path, name: str) -> str:
-        """The workspace is mounted at /workspace inside the sandbox."""
+    def workspace_path(workspace: Path, name: str) -> str:  # mounted at /workspace inside
         return f"/workspace/{name}"
 
     async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool) -> HostPty:
@@ -496,7 +495,7 @@ def _build(ctx: BackendContext) -> SandboxExecutor:
     return SandboxExecutor(ctx.settings, ctx.prefix, ctx.environ.get("PATH") or SYSTEM_PATH, section=section)
 
 
-PLUGIN = BackendPlugin(
-    name="sandbox", title="sandbox (bubblewrap)", capabilities=frozenset({HOST, ISOLATED}), factory=_build,
-    description="bubblewrap on this host: read-only system, only the workspace writable, no network unless "
-                "the agent allows it, an unprivileged user, cgroup limits.", settings_model=SandboxSettings)
+PLUGIN = BackendPlugin(name="sandbox", title="sandbox (bubblewrap)", capabilities=frozenset({HOST, ISOLATED}),
+                       factory=_build, settings_model=SandboxSettings,
+                       description="bubblewrap on this host: read-only system, only the workspace writable, no "
+                                   "network unless allowed, an unprivileged user, cgroup limits.")

@@ -18,7 +18,6 @@ from typing import Any
 from agent_manager import plugins
 from agent_manager.errors import Conflict, ValidationFailed
 from agent_manager.executors.base import ExecSpec
-from agent_manager.plugins import ISOLATED, REMOTE
 from agent_manager.settings import Settings
 from agent_manager.store import Database
 from agent_manager.workspaces import git, portable, projects, review
@@ -28,13 +27,7 @@ from agent_manager.workspaces import workspace as wsp
 log = logging.getLogger("agent_manager.workspaces")
 
 
-def access_for(backend: str | None) -> wsp.Access:
-    """How ``backend`` reaches a workspace, from its capabilities: remote ones carry it in its
-    portable form, isolated ones on this host get a private git dir, others use it directly."""
-    caps = plugins.capabilities(backend)
-    if REMOTE in caps:
-        return "portable"
-    return "private_git" if ISOLATED in caps else "direct"
+access_for = plugins.workspace_access  # how a backend reaches a workspace, by its capabilities
 
 
 @dataclass

@@ -18,19 +18,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from agent_manager.executors.base import ExecSpec, Mount, PortableRepo
+from agent_manager.plugins import WorkspaceAccess
 from agent_manager.store.database import new_id
 from agent_manager.workspaces import git, portable
 from agent_manager.workspaces import records as rec
 from agent_manager.workspaces.review import diff_stats
 
-Access = Literal["direct", "private_git", "portable"]
+Access = WorkspaceAccess
 """How a backend reaches a workspace: ``direct`` (the worktree and its git as they are: an
 agent on this host), ``private_git`` (an isolated backend on this host: the worktree plus a
 private git dir, through ``ExecSpec.mounts``), ``portable`` (a remote backend: a bundle in and
-a patch out, through ``ExecSpec.portable``). manager.access_for derives it from capabilities."""
+a patch out, through ``ExecSpec.portable``). plugins.workspace_access derives it from capabilities."""
 INSIDE_GIT = "/.agent-manager/git"
 INSIDE_OBJECTS = "/.agent-manager/objects"
 MESSAGE_MAX = 200
