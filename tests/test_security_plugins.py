@@ -161,7 +161,10 @@ async def test_a_plugins_key_in_its_error_never_reaches_users_or_the_log(
             await asyncio.sleep(0.02)
         assert found["status"] == "failed" and "Bearer ********" in found["error"], found
         events = (await admin.get(f"/api/runs/{run['id']}/events", headers=user)).text
-        everything = listed + str(found) + events + caplog.text
+        # Refused in the request itself (a terminal on it): the JSON error says it masked too.
+        terminal = await admin.post("/api/terminals", json={"backend": "flaky"}, headers=user)
+        assert terminal.status_code >= 400 and "Bearer ********" in terminal.text, terminal.text
+        everything = listed + str(found) + events + terminal.text + caplog.text
         assert one not in everything and two not in everything
 
 

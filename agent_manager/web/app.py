@@ -57,10 +57,24 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
 
 
+def _scrubbed(value: Any, scrub: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, scrub) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, scrub) for v in value]
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AgentManagerError)
     async def _ours(request: Request, exc: AgentManagerError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.status)
+        body = exc.to_json()
+        svc = getattr(request.app.state, "service", None)
+        if svc is not None:  # a backend's or SDK's words (e.g. why it is unavailable) may carry a key
+            body = _scrubbed(body, svc.settings.scrub)
+        return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
