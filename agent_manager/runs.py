@@ -372,7 +372,9 @@ class RunManager:
         try:
             async for chunk in execution.output():
                 live.last_output = loop.time()
-                size = len(chunk.text.encode("utf-8", "replace"))
+                # The stored size in bytes; ASCII text (nearly all output) is measured without
+                # encoding a copy of it (that copy was a tenth of the loop's time for a fast writer).
+                size = len(chunk.text) if chunk.text.isascii() else len(chunk.text.encode("utf-8", "replace"))
                 if budget is None or size <= budget:
                     budget = None if budget is None else budget - size
                     self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})

@@ -359,6 +359,37 @@ def test_settings_show_and_save_with_api_errors(ui: UI) -> None:
     expect(memory).to_have_value("1024")
 
 
+def test_an_unavailable_backend_says_why_where_it_is_chosen(ui: UI) -> None:
+    """The reason comes from GET /api/backends and is shown under the field, not only as an
+    option's tooltip (which phones never show); found by a newcomer picking Daytona unset."""
+    daytona = next(b for b in ui.api.get("/api/backends").json() if b["name"] == "daytona")
+    assert not daytona["available"] and "not configured" in daytona["reason"]
+    page = ui.page
+    ui.agent("echo", kind="generic", command="echo")
+    for route in ("/run", "/chat", "/terminal", "/agents/new"):
+        ui.go(route)
+        backend = page.get_by_label("Backend")
+        reason = page.locator(".field", has=backend).get_by_test_id("backend-reason")
+        expect(backend.locator("option[value=daytona]")).to_contain_text("unavailable")
+        expect(reason).to_be_hidden()
+        backend.select_option("daytona")
+        expect(reason).to_have_text(f"daytona is unavailable: {daytona['reason']}")
+        backend.select_option("local")
+        expect(reason).to_be_hidden()
+    ui.go("/settings")
+    mode = page.get_by_label("Execution mode")
+    expect(mode.locator("option[value=daytona]")).to_have_text("daytona — unavailable")
+    mode.select_option("daytona")
+    expect(page.locator(".field", has=mode).get_by_test_id("backend-reason")).to_contain_text("not configured")
+    # A section's description is a phrase: it ends with a full stop before "Default: ...".
+    uid = page.locator("fieldset[data-section=sandbox] .field", has=page.get_by_label("UID", exact=True))
+    expect(uid.locator(".hint")).to_have_text("uid and gid inside the sandbox. Default: 65534.")
+    memory = page.locator("fieldset[data-section=sandbox] .field", has=page.get_by_label("Memory (MB)", exact=True))
+    expect(memory.locator(".hint code")).to_have_text("resources.memory_mb")  # markdown's `code`, not backticks
+    key = page.locator("fieldset[data-section=daytona] .field", has=page.get_by_label("API key", exact=True))
+    expect(key.locator(".hint")).to_contain_text("not configured. Write-only")
+
+
 def test_mistyped_route_says_not_found_and_menu_pages_open(ui: UI) -> None:
     page = ui.page
     ui.go("/no-such-page")

@@ -105,7 +105,9 @@ async def test_runs_and_conversations_belong_to_their_user(clients: Clients, app
     await wait_run(alice, posted.json()["run"]["id"])
 
     assert (await alice.get(f"/api/runs/{run_id}")).status_code == 200
-    for path in (f"/api/runs/{run_id}", f"/api/runs/{run_id}/events", f"/api/conversations/{conv['id']}"):
+    assert b"alicesecretword" in (await alice.get(f"/api/runs/{run_id}/output")).content
+    for path in (f"/api/runs/{run_id}", f"/api/runs/{run_id}/events", f"/api/runs/{run_id}/output",
+                 f"/api/conversations/{conv['id']}"):
         assert (await bob.get(path)).status_code == 404, path
     sse = await bob.get(f"/api/runs/{run_id}/events", headers={"Accept": "text/event-stream"})
     assert sse.status_code == 404

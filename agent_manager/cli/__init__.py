@@ -30,6 +30,7 @@ main.add_command(run.run)
 main.add_command(projects.command)
 main.add_command(projects.runs)
 projects.runs.add_command(runs_prune.prune)
+projects.runs.add_command(runs_prune.output)
 # Imported plainly: a command whose module fails to import breaks the CLI loudly, never vanishes.
 for module in (plan, orchestrate, sandboxes, shell, backends):
     main.add_command(module.command)

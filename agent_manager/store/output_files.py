@@ -3,17 +3,24 @@
 Why: a fast agent writes hundreds of MB. Stored as JSON text in SQLite rows, every byte was
 encoded, written to the WAL, checkpointed into the database and read back through SQLite for
 each listener; the event writer spent most of its time there. Now the writer appends the
-text of a large ``output`` event to ``<db dir>/run-output/<run id>``, already JSON-escaped
-(what an SSE frame carries), and the row keeps only where it is: ``{"stream": ...,
-"text_file": [offset, length]}``. Readers splice the bytes back, so every API sees the same
-``{"stream", "text"}`` event as before, live and on replay. Small chunks stay inline: a file
-per chatty run would cost more than it saves.
+text of a large ``output`` event to ``<db dir>/run-output/<run id>`` as the UTF-8 bytes the
+agent printed, and the row keeps only where it is: ``{"stream": ..., "text_bytes": [offset,
+length]}``. Readers splice the bytes back, so every API sees the same ``{"stream", "text"}``
+event as before, live and on replay; the raw output endpoint (``web/raw_output.py``) sends
+the bytes as they are, with no transformation at all. Small chunks stay inline: a file per
+chatty run would cost more than it saves.
+
+Raw bytes rather than JSON-escaped text: escaping on the way in cost the writer thread (and
+the GIL) as much as the write itself, and made every raw reader unescape again. SSE listeners
+escape a piece when they send it (``escape_bytes``, three byte replacements for ordinary
+text). Rows written by the first version of this module (``text_file``: escaped text) are
+still read.
 
 The guarantee is unchanged: the bytes are written (``os.write``, so a kill -9 of the service
 keeps them) before the transaction of their row commits, and nobody reads a row before that
 commit. Like the last WAL transactions, they are flushed to the disk later (``sync``, before
 the writer's idle checkpoint), so only a power loss can drop recent ones; a range that is
-missing then reads as the bytes that exist.
+missing then reads as the bytes that exist (whole characters only).
 """
 
 from __future__ import annotations
@@ -22,23 +29,56 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 SPILL_MIN_CHARS = 4096  # output text at least this long goes to the run's file
-FIELD = "text_file"
+FIELD = "text_bytes"  # [offset, length] of the text's UTF-8 bytes in the run's file
+ESCAPED_FIELD = "text_file"  # the first format: [offset, length] of JSON-escaped text (read only)
+READ_BLOCK = 1024 * 1024  # raw readers get a file range in pieces of at most this size
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL = bytes(c for c in range(32) if c != 10)  # what JSON escapes, besides \n, " and \\
 
 
 def escape(text: str) -> bytes:
     """The JSON string body of ``text`` (no quotes), byte for byte what ``json.dumps(text,
-    ensure_ascii=False)`` writes. Output is mostly lines of printable text: then three byte
-    replacements do it at twice the encoder's speed (it runs on the writer thread, holding the GIL)."""
-    raw = text.encode("utf-8", "surrogatepass")
+    ensure_ascii=False)`` writes."""
+    return escape_bytes(text.encode("utf-8", "surrogatepass"))
+
+
+def escape_bytes(raw: bytes) -> bytes:
+    """``escape`` of the text whose UTF-8 bytes are ``raw``. Output is mostly lines of printable
+    text: then three byte replacements do it at twice the encoder's speed, without decoding (no
+    UTF-8 byte of another character equals a quote, a backslash or a control character)."""
     if len(raw.translate(None, _CONTROL)) == len(raw):
         return raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\n", b"\\n")
+    text = raw.decode("utf-8", "surrogatepass")
     return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
+
+
+def reference(data: str) -> tuple[dict[str, Any], str, int, int] | None:
+    """A stored ``data`` column that refers to a file: (its other fields, which format, offset,
+    length); None for an inline row (the common case is decided without parsing)."""
+    if f'"{FIELD}":' not in data and f'"{ESCAPED_FIELD}":' not in data:
+        return None
+    obj = json.loads(data)
+    for field in (FIELD, ESCAPED_FIELD):
+        ref = obj.pop(field, None)
+        if isinstance(ref, list) and len(ref) == 2:
+            return obj, field, int(ref[0]), int(ref[1])
+    return None
+
+
+def _whole_characters(body: bytes) -> bytes:
+    """``body`` without an incomplete UTF-8 character at its end (a file cut short)."""
+    for cut in range(min(len(body), 3) + 1):
+        try:
+            body[:len(body) - cut].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            continue
+        return body[:len(body) - cut]
+    return body.decode("utf-8", "ignore").encode()
 
 
 class OutputFiles:
@@ -64,31 +104,57 @@ class OutputFiles:
             self._made = True
         return Appender(self)
 
+    def _escaped(self, key: str, field: str, offset: int, length: int) -> bytes:
+        body = self._read(key, offset, length)
+        if field == FIELD:
+            return escape_bytes(_whole_characters(body) if len(body) < length else body)
+        if len(body) < length:  # the first format, cut short: never end inside a character or an escape
+            text = body.decode("utf-8", "ignore")
+            for cut in range(min(len(text), 6) + 1):
+                with contextlib.suppress(ValueError):
+                    json.loads(f'"{text[:len(text) - cut]}"')
+                    return text[:len(text) - cut].encode("utf-8", "surrogatepass")
+            return b""
+        return body
+
     def expand(self, key: str, data: str) -> str:
         """A stored ``data`` column as the API shows it: a file reference becomes ``"text"``."""
-        if f'"{FIELD}":' not in data:
+        found = reference(data)
+        if found is None:
             return data
-        obj = json.loads(data)
-        ref = obj.pop(FIELD, None)
-        if not (isinstance(ref, list) and len(ref) == 2):
-            return data
-        body = self._read(key, int(ref[0]), int(ref[1])).decode("utf-8", "surrogatepass")
+        obj, field, offset, length = found
+        body = self._escaped(key, field, offset, length).decode("utf-8", "surrogatepass")
         head = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))[:-1]
         return f'{head}{"," if obj else ""}"text":"{body}"}}'
 
     def frame(self, key: str, data: str, at: str) -> list[bytes] | None:
         """The SSE ``data:`` payload of a file-backed row as bytes pieces, ``"at"`` first (as
         ``sse.with_time`` adds it); None for an inline row. Bytes all the way: a 256 KiB chunk
-        is not decoded and encoded again per listener."""
-        if f'"{FIELD}":' not in data:
+        is never decoded to text."""
+        found = reference(data)
+        if found is None:
             return None
-        obj = json.loads(data)
-        ref = obj.pop(FIELD, None)
-        if not (isinstance(ref, list) and len(ref) == 2):
-            return None
-        body = self._read(key, int(ref[0]), int(ref[1]))
+        obj, field, offset, length = found
+        body = self._escaped(key, field, offset, length)
         head = json.dumps({"at": at, **obj}, ensure_ascii=False, separators=(",", ":"))[:-1]
         return [head.encode(), b',"text":"', body, b'"}']
+
+    def raw(self, key: str, field: str, offset: int, length: int) -> Iterator[bytes]:
+        """The printed bytes of a file-backed text, in pieces of at most ``READ_BLOCK`` (a raw
+        reader of 200 MB holds one piece at a time)."""
+        if field == ESCAPED_FIELD:
+            body = self._escaped(key, field, offset, length)
+            yield json.loads(b'"' + body + b'"').encode("utf-8", "replace")
+            return
+        while length > 0:
+            size = min(length, READ_BLOCK)
+            piece = self._read(key, offset, size)
+            if len(piece) < size:
+                yield _whole_characters(piece)
+                return
+            yield piece
+            offset += size
+            length -= size
 
     def _read(self, key: str, offset: int, length: int) -> bytes:
         try:
@@ -106,15 +172,7 @@ class OutputFiles:
                 length -= len(piece)
         finally:
             os.close(fd)
-        body = b"".join(parts)
-        if length > 0:  # a short file (the disk lost its end): never end inside a character or an escape
-            text = body.decode("utf-8", "ignore")
-            for cut in range(min(len(text), 6) + 1):
-                with contextlib.suppress(ValueError):
-                    json.loads(f'"{text[:len(text) - cut]}"')
-                    return text[:len(text) - cut].encode("utf-8", "surrogatepass")
-            return b""
-        return body
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def sync(self) -> None:
         """Flush the files written since the last call (before a checkpoint makes rows durable)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.store.database import connect, dumps
-from agent_manager.store.output_files import FIELD, Appender, OutputFiles, escape
+from agent_manager.store.output_files import FIELD, Appender, OutputFiles
 
 if TYPE_CHECKING:
     from agent_manager.store.database import Database
@@ -212,7 +212,7 @@ class EventWriter:
                 try:
                     if appender is None:
                         appender = row.files.appender()
-                    offset, length = appender.append(row.key, escape(data["text"]))
+                    offset, length = appender.append(row.key, data["text"].encode("utf-8", "surrogatepass"))
                     data = {**{k: v for k, v in data.items() if k != "text"}, FIELD: [offset, length]}
                 except (OSError, ValueError) as exc:
                     log.warning("output of %s stored inline: %s", row.key, exc)

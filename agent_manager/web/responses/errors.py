@@ -68,6 +68,9 @@ DOWNLOAD = text("application/octet-stream", "With raw=true, the file's bytes as 
                 format="binary")
 PATCH = text("text/x-diff", "With format=patch or Accept: text/x-diff, the patch as an attachment")
 PROMETHEUS = text("text/plain", "Prometheus text exposition format (version 0.0.4)")
+RAW_OUTPUT = text("text/plain", "The run's output bytes (UTF-8) in event order, stdout and stderr interleaved "
+                  "(or one of them with ?stream=); a live run is followed until it finishes, then the "
+                  "response ends")
 HTML = text("text/html", "An HTML page")
 SVG = text("image/svg+xml", "The icon")
 

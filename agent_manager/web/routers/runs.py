@@ -1,10 +1,11 @@
-"""/api/runs: start runs, list and search them, follow their events, cancel them."""
+"""/api/runs: start runs, list and search them, follow their events or raw output, cancel them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from agent_manager.errors import ValidationFailed
@@ -13,8 +14,8 @@ from agent_manager.models import NO_NUL, Event, Run, RunCreate, RunPage, RunStat
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import runs as run_store
+from agent_manager.web import raw_output, sse
 from agent_manager.web import responses as api
-from agent_manager.web import sse
 from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
 from agent_manager.workspaces import records as rec
 
@@ -102,3 +103,13 @@ async def run_events(run_id: str, request: Request, after: int | None = Query(No
     if sse.wants_sse(request):
         return sse.stream(svc.runs.events, run_id, start, lambda type_, _seq: type_ in RUN_TERMINAL)
     return svc.runs.events.read(run_id, start, limit)
+
+
+@router.get("/{run_id}/output", response_class=Response, responses={**api.RAW_OUTPUT, **api.errors(404)})
+async def run_output(run_id: str, request: Request, stream: Literal["stdout", "stderr"] | None = None,
+                     after: int = Query(0, ge=0, le=sse.MAX_SEQ), offset: int = Query(0, ge=0, le=sse.MAX_SEQ),
+                     svc: Service = Depends(service)) -> StreamingResponse:
+    """The run's output as plain text, followed live until the run finishes (``curl -N``).
+    ``after``: start after that event seq; ``offset``: skip that many bytes (resume a download)."""
+    run_store.get(svc.database, run_id, owner_filter(request))
+    return raw_output.response(svc.database, svc.runs.events, run_id, after, stream, offset)

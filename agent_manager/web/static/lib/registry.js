@@ -13,6 +13,9 @@
  *       `leading` are the page's own first options (e.g. [["", "auto (routing policy)"]]); then
  *       one per backend: its title, marked "unavailable" with the reason as the tooltip.
  *   options(pairs, selected) -> <option> elements for a <select>
+ *   explainBackend(row, list) -> adds a line under a backend field (a `field()` row) that says
+ *       why the chosen backend is unavailable (the API's reason). An option's tooltip alone is
+ *       never seen: phones show no tooltips, nor does a desktop's open drop-down.
  */
 
 import { get } from "./api.js";
@@ -43,4 +46,21 @@ export function backendOptions(list, leading = []) {
 export function options(pairs, selected = "") {
   return pairs.map(([value, text, tip]) => h("option", { value, selected: value === selected,
     title: tip || null }, text));
+}
+
+export function explainBackend(row, list) {
+  const byName = new Map(list.filter((b) => b.loaded).map((b) => [b.name, b]));
+  const note = h("div", { class: "backend-note", id: `${row.input.id}-why`, role: "status",
+    "data-testid": "backend-reason" });
+  row.input.setAttribute("aria-describedby",
+    `${row.input.getAttribute("aria-describedby") || ""} ${note.id}`.trim());
+  row.input.after(note);
+  const update = () => {
+    const chosen = byName.get(row.input.value);
+    note.textContent = chosen && !chosen.available
+      ? `${chosen.name} is unavailable: ${chosen.reason || "no reason given"}` : "";
+  };
+  row.input.addEventListener("change", update);
+  update();
+  return update;
 }

@@ -3,7 +3,7 @@
 
 import { del, get, patch, post } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle, toast } from "../lib/dom.js";
-import { backendOptions, backends, kinds, options } from "../lib/registry.js";
+import { backendOptions, backends, explainBackend, kinds, options } from "../lib/registry.js";
 import { agentCard } from "./dashboard.js";
 
 const MASK = "********";
@@ -125,6 +125,7 @@ async function form(root, { signal, navigate }, ref) {
   rows.backend = field({ label: "Backend", name: "backend",
     input: h("select", null, options(backendOptions(backendList, [["", "auto (routing policy)"]]), a.backend || "")),
     hint: "Where its runs execute; auto follows the routing policy in Settings." });
+  explainBackend(rows.backend, backendList);
   rows.timeout_s = field({ label: "Timeout (seconds)", name: "timeout_s",
     input: input({ type: "number", value: a.timeout_s, min: "1", step: "any" }) });
   rows.trusted = field({ label: "Trusted", name: "trusted", hint: "Untrusted agents are routed to an isolated backend.",

@@ -11,7 +11,7 @@ import { announce } from "../lib/attention.js";
 import { copyText } from "../lib/logview.js";
 import { MarkdownStream, renderMarkdown } from "../lib/markdown.js";
 import { diffView, projectInputs, withProject } from "../lib/diff.js";
-import { backendOptions, backends, options } from "../lib/registry.js";
+import { backendOptions, backends, explainBackend, options } from "../lib/registry.js";
 import { stickyScroll } from "../lib/runview.js";
 
 const LEADING = [["", "default backend"], ["auto", "auto"]];
@@ -55,6 +55,7 @@ export async function render(root, { id, query, signal, navigate }) {
       a.name))) });
   rows.backend = field({ label: "Backend", name: "backend",
     input: h("select", null, options(backendOptions(backendList, LEADING))) });
+  explainBackend(rows.backend, backendList);
   rows.content = field({ label: "Message", name: "content", hint: "Enter sends; Shift+Enter adds a line.",
     input: h("textarea", { rows: "2", placeholder: "Message the agent…" }) });
   const summary = h("div", { class: "form-summary" });

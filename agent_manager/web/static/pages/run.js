@@ -5,7 +5,7 @@ import { get, post } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle } from "../lib/dom.js";
 import { announce } from "../lib/attention.js";
 import { diffView, projectInputs, withProject } from "../lib/diff.js";
-import { backendOptions, backends, options } from "../lib/registry.js";
+import { backendOptions, backends, explainBackend, options } from "../lib/registry.js";
 import { runView } from "../lib/runview.js";
 
 const LEADING = [["", "agent default / auto"], ["auto", "auto (routing policy)"]];
@@ -40,6 +40,7 @@ export async function render(root, { id, query, signal, navigate }) {
   rows.backend = field({ label: "Backend", name: "backend",
     input: h("select", null, options(backendOptions(backendList, LEADING))),
     hint: "Override where this one run executes." });
+  explainBackend(rows.backend, backendList);
   rows.prompt = field({ label: "Prompt", name: "prompt", hint: "Enter runs it; Shift+Enter adds a line.",
     input: h("textarea", { rows: "3", placeholder: "What should the agent do?", required: true }) });
   if (run && !id) rows.prompt.input.value = run.prompt; // "Edit & rerun"

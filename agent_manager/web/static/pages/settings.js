@@ -8,7 +8,7 @@
 
 import { get, patch } from "../lib/api.js";
 import { applyErrors, errorBox, field, h, setTitle, toast } from "../lib/dom.js";
-import { backends } from "../lib/registry.js";
+import { backends, explainBackend } from "../lib/registry.js";
 
 const MASK = "********";
 const CHOICES = {}; // filled from the registry: execution_mode is auto or an installed backend
@@ -27,7 +27,9 @@ const HINTS = {
   stall_timeout_s: "Report a run as stalled after this many silent seconds (0 = off).",
   stall_kill: "Also stop a stalled run.",
   allowed_hosts: "Extra host names the service answers to, comma separated.",
-  heavy_cpu: "Runs declaring at least this many CPUs count as heavy (routed to Daytona when configured).",
+  heavy_cpu: "Runs declaring more CPUs than this count as heavy: auto sends them to a remote backend "
+    + "when one is set up.",
+  heavy_memory_mb: "Runs declaring more memory than this count as heavy, likewise.",
   max_stored_output_mb: "Raw output kept per run; the rest is counted, not stored (0 = keep all).",
   run_retention_days: "Delete finished runs after this many days (0 = keep forever).",
 };
@@ -37,7 +39,7 @@ const LABELS = {
   prefer_daytona_for_untrusted: "Prefer Daytona for untrusted runs", allow_fallback: "Fall back when a backend is down",
   stall_kill: "Stop stalled runs", history_messages: "Chat history: messages", history_chars: "Chat history: characters",
 };
-const WORDS = { api: "API", url: "URL", uid: "uid", tmp: "/tmp", pids: "processes", id: "ID", io: "I/O", cpu: "CPU" };
+const WORDS = { api: "API", url: "URL", uid: "UID", tmp: "/tmp", pids: "processes", id: "ID", io: "I/O", cpu: "CPU" };
 const label = (name) => LABELS[name] || name.replace(/_s$/, " (s)").replace(/_mb$/, " (MB)").split("_")
   .map((w) => WORDS[w] || w).join(" ").replace(/^[a-z]/, (c) => c.toUpperCase());
 
@@ -45,8 +47,8 @@ export async function render(root, { signal }) {
   setTitle("Settings");
   root.append(h("div", { class: "page-head" }, h("h1", null, "Settings")));
   let current;
+  let backendList;
   try {
-    let backendList;
     [current, backendList] = await Promise.all([get("/api/settings", null, { signal }), backends()]);
     CHOICES.execution_mode = ["auto", ...backendList.filter((b) => b.loaded).map((b) => b.name)];
   } catch (err) {
@@ -108,12 +110,16 @@ export async function render(root, { signal }) {
 
   function hintFor(info) {
     if (!info) return undefined;
-    const parts = [info.description];
+    // The models' descriptions are phrases ("uid and gid inside the sandbox"): a full stop ends
+    // them here, so "Default: …" never runs on from the description's last word.
+    const text = (info.description || "").trim();
+    const parts = [text && (/[.!?]$/.test(text) ? text : `${text}.`)];
     if (info.type === "secret") parts.push("Write-only: leave empty to keep the stored value.");
     else if (info.default !== null && info.default !== undefined) {
       parts.push(`Default: ${Array.isArray(info.default) ? info.default.join(", ") : info.default}.`);
     }
-    return parts.filter(Boolean).join(" ");
+    // `code` in a description (the same text makes docs/configuration.md's tables) is shown as code.
+    return parts.filter(Boolean).join(" ").split("`").map((piece, i) => (i % 2 ? h("code", null, piece) : piece));
   }
 
   const known = new Set([...READ_ONLY, "mutable", "restart_required", "from_env", "sections", "section_info",
@@ -153,6 +159,14 @@ export async function render(root, { signal }) {
     form.append(set);
   }
   form.append(h("div", { class: "actions sticky-actions" }, save));
+  if (rows.execution_mode) {  // an unavailable backend is marked, and says why when chosen
+    const byName = new Map(backendList.map((b) => [b.name, b]));
+    for (const option of rows.execution_mode.input.options) {
+      const b = byName.get(option.value);
+      if (b && !b.available) option.textContent = `${b.name} — unavailable`;
+    }
+    explainBackend(rows.execution_mode, backendList);
+  }
   root.append(
     h("p", { class: "muted" }, "Data directory ", h("code", null, current.home), ` · listening on ${current.listening
       || `${current.host}:${current.port}`} · authentication ${current.auth ? "on" : "off"} (these need a restart to change).`),

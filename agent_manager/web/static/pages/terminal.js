@@ -7,7 +7,7 @@
 
 import { del, get, post } from "../lib/api.js";
 import { errorBox, field, h, setTitle, toast } from "../lib/dom.js";
-import { backendOptions, backends, options } from "../lib/registry.js";
+import { backendOptions, backends, explainBackend, options } from "../lib/registry.js";
 
 const VENDOR = "/static/vendor/xterm";
 const KEYS = [
@@ -68,6 +68,7 @@ async function listPage(root, { signal, navigate }) {
     const [terms, agents, backendList] = await Promise.all([get("/api/terminals", null, { signal }),
       get("/api/agents", null, { signal }), backends()]);
     backend.input.replaceChildren(...options(backendOptions(backendList, [["", "auto (routing policy)"]])));
+    explainBackend(backend, backendList);
     agent.input.append(...agents.map((a) => h("option", { value: a.name }, `${a.name} (${a.kind})`)));
     box.replaceChildren(...(terms.length ? terms.map(card) : [h("p", { class: "empty" }, "No open terminals.")]));
   } catch (err) {
