@@ -105,9 +105,18 @@ def own_env(info: FieldInfo) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def is_secret(info: FieldInfo) -> bool:
+def is_secret(info: FieldInfo, name: str | None = None) -> bool:
+    """A ``SecretStr`` field; and, given the field's ``name``, a plain text field named like a
+    credential (``api_token: str``): a plugin author's slip must not show it to every user."""
     annotation = info.annotation
-    return annotation is SecretStr or SecretStr in get_args(annotation)
+    if annotation is SecretStr or SecretStr in get_args(annotation):
+        return True
+    text = annotation is str or (bool(get_args(annotation)) and set(get_args(annotation)) <= {str, type(None)})
+    if name is None or not text:
+        return False
+    from agent_manager.models import SECRET_NAME_RE  # here: client commands never need the API models
+
+    return SECRET_NAME_RE.search(name) is not None
 
 
 def split_flat(values: Mapping[str, Any], core: Mapping[str, Any],
@@ -155,7 +164,7 @@ def describe(model: type[BaseModel]) -> list[dict[str, Any]]:
     out = []
     for name, info in model.model_fields.items():
         prop = _without_null(props.get(name, {}), schema)
-        kind = "secret" if is_secret(info) else _kind(prop)
+        kind = "secret" if is_secret(info, name) else _kind(prop)
         default = None if info.is_required() else info.get_default(call_default_factory=True)
         if isinstance(default, SecretStr):
             default = None  # a secret's default is never shown

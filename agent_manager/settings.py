@@ -230,7 +230,7 @@ class Settings(BaseSettings):
     def is_secret(self, key: str) -> bool:
         section, _, field = key.rpartition(".")
         model = type(self._sections[section]) if section else type(self)
-        return sect.is_secret(model.model_fields[field])
+        return sect.is_secret(model.model_fields[field], field if section else None)
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret setting's value (core and sections) shown as the mask.

@@ -228,3 +228,56 @@ def test_a_section_never_reads_another_sections_variables(
         sys.modules.pop("am_test_squat", None)
         plugins.reload()
         plugins._loaded.update({plugins.BACKEND_GROUP: saved[0], plugins.KIND_GROUP: saved[1]})
+
+
+PLAINTEXT = """
+    from pydantic import BaseModel, ConfigDict
+
+    from agent_manager.executors.local import LocalExecutor
+    from agent_manager.plugins import ISOLATED, REMOTE, BackendPlugin
+
+    class Careless(BaseModel):
+        model_config = ConfigDict(extra="forbid", validate_assignment=True)
+        api_token: str | None = None  # should have been SecretStr
+        region: str = "eu"
+
+    class Cloud(LocalExecutor):
+        name = "cloudy"
+
+    PLUGIN = BackendPlugin(name="cloudy", title="cloudy", capabilities=frozenset({ISOLATED, REMOTE}),
+                           settings_model=Careless, factory=lambda ctx: Cloud(ctx.settings, ctx.prefix, {}))
+"""
+
+
+async def test_a_plain_text_credential_field_is_still_write_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin that types its token as ``str`` instead of ``SecretStr``: GET /api/settings
+    (open to every user) and the audit log show the mask, not the token."""
+    root = tmp_path / "plain-site"
+    info = root / "am_test_plain-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: am-test-plain\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[agent_manager.backends]\ncloudy = am_test_plain:PLUGIN\n")
+    (root / "am_test_plain.py").write_text(textwrap.dedent(PLAINTEXT))
+    saved = (plugins._backends(), plugins._kinds())
+    monkeypatch.syspath_prepend(str(root))
+    plugins.reload()
+    secret = "tok-cloudy-0123456789abcdef"
+    try:
+        settings = Settings(home=tmp_path / "home", cloudy={"api_token": secret})
+        async with running_service(settings) as svc, in_process_client(settings, svc) as admin:
+            token = (await admin.post("/api/users", json={"name": "eve"})).json()["token"]
+            user = {"Authorization": f"Bearer {token}"}
+            shown = (await admin.get("/api/settings", headers=user)).json()
+            assert shown["sections"]["cloudy"] == {"api_token": "********", "region": "eu"}
+            fields = {f["name"]: f for i in shown["section_info"] if i["name"] == "cloudy" for f in i["fields"]}
+            assert fields["api_token"]["type"] == "secret" and fields["region"]["type"] == "string"
+            patched = await admin.patch("/api/settings", json={"cloudy": {"api_token": "********", "region": "us"}})
+            assert patched.status_code == 200, patched.text
+            assert settings.section("cloudy").api_token == secret  # the mask sent back keeps it
+            audit = (await admin.get("/api/audit")).text
+            assert secret not in audit and secret not in patched.text
+    finally:
+        sys.modules.pop("am_test_plain", None)
+        plugins.reload()
+        plugins._loaded.update({plugins.BACKEND_GROUP: saved[0], plugins.KIND_GROUP: saved[1]})
