@@ -352,6 +352,7 @@ def test_stale_metadata_is_one_clear_sentence_at_start(tmp_path: Path) -> None:
     (stale / "entry_points.txt").write_text("[console_scripts]\nagent-manager = agent_manager.cli:main\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stale.parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "agent_manager", "--home", str(tmp_path / "home"), "serve",
-                           "--port", "0"], capture_output=True, text=True, timeout=60, env=env)
+                           "--port", "0"], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=tmp_path)  # not the checkout: `-m` puts the cwd (and its fresh egg-info) first
     assert done.returncode != 0 and "no built-in backends are registered" in done.stderr
     assert "Traceback" not in done.stderr
