@@ -272,10 +272,13 @@ def on_host(name: str | None) -> bool:
     return HOST in capabilities(name)
 
 
-def _unknown(what: str, name: str, known: Iterable[str], failed: Mapping[str, str]) -> str:
+def _unknown(what: str, name: str, known: Iterable[str], failed: Mapping[str, str], group: str) -> str:
     message = f"unknown {what} {name!r}; expected one of: {', '.join(known)}"
     if name in failed:
         message += f" ({name} is installed but unusable: {failed[name]})"
+    elif any(ep.name == name for ep in entry_points(group=group)):
+        # The registry is read once, at start: a package pip-installed since is not in it yet.
+        message += f" ({name} was installed after the service started: restart the service to use it)"
     return message
 
 
@@ -284,13 +287,13 @@ def check_backend(name: str, allow_auto: bool = False) -> str:
     ``ValueError`` naming the valid choices (pydantic turns it into the usual 422)."""
     choices = backend_choices(allow_auto)
     if name not in choices:
-        raise ValueError(_unknown("backend", name, choices, _backends().failed()))
+        raise ValueError(_unknown("backend", name, choices, _backends().failed(), BACKEND_GROUP))
     return name
 
 
 def check_kind(name: str) -> str:
     if name not in kinds():
-        raise ValueError(_unknown("agent kind", name, kinds(), _kinds().failed()))
+        raise ValueError(_unknown("agent kind", name, kinds(), _kinds().failed(), KIND_GROUP))
     return name
 
 
@@ -303,4 +306,4 @@ def get_kind(name: str) -> AgentKind:
     try:
         return kinds()[name]
     except KeyError:
-        raise ValidationFailed(_unknown("agent kind", name, kinds(), _kinds().failed())) from None
+        raise ValidationFailed(_unknown("agent kind", name, kinds(), _kinds().failed(), KIND_GROUP)) from None

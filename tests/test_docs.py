@@ -93,3 +93,13 @@ def test_every_environment_variable_the_cli_reads_is_documented() -> None:
     assert "AGENT_MANAGER_TOKEN" in names
     docs = "".join(f.read_text() for f in DOCS.glob("*.md")) + (DOCS.parent / "README.md").read_text()
     assert not {n for n in names if n not in docs}, "undocumented environment variables"
+
+
+def test_plugin_install_lines_use_the_venv_that_make_serve_builds() -> None:
+    """A bare `pip install ./examples/...` (as the docs once said) fails on Debian with
+    "externally-managed-environment", or installs into a Python the service never reads."""
+    bare = re.compile(r"(?<!\.venv/bin/)\bpip install (?:\./examples/|agent-manager-)")
+    texts = [ROOT / "README.md", *DOCS.glob("*.md"), *(ROOT / "examples").glob("*/README.md")]
+    hits = [f"{path.relative_to(ROOT)}: {m.group(0)}" for path in texts for m in bare.finditer(path.read_text())]
+    assert not hits, hits
+    assert ".venv/bin/pip install ./examples/agent-manager-nice" in (ROOT / "README.md").read_text()

@@ -169,6 +169,32 @@ async def test_unknown_names_are_422_naming_the_choices(client: httpx.AsyncClien
                                                                                      "daytona"]
 
 
+def test_a_plugin_installed_after_start_is_refused_with_restart_the_service(on_path: Path) -> None:
+    """A newcomer pip-installs a plugin and forgets to restart: the 422 says what to do."""
+    plugins.backends(), plugins.kinds()  # the registry as the running service read it at start
+    install_dist(on_path, "am-test-late", """
+        [agent_manager.backends]
+        late = am_test_late:PLUGIN
+        [agent_manager.kinds]
+        latekind = am_test_late:KIND
+    """)
+    with pytest.raises(ValueError, match=r"unknown backend 'late'.*late was installed after the service "
+                                         r"started: restart the service to use it"):
+        plugins.check_backend("late")
+    with pytest.raises(ValueError, match="latekind was installed after the service started"):
+        plugins.check_kind("latekind")
+    with pytest.raises(ValueError) as never_installed:
+        plugins.check_backend("nope")
+    assert "restart" not in str(never_installed.value)
+
+
+async def test_a_validation_message_reads_as_a_sentence(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/agents", json={"name": "a", "command": "echo", "backend": "cloud"})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"].startswith("backend: unknown backend 'cloud'; expected one of: local")
+    assert "Value error" not in r.text
+
+
 def test_cli_choices_come_from_the_registry() -> None:
     from click.testing import CliRunner
 
@@ -326,6 +352,7 @@ def test_stale_metadata_is_one_clear_sentence_at_start(tmp_path: Path) -> None:
     (stale / "entry_points.txt").write_text("[console_scripts]\nagent-manager = agent_manager.cli:main\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stale.parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "agent_manager", "--home", str(tmp_path / "home"), "serve",
-                           "--port", "0"], capture_output=True, text=True, timeout=60, env=env)
+                           "--port", "0"], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=tmp_path)  # not the checkout: `-m` puts the cwd (and its fresh egg-info) first
     assert done.returncode != 0 and "no built-in backends are registered" in done.stderr
     assert "Traceback" not in done.stderr

@@ -114,6 +114,20 @@ def test_cli_without_service_is_a_clear_error(tmp_path: Any) -> None:
     assert out.returncode != 0 and "cannot reach the service" in out.stderr
 
 
+def test_serve_on_a_port_in_use_says_how_to_pick_another(tmp_path: Any) -> None:
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {"AGENT_MANAGER_HOME": str(tmp_path / "home"), "PATH": _path()}
+        out = subprocess.run([sys.executable, "-m", "agent_manager", "serve", "--port", str(port)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "--port N" in out.stderr and "(0 = any free one)" in out.stderr
+
+
 def _path() -> str:
     import os
     return os.environ["PATH"]

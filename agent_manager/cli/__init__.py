@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from agent_manager import __version__
-from agent_manager.cli import agents, backends, orchestrate, plan, projects, run, sandboxes, serve, shell
+from agent_manager.cli import agents, backends, orchestrate, plan, projects, run, sandboxes, serve, settings, shell
 from agent_manager.cli import runs as runs_prune
 
 
@@ -32,6 +32,6 @@ main.add_command(projects.runs)
 projects.runs.add_command(runs_prune.prune)
 projects.runs.add_command(runs_prune.output)
 # Imported plainly: a command whose module fails to import breaks the CLI loudly, never vanishes.
-for module in (plan, orchestrate, sandboxes, shell, backends):
+for module in (plan, orchestrate, sandboxes, shell, backends, settings):
     main.add_command(module.command)
 main.add_command(backends.kinds)

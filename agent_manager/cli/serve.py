@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import socket
@@ -83,7 +84,13 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
         # when "listening on" is printed): a client that acts on that line must not be refused.
         sock.listen(2048)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+        sock.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:  # e.g. a second user's `make serve` on the default port
+            hint = (": another program (perhaps another user's Agent Manager) listens there; choose another "
+                    "port with `agent-manager serve --port N` (0 = any free one) or `port = N` in config.toml")
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from exc
     bound_port = sock.getsockname()[1]
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{shown_host}:{bound_port}"

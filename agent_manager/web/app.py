@@ -88,7 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
         details = []
         for e in exc.errors():
             name, where = _field(e.get("loc", ()))
-            details.append({"field": name, "in": where, "message": e.get("msg", "")})
+            # pydantic prefixes a validator's own sentence with "Value error, ": not for users
+            details.append({"field": name, "in": where, "message": str(e.get("msg", "")).removeprefix("Value error, ")})
         message = "; ".join((f"{d['field']}: " if d["in"] == "body" else f"{d['in']} parameter {d['field']}: ")
                             + d["message"] for d in details) or "invalid request"
         return error_response(422, "validation_failed", message, details)
