@@ -232,17 +232,18 @@ class Service:
         problem = setup(candidate) if setup is not None else None
         if mode == self.settings.execution_mode and problem is None:
             return
-        field = [{"field": "execution_mode"}]
+        def refuse(why: str) -> ValidationFailed:  # the detail's own sentence is shown under the field
+            return ValidationFailed(f"execution_mode {mode}: {why}", [{"field": "execution_mode", "message": why}])
+
         if plugin is None or mode not in self.executors:
             why = self.backend_problems.get(mode) or "it is not installed"
-            raise ValidationFailed(f"execution_mode {mode}: the {mode} backend is unavailable: {why}", field)
+            raise refuse(f"the {mode} backend is unavailable: {why}")
         if problem is not None:
-            raise ValidationFailed(f"execution_mode {mode} needs the backend set up first: {problem}", field)
+            raise refuse(f"{mode} needs setting up first: {problem}")
         if plugins.HOST in plugin.capabilities:  # a cheap local probe; a remote one would need the network
             availability = await self.executors[mode].available()
             if not availability.ok:
-                raise ValidationFailed(f"execution_mode {mode}: the {mode} backend is unavailable: "
-                                       f"{availability.reason}", field)
+                raise refuse(f"the {mode} backend is unavailable: {availability.reason}")
 
     async def apply_settings(self, changed: set[str]) -> None:
         """Make changed settings take effect now. Most need nothing (every component reads the

@@ -111,6 +111,9 @@ async def test_environment_set_values_are_shown_and_refused(tmp_path: Path, fake
 async def test_daytona_mode_is_refused_until_configured(client: httpx.AsyncClient, settings: Settings) -> None:
     r = await client.patch("/api/settings", json={"execution_mode": "daytona"})
     assert r.status_code == 422 and "daytona.api_key" in r.json()["error"]["message"]
+    # The detail carries its own sentence: the Settings page shows it under the field.
+    [detail] = r.json()["error"]["details"]
+    assert detail["field"] == "execution_mode" and detail["message"].startswith("daytona needs setting up first: ")
     assert settings.execution_mode == "auto"
     assert "execution_mode" not in read_config_file(settings.home)
 

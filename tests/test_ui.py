@@ -381,6 +381,11 @@ def test_an_unavailable_backend_says_why_where_it_is_chosen(ui: UI) -> None:
     expect(mode.locator("option[value=daytona]")).to_have_text("daytona — unavailable")
     mode.select_option("daytona")
     expect(page.locator(".field", has=mode).get_by_test_id("backend-reason")).to_contain_text("not configured")
+    ui.expected_statuses.add(422)
+    page.get_by_role("button", name="Save settings").click()  # refused: the API's words, not "Invalid"
+    expect(page.locator(".field", has=mode).locator(".field-error")).to_contain_text(
+        "Daytona needs setting up first: Daytona is not configured")
+    mode.select_option("auto")
     # A section's description is a phrase: it ends with a full stop before "Default: ...".
     uid = page.locator("fieldset[data-section=sandbox] .field", has=page.get_by_label("UID", exact=True))
     expect(uid.locator(".hint")).to_have_text("uid and gid inside the sandbox. Default: 65534.")

@@ -44,7 +44,8 @@ export class ApiError extends Error {
     if (Array.isArray(details)) {
       for (const d of details) {
         if (!d || typeof d.field !== "string") continue;
-        const msg = friendly(d.message || "invalid");
+        // A detail without its own words: the error's message says what is wrong (never "Invalid").
+        const msg = friendly(d.message || message || "invalid");
         const parts = d.field.split(".");
         for (let i = parts.length; i >= 1; i--) {
           const key = parts.slice(0, i).join(".");
