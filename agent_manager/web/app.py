@@ -16,7 +16,7 @@ from agent_manager import __version__
 from agent_manager.errors import AgentManagerError
 from agent_manager.service import Service
 from agent_manager.settings import Settings
-from agent_manager.web import apidocs, auth, metrics, pages
+from agent_manager.web import apidocs, auth, metrics, pages, revocation
 from agent_manager.web import responses as api
 from agent_manager.web.auth import LOGIN_PAGE, AuthMiddleware, ensure_token
 from agent_manager.web.limits import BodyLimitMiddleware, FailureThrottle
@@ -173,6 +173,7 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
 
     # The middleware finds user credentials through app.state.service at request time.
     app.state.throttle = throttle = FailureThrottle(lambda: settings.auth_failures_allowed)
+    app.state.revocations = revocation.Revocations()
     app.add_middleware(AuthMiddleware, settings=settings, token=token, throttle=throttle)
     # outermost: before anything reads the body
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_request_bytes)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +35,7 @@ from agent_manager.errors import ConfigError
 from agent_manager.settings import Settings
 from agent_manager.store import sessions as session_store
 from agent_manager.store import users as user_store
+from agent_manager.web import revocation
 from agent_manager.web.limits import FailureThrottle, client_key
 
 COOKIE = "am_session"
@@ -126,6 +128,11 @@ def _service(scope: Scope) -> Any:
     app = scope.get("app")
     state = getattr(app, "state", None)
     return getattr(state, "service", None)
+
+
+def _same(now: Principal | None, then: Principal) -> bool:
+    """Whether a connection's credentials still name the same principal with the same rights."""
+    return now is not None and all(now.get(k) == then.get(k) for k in ("id", "admin", "trusted"))
 
 
 def _as_principal(user: dict[str, Any]) -> Principal:
@@ -249,15 +256,30 @@ class AuthMiddleware:
                 await _deny(scope, send, 403, "forbidden", "cross-site request refused (Origin check)")
                 return
         scope.setdefault("state", {})["principal"] = principal
+        guard = None
+        revocations = revocation.of(scope)
+        if how in ("cookie", "bearer") and revocations is not None and principal is not None:
+            then = principal
+            # Long-lived connections re-check their credentials when any may have ended.
+            guard = revocation.Guard(lambda: _same(self.principal(scope)[0], then), revocations)
+            if scope["type"] == "websocket":
+                receive, send = guard.websocket(receive, send)
+            else:
+                send = guard.http(send)
+        inner = send
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
+            await inner(message)
 
-        await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+        try:
+            await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+        except (OSError, ClientDisconnect):
+            if guard is None or not guard.revoked:
+                raise  # ended by us (its credentials ended): nothing more to say
 
     def same_origin(self, scope: Scope, strict: bool) -> bool:
         """Origin must name this host. ``strict`` (cookie sessions): a request that carries
@@ -357,6 +379,7 @@ def rotate_admin_token(app: Any) -> str:
     save_token(svc.settings.token_path, token)  # first: if this fails, nothing changed
     app.state.token = token
     session_store.end_user(svc.db, None)
+    revocation.changed(app)  # and what the old token or those sessions have open ends too
     return token
 
 
@@ -369,6 +392,7 @@ def logout(app: Any, cookie_headers: list[str], secure: bool = False) -> Respons
     if getattr(svc, "db", None) is not None:
         for value in values:
             session_store.end(svc.db, value)
+        revocation.changed(app)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=secure)
     return response

@@ -15,7 +15,7 @@ from agent_manager.errors import Conflict, Forbidden, ValidationFailed
 from agent_manager.models import NAME_RE, Strict
 from agent_manager.service import Service
 from agent_manager.store import users as user_store
-from agent_manager.web import auth
+from agent_manager.web import auth, revocation
 from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, principal, require_admin, service
 
@@ -79,6 +79,7 @@ async def update_user(user_id: str, body: UserUpdate, request: Request,
             raise ValidationFailed(f"{key}: must not be null", [{"field": key, "message": "must not be null"}])
     _check_name(changes.get("name"))
     user = user_store.update(svc.database, user_id, changes)
+    revocation.changed(request.app)  # a demoted or distrusted user's open terminals end
     audit(request, "user.update", user["id"], changes)
     return user
 
@@ -87,6 +88,7 @@ async def update_user(user_id: str, body: UserUpdate, request: Request,
                responses=api.errors(403, 404))
 async def delete_user(user_id: str, request: Request, svc: Service = Depends(service)) -> Response:
     user = user_store.delete(svc.database, user_id)
+    revocation.changed(request.app)
     audit(request, "user.delete", user["id"], {"name": user["name"]})
     return Response(status_code=204)
 
@@ -95,6 +97,7 @@ async def delete_user(user_id: str, request: Request, svc: Service = Depends(ser
              responses=api.errors(403, 404))
 async def rotate_token(user_id: str, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     user, token = user_store.rotate_token(svc.database, user_id)
+    revocation.changed(request.app)
     audit(request, "user.token_rotate", user["id"], {"name": user["name"]})
     return {**user, "token": token}
 
