@@ -97,3 +97,20 @@ def test_rotating_a_users_token_ends_their_open_event_stream(live_server: LiveSe
         assert status == "running"  # the stream ended, not the run
     finally:
         httpx.post(f"{live_server.url}/api/runs/{run['id']}/cancel", headers=admin)
+
+
+def test_lowering_the_session_lifetime_shortens_sessions_already_open(live_server: LiveServer) -> None:
+    """``session_max_age_s`` is how long a session lives after login: an admin who lowers it
+    (say after a laptop went missing) expects the long sessions opened before to end too."""
+    import sqlite3
+
+    admin = {"Authorization": f"Bearer {live_server.token}"}
+    old = _cookie_headers(live_server, live_server.token)
+    with sqlite3.connect(live_server.home / "agent-manager.db") as conn:  # logged in two hours ago
+        conn.execute("UPDATE sessions SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')")
+    assert httpx.get(f"{live_server.url}/api/users/me", headers=old).status_code == 200  # 30 days by default
+    r = httpx.patch(f"{live_server.url}/api/settings", json={"session_max_age_s": 3600}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert httpx.get(f"{live_server.url}/api/users/me", headers=old).status_code == 401
+    fresh = _cookie_headers(live_server, live_server.token)
+    assert httpx.get(f"{live_server.url}/api/users/me", headers=fresh).status_code == 200
