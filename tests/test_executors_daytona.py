@@ -7,12 +7,15 @@ emulator fixture fails a test that leaves any sandbox behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -350,6 +353,28 @@ async def test_list_and_sweep_touch_only_labelled_leftovers(
             await (await client.get(sandbox_id)).delete(timeout=10)
 
 
+@contextlib.contextmanager
+def _bare_404() -> Iterator[str]:
+    """A web server that answers every request 404 with an empty body."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/not-api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 async def test_available_reasons(
     daytona_settings: Settings, daytona_emulator: DaytonaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -370,6 +395,14 @@ async def test_available_reasons(
     )
     assert (await down.available()).reason.startswith("Daytona API unreachable: ")
     await down.close()
+    # Something answers at the URL, but not Daytona: a bare 404 (empty body, found by a newcomer)
+    # must not read "Failed to list sandboxes: " with nothing after it.
+    with _bare_404() as url:
+        wrong = DaytonaExecutor(daytona_settings.with_changes({"daytona.api_url": url}), "i")
+        reason = (await wrong.available()).reason
+        await wrong.close()
+    assert reason == (f"Daytona API unreachable: Failed to list sandboxes (HTTP 404): is daytona.api_url right? "
+                      f"{url} has no Daytona API (it usually ends in /api)")
     monkeypatch.setitem(sys.modules, "daytona", None)  # the optional extra is not installed
     missing = await DaytonaExecutor(daytona_settings, "i").available()
     assert missing.reason == "the daytona extra is not installed: pip install 'agent-manager[daytona]'"

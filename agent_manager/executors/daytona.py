@@ -152,12 +152,25 @@ class DaytonaExecutor:
                 return Availability(True)
             if isinstance(exc.__cause__, sdk.DaytonaAuthenticationError | sdk.DaytonaForbiddenError):
                 return Availability(False, f"Daytona rejected the API key: {exc.__cause__}")
-            return Availability(False, f"Daytona API unreachable: {exc.__cause__ or exc}")
+            return Availability(False, self._unreachable(exc.__cause__ or exc))
         except (sdk.DaytonaAuthenticationError, sdk.DaytonaForbiddenError) as exc:
             return Availability(False, f"Daytona rejected the API key: {exc}")
         except Exception as exc:  # whatever it is, the user is told the backend cannot be used now
             return Availability(False, f"Daytona API unreachable: {exc or type(exc).__name__}")
         return Availability(True)
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """Why the API could not be used, in words that lead to the fix. The SDK's own message
+        may end in an empty server answer ("Failed to list sandboxes: " for a bare 404): then the
+        HTTP status says it, and a 404 points at ``daytona.api_url`` (a URL missing its ``/api``)."""
+        text = str(exc).strip().rstrip(":").strip() or type(exc).__name__
+        status = getattr(exc, "status_code", None)
+        if status is not None:
+            text += f" (HTTP {status})"
+        if status == 404:
+            url = self.section.api_url or "the default URL"
+            text += f": is daytona.api_url right? {url} has no Daytona API (it usually ends in /api)"
+        return f"Daytona API unreachable: {text}"
 
     def _profile(self, spec: ExecSpec) -> Profile:
         """Sandboxes are interchangeable only with the same network and size."""
