@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import aiohttp
 import httpx
-from conftest import LiveServer
+from conftest import LiveServer, start_server, stop_server
 from terminal_client import TermSocket, attach
 
 from agent_manager.web import auth
@@ -97,3 +98,36 @@ def test_rotating_a_users_token_ends_their_open_event_stream(live_server: LiveSe
         assert status == "running"  # the stream ended, not the run
     finally:
         httpx.post(f"{live_server.url}/api/runs/{run['id']}/cancel", headers=admin)
+
+
+def test_lowering_the_session_lifetime_shortens_sessions_already_open(live_server: LiveServer) -> None:
+    """``session_max_age_s`` is how long a session lives after login: an admin who lowers it
+    (say after a laptop went missing) expects the long sessions opened before to end too."""
+    import sqlite3
+
+    admin = {"Authorization": f"Bearer {live_server.token}"}
+    old = _cookie_headers(live_server, live_server.token)
+    with sqlite3.connect(live_server.home / "agent-manager.db") as conn:  # logged in two hours ago
+        conn.execute("UPDATE sessions SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')")
+    assert httpx.get(f"{live_server.url}/api/users/me", headers=old).status_code == 200  # 30 days by default
+    r = httpx.patch(f"{live_server.url}/api/settings", json={"session_max_age_s": 3600}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert httpx.get(f"{live_server.url}/api/users/me", headers=old).status_code == 401
+    fresh = _cookie_headers(live_server, live_server.token)
+    assert httpx.get(f"{live_server.url}/api/users/me", headers=fresh).status_code == 200
+
+
+def test_a_new_forwarded_address_per_guess_does_not_escape_the_back_off(
+        tmp_path: Path, fake_path: Path) -> None:
+    """uvicorn believes ``X-Forwarded-For`` from loopback (where a proxy would be), so a local
+    process can claim a new address for every wrong token. All clients' failures together are
+    throttled too (at ten times one address's allowance); the right token still always works."""
+    server = start_server(tmp_path / "home", env={"AGENT_MANAGER_AUTH_FAILURES_ALLOWED": "2"})
+    try:
+        codes = [httpx.get(f"{server.url}/api/agents", headers={"Authorization": f"Bearer wrong-guess-{i:04d}",
+                                                                 "X-Forwarded-For": f"10.9.{i // 250}.{i % 250 + 1}"}
+                           ).status_code for i in range(25)]
+        assert codes[:20] == [401] * 20 and codes[20:] == [429] * 5, codes
+        assert httpx.get(f"{server.url}/api/agents", headers=server.headers).status_code == 200
+    finally:
+        stop_server(server)

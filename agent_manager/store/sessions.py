@@ -54,12 +54,14 @@ def create(db: Database, user_id: str | None, credential: str, max_age_s: float)
     return value
 
 
-def find(db: Queryable, value: str) -> Session | None:
-    """The live session of a cookie value, or None (unknown, ended or expired)."""
+def find(db: Queryable, value: str, max_age_s: float | None = None) -> Session | None:
+    """The live session of a cookie value, or None (unknown, ended or expired). ``max_age_s``:
+    the session lifetime now in force — lowering it shortens sessions opened before too."""
     if not value or len(value) > 128:
         return None
+    oldest = "" if max_age_s is None else _stamp(datetime.now(UTC) - timedelta(seconds=max_age_s))
     row = db.one("SELECT id_hash, user_id, credential, expires_at, last_seen FROM sessions"
-                 " WHERE id_hash = ? AND expires_at > ?", (_hash(value), now()))
+                 " WHERE id_hash = ? AND expires_at > ? AND created_at > ?", (_hash(value), now(), oldest))
     if row is None:
         return None
     return Session(row["id_hash"], row["user_id"], row["credential"], row["expires_at"], row["last_seen"])

@@ -139,18 +139,20 @@ def _as_principal(user: dict[str, Any]) -> Principal:
     return {"id": user["id"], "name": user["name"], "admin": user["admin"], "trusted": user["trusted"]}
 
 
-def default_authenticate(db: Any, admin_token: str, value: str, cookie: bool = False) -> Principal | None:
+def default_authenticate(db: Any, admin_token: str, value: str, cookie: bool = False,
+                         max_age_s: float | None = None) -> Principal | None:
     """A user's bearer token, or a session cookie (the admin's or a user's) → principal, else None."""
     if cookie:
-        return session_principal(db, admin_token, value)
+        return session_principal(db, admin_token, value, max_age_s)
     user = user_store.by_token(db, value)
     return _as_principal(user) if user is not None else None
 
 
-def session_principal(db: Any, admin_token: str, value: str) -> Principal | None:
-    """Whose live session the cookie names; None when it is unknown, ended, expired, or its
-    token has changed since the login (a rotated admin token too, after a restart)."""
-    found = session_store.find(db, value)
+def session_principal(db: Any, admin_token: str, value: str, max_age_s: float | None = None) -> Principal | None:
+    """Whose live session the cookie names; None when it is unknown, ended, expired (also by a
+    ``session_max_age_s`` lowered since the login), or its token has changed since the login
+    (a rotated admin token too, after a restart)."""
+    found = session_store.find(db, value, max_age_s)
     if found is None:
         return None
     if found.user_id is None:
@@ -204,7 +206,7 @@ class AuthMiddleware:
         db = getattr(svc, "db", None)
         if db is None:
             return None
-        return default_authenticate(db, token, value, cookie)
+        return default_authenticate(db, token, value, cookie, self.settings.session_max_age_s)
 
     def principal(self, scope: Scope) -> tuple[Principal | None, str]:
         """(principal, how): how is "bearer", "cookie", "open" or "" when not authenticated."""

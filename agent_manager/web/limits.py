@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MAX_BACKOFF_S = 300.0
 FORGET_AFTER_S = 900.0
 MAX_CLIENTS = 10_000
+EVERYONE = "*"  # not an address: the failures of all clients together
+EVERYONE_FACTOR = 10
 
 
 def too_large_message(limit: int) -> str:
@@ -117,12 +119,20 @@ class FailureThrottle:
         return max(0.0, record.blocked_until - self.clock())
 
     def failed(self, client: str) -> float:
-        """Record one failure; the back-off it starts (0 while still within the allowance)."""
+        """Record one failure; the back-off it starts (0 while still within the allowance).
+
+        Every failure also counts towards all clients together (``EVERYONE``, allowed
+        ``EVERYONE_FACTOR`` times as many): the address is what uvicorn makes of
+        ``X-Forwarded-For`` for a request from loopback (a proxy it trusts), so a local process
+        could otherwise claim a new address for each guess."""
+        return max(self._failed(client, self.allowed()), self._failed(EVERYONE, self.allowed() * EVERYONE_FACTOR))
+
+    def _failed(self, client: str, allowed: int) -> float:
         record = self._record(client)
         now = self.clock()
         record.failures += 1
         record.last = now
-        over = record.failures - self.allowed()
+        over = record.failures - allowed
         if over <= 0:
             return 0.0
         backoff = min(MAX_BACKOFF_S, 2.0 ** min(over - 1, 16))
