@@ -402,7 +402,7 @@ async def test_available_reasons(
         reason = (await wrong.available()).reason
         await wrong.close()
     assert reason == (f"Daytona API unreachable: Failed to list sandboxes (HTTP 404): is daytona.api_url right? "
-                      f"{url} has no Daytona API (it usually ends in /api)")
+                      f"{url} does not answer as the Daytona API (its URL usually ends in /api)")
     monkeypatch.setitem(sys.modules, "daytona", None)  # the optional extra is not installed
     missing = await DaytonaExecutor(daytona_settings, "i").available()
     assert missing.reason == "the daytona extra is not installed: pip install 'agent-manager[daytona]'"

@@ -49,7 +49,7 @@ def _value(text: str) -> Any:
         return text
 
 
-@click.group("settings", invoke_without_command=True)
+@click.group("settings", invoke_without_command=True, short_help="Show or change the service's settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's answer as JSON.")
 @click.pass_context
 def command(ctx: click.Context, as_json: bool) -> None:
@@ -64,7 +64,7 @@ def command(ctx: click.Context, as_json: bool) -> None:
         click.echo(_line(name, value, data))
 
 
-@command.command("get")
+@command.command("get", short_help="Print one setting's value as JSON.")
 @click.argument("name")
 @click.pass_obj
 def get(obj: dict[str, Any], name: str) -> None:
@@ -75,7 +75,7 @@ def get(obj: dict[str, Any], name: str) -> None:
     click.echo(json.dumps(flat[name]))
 
 
-@command.command("set")
+@command.command("set", short_help="Change settings: NAME=VALUE ... (applied at once).")
 @click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
 @click.pass_obj
 def set_(obj: dict[str, Any], assignments: tuple[str, ...]) -> None:

@@ -169,7 +169,9 @@ class DaytonaExecutor:
             text += f" (HTTP {status})"
         if status == 404:
             url = self.section.api_url or "the default URL"
-            text += f": is daytona.api_url right? {url} has no Daytona API (it usually ends in /api)"
+            text += f": is daytona.api_url right? {url} does not answer as the Daytona API"
+            if not url.rstrip("/").endswith("/api"):
+                text += " (its URL usually ends in /api)"
         return f"Daytona API unreachable: {text}"
 
     def _profile(self, spec: ExecSpec) -> Profile:
