@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import sys
 
 from conftest import LiveServer
@@ -393,6 +394,28 @@ def test_an_unavailable_backend_says_why_where_it_is_chosen(ui: UI) -> None:
     expect(memory.locator(".hint code")).to_have_text("resources.memory_mb")  # markdown's `code`, not backticks
     key = page.locator("fieldset[data-section=daytona] .field", has=page.get_by_label("API key", exact=True))
     expect(key.locator(".hint")).to_contain_text("not configured. Write-only")
+
+
+def test_an_agent_whose_backend_plugin_was_removed_keeps_it_when_edited(ui: UI) -> None:
+    """Uninstalling a plugin leaves agents naming its backend and kind. Their edit form shows
+    them as not installed (never silently "auto"/the first kind) and saving another field keeps
+    them: the form does not resend unchanged choices (a removed one would be refused)."""
+    agent = ui.agent("orphan", kind="generic", command="echo")
+    with sqlite3.connect(ui.server.home / "agent-manager.db") as db:  # as a removed plugin leaves it
+        db.execute("UPDATE agents SET backend = 'gone', kind = 'gonekind' WHERE id = ?", (agent["id"],))
+    page = ui.page
+    ui.go(f"/agents/{agent['id']}")
+    backend = page.get_by_label("Backend")
+    expect(backend).to_have_value("gone")
+    expect(backend.locator("option:checked")).to_have_text("gone (not installed)")
+    expect(page.get_by_label("Kind")).to_have_value("gonekind")
+    expect(page.locator(".field", has=backend).get_by_test_id("backend-reason")).to_contain_text(
+        "gone is not installed")
+    page.get_by_label("Timeout (seconds)").fill("42")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator(".toast")).to_contain_text("Saved orphan")
+    saved = ui.api.get(f"/api/agents/{agent['id']}").json()
+    assert (saved["backend"], saved["kind"], saved["timeout_s"]) == ("gone", "gonekind", 42)
 
 
 def test_mistyped_route_says_not_found_and_menu_pages_open(ui: UI) -> None:

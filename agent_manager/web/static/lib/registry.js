@@ -14,7 +14,8 @@
  *       one per backend: its title, marked "unavailable" with the reason as the tooltip.
  *   options(pairs, selected) -> <option> elements for a <select>
  *   explainBackend(row, list) -> adds a line under a backend field (a `field()` row) that says
- *       why the chosen backend is unavailable (the API's reason). An option's tooltip alone is
+ *       why the chosen backend is unavailable (the API's reason), failed to load, or is not
+ *       installed (an agent saved when a since-removed plugin was). An option's tooltip alone is
  *       never seen: phones show no tooltips, nor does a desktop's open drop-down.
  */
 
@@ -49,16 +50,20 @@ export function options(pairs, selected = "") {
 }
 
 export function explainBackend(row, list) {
-  const byName = new Map(list.filter((b) => b.loaded).map((b) => [b.name, b]));
+  const byName = new Map(list.map((b) => [b.name, b]));
   const note = h("div", { class: "backend-note", id: `${row.input.id}-why`, role: "status",
     "data-testid": "backend-reason" });
   row.input.setAttribute("aria-describedby",
     `${row.input.getAttribute("aria-describedby") || ""} ${note.id}`.trim());
   row.input.after(note);
   const update = () => {
-    const chosen = byName.get(row.input.value);
-    note.textContent = chosen && !chosen.available
-      ? `${chosen.name} is unavailable: ${chosen.reason || "no reason given"}` : "";
+    const value = row.input.value;
+    const chosen = byName.get(value);
+    const why = chosen && (chosen.reason || "no reason given");
+    if (chosen) note.textContent = chosen.available ? "" : chosen.loaded ? `${chosen.name} is unavailable: ${why}`
+      : `${chosen.name} is installed but failed to load: ${why}`;
+    else note.textContent = value && value !== "auto" ? `${value} is not installed: its runs fail until it is `
+      + "(pip install its plugin and restart the service), or choose another backend" : "";
   };
   row.input.addEventListener("change", update);
   update();

@@ -122,8 +122,14 @@ async function form(root, { signal, navigate }, ref) {
     input: input({ type: "text", value: a.working_dir || "", class: "mono", spellcheck: "false" }) });
   rows.model = field({ label: "Model", name: "model", hint: "Optional; passed as --model=… where the CLI has it.",
     input: input({ type: "text", value: a.model || "", spellcheck: "false" }) });
+  // An agent may name a backend whose plugin is no longer installed: it stays shown (and kept on
+  // save) rather than the select falling back to "auto" and saving that without a word.
+  const backendPairs = backendOptions(backendList, [["", "auto (routing policy)"]]);
+  if (a.backend && !backendPairs.some(([v]) => v === a.backend)) {
+    backendPairs.push([a.backend, `${a.backend} (not installed)`]);
+  }
   rows.backend = field({ label: "Backend", name: "backend",
-    input: h("select", null, options(backendOptions(backendList, [["", "auto (routing policy)"]]), a.backend || "")),
+    input: h("select", null, options(backendPairs, a.backend || "")),
     hint: "Where its runs execute; auto follows the routing policy in Settings." });
   explainBackend(rows.backend, backendList);
   rows.timeout_s = field({ label: "Timeout (seconds)", name: "timeout_s",
@@ -169,6 +175,10 @@ async function form(root, { signal, navigate }, ref) {
       trusted: rows.trusted.input.checked,
       network: rows.network.input.checked,
     };
+    if (agent) {  // unchanged choices are not sent: one naming a removed plugin would be refused
+      if (body.kind === agent.kind) delete body.kind;
+      if (body.backend === (agent.backend || null)) delete body.backend;
+    }
     const command = rows.command.input.value.trim();
     if (command || !agent) body.command = command || null;
     const timeout = rows.timeout_s.input.value.trim();
