@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_manager.errors import BadRequest, Forbidden, ValidationFailed
+from agent_manager.models import MASK
 from agent_manager.settings import Settings
 from agent_manager.store.database import Database, new_id
 from agent_manager.workspaces import git
@@ -23,6 +24,19 @@ from agent_manager.workspaces import records as rec
 
 REMOTE_URL = re.compile(r"^(https://|ssh://|git@[A-Za-z0-9.-]+:)")
 LOCAL_URL = re.compile(r"^(file://|/)")
+
+
+def shown_url(url: str | None) -> str | None:
+    """``url`` as answers and the audit log show it: credentials in an https URL
+    (``https://user:TOKEN@host/..``, or a token as the user name) become the mask, because
+    every user may list projects. The stored URL keeps them, for fetching."""
+    if url is None or not url.startswith("https://"):
+        return url
+    rest = url[len("https://"):]
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"https://{MASK}@{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:
@@ -80,7 +94,8 @@ async def register(db: Database, settings: Settings, who: dict[str, Any], name: 
             cloned = await git.run(["clone", "--quiet", "--bare", "--", git_url, str(repo)], cwd=settings.home,
                                    check=False, timeout=1800)
             if cloned.code != 0:
-                raise _invalid("git_url", f"cannot clone {git_url}: {cloned.err.strip()[-400:]}")
+                err = cloned.err.strip()[-400:].replace(git_url, str(shown_url(git_url)))
+                raise _invalid("git_url", f"cannot clone {shown_url(git_url)}: {err}")
             default = base or await current_branch(git_dir=repo)
             source = {"git_url": git_url}
         if not default:

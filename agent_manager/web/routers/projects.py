@@ -15,6 +15,7 @@ from agent_manager.service import Service
 from agent_manager.web import responses as api
 from agent_manager.web.deps import audit, owner_filter, principal, require_admin, service
 from agent_manager.workspaces import records as rec
+from agent_manager.workspaces.projects import shown_url
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -24,7 +25,8 @@ def view(svc: Service, project: dict[str, Any], with_workspaces: bool = False,
     """A project; with its open workspaces (only the caller's own, unless admin)."""
     spaces = [ws for ws in rec.of_project(svc.database, project["id"], "open")
               if owner is None or ws["owner"] == owner]
-    out = {k: project[k] for k in ("id", "name", "path", "git_url", "default_base", "created_at")}
+    out = {k: project[k] for k in ("id", "name", "path", "default_base", "created_at")}
+    out["git_url"] = shown_url(project["git_url"])
     out["open_workspaces"] = len(spaces)
     if with_workspaces:
         out["workspaces"] = [{**(rec.public(ws) or {}), "kind": ws["kind"], "ref": ws["owner_ref"].split(":")[0],
@@ -42,7 +44,8 @@ async def list_projects(request: Request, svc: Service = Depends(service)) -> li
 async def create_project(body: ProjectCreate, request: Request, svc: Service = Depends(service)) -> dict[str, Any]:
     project = await svc.workspaces.register(principal(request), body.name, path=body.path, git_url=body.git_url,
                                              base=body.base)
-    audit(request, "project.create", project["name"], {"path": project["path"], "git_url": project["git_url"]})
+    audit(request, "project.create", project["name"], {"path": project["path"],
+                                                        "git_url": shown_url(project["git_url"])})
     return view(svc, project)
 
 
