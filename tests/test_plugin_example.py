@@ -175,6 +175,9 @@ def test_the_ui_offers_it(browser: Browser, server: LiveServer) -> None:
         backend = ui.page.get_by_label("Backend")
         expect(backend.locator("option[value=nice]")).to_have_text("nice (this host, lowest priority)")
         expect(ui.page.get_by_label("Kind").locator("option[value=stdin]")).to_have_count(1)
+        # Its kind has no default command, so the form says a command is required for it too.
+        command_row = ui.page.locator(".field", has=ui.page.get_by_label("Command", exact=True))
+        expect(command_row.locator(".hint")).to_contain_text("(required for generic, stdin: they have none)")
         ui.go("/run")
         expect(ui.page.get_by_label("Backend").locator("option[value=nice]")).to_have_count(1)
         ui.go("/terminal")

@@ -67,6 +67,7 @@ async function form(root, { signal, navigate }, ref) {
   }
   const installed = kindList.filter((k) => k.loaded);
   const fallback = installed.find((k) => k.default) || installed[0];
+  const noDefault = installed.filter((k) => !k.default_command).map((k) => k.name);  // a plugin's kinds too
   const a = agent || { name: "", kind: fallback?.name || "", command: "", args: [], env: {}, working_dir: null,
     model: null, backend: null, trusted: true, network: false, timeout_s: 600 };
   const kindPairs = installed.map((k) => [k.name, k.title && k.title !== k.name ? `${k.name} — ${k.title}` : k.name,
@@ -81,7 +82,8 @@ async function form(root, { signal, navigate }, ref) {
   rows.kind = field({ label: "Kind", name: "kind", input: kind,
     hint: `How the prompt is passed and the output read. ${fallback ? `'${fallback.name}' runs any program.` : ""}` });
   rows.command = field({ label: "Command", name: "command",
-    hint: "Executable name or path. Leave empty to use the kind's default (required for generic).",
+    hint: `Executable name or path. Leave empty to use the kind's default${noDefault.length
+      ? ` (required for ${noDefault.join(", ")}: ${noDefault.length > 1 ? "they have" : "it has"} none)` : ""}.`,
     input: input({ type: "text", value: agent ? a.command : "", spellcheck: "false", class: "mono" }) });
 
   const argsEditor = rowsEditor({
