@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import httpx
 import pytest
 from conftest import in_process_client, running_service
@@ -104,3 +107,17 @@ async def test_metrics_format(client: httpx.AsyncClient) -> None:
     assert metrics[("agent_manager_run_duration_seconds_bucket", (("le", "+Inf"),))] == 1
     assert metrics[("agent_manager_queue_depth", ())] == 0
     assert metrics[("agent_manager_sandboxes_live", (("backend", "sandbox"),))] == 0
+
+
+async def test_unreachable_cloud_is_a_503_naming_it_not_a_500(tmp_path: Path, fake_path: object) -> None:
+    """A configured remote backend that cannot be reached: listing and sweeping say so (503)."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    settings = Settings(home=tmp_path / "home", daytona={"api_key": "k-unreachable-secret",
+                                                         "api_url": f"http://127.0.0.1:{closed}/api"})
+    async with running_service(settings) as svc, in_process_client(settings, svc) as client:
+        for r in (await client.get("/api/sandboxes"), await client.post("/api/sandboxes/gc")):
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert "could not" in error["message"] and "k-unreachable-secret" not in r.text

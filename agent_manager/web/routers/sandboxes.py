@@ -7,18 +7,33 @@ through its optional ``list_sandboxes`` / ``sweep_sandboxes`` methods (docs/plug
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from agent_manager import plugins
-from agent_manager.errors import ExecutorUnavailable
+from agent_manager.errors import AgentManagerError, ExecutorUnavailable
 from agent_manager.plugins import HOST, ISOLATED
 from agent_manager.service import Service
 from agent_manager.web import responses as api
 from agent_manager.web.deps import owner_filter, require_admin, service
 
 router = APIRouter(prefix="/api/sandboxes", tags=["sandboxes"])
+T = TypeVar("T")
+
+
+async def _ask(name: str, what: str, call: Awaitable[T]) -> T:
+    """A backend's own answer, or a 503 naming it: an unreachable cloud or a plugin's bug is the
+    backend's failure, not a 500 of the service (its reason is masked like every error answer)."""
+    try:
+        return await call
+    except AgentManagerError as exc:
+        if exc.status < 500 or isinstance(exc, ExecutorUnavailable):
+            raise
+        raise ExecutorUnavailable(f"the {name} backend could not {what}: {exc.message}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a plugin or its SDK raises
+        raise ExecutorUnavailable(f"the {name} backend could not {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _owned_runs(svc: Service, owner: str | None, run_ids: set[str]) -> set[str]:
@@ -48,9 +63,10 @@ async def list_sandboxes(request: Request, svc: Service = Depends(service)) -> l
         listing = getattr(executor, "list_sandboxes", None)
         if listing is None:
             continue
-        items = await listing()
+        items = await _ask(name, "list its sandboxes", listing())
         visible = _owned_runs(svc, owner, {item["run"] for item in items if item.get("run")})
-        found += [{"backend": name, **item} for item in items if owner is None or item.get("run") in visible]
+        # The backend's own name last: a plugin's listing cannot claim another backend's sandboxes.
+        found += [{**item, "backend": name} for item in items if owner is None or item.get("run") in visible]
     return found
 
 
@@ -62,7 +78,7 @@ async def gc(all_instances: bool = Query(False), svc: Service = Depends(service)
     deleted, problems = 0, []
     for name, sweep in sweepers:
         try:
-            deleted += await sweep(all_instances)
+            deleted += await _ask(name, "sweep its sandboxes", sweep(all_instances))
         except ExecutorUnavailable as exc:
             problems.append(f"{name}: {exc.message}")
     if problems and len(problems) == len(sweepers):
