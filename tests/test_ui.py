@@ -6,6 +6,7 @@ import re
 import sqlite3
 import sys
 
+import httpx
 from conftest import LiveServer
 from playwright.sync_api import Browser, expect
 from ui_harness import UI, output_of
@@ -486,6 +487,21 @@ def test_stalled_run_shows_a_badge_until_output_resumes(ui: UI) -> None:
     expect(page.locator("[data-testid=output]")).to_contain_text("after")
     expect(page.locator("[data-testid=stalled]")).to_be_hidden()
     expect(page.locator("[data-testid=run-status]")).to_contain_text("succeeded")
+
+
+def test_a_session_ended_elsewhere_leads_to_the_login_page(ui: UI) -> None:
+    """Logged out in another tab (or the token rotated): opening a page whose code was not loaded
+    yet shows the login page, not "Failed to fetch dynamically imported module"."""
+    page = ui.page
+    ui.expected_statuses.add(401)
+    ui.go("/agents")
+    expect(page.locator("main h1")).to_have_text("Agents")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    ended = httpx.post(ui.server.url + "/logout", cookies=cookies, headers={"Origin": ui.server.url})
+    assert ended.status_code == 303
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Plans").click()
+    expect(page.get_by_label("Token")).to_be_visible()
+    assert "dynamically imported" not in page.content()
 
 
 def test_log_out(ui: UI) -> None:

@@ -73,6 +73,17 @@ async function pageList(refresh = false) {
   return available;
 }
 
+async function sessionAlive() {
+  try {
+    const response = await fetch("/ui/pages.json", { credentials: "same-origin" });
+    if (response.status !== 401) return true;
+  } catch {
+    return true; // the network is down: the error says so
+  }
+  location.href = "/login";
+  return false;
+}
+
 function parseHash() {
   const raw = location.hash.replace(/^#/, "") || "/";
   const [pathPart, queryPart = ""] = raw.split("?", 2);
@@ -145,6 +156,10 @@ async function route() {
   } catch (err) {
     if (err && err.name === "AbortError") return;
     if (myTurn !== renderCount) return;
+    // A page module that cannot be fetched most often means the session ended (logged out in
+    // another tab, the token rotated, expiry): the UI's files need it too. Then: the login page,
+    // not "Failed to fetch dynamically imported module".
+    if (err instanceof TypeError && !(await sessionAlive())) return;
     clear(root);
     root.append(h("h1", null, "Something went wrong"), errorBox(err));
     console.warn(err);
