@@ -168,7 +168,10 @@ def test_its_settings_section_is_served_validated_and_used(api: httpx.Client) ->
         assert api.patch("/api/settings", json={"nice": {"niceness": 19, "io_class": "idle"}}).status_code == 200
 
 
-def test_the_ui_offers_it(browser: Browser, server: LiveServer) -> None:
+def test_the_ui_offers_it(browser: Browser, server: LiveServer, api: httpx.Client) -> None:
+    # The Run page offers a backend once an agent exists; make one so this test stands alone.
+    if not api.get("/api/agents").json():
+        assert api.post("/api/agents", json={"name": "ui-probe", "command": "echo"}).status_code == 201
     ui = open_ui(browser, server)
     try:
         ui.go("/agents/new")
