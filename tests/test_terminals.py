@@ -42,7 +42,12 @@ async def test_shell_types_resizes_reattaches_and_exits(server: LiveServer, api:
     assert not re.search(r"[\r\n]not-interrupted", sock.text())
     await sock.close()  # the shell survives a dropped connection ...
     await sock.closed.wait()
-    listed = (await api.get("/api/terminals")).json()
+    # The server lets go of the socket just after its close frame: wait (bounded) for it to say so.
+    for _ in range(200):
+        listed = (await api.get("/api/terminals")).json()
+        if not listed or listed[0]["attached"] is False:
+            break
+        await asyncio.sleep(0.05)
     assert [t["id"] for t in listed] == [term["id"]] and listed[0]["attached"] is False
     again = await attach(wss, server.url, term["id"])  # ... and a reattach shows the scroll-back
     await again.expect(r"after-ctrl-c")
