@@ -13,17 +13,15 @@ cgroups (service not root, read-only cgroupfs) the tag + parent-link fallback of
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 from pathlib import Path
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.cgroup import RunCgroup, cgroup_name, sweep
 from agent_manager.executors.identity import SYSTEM_PATH, HostUser, drop_to, prepare_workspace
-from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
+from agent_manager.executors.process import LiveTrees, ProcessExecution, base_environment, ctty_prefix, new_tag
 from agent_manager.executors.pty import HostPty
 from agent_manager.plugins import HOST, BackendContext, BackendPlugin
 from agent_manager.settings import Settings
@@ -39,7 +37,7 @@ class LocalExecutor:
         # The service's own environment minus everything but the basics an agent CLI needs.
         self.environ = base_environment(environ or {})
         self.sh = shutil.which("sh", path=SYSTEM_PATH) or "/bin/sh"
-        self._live: set[ProcessExecution] = set()
+        self._live = LiveTrees(tag_prefix)
         try:
             sweep(tag_prefix)  # groups a crashed predecessor (same data dir) left behind
         except OSError:
@@ -95,17 +93,10 @@ class LocalExecutor:
             raise
         if cgroup is not None:
             execution.info["cgroup"] = cgroup.path
-        self._live.add(execution)
-        execution.finished.add_done_callback(lambda _t: self._live.discard(execution))
-        return execution
+        return self._live.add(execution)
 
     async def close(self) -> None:
-        for execution in list(self._live):
-            execution.kill_tree()
-        signal_tagged(self.tag_prefix + ":", signal.SIGKILL)
-        for execution in list(self._live):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(execution.finished), 5.0)
+        await self._live.close()
 
 
 def _build(ctx: BackendContext) -> LocalExecutor:

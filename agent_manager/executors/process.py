@@ -426,3 +426,29 @@ class ProcessExecution:
             if self.proc.returncode is not None and not self._leftovers():
                 return
             await asyncio.sleep(min(0.05, seconds))
+
+
+class LiveTrees:
+    """The process trees one host backend has running, so that its ``close`` ends them all and,
+    by tag, whatever they left behind: one shutdown for the built-in and plugin host backends."""
+
+    def __init__(self, tag_prefix: str) -> None:
+        self.tag_prefix = tag_prefix
+        self._live: set[ProcessExecution] = set()
+
+    def add(self, execution: ProcessExecution) -> ProcessExecution:
+        self._live.add(execution)
+        execution.finished.add_done_callback(lambda _task: self._live.discard(execution))
+        return execution
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """SIGKILL every tree and every process carrying this backend's tag, then wait (bounded) for them."""
+        for execution in list(self._live):
+            execution.kill_tree()
+        signal_tagged(self.tag_prefix + ":", signal.SIGKILL)
+        for execution in list(self._live):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(execution.finished), grace_s)

@@ -14,10 +14,8 @@ changes it through its API; the executor reads it when it starts a run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Availability, ExecSpec
 from agent_manager.executors.identity import SYSTEM_PATH, prepare_workspace
-from agent_manager.executors.process import ProcessExecution, base_environment, ctty_prefix, new_tag, signal_tagged
+from agent_manager.executors.process import LiveTrees, ProcessExecution, base_environment, ctty_prefix, new_tag
 from agent_manager.executors.pty import HostPty
 from agent_manager.plugins import HOST, BackendContext, BackendPlugin
 
@@ -55,7 +53,7 @@ class NiceExecutor:
         self.environ = base_environment(dict(ctx.environ))
         self.nice = shutil.which("nice", path=SYSTEM_PATH)
         self.ionice = shutil.which("ionice", path=SYSTEM_PATH)
-        self._live: set[ProcessExecution] = set()
+        self._live = LiveTrees(ctx.prefix)
 
     async def available(self) -> Availability:
         if self.nice is None:
@@ -89,9 +87,7 @@ class NiceExecutor:
             tty=spec.tty)
         execution.info["priority"] = f"nice {self.section.niceness}" + (
             f", ionice {self.section.io_class}" if self.ionice else "")
-        self._live.add(execution)
-        execution.finished.add_done_callback(lambda _task: self._live.discard(execution))
-        return execution
+        return self._live.add(execution)
 
     async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool) -> HostPty:
         """An interactive terminal at the same low priority."""
@@ -99,12 +95,7 @@ class NiceExecutor:
 
     async def close(self) -> None:
         """Service shutdown: end every process tree this backend started."""
-        for execution in list(self._live):
-            execution.kill_tree()
-        signal_tagged(self.tag_prefix + ":", signal.SIGKILL)
-        for execution in list(self._live):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(execution.finished), 5.0)
+        await self._live.close()
 
 
 PLUGIN = BackendPlugin(
