@@ -85,6 +85,13 @@ class EventLog:
             self._last[key] = self._committed[key] = self._stored_max(key)
         return self._last[key]
 
+    def fresh(self, key: str) -> None:
+        """``key`` was just created (its owner row is new): it has no rows, so its first append
+        needs no ``MAX(seq)`` query."""
+        if key not in self._last:
+            self._trim()
+            self._last[key] = self._committed[key] = 0
+
     def _trim(self) -> None:
         """Keep the caches bounded: forget the oldest logs that have no row in flight (a
         forgotten one is read back from the table when next used)."""
@@ -235,6 +242,8 @@ class EventLog:
         """(seq, type, stored data column, created_at) without decoding: the SSE path sends the text
         as is, and reads a file-backed output text as bytes (``frame_data``). Served from the
         tail of committed rows when it holds the whole range, else from the table."""
+        if self.batched and after >= self._committed.get(key, after + 1):
+            return []  # nothing committed after it (a row the writer has not announced waits for its wake-up)
         cached = self._from_recent(key, after, limit)
         if cached is not None:
             return cached
@@ -257,7 +266,8 @@ class EventLog:
             return False
         wakeup = self._wakeups.setdefault(key, asyncio.Event())
         try:
-            await asyncio.wait_for(wakeup.wait(), timeout)
+            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for (one per SSE wake-up)
+                await wakeup.wait()
         except TimeoutError:
             return self.committed_seq(key) > after
         return True

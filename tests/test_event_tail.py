@@ -152,3 +152,29 @@ async def test_the_tail_is_bounded_and_forgotten(db: Database, monkeypatch: pyte
     log.forget("k4")
     assert "k4" not in log._recent
     assert log._recent_bytes == sum(r.size for r in log._recent.values())
+
+
+async def test_a_reader_at_the_committed_end_costs_no_query(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = events.EventLog(db, "run_events", "run_id", batched=True)
+    log.fresh("run_f")  # a new run: no MAX(seq) query either
+    assert log.append("run_f", "run.queued", {}) == 1
+    await committed(log, "run_f")
+    log._recent.clear()  # not from the tail: from knowing the committed seq
+
+    def no_query(*_args: object) -> None:
+        raise AssertionError("queried the table")
+    monkeypatch.setattr(db, "all", no_query)
+    assert log.read_raw("run_f", 1) == [] and log.read("run_f", 5) == []
+    monkeypatch.undo()
+    assert [r[0] for r in log.read_raw("run_f", 0)] == [1]
+
+
+async def test_wait_times_out_and_wakes(db: Database) -> None:
+    log = events.EventLog(db, "run_events", "run_id", batched=True)
+    log.fresh("run_g")
+    assert await log.wait("run_g", 0, 0.05) is False
+    waiter = asyncio.create_task(log.wait("run_g", 0, 10))
+    await asyncio.sleep(0.01)
+    log.append("run_g", "status", {})
+    assert await asyncio.wait_for(waiter, 10) is True
+    assert log.read_raw("run_g", 0)[0][0] == 1
