@@ -371,6 +371,7 @@ class RunManager:
         stderr_tail = ""
         budget = self.settings.max_stored_output_mb * 1024 * 1024 or None  # 0: keep everything
         dropped = 0
+        writer = self.db.writer()
         try:
             async for chunk in execution.output():
                 live.last_output = loop.time()
@@ -380,7 +381,8 @@ class RunManager:
                 if budget is None or size <= budget:
                     budget = None if budget is None else budget - size
                     self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
-                    await self.events.room()  # a producer faster than the disk waits here, not in memory
+                    if writer.full():  # a producer faster than the disk waits here, not in memory
+                        await self.events.room()
                 else:
                     if not dropped:
                         self.events.append(run_id, "output.truncated", {

@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self, cast
 
-import tomli_w
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
@@ -49,6 +48,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from agent_manager import sections as sect
+from agent_manager import toml_file
 from agent_manager.errors import ConfigError
 
 log = logging.getLogger("agent_manager.settings")
@@ -481,25 +481,5 @@ def write_config_file(home: Path, values: Mapping[str, Any]) -> None:
             del current[section]
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = home / CONFIG_FILE
-    tmp = path.with_suffix(".tmp")
-    # A real TOML writer: every string (quotes, backslashes, CR, control characters) is escaped
-    # so that what is written reads back as the same value at the next start. Plain keys first,
-    # then the tables (TOML needs that order).
-    plain = {k: _plain(v) for k, v in sorted(current.items()) if not isinstance(v, dict)}
-    tables = {k: _plain(v) for k, v in sorted(current.items()) if isinstance(v, dict)}
-    text = tomli_w.dumps({**plain, **tables})
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    toml_file.write(path, current)
 
-
-def _plain(value: Any) -> Any:
-    """TOML has no null and no Path: paths are written as strings."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in sorted(value.items())}
-    return value

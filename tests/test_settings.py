@@ -116,3 +116,21 @@ def test_constructing_settings_reads_no_environment(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("AGENT_MANAGER_PORT", "1234")
     assert Settings(home=tmp_path).port == 8765
     assert load_settings({"home": tmp_path}).port == 1234
+
+
+def test_writing_the_config_never_follows_a_planted_link(tmp_path: Path) -> None:
+    """The old writer opened ``config.tmp`` with O_TRUNC: a link planted there had its target
+    overwritten with the config (secrets included). Now every write uses a fresh O_EXCL name."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("config.tmp", "config.toml.tmp", ".config.toml.tmp"):
+        (home / name).symlink_to(victim)
+    write_config_file(home, {"port": 4444})
+    write_config_file(home, {"max_concurrent_runs": 2})
+    assert victim.read_text() == "keep me"
+    assert read_config_file(home) == {"port": 4444, "max_concurrent_runs": 2}
+    assert (home / "config.toml").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in home.iterdir()) == sorted(
+        ["config.toml", "config.tmp", "config.toml.tmp", ".config.toml.tmp"])  # no temporary file left behind
