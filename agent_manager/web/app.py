@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -37,6 +38,11 @@ from agent_manager.web.routers import (
 from agent_manager.web.routers import settings as settings_api
 
 log = logging.getLogger("agent_manager.web")
+# How long a thread may hold the GIL while another waits (CPython's default is 5 ms). The loop
+# thread is busy under load, and each row a read-pool query steps through (and each step of
+# the event writer) gives the GIL up and waits for it again: with 5 ms a 50-row page could
+# wait a quarter of a second, and the writer's commits reach readers late.
+GIL_SWITCH_INTERVAL_S = 0.0005
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                 422: "validation_failed", 429: "too_many_requests"}
@@ -125,13 +131,18 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await svc.start()
-        if on_started is not None:
-            on_started()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, GIL_SWITCH_INTERVAL_S))
         try:
-            yield
+            await svc.start()
+            if on_started is not None:
+                on_started()
+            try:
+                yield
+            finally:
+                await svc.stop()
         finally:
-            await svc.stop()
+            sys.setswitchinterval(switch)
 
     app = FastAPI(title="Agent Manager", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A local control panel for command-line AI agents.")
