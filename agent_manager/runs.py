@@ -140,7 +140,9 @@ class RunManager:
             run = run_store.get(self.db, run_id)
         if req.conversation_id:
             conv_store.add_message(self.db, req.conversation_id, "user", req.prompt, agent["id"], run_id)
-        self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None})
+        self.events.fresh(run_id)  # a new run: its log needs no MAX(seq) query
+        self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None},
+                           direct=True)
         live = _Live()
         self._live[run_id] = live
         self.queued += 1
@@ -369,6 +371,7 @@ class RunManager:
         stderr_tail = ""
         budget = self.settings.max_stored_output_mb * 1024 * 1024 or None  # 0: keep everything
         dropped = 0
+        writer = self.db.writer()
         try:
             async for chunk in execution.output():
                 live.last_output = loop.time()
@@ -378,7 +381,8 @@ class RunManager:
                 if budget is None or size <= budget:
                     budget = None if budget is None else budget - size
                     self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
-                    await self.events.room()  # a producer faster than the disk waits here, not in memory
+                    if writer.full():  # a producer faster than the disk waits here, not in memory
+                        await self.events.room()
                 else:
                     if not dropped:
                         self.events.append(run_id, "output.truncated", {

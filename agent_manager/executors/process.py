@@ -15,14 +15,14 @@ How the tree is found, strongest first:
 
 Whatever holds the output pipes, a run's streams end at most ``stream_close_grace_s`` plus one
 second after its leader exits (or right after a cancel's last signal): the reader is abandoned.
+Seconds in which the pipes were not read because the run's consumer was behind (``pipes.py``:
+a producer faster than the disk waits) are not counted, up to a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -36,13 +36,11 @@ from typing import Any
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import Chunk
 from agent_manager.executors.cgroup import RunCgroup
+from agent_manager.executors.pipes import OutputPipes
 from agent_manager.models import Stream
 
 TAG_ENV = "AGENT_MANAGER_TAG"
-READ_SIZE = 256 * 1024  # what one read takes from a pipe (asyncio's pipe transport reads up to this)
-PIPE_SIZE = 1024 * 1024  # a fast writer's output pipe (Linux's default pipe-max-size)
-DEFAULT_PIPE_SIZE = 65536
-F_SETPIPE_SZ = 1031
+STREAM_LIMIT = 64 * 1024  # asyncio's stream buffer limit (only stdin's writer uses the protocol's streams)
 ABANDON_S = 1.0  # after the last kill, how long a pipe may stay open before we stop reading it
 # Host variables an agent CLI legitimately needs; everything else (the service's own
 # secrets included) stays out of the child's environment.
@@ -230,17 +228,24 @@ def _fast_child_watcher() -> None:
     asyncio.get_event_loop_policy().set_child_watcher(_PidfdWatcher())
 
 
-def _widen_pipe(proc: asyncio.subprocess.Process, fd: int) -> None:
-    """Give an output pipe a 1 MiB buffer: a fast writer then wakes the loop once per 256 KiB
-    instead of once per 64 KiB (a pipe's default size). Done only once a read came back full
-    (a fast writer): pipe memory counts against the user's pipe-user-pages-soft, past which
-    Linux gives every new pipe of that user a single page. Best effort: a limit keeps 64 KiB."""
-    transport = getattr(proc, "_transport", None)
-    pipe = transport.get_pipe_transport(fd) if transport is not None else None
-    handle = pipe.get_extra_info("pipe") if pipe is not None else None
-    if handle is not None:
-        with contextlib.suppress(OSError, ValueError):
-            fcntl.fcntl(handle.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's own subprocess protocol (it keeps ``proc.stdin``), plus a future of the exit
+    code resolved when the leader exits: no polling, and never delayed by a pipe that a
+    descendant holds (``Process.wait`` before 3.12 also waits for the pipes)."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exit: asyncio.Future[int] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._process: asyncio.SubprocessTransport | None = transport  # type: ignore[assignment]
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        code = self._process.get_returncode() if self._process is not None else None
+        if not self.exit.done():
+            self.exit.set_result(code if code is not None else -1)
 
 
 def new_tag(prefix: str) -> str:
@@ -252,7 +257,10 @@ class ProcessExecution:
 
     def __init__(self, proc: asyncio.subprocess.Process, tag: str, *, kill_grace_s: float,
                  stream_close_grace_s: float, info: dict[str, str] | None = None,
-                 cgroup: RunCgroup | None = None) -> None:
+                 cgroup: RunCgroup | None = None, output_fds: dict[Stream, int] | None = None,
+                 exit_code: asyncio.Future[int] | None = None) -> None:
+        """``output_fds``: the read ends of the process's stdout and stderr pipes (owned from
+        now on; none for a process on a terminal). ``exit_code``: resolved when it exits."""
         self.proc = proc
         self.tag = tag
         self.cgroup = cgroup
@@ -261,12 +269,9 @@ class ProcessExecution:
         self.info = info or {"pid": str(proc.pid)}
         self._kill_grace_s = kill_grace_s
         self._stream_close_grace_s = stream_close_grace_s
-        self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=64)
         # A process on a terminal (``spawn(tty=...)``) has no pipes: its bytes go through the PTY.
-        streams: tuple[tuple[asyncio.StreamReader | None, Stream], ...] = (
-            (proc.stdout, "stdout"), (proc.stderr, "stderr"))
-        self._readers = [asyncio.create_task(self._read(reader, stream)) for reader, stream in streams
-                         if reader is not None]
+        self._pipes = OutputPipes(output_fds or {})
+        self._exit: asyncio.Future[int] = exit_code if exit_code is not None else asyncio.ensure_future(proc.wait())
         self._watcher = asyncio.create_task(self._watch())
         self._cancel_lock = asyncio.Lock()
         self._stdin_task: asyncio.Task[None] | None = None
@@ -279,20 +284,33 @@ class ProcessExecution:
         """``tty``: a PTY slave fd to use as stdin, stdout and stderr (interactive terminals);
         ``argv`` must then make it the controlling terminal itself (``setsid --ctty``)."""
         env = {**env, TAG_ENV: tag}
-        pipe = asyncio.subprocess.PIPE
-        stdin_fd = tty if tty is not None else pipe if stdin is not None else asyncio.subprocess.DEVNULL
+        sub = asyncio.subprocess
+        stdin_fd = tty if tty is not None else sub.PIPE if stdin is not None else sub.DEVNULL
         _fast_child_watcher()
+        loop = asyncio.get_running_loop()
+        # Our own pipes for stdout and stderr (read by ``OutputPipes``); a terminal has none.
+        pipes: dict[Stream, tuple[int, int]] = {} if tty is not None else {"stdout": os.pipe(), "stderr": os.pipe()}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=stdin_fd, stdout=pipe if tty is None else tty, stderr=pipe if tty is None else tty,
-                cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds, limit=READ_SIZE)
-        except FileNotFoundError as exc:
-            missing = argv[0] if not cwd or not Path(cwd).exists() or exc.filename == argv[0] else exc.filename
-            raise ExecutionError(f"executable not found: {missing}", {"argv0": argv[0]}) from exc
-        except PermissionError as exc:
-            raise ExecutionError(f"cannot execute {argv[0]}: permission denied") from exc
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ExitProtocol(STREAM_LIMIT, loop), *argv, stdin=stdin_fd,
+                stdout=pipes["stdout"][1] if pipes else tty, stderr=pipes["stderr"][1] if pipes else tty,
+                cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds)
+        except BaseException as exc:
+            for read_end, _write_end in pipes.values():
+                os.close(read_end)
+            if isinstance(exc, FileNotFoundError):
+                missing = argv[0] if not cwd or not Path(cwd).exists() or exc.filename == argv[0] else exc.filename
+                raise ExecutionError(f"executable not found: {missing}", {"argv0": argv[0]}) from exc
+            if isinstance(exc, PermissionError):
+                raise ExecutionError(f"cannot execute {argv[0]}: permission denied") from exc
+            raise
+        finally:
+            for _read_end, write_end in pipes.values():  # the child has its own copies
+                os.close(write_end)
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
         execution = cls(proc, tag, kill_grace_s=kill_grace_s, stream_close_grace_s=stream_close_grace_s,
-                        info=info, cgroup=cgroup)
+                        info=info, cgroup=cgroup, output_fds={stream: ends[0] for stream, ends in pipes.items()},
+                        exit_code=protocol.exit)
         if stdin is not None and tty is None:
             execution._stdin_task = asyncio.create_task(execution._feed_stdin(stdin))
         return execution
@@ -305,45 +323,23 @@ class ProcessExecution:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.proc.stdin.close()
 
-    async def _read(self, reader: asyncio.StreamReader | None, stream: Stream) -> None:
-        assert reader is not None
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        widened = False
-        while True:
-            data = await reader.read(READ_SIZE)
-            if not widened and len(data) >= DEFAULT_PIPE_SIZE:
-                widened = True
-                _widen_pipe(self.proc, 1 if stream == "stdout" else 2)
-            text = decoder.decode(data, final=not data)
-            if text:
-                await self._queue.put(Chunk(stream, text))
-            if not data:
-                return
-
     async def _watch(self) -> None:
         """After the leader exits, give the pipes a grace period, then end what holds them; if
-        something we cannot find still holds them a second later, stop reading (never hang)."""
+        something we cannot find still holds them a second later, stop reading (never hang).
+        Time in which the pipes were not read because the run's consumer was behind does not
+        count: that is not a process holding them."""
         await self.exited()
-        readers: asyncio.Future[Any] = asyncio.gather(*self._readers, return_exceptions=True)
         killed: asyncio.Future[Any] = asyncio.ensure_future(self._killed.wait())
-        await asyncio.wait([readers, killed], timeout=self._stream_close_grace_s,
-                           return_when=asyncio.FIRST_COMPLETED)
+        closed = await self._pipes.wait_closed(self._stream_close_grace_s, also=killed)
         killed.cancel()
-        if not readers.done() or await tagged_pids_async(self.tag) or (
-                self.cgroup is not None and self.cgroup.pids()):
+        if not closed or await tagged_pids_async(self.tag) or (self.cgroup is not None and self.cgroup.pids()):
             self.kill_tree()
-        done, pending = (await asyncio.wait(self._readers, timeout=ABANDON_S)) if self._readers else (set(), set())
-        for task in pending:
-            task.cancel()
-        if pending:  # a process we could not find holds the pipe: close our end
-            transport = getattr(self.proc, "_transport", None)
-            with contextlib.suppress(Exception):
-                transport.close()  # type: ignore[union-attr]
-        await asyncio.gather(*self._readers, return_exceptions=True)
+        if not await self._pipes.wait_closed(ABANDON_S):
+            self._pipes.abandon()  # a process we could not find holds a pipe: close our end
         if self.cgroup is not None:
             self.cgroup.kill()
             await asyncio.to_thread(self.cgroup.remove)
-        await self._queue.put(None)
+        self._pipes.end()
 
     @property
     def finished(self) -> asyncio.Task[None]:
@@ -353,18 +349,14 @@ class ProcessExecution:
     async def exited(self) -> int:
         """The leader's exit code, as soon as it exits. Not ``proc.wait()``: before Python 3.12
         that also waits for the pipes to close, which a leftover descendant can delay forever."""
-        delay = 0.005
-        while self.proc.returncode is None:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return self.proc.returncode
+        return await asyncio.shield(self._exit)
 
     def _leftovers(self) -> bool:
         return bool(tagged_pids(self.tag) or (self.cgroup is not None and self.cgroup.pids()))
 
     async def note(self, stream: Stream, text: str) -> None:
         """Add a line of the service's own to the run's output (e.g. why it was stopped)."""
-        await self._queue.put(Chunk(stream, text))
+        self._pipes.add(stream, text)
 
     def kill_tree(self) -> None:
         """SIGKILL everything of this run now: cgroup, group, tag, remembered descendants."""
@@ -372,11 +364,11 @@ class ProcessExecution:
         self._killed.set()
 
     async def output(self) -> AsyncIterator[Chunk]:
-        while True:
-            chunk = await self._queue.get()
-            if chunk is None:
-                return
-            yield chunk
+        """What the process printed, as it arrives: everything pending at each step, consecutive
+        pieces of one stream joined (``OutputPipes``), stdout and stderr in arrival order."""
+        while chunks := await self._pipes.chunks():
+            for chunk in chunks:
+                yield chunk
 
     async def wait(self) -> int:
         await asyncio.shield(self._watcher)

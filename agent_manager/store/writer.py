@@ -58,6 +58,7 @@ class Row:
     files: OutputFiles | None = None  # where a large output text goes (``output_files``)
     insert: bool = True  # False: only the ``also`` statements (``put_statements``)
     taken: bool = False
+    stored: str | None = None  # the ``data`` column as written (set by the thread; ``EventLog``'s tail)
 
 
 def _ignore(row: Row) -> None:
@@ -72,9 +73,12 @@ class EventWriter:
         self.commits = 0
         self.rows_written = 0
         self._conn = connect(db.path)
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # taken directly on the loop's hot path (``put``, ``merge``)
+        self._cond = threading.Condition(self._lock)
         self._queue: list[Row] = []
         self._closing = False
+        self._idle = False  # the thread waits for rows (under ``_cond``)
+        self._wake_due = False  # a wake-up of the idle thread is scheduled on the loop
         self._room = asyncio.Event()
         self._room.set()
         self._thread = threading.Thread(target=self._main, name="am-db-writer", daemon=True)
@@ -83,11 +87,29 @@ class EventWriter:
     # -- the loop's side ---------------------------------------------------------------------
 
     def put(self, row: Row) -> None:
-        with self._cond:
+        with self._lock:
             if self._closing:
                 raise RuntimeError("the event writer is closed")
             self._queue.append(row)
             self.pending_bytes += row.size
+            if not self._idle or self._wake_due:
+                return  # a busy thread takes it with its next batch
+            self._wake_due = True
+        # Wake the idle thread once, after this step of the loop: the rows the same step
+        # appends (many runs' output chunks) go in one batch, and a wake-up (a GIL hand-over
+        # to the thread) costs one per step, not one per row.
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self.loop:
+            self.loop.call_soon(self._wake)
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._wake_due = False
             self._cond.notify()
 
     def put_statements(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -98,13 +120,17 @@ class EventWriter:
 
     def merge(self, row: Row, text: str) -> bool:
         """Append ``text`` to a queued output row; False once the thread has taken it."""
-        with self._cond:
+        with self._lock:
             if row.taken:
                 return False
             row.data["text"] += text
             row.size += len(text)
             self.pending_bytes += len(text)
             return True
+
+    def full(self) -> bool:
+        """Whether a producer should wait (``room``): cheaper than awaiting it for every chunk."""
+        return self.pending_bytes > PENDING_LIMIT_BYTES
 
     async def room(self) -> None:
         """Wait while too many bytes are uncommitted (a producer faster than the disk)."""
@@ -133,7 +159,10 @@ class EventWriter:
             while True:
                 with self._cond:
                     while not self._queue and not self._closing:
-                        if not self._cond.wait(IDLE_CHECKPOINT_S):
+                        self._idle = True
+                        woken = self._cond.wait(IDLE_CHECKPOINT_S)
+                        self._idle = False
+                        if not woken:
                             break
                     if not self._queue:
                         if self._closing:
@@ -216,7 +245,8 @@ class EventWriter:
                     data = {**{k: v for k, v in data.items() if k != "text"}, FIELD: [offset, length]}
                 except (OSError, ValueError) as exc:
                     log.warning("output of %s stored inline: %s", row.key, exc)
-            params.append((row.key, row.seq, row.type, dumps(data), row.created_at))
+            row.stored = dumps(data)
+            params.append((row.key, row.seq, row.type, row.stored, row.created_at))
         return params, appender
 
     def _commit(self, batch: list[Row], params: list[tuple[str, int, str, str, str] | None]) -> None:
