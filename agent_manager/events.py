@@ -11,13 +11,20 @@ state they announce) or *batched* (appends go to the event-writer thread, ``stor
 the run logs, which carry every output chunk). A batched append returns its seq at once; the
 row becomes visible, and readers are woken, only after the writer has committed it. Readers
 therefore wait on the *committed* seq, never on the assigned one.
+
+A batched log also keeps a bounded in-memory tail of each key's newest *committed* rows (filled
+only after their commit, so the guarantee holds), from which live readers are served: with
+dozens of SSE listeners every wake-up would otherwise be a SQLite query on the event loop. A
+range the tail does not wholly cover is read from the table, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+from collections import deque
 from typing import Any
 
 from agent_manager.store.database import Database, dumps, now
@@ -29,6 +36,23 @@ DRAIN_TIMEOUT_S = 30.0
 # How many logs' seq numbers are cached. Dropping one with nothing in flight is always safe
 # (the table is the truth), so the cache is bounded rather than trusted to be forgotten.
 LAST_SEQ_CACHE = 4096
+# The tail of recently committed rows (see the module doc): bounded per key, in all and in keys.
+RECENT_KEY_BYTES = 256 * 1024
+RECENT_TOTAL_BYTES = 16 * 1024 * 1024
+RECENT_KEYS = 1024
+RECENT_ROW_OVERHEAD = 128  # bytes counted per row beyond its data (tuple, seq, type, time)
+
+RawRow = tuple[int, str, str, str]  # (seq, type, stored data column, created_at)
+
+
+class _Recent:
+    """One key's newest committed rows, consecutive in seq (``rows[i][0] == rows[0][0] + i``)."""
+
+    __slots__ = ("rows", "size")
+
+    def __init__(self) -> None:
+        self.rows: deque[RawRow] = deque()
+        self.size = 0
 
 
 class EventLog:
@@ -46,6 +70,8 @@ class EventLog:
         self._committed: dict[str, int] = {}  # last seq readers may see
         self._tail: dict[str, Row] = {}       # the newest queued row per key (may still grow)
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._recent: dict[str, _Recent] = {}  # insertion order = least recently written first
+        self._recent_bytes = 0
         self.closed = False
 
     def _stored_max(self, key: str) -> int:
@@ -59,6 +85,13 @@ class EventLog:
             self._last[key] = self._committed[key] = self._stored_max(key)
         return self._last[key]
 
+    def fresh(self, key: str) -> None:
+        """``key`` was just created (its owner row is new): it has no rows, so its first append
+        needs no ``MAX(seq)`` query."""
+        if key not in self._last:
+            self._trim()
+            self._last[key] = self._committed[key] = 0
+
     def _trim(self) -> None:
         """Keep the caches bounded: forget the oldest logs that have no row in flight (a
         forgotten one is read back from the table when next used)."""
@@ -68,6 +101,7 @@ class EventLog:
         for key in [k for k in self._last if k not in self._tail][:excess]:
             self._last.pop(key, None)
             self._committed.pop(key, None)
+            self._drop_recent(key)
 
     def close(self) -> None:
         """The service is stopping: wake every waiter and make ``wait`` return at once, so
@@ -96,9 +130,14 @@ class EventLog:
             with self.db.transaction() as conn:
                 for statement, params in also or ():
                     conn.execute(statement, params)
+                stored, at = dumps(data), now()
                 conn.execute(f"INSERT INTO {self.table} ({self.key_column}, seq, type, data, created_at)"
-                             " VALUES (?, ?, ?, ?, ?)", (key, seq, type_, dumps(data), now()))
+                             " VALUES (?, ?, ?, ?, ?)", (key, seq, type_, stored, at))
             self._last[key] = self._committed[key] = seq
+            if self.db.in_transaction():  # inside a caller's transaction: not committed yet
+                self._drop_recent(key)
+            else:
+                self._remember(key, (seq, type_, stored, at))
             self._wake(key)
             return seq
         writer = self.db.writer()
@@ -123,7 +162,55 @@ class EventLog:
             del self._tail[row.key]
         if row.seq > self._committed.get(row.key, 0):
             self._committed[row.key] = row.seq
+        if row.stored is not None and not self.closed:  # closed: a batch that failed at shutdown
+            self._remember(row.key, (row.seq, row.type, row.stored, row.created_at))
+        else:
+            self._drop_recent(row.key)
         self._wake(row.key)
+
+    def _remember(self, key: str, row: RawRow) -> None:
+        """Add a just-committed row to the key's tail (a gap in seq starts the tail afresh)."""
+        if not self.batched:
+            return
+        recent = self._recent.pop(key, None)  # re-inserted last: the most recently written key
+        if recent is None or (recent.rows and recent.rows[-1][0] != row[0] - 1):
+            if recent is not None:
+                self._recent_bytes -= recent.size
+            recent = _Recent()
+        cost = len(row[2]) + RECENT_ROW_OVERHEAD
+        if cost > RECENT_KEY_BYTES:  # one row larger than a tail: the table serves this key
+            self._recent_bytes -= recent.size
+            return
+        recent.rows.append(row)
+        recent.size += cost
+        self._recent_bytes += cost
+        while recent.size > RECENT_KEY_BYTES:
+            dropped = len(recent.rows.popleft()[2]) + RECENT_ROW_OVERHEAD
+            recent.size -= dropped
+            self._recent_bytes -= dropped
+        self._recent[key] = recent
+        while self._recent_bytes > RECENT_TOTAL_BYTES or len(self._recent) > RECENT_KEYS:
+            self._drop_recent(next(iter(self._recent)))
+
+    def _drop_recent(self, key: str) -> None:
+        recent = self._recent.pop(key, None)
+        if recent is not None:
+            self._recent_bytes -= recent.size
+
+    def _from_recent(self, key: str, after: int, limit: int) -> list[RawRow] | None:
+        """The committed rows after ``after`` from the tail, or None when the tail does not hold
+        all of them (it must reach back to ``after`` and forward to the committed seq)."""
+        recent = self._recent.get(key)
+        if recent is None or not recent.rows:
+            return None
+        rows = recent.rows
+        first, last = rows[0][0], rows[-1][0]
+        if after < first - 1 or last != self._committed.get(key):
+            return None
+        if after >= last:
+            return []
+        start = after - first + 1
+        return list(itertools.islice(rows, start, start + limit))
 
     def _wake(self, key: str) -> None:
         wakeup = self._wakeups.pop(key, None)
@@ -148,14 +235,18 @@ class EventLog:
             await self.wait(key, self.committed_seq(key), left)
 
     def read(self, key: str, after: int = 0, limit: int = 64) -> list[dict[str, Any]]:
-        rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
-                           f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
-        return [{"seq": r["seq"], "type": r["type"], "data": json.loads(self._expand(key, r["data"])),
-                 "created_at": r["created_at"]} for r in rows]
+        return [{"seq": seq, "type": type_, "data": json.loads(self._expand(key, data)), "created_at": at}
+                for seq, type_, data, at in self.read_raw(key, after, limit)]
 
-    def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[tuple[int, str, str, str]]:
+    def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[RawRow]:
         """(seq, type, stored data column, created_at) without decoding: the SSE path sends the text
-        as is, and reads a file-backed output text as bytes (``frame_data``)."""
+        as is, and reads a file-backed output text as bytes (``frame_data``). Served from the
+        tail of committed rows when it holds the whole range, else from the table."""
+        if self.batched and after >= self._committed.get(key, after + 1):
+            return []  # nothing committed after it (a row the writer has not announced waits for its wake-up)
+        cached = self._from_recent(key, after, limit)
+        if cached is not None:
+            return cached
         rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
         return [(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
@@ -175,7 +266,8 @@ class EventLog:
             return False
         wakeup = self._wakeups.setdefault(key, asyncio.Event())
         try:
-            await asyncio.wait_for(wakeup.wait(), timeout)
+            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for (one per SSE wake-up)
+                await wakeup.wait()
         except TimeoutError:
             return self.committed_seq(key) > after
         return True
@@ -186,3 +278,4 @@ class EventLog:
             return
         self._last.pop(key, None)
         self._committed.pop(key, None)
+        self._drop_recent(key)

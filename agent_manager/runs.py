@@ -140,7 +140,9 @@ class RunManager:
             run = run_store.get(self.db, run_id)
         if req.conversation_id:
             conv_store.add_message(self.db, req.conversation_id, "user", req.prompt, agent["id"], run_id)
-        self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None})
+        self.events.fresh(run_id)  # a new run: its log needs no MAX(seq) query
+        self.events.append(run_id, "run.queued", {"agent": agent["name"], "resumed": resume_id is not None},
+                           direct=True)
         live = _Live()
         self._live[run_id] = live
         self.queued += 1

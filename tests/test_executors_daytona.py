@@ -98,7 +98,7 @@ async def test_streams_live_split_exit_code_and_argv(
     stream = execution.output()
     first = await asyncio.wait_for(stream.__anext__(), 5)
     assert first == Chunk("stdout", "first\n")
-    assert execution._task is not None and not execution._task.done()  # received before the exit
+    assert not execution.exit_code.done()  # received before the exit
     rest = [c async for c in stream]
     assert text(rest, "stderr") == "oops\n" and text(rest, "stdout") == "last\n"
     assert await execution.wait() == 3
@@ -294,7 +294,7 @@ async def test_warm_pool_start_is_faster_than_cold(
         cold = await cold_ex.start(ExecSpec(argv=["true"]))
         cold_s = time.monotonic() - began
         await warm_ex.warm()
-        pooled_id = next(iter(warm_ex._pool.values()))[0].id
+        pooled_id = next(iter(warm_ex.core._pool.values()))[0].id
         began = time.monotonic()
         warm = await warm_ex.start(ExecSpec(argv=["true"], labels={"job": "w"}))
         warm_s = time.monotonic() - began
@@ -303,7 +303,9 @@ async def test_warm_pool_start_is_faster_than_cold(
         assert daytona_emulator.sandboxes[pooled_id].labels["job"] == "w"
         assert "agent-manager-pool" not in daytona_emulator.sandboxes[pooled_id].labels
         assert (await warm.wait(), await cold.wait()) == (0, 0)
-        await asyncio.gather(*warm_ex._refills.values())  # the pool refilled; close() must delete it too
+        async def refilled() -> None:  # on the Daytona loop, where the refill tasks live
+            await asyncio.gather(*warm_ex.core._refills.values())
+        await warm_ex.bridge.run(refilled())  # the pool refilled; close() must delete it too
         assert any("agent-manager-pool" in sb.labels for sb in daytona_emulator.sandboxes.values())
     finally:
         await cold_ex.close()
@@ -317,7 +319,7 @@ async def test_a_stopped_pool_sandbox_is_started_before_reuse(
     ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-1")
     try:
         await ex.warm()
-        pooled = next(iter(ex._pool.values()))[0]
+        pooled = next(iter(ex.core._pool.values()))[0]
         daytona_emulator.sandboxes[pooled.id].state = "stopped"  # auto-stopped while idle
         execution = await ex.start(ExecSpec(argv=["true"]))
         assert execution.info["sandbox_id"] == pooled.id and await execution.wait() == 0

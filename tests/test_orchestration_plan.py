@@ -293,3 +293,15 @@ def test_broken_plans_are_rejected_naming_the_step(case: tuple[str, dict[str, An
     with pytest.raises(plans.PlanInvalid) as caught:
         plans.load(data, AGENTS)
     assert caught.value.status == 422 and caught.value.details
+
+
+def test_step_lookup_by_id_in_a_large_plan() -> None:
+    steps = [{"id": f"s{i}", "action": "shell", "argv": ["true"], "depends_on": [f"s{i - 1}"] if i else []}
+             for i in range(2000)]
+    plan = plans.Plan.model_validate({"name": "big", "steps": steps})
+    for i in (0, 1, 999, 1999):
+        assert plan.step(f"s{i}") is plan.steps[i]
+    with pytest.raises(KeyError):
+        plan.step("s2000")
+    dup = plans.Plan.model_construct(name="dup", steps=[plan.steps[0], plan.steps[0].model_copy(), plan.steps[1]])
+    assert dup.step("s0") is dup.steps[0]  # the first of a duplicate id, as a scan finds it

@@ -227,18 +227,35 @@ def test_event_log_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 async def test_daytona_output_queue_is_bounded() -> None:
+    import concurrent.futures
+
     from agent_manager.executors.base import ExecSpec
     from agent_manager.executors.daytona_command import OUTPUT_QUEUE_CHUNKS, DaytonaExecution
+    from agent_manager.executors.daytona_loop import DaytonaLoop, Handoff
 
-    execution = DaytonaExecution(None, SimpleNamespace(id="sb-1"), ExecSpec(argv=["true"]), "run-1")  # type: ignore[arg-type]
-    for i in range(OUTPUT_QUEUE_CHUNKS):
-        await execution._emit("stdout", f"{i}\n")
-    with pytest.raises(TimeoutError):  # the follower waits for the reader instead of queueing more
-        await asyncio.wait_for(execution._emit("stdout", "one too many\n"), 0.2)
-    assert execution._queue.qsize() == OUTPUT_QUEUE_CHUNKS
-    reader = execution.output()
-    assert (await reader.__anext__()).text == "0\n"
-    await asyncio.wait_for(execution._emit("stdout", "now there is room\n"), 1)
+    bridge = DaytonaLoop("test-loop")
+    outlet: Handoff[object] = Handoff(bridge, OUTPUT_QUEUE_CHUNKS)
+    execution = DaytonaExecution(None, SimpleNamespace(id="sb-1"), ExecSpec(argv=["true"]), "run-1",  # type: ignore[arg-type]
+                                 outlet, concurrent.futures.Future())  # type: ignore[arg-type]
+
+    async def fill() -> None:
+        for i in range(OUTPUT_QUEUE_CHUNKS - 1):
+            await execution._emit("stdout", f"{i}\n")
+    await bridge.run(fill())
+    emitting = asyncio.create_task(bridge.run(execution._emit("stdout", "the last that fits\n")))
+    for _ in range(500):  # the follower waits for the reader instead of queueing more
+        if outlet._blocked:
+            break
+        await asyncio.sleep(0.01)
+    assert outlet._blocked and not emitting.done()
+    reader = outlet.batches()
+    taken: list[str] = []
+    while not emitting.done() and len(taken) < OUTPUT_QUEUE_CHUNKS:  # the reader takes the backlog...
+        taken += [chunk.text for chunk in await asyncio.wait_for(anext(reader), 5)]  # type: ignore[attr-defined]
+    await asyncio.wait_for(emitting, 5)  # ...so there is room again
+    assert taken[:2] == ["0\n", "1\n"]
+    await reader.aclose()
+    await bridge.close()
 
 
 def test_settings_page_shows_environment_set_values_read_only(tmp_path: Path, fake_path: Path) -> None:

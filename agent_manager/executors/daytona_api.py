@@ -24,7 +24,10 @@ T = TypeVar("T")
 Profile = tuple[Any, ...]
 
 LABEL, RUN_LABEL, POOL_LABEL = "agent-manager", "agent-manager-run", "agent-manager-pool"
-AVAILABILITY_TTL_S = 30.0
+# How long an availability answer is kept (DaytonaExecutor.available; docs/backends-daytona.md).
+AVAILABLE_TTL_S = 300.0
+UNAVAILABLE_TTL_S = 30.0
+NO_KEY = "Daytona is not configured: set daytona.api_key (or DAYTONA_API_KEY)"
 DEFAULT_API_URL = "https://app.daytona.io/api"
 INSTALL_HINT = "the daytona extra is not installed: pip install 'agent-manager[daytona]'"
 REQUEST_TIMEOUT_S = 30.0
@@ -203,7 +206,7 @@ def make_client(config: DaytonaSettings) -> AsyncDaytona:
     explicitly: the SDK never reads the environment on its own)."""
     sdk = load_sdk()
     if not config.configured or config.api_key is None:
-        raise ExecutorUnavailable("Daytona is not configured: set daytona.api_key (or DAYTONA_API_KEY)")
+        raise ExecutorUnavailable(NO_KEY)
     # No connection cap: every running command holds one log WebSocket on the shared aiohttp
     # session, so the SDK's default cap (250) would make run 251 wait for run 1 to end before
     # it could even create its sandbox. Concurrency is bounded by our own limits instead.

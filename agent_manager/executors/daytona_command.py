@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import shlex
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -31,10 +33,11 @@ if TYPE_CHECKING:
     from daytona import AsyncSandbox
 
     from agent_manager.executors.daytona_api import Backoff, Reaper
+    from agent_manager.executors.daytona_loop import Handoff
     from agent_manager.settings import Settings
 
 log = logging.getLogger("agent_manager.executors.daytona")
-# Output chunks a run may have waiting between the log stream and the run layer.
+# Output chunks a run may have waiting between the log stream and the run layer (daytona_loop.Handoff).
 OUTPUT_QUEUE_CHUNKS = 256
 R = TypeVar("R")
 
@@ -83,16 +86,17 @@ def env_payload(env: dict[str, str], sentinel: str) -> str:
 
 
 class DaytonaExecution:
-    """One command in one sandbox; the sandbox is deleted when the command is over."""
+    """One command in one sandbox, on the Daytona loop; the sandbox is deleted when the command
+    is over. The service's loop sees it through ``daytona.DaytonaRun``: output through ``outlet``
+    (bounded: a reader slower than the log stream pauses the follower), the exit code (or the
+    error) through ``exit_code``."""
 
-    def __init__(self, executor: SandboxOwner, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str) -> None:
+    def __init__(self, executor: SandboxOwner, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str,
+                 outlet: Handoff[Chunk], exit_code: concurrent.futures.Future[int]) -> None:
         self.info: dict[str, str] = {"sandbox_id": sandbox.id}
         self._ex, self._sb, self._spec = executor, sandbox, spec
         self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""
-        self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
-        # Bounds the chunks waiting for the run layer: a reader slower than the log stream
-        # pauses the follower instead of growing the queue without end (None is not counted).
-        self._room = asyncio.Semaphore(OUTPUT_QUEUE_CHUNKS)
+        self._outlet, self._exit = outlet, exit_code
         self._delivered: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self._stderr_tail = ""
         self._task: asyncio.Task[int] | None = None
@@ -130,6 +134,17 @@ class DaytonaExecution:
         await ex.call("send environment", lambda: sb.process.send_session_command_input(
             self._session, self._cmd_id, payload, request_timeout=REQUEST_TIMEOUT_S), idempotent=False)
         self._task = asyncio.create_task(self._follow())
+        self._task.add_done_callback(self._report)
+
+    def _report(self, task: asyncio.Task[int]) -> None:
+        """The follower's end, for the service's loop (``wait``): -SIGKILL when cancel() gave up on it."""
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if task.cancelled():
+                self._exit.set_result(-signal.SIGKILL)
+            elif (exc := task.exception()) is not None:
+                self._exit.set_exception(exc)
+            else:
+                self._exit.set_result(task.result())
 
     async def _started_anyway(self) -> str:
         """The start failed without an answer (a timeout or gateway error under load), but it may
@@ -205,15 +220,14 @@ class DaytonaExecution:
                 raise ExecutionError(f"Daytona command {self._cmd_id} outlived its timeout") from exc
             raise
         finally:
-            self._queue.put_nowait(None)
+            self._outlet.end()
             await asyncio.shield(self.release())
 
     async def _emit(self, stream: Stream, text: str) -> None:
         if stream == "stderr":
             self._stderr_tail = (self._stderr_tail + text)[-4096:]
         self._delivered[stream] += len(text)
-        await self._room.acquire()
-        self._queue.put_nowait(Chunk(stream, text))
+        await self._outlet.put(Chunk(stream, text))
 
     async def _stream(self) -> None:
         """Live logs; reopen a dropped stream (skipping what was delivered), else use the snapshot."""
@@ -296,22 +310,6 @@ class DaytonaExecution:
             except ExecutionError as exc:
                 log.error("could not delete Daytona sandbox %s (retrying in the background): %s", self._sb.id, exc)
                 self._ex.reaper.sandbox(self._sb)
-
-    async def output(self) -> AsyncIterator[Chunk]:
-        while (chunk := await self._queue.get()) is not None:
-            self._room.release()
-            yield chunk
-        self._queue.put_nowait(None)  # later readers end too
-
-    async def wait(self) -> int:
-        if self._task is None:
-            raise ExecutionError("the Daytona command was never started")
-        try:
-            return await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            if self._task.cancelled():  # cancel() gave up waiting for the follower
-                return -signal.SIGKILL
-            raise
 
     async def cancel(self) -> None:
         """Delete the sandbox (which kills everything in it); the follower then ends with -SIGKILL.

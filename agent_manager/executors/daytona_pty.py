@@ -24,7 +24,7 @@ import shlex
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent_manager.errors import ExecutionError
+from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors.base import ExecSpec, PortableRepo
 from agent_manager.executors.daytona_api import (
     MAX_UPLOAD_BYTES,
@@ -39,10 +39,12 @@ if TYPE_CHECKING:
     from daytona import AsyncSandbox
     from daytona.handle.async_pty_handle import AsyncPtyHandle
 
+    from agent_manager.executors.daytona_loop import DaytonaLoop, Handoff
+
 log = logging.getLogger("agent_manager.executors.daytona")
 CONNECT_TIMEOUT_S = 20.0  # the SDK itself gives up after 10 s without the "connected" message
 RECONNECTS = 3
-QUEUE_CHUNKS = 64
+QUEUE_CHUNKS = 64  # terminal output chunks waiting for the reader (daytona_loop.Handoff)
 
 
 class TerminalOwner(SandboxOwner, Protocol):
@@ -57,13 +59,16 @@ class TerminalOwner(SandboxOwner, Protocol):
 
 
 class DaytonaPty:
-    """The PTY session ``session_id`` in ``sandbox``; same surface as ``executors.pty.HostPty``."""
+    """The PTY session ``session_id`` in ``sandbox``, on the Daytona loop. Its output goes to
+    ``outlet``; the service's loop uses it through ``BridgedPty`` (the surface of
+    ``executors.pty.HostPty``)."""
 
-    def __init__(self, executor: TerminalOwner, sandbox: AsyncSandbox, session_id: str) -> None:
+    def __init__(self, executor: TerminalOwner, sandbox: AsyncSandbox, session_id: str,
+                 outlet: Handoff[bytes]) -> None:
         self.ex, self.sandbox, self.session_id = executor, sandbox, session_id
         self.info: dict[str, str] = {"sandbox_id": sandbox.id}
         self.handle: AsyncPtyHandle | None = None
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self._outlet = outlet
         self._exit: int | None = None
         self._ended = asyncio.Event()
         self._closing = False
@@ -74,7 +79,7 @@ class DaytonaPty:
         self.carry = self.remote_ws = ""
 
     async def on_data(self, data: bytes) -> None:
-        await self._queue.put(data)  # awaited by the SDK's reader: a full queue stops it reading
+        await self._outlet.put(data)  # awaited by the SDK's reader: a full outlet stops it reading
 
     async def connect(self, create: dict[str, Any] | None) -> None:
         """Open (``create`` = the create arguments) or reattach the PTY session's WebSocket."""
@@ -109,16 +114,7 @@ class DaytonaPty:
                     return
         finally:
             self._ended.set()
-            await self._queue.put(None)
-
-    async def read(self) -> bytes:
-        if self._ended.is_set() and self._queue.empty():
-            return b""
-        data = await self._queue.get()
-        if data is None:
-            self._queue.put_nowait(None)  # every later read sees the end too
-            return b""
-        return data
+            self._outlet.end()
 
     async def write(self, data: bytes) -> None:
         if self.handle is None or self._ended.is_set():
@@ -157,8 +153,7 @@ class DaytonaPty:
             await self._collect()
         finally:
             self._ended.set()
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
+            self._outlet.end()
             try:
                 await self.ex.delete(self.sandbox)
             except ExecutionError as exc:
@@ -180,12 +175,13 @@ class DaytonaPty:
             log.warning("could not collect the changes of terminal sandbox %s: %s", self.sandbox.id, reason)
 
 
-async def open_pty(executor: TerminalOwner, spec: ExecSpec, cols: int, rows: int, shell: bool) -> DaytonaPty:
+async def open_pty(executor: TerminalOwner, spec: ExecSpec, cols: int, rows: int, shell: bool,
+                   outlet: Handoff[bytes]) -> DaytonaPty:
     """A sandbox with the workspace uploaded and a PTY session in it. ``shell``: ``spec.argv``
     is just "a shell" (the daemon's own); otherwise it is exec'ed in the session's shell."""
     unique = executor.issue_label()
     sandbox, _ = await executor.sandbox_for(spec, unique)
-    pty = DaytonaPty(executor, sandbox, f"agent-manager-{unique}")
+    pty = DaytonaPty(executor, sandbox, f"agent-manager-{unique}", outlet)
     executor.terminal_ids.add(sandbox.id)
     try:
         work_dir = PurePosixPath(await executor.call("get work dir", sandbox.get_work_dir))
@@ -225,3 +221,36 @@ async def _upload_workspace(executor: TerminalOwner, sandbox: AsyncSandbox, work
                for p in files]
     await executor.call("upload workspace", lambda: sandbox.fs.upload_files(uploads, timeout=TRANSFER_TIMEOUT_S),
                         TRANSFER_TIMEOUT_S)
+
+
+class BridgedPty:
+    """A ``DaytonaPty`` as the terminal manager on the service's loop uses it: reads come in
+    batches through the outlet, every other call runs on the Daytona loop."""
+
+    def __init__(self, bridge: DaytonaLoop, pty: DaytonaPty, outlet: Handoff[bytes]) -> None:
+        self._bridge, self._pty = bridge, pty
+        self.info = pty.info  # the same dict: written there only before the terminal ends
+        self._reads = outlet.batches()
+        self._over = False
+
+    async def read(self) -> bytes:
+        if self._over:
+            return b""
+        batch = await anext(self._reads, None)
+        if batch is None:
+            self._over = True  # every later read sees the end too
+            return b""
+        return b"".join(batch)
+
+    async def write(self, data: bytes) -> None:
+        await self._bridge.run(self._pty.write(data))
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self._bridge.run(self._pty.resize(cols, rows))
+
+    async def wait(self) -> int | None:
+        return await self._bridge.run(self._pty.wait())
+
+    async def close(self) -> None:
+        with contextlib.suppress(ExecutorUnavailable):  # the executor closed first: it ended everything
+            await self._bridge.run(self._pty.close())

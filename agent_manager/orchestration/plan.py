@@ -18,7 +18,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from agent_manager import plugins
 from agent_manager.errors import ValidationFailed
@@ -91,12 +91,18 @@ class Plan(BaseModel):
     max_parallel: int | None = Field(None, ge=1, le=1024,
                                      description="steps running at once (default: the service setting)")
     steps: list[Step] = Field(..., min_length=1, max_length=5000)
+    # step id -> step, built on first use: the engine looks a step up per hop, and a scan made
+    # a 5,000-step plan quadratic. Checked on every hit, rebuilt if ``steps`` changed since.
+    _by_id: dict[str, Step] = PrivateAttr(default_factory=dict)
 
     def step(self, step_id: str) -> Step:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+        found = self._by_id.get(step_id)
+        if found is None or found.id != step_id or len(self._by_id) != len(self.steps):
+            self._by_id = {step.id: step for step in reversed(self.steps)}  # the first of a duplicate id wins
+            found = self._by_id.get(step_id)
+        if found is None:
+            raise KeyError(step_id)
+        return found
 
 
 @dataclass(frozen=True)

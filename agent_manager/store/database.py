@@ -208,6 +208,10 @@ class Database:
             finally:
                 self._depth = 0
 
+    def in_transaction(self) -> bool:
+        """True inside ``transaction()``: what is written now is not committed yet."""
+        return self._depth > 0
+
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
 

@@ -59,6 +59,7 @@ class Row:
     files: OutputFiles | None = None  # where a large output text goes (``output_files``)
     insert: bool = True  # False: only the ``also`` statements (``put_statements``)
     taken: bool = False
+    stored: str | None = None  # the ``data`` column as written (set by the thread; ``EventLog``'s tail)
 
 
 def _ignore(row: Row) -> None:
@@ -245,7 +246,8 @@ class EventWriter:
                     data = {**{k: v for k, v in data.items() if k != "text"}, FIELD: [offset, length]}
                 except (OSError, ValueError) as exc:
                     log.warning("output of %s stored inline: %s", row.key, exc)
-            params.append((row.key, row.seq, row.type, dumps(data), row.created_at))
+            row.stored = dumps(data)
+            params.append((row.key, row.seq, row.type, row.stored, row.created_at))
         return params, appender
 
     def _commit(self, batch: list[Row], params: list[tuple[str, int, str, str, str] | None]) -> None:

@@ -1,0 +1,196 @@
+"""The Daytona backend's own thread and loop (executors.daytona_loop), and its cached availability.
+
+The real SDK against the emulator of tests/fakes: every SDK request must leave from the
+executor's thread, output must reach the service's loop complete, in order and bounded, and
+cancel / close must still end commands, delete sandboxes and join the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from fakes.daytona_emulator import DaytonaEmulator
+
+from agent_manager.executors.base import ExecSpec
+from agent_manager.executors.daytona import DaytonaExecutor
+from agent_manager.executors.daytona_loop import DaytonaLoop, Handoff
+from agent_manager.settings import Settings
+
+PY = sys.executable
+
+
+@pytest.fixture
+async def executor(daytona_settings: Settings) -> AsyncIterator[DaytonaExecutor]:
+    ex = DaytonaExecutor(daytona_settings, "inst-loop", retry_base_s=0.01)
+    yield ex
+    await ex.close()
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_every_sdk_request_leaves_from_the_daytona_thread(
+    executor: DaytonaExecutor, daytona_emulator: DaytonaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[threading.Thread] = []
+    real = aiohttp.ClientSession._request
+
+    async def recorded(self: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return await real(self, *args, **kwargs)
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", recorded)
+    assert (await executor.available()).ok
+    run = await executor.start(ExecSpec(argv=[PY, "-c", "print('hello', flush=True)"]))
+    assert "".join([c.text async for c in run.output()]) == "hello\n" and await run.wait() == 0
+    assert len(threads) >= 5  # list, create, polls, session, command, logs, delete...
+    assert executor.bridge.thread is not None and executor.bridge.thread is not threading.main_thread()
+    assert set(threads) == {executor.bridge.thread}
+
+
+async def test_output_is_complete_in_order_with_a_slow_reader(
+    executor: DaytonaExecutor, daytona_emulator: DaytonaEmulator
+) -> None:
+    script = "import sys\nfor i in range(3000):\n    print(f'line {i}', flush=True)\n"
+    run = await executor.start(ExecSpec(argv=[PY, "-c", script]))
+    received = []
+    async for chunk in run.output():
+        received.append(chunk.text)
+        await asyncio.sleep(0.001)  # slower than the stream: the Daytona side must wait, not pile up
+    assert await run.wait() == 0
+    assert "".join(received) == "".join(f"line {i}\n" for i in range(3000))
+
+
+async def test_handoff_keeps_order_and_bounds_what_waits() -> None:
+    bridge = DaytonaLoop("test-loop")
+    handoff: Handoff[int] = Handoff(bridge, 8)
+    put: list[int] = []
+
+    async def produce() -> None:
+        for i in range(500):
+            await handoff.put(i)
+            put.append(i)
+        handoff.end()
+    producing = asyncio.create_task(bridge.run(produce()))
+    await until(lambda: handoff._blocked)  # nobody reads: the producer stops at the limit
+    assert len(put) == 7 and not producing.done()
+    got: list[int] = []
+    async for batch in handoff.batches():
+        assert len(batch) <= 8
+        got += batch
+    await producing
+    assert got == list(range(500))
+    await bridge.close()
+    assert bridge.thread is not None and not bridge.thread.is_alive()
+
+
+async def test_an_abandoned_reader_never_blocks_the_writer() -> None:
+    bridge = DaytonaLoop("test-loop")
+    handoff: Handoff[int] = Handoff(bridge, 4)
+
+    async def produce() -> int:
+        for i in range(100):
+            await handoff.put(i)
+        handoff.end()
+        return i
+    producing = asyncio.create_task(bridge.run(produce()))
+    reader = handoff.batches()
+    assert await anext(reader)
+    await reader.aclose()  # the run layer stopped reading
+    assert await asyncio.wait_for(producing, 10) == 99
+    await bridge.close()
+
+
+async def test_a_result_nobody_waits_for_goes_to_orphan_exactly_once() -> None:
+    """The caller is cancelled at every moment around the Daytona side finishing: each value
+    is either returned or handed to ``orphan``, never lost and never both."""
+    bridge = DaytonaLoop("test-loop")
+    orphaned: list[int] = []
+    returned: list[int] = []
+    finished: list[int] = []
+
+    async def orphan(value: int) -> None:
+        orphaned.append(value)
+
+    async def value(i: int) -> int:
+        for _ in range(i % 3):
+            await asyncio.sleep(0)
+        finished.append(i)  # no await from here on: this value exists
+        return i
+
+    async def call(i: int) -> None:
+        returned.append(await bridge.run(value(i), orphan))
+    for i in range(300):
+        task = asyncio.create_task(call(i))
+        for _ in range(i % 5):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await bridge.run(asyncio.sleep(0.05))
+    assert sorted(returned + orphaned) == sorted(finished)  # each finished value exactly once
+    assert returned and orphaned and len(finished) < 300  # all three outcomes happened
+    await bridge.close()
+
+
+async def test_cancelling_a_start_deletes_its_sandbox(
+    executor: DaytonaExecutor, daytona_emulator: DaytonaEmulator
+) -> None:
+    daytona_emulator.slow_creation(30)
+    start = asyncio.create_task(executor.start(ExecSpec(argv=["true"])))
+    await until(lambda: daytona_emulator.sandboxes)  # created, waiting for `started`
+    start.cancel()
+    await asyncio.gather(start, return_exceptions=True)
+    await until(lambda: not daytona_emulator.sandboxes)  # the Daytona side cleaned up
+
+
+async def test_close_ends_running_commands_deletes_sandboxes_and_joins_the_thread(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-close", retry_base_s=0.01)
+    run = await ex.start(ExecSpec(argv=[PY, "-c", "print('up', flush=True); import time; time.sleep(60)"]))
+    stream = run.output()
+    assert (await asyncio.wait_for(anext(stream), 10)).text == "up\n"
+    thread = ex.bridge.thread
+    assert thread is not None and thread.is_alive() and daytona_emulator.running_pids()
+    await asyncio.wait_for(ex.close(), 60)
+    assert not thread.is_alive()
+    assert await asyncio.wait_for(run.wait(), 5) == -9
+    assert not daytona_emulator.sandboxes and not daytona_emulator.running_pids()
+    await until(lambda: not ex.running)
+    await run.cancel()  # after close: nothing left to do, and no error
+
+
+def _lists(emulator: DaytonaEmulator) -> int:
+    return sum(1 for method, path, _ in emulator.requests if method == "GET" and path == "/api/sandbox")
+
+
+async def test_availability_is_cached_and_forgotten_when_settings_change(
+    executor: DaytonaExecutor, daytona_emulator: DaytonaEmulator
+) -> None:
+    daytona_emulator.fail_next("GET /api/sandbox", 1, 503)
+    first = await executor.available()
+    assert not first.ok and "Daytona API unreachable" in first.reason
+    assert await asyncio.gather(executor.available(), executor.available()) == [first, first]
+    assert _lists(daytona_emulator) == 1  # a failure is kept too (UNAVAILABLE_TTL_S)
+    await executor.settings_changed({"auto_stop_minutes"})
+    assert (await executor.available()).ok and _lists(daytona_emulator) == 2
+    assert (await executor.available()).ok and _lists(daytona_emulator) == 2  # kept (AVAILABLE_TTL_S)
+
+
+async def test_an_unconfigured_executor_answers_without_a_thread(daytona_settings: Settings) -> None:
+    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.api_key": None}), "inst-none")
+    assert not (await ex.available()).ok
+    assert await ex.list_sandboxes() == []
+    await ex.prepare()
+    assert ex.bridge.thread is None
+    await ex.close()
