@@ -194,3 +194,19 @@ async def test_an_unconfigured_executor_answers_without_a_thread(daytona_setting
     await ex.prepare()
     assert ex.bridge.thread is None
     await ex.close()
+
+
+
+async def test_a_run_over_before_start_returns_leaves_running_on_the_service_loop(
+    executor: DaytonaExecutor, daytona_emulator: DaytonaEmulator
+) -> None:
+    """A fast command can be over before start() registers its exit callback, which then runs
+    at once on the service's loop: it must forget the run there, not touch the Daytona loop's
+    outbox from the wrong thread."""
+    run = await executor.start(ExecSpec(argv=["true"]))
+    assert await run.wait() == 0
+    await until(lambda: not executor.running)
+    executor.running.add(run)
+    outbox = list(executor.bridge._outbox)
+    executor._forget(run)  # as the callback does when the exit was already known
+    assert run not in executor.running and executor.bridge._outbox == outbox

@@ -177,8 +177,14 @@ class DaytonaExecutor:
             await execution.cancel()
         run.attach(await self.bridge.run(self.core.start(spec, run.outlet, run.exit_code), orphaned))
         self.running.add(run)
-        run.exit_code.add_done_callback(lambda _: self.bridge.post(self.running.discard, run))
+        run.exit_code.add_done_callback(lambda _: self._forget(run))
         return run
+
+    def _forget(self, run: DaytonaRun) -> None:
+        if self.bridge.on_thread():  # the follower just ended, over there
+            self.bridge.post(self.running.discard, run)
+        else:  # it had ended before start() returned: the callback runs at once, here
+            self.running.discard(run)
 
     # -- what the service, terminals and /api/sandboxes ask of a backend (docs/plugins.md) --------
 
