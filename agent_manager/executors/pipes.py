@@ -28,8 +28,8 @@ from typing import Any
 from agent_manager.executors.base import Chunk
 from agent_manager.models import Stream
 
-READ_SIZE = 256 * 1024  # what one read takes from a pipe
 PIPE_SIZE = 1024 * 1024  # a fast writer's output pipe (Linux's default pipe-max-size)
+READ_SIZE = PIPE_SIZE  # what one read takes from a widened pipe: all of it
 DEFAULT_PIPE_SIZE = 65536
 F_SETPIPE_SZ = 1031
 PENDING_LIMIT = 1024 * 1024  # bytes read but not yet taken, beyond which the pipes are not read
@@ -37,13 +37,15 @@ CHUNK_LIMIT = 256 * 1024  # characters one taken chunk may grow to by joining pi
 MAX_BEHIND_S = 60.0  # how long a consumer behind the pipes may stretch an end-of-stream wait
 
 
-def widen(fd: int) -> None:
+def widen(fd: int) -> bool:
     """Give an output pipe a 1 MiB buffer: a fast writer then wakes the loop once per 256 KiB
     instead of once per 64 KiB (a pipe's default size). Done only once a read came back full
     (a fast writer): pipe memory counts against the user's pipe-user-pages-soft, past which
     Linux gives every new pipe of that user a single page. Best effort: a limit keeps 64 KiB."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    try:
+        return fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE) >= PIPE_SIZE
+    except OSError:
+        return False
 
 
 @dataclass(eq=False)
@@ -52,6 +54,7 @@ class _Pipe:
     stream: Stream
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     widened: bool = False
+    read_size: int = DEFAULT_PIPE_SIZE  # what one read asks for: the pipe's size, a full pipe in one read
     reading: bool = False
     open: bool = True
 
@@ -82,7 +85,7 @@ class OutputPipes:
 
     def _readable(self, pipe: _Pipe) -> None:
         try:
-            data = os.read(pipe.fd, READ_SIZE)
+            data = os.read(pipe.fd, pipe.read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # EIO and the like: the pipe is as good as closed
@@ -92,7 +95,8 @@ class OutputPipes:
             return
         if not pipe.widened and len(data) >= DEFAULT_PIPE_SIZE:
             pipe.widened = True
-            widen(pipe.fd)
+            if widen(pipe.fd):
+                pipe.read_size = READ_SIZE
         text = pipe.decoder.decode(data)
         if text:
             self.add(pipe.stream, text)

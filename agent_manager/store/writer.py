@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -255,8 +256,7 @@ class EventWriter:
         run: list[tuple[str, int, str, str, str]] = []
         sql = ""
         for row, values in zip(batch, params, strict=True):
-            insert = (f"INSERT INTO {row.table} ({row.key_column}, seq, type, data, created_at)"
-                      " VALUES (?, ?, ?, ?, ?)")
+            insert = _insert_sql(row.table, row.key_column)
             if row.also or insert != sql:
                 if run:
                     conn.executemany(sql, run)
@@ -269,3 +269,8 @@ class EventWriter:
         if run:
             conn.executemany(sql, run)
         conn.execute("COMMIT")
+
+
+@functools.cache
+def _insert_sql(table: str, key_column: str) -> str:
+    return f"INSERT INTO {table} ({key_column}, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -37,6 +38,11 @@ from agent_manager.web.routers import (
 from agent_manager.web.routers import settings as settings_api
 
 log = logging.getLogger("agent_manager.web")
+# How long a thread may hold the GIL while another waits (CPython's default is 5 ms). The loop
+# thread is busy under load, and each row a read-pool query steps through (and each step of
+# the event writer) gives the GIL up and waits for it again: with 5 ms a 50-row page could
+# wait a quarter of a second, and the writer's commits reach readers late.
+GIL_SWITCH_INTERVAL_S = 0.0005
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                 422: "validation_failed", 429: "too_many_requests"}
@@ -125,16 +131,28 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await svc.start()
-        if on_started is not None:
-            on_started()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, GIL_SWITCH_INTERVAL_S))
         try:
-            yield
+            await svc.start()
+            if on_started is not None:
+                on_started()
+            try:
+                yield
+            finally:
+                await svc.stop()
         finally:
-            await svc.stop()
+            sys.setswitchinterval(switch)
 
     app = FastAPI(title="Agent Manager", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A local control panel for command-line AI agents.")
+
+    # First: routes are matched in order, and the health check (what monitors and load balancers
+    # poll) went through every router's routes before it was found, most of its cost.
+    @app.get("/api/health", tags=["service"], response_model=api.Health)
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
     apidocs.install(app)
     api.install(app)
     app.state.service = svc
@@ -147,10 +165,6 @@ def create_app(settings: Settings, *, service: Service | None = None, token: str
                    users.router, files.router, terminals.router, plugins.router):
         app.include_router(router)
     pages.install(app)
-
-    @app.get("/api/health", tags=["service"], response_model=api.Health)
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
 
     @app.get("/login", tags=["session"], response_model=None, response_class=HTMLResponse, responses=api.LOGIN)
     async def login(request: Request, token: str | None = None) -> Response:
