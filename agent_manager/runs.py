@@ -51,6 +51,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_manager.runs")
 
 STDERR_KEEP = 16_384
+# A finished run's answer and stderr up to this size are indexed for search in the commit of its
+# final row (a few microseconds); larger ones on the writer thread, off the loop.
+SEARCH_INLINE_CHARS = 4096
+
+
 @dataclass
 class _Live:
     """Book-keeping of one run that is queued or running in this process."""
@@ -494,8 +499,12 @@ class RunManager:
             data["usage"] = usage
         if error:
             data["error"] = error
-        self.events.append(run_id, "run.finished", data, also=final_row, direct=True)  # row and event: one commit
-        self.db.commit_later(run_store.search_statements(run_id, answer, stderr))
+        search = run_store.search_statements(run_id, answer, stderr)
+        inline = len(answer or "") + len(stderr) <= SEARCH_INLINE_CHARS
+        self.events.append(run_id, "run.finished", data, also=final_row + (search if inline else []),
+                           direct=True)  # row, event (and a small answer's index entry): one commit
+        if not inline:
+            self.db.commit_later(search)
         live = self._live.get(run_id)
         if live is not None:
             live.finished.set()

@@ -194,3 +194,16 @@ async def test_an_unconfigured_executor_answers_without_a_thread(daytona_setting
     await ex.prepare()
     assert ex.bridge.thread is None
     await ex.close()
+
+
+
+async def test_a_finished_run_has_left_running_when_wait_returns(
+    executor: DaytonaExecutor, daytona_emulator: DaytonaEmulator
+) -> None:
+    """The service retires an old executor once ``running`` is empty, and the 300-run test
+    checks it right after the last run: no window where a run is over but still listed."""
+    runs = [await executor.start(ExecSpec(argv=["true"])) for _ in range(3)]
+    for run in runs:
+        assert await run.wait() == 0
+        assert run not in executor.running  # no extra turn of either loop needed
+    assert not executor.running

@@ -22,7 +22,7 @@ import contextlib
 import importlib.util
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
@@ -74,6 +74,16 @@ class DaytonaRun:
                     stream, parts = chunk.stream, []
                 parts.append(chunk.text)
             yield Chunk(stream, "".join(parts))
+
+    def exited(self, callback: Callable[[DaytonaRun], None]) -> None:
+        """``callback(self)`` on this loop once the exit is known, before ``wait`` returns it."""
+        self._exit = asyncio.wrap_future(self.exit_code)
+
+        def over(done: asyncio.Future[int]) -> None:
+            callback(self)
+            if not done.cancelled():
+                done.exception()  # retrieved: wait() raises it to whoever asks, no "never retrieved" log
+        self._exit.add_done_callback(over)
 
     async def wait(self) -> int:
         if self._exit is None:
@@ -177,7 +187,7 @@ class DaytonaExecutor:
             await execution.cancel()
         run.attach(await self.bridge.run(self.core.start(spec, run.outlet, run.exit_code), orphaned))
         self.running.add(run)
-        run.exit_code.add_done_callback(lambda _: self.bridge.post(self.running.discard, run))
+        run.exited(self.running.discard)
         return run
 
     # -- what the service, terminals and /api/sandboxes ask of a backend (docs/plugins.md) --------
