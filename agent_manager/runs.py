@@ -29,6 +29,7 @@ from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
 from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
+from agent_manager.pacing import Pacer
 from agent_manager.plugins import on_host, workspace_access
 from agent_manager.run_request import (
     PROMPT_FILE_NAME,
@@ -43,7 +44,7 @@ from agent_manager.store import Database, run_totals
 from agent_manager.store import conversations as conv_store
 from agent_manager.store import runs as run_store
 from agent_manager.store.database import new_id, now
-from agent_manager.workdirs import OsUser, agent_workspace, hand_over, lookup_user, reach_problem, service_owned
+from agent_manager.workdirs import OsUser, agent_workspace, hand_over, run_as, service_owned
 
 if TYPE_CHECKING:
     from agent_manager.workspaces import Workspaces
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_manager.runs")
 
 STDERR_KEEP = 16_384
+PACED_PER_TURN = 4  # spawns or finishes per turn of the event loop (pacing.py says why)
 # A finished run's answer and stderr up to this size are indexed for search in the commit of its
 # final row (a few microseconds); larger ones on the writer thread, off the loop.
 SEARCH_INLINE_CHARS = 4096
@@ -82,6 +84,7 @@ class RunManager:
         self.host_slots = HostSlots(settings)
         self.host_running = 0
         self.queued = 0
+        self.pacer = Pacer(PACED_PER_TURN)  # spawns and finishes: a few per turn of the loop
         self._live: dict[str, _Live] = {}
         self.metrics = ServiceMetrics(self, executors)
         self.workspaces: Workspaces | None = None  # set by the service
@@ -203,30 +206,7 @@ class RunManager:
 
     def run_as_user(self, workspace: Path) -> tuple[OsUser | None, str]:
         """(the OS user a non-admin local run switches to, None + why that is impossible)."""
-        name = self.settings.run_as_user
-        if not self.is_root():
-            return None, "the service does not run as root, so it cannot switch to another OS user"
-        user = lookup_user(name)
-        if user is None:
-            return None, (f"the run_as_user {name!r} does not exist on this host (create it: "
-                          f"useradd --system --no-create-home {name})")
-        home_owner = self.settings.home.stat().st_uid if self.settings.home.exists() else 0
-        if user.uid in (0, os.geteuid(), home_owner):
-            return None, f"the run_as_user {name!r} is the service's own user or owns the data directory"
-        # A process of an isolating backend's host user (the sandbox's) can read the environment
-        # of (and ptrace) every run it isolates, because their user namespaces belong to it: the
-        # two must differ.
-        for backend, executor in self.executors.items():
-            host_user = getattr(executor, "host_user_name", lambda: None)()
-            other = lookup_user(host_user) if host_user else None
-            if other is not None and other.uid == user.uid:
-                return None, (f"the run_as_user {name!r} is also the {backend} backend's host user; give "
-                              "non-admin local runs a dedicated user")
-        problem = reach_problem(workspace, user)
-        if problem:
-            return None, (f"the workspace {workspace} is out of reach of {name!r} ({problem}; set "
-                          "workspaces_dir outside the data directory)")
-        return user, ""
+        return run_as(self.settings, self.executors, workspace, is_root=self.is_root())
 
     # -- the run itself --------------------------------------------------------------------
 
@@ -346,6 +326,7 @@ class RunManager:
         if spec.workspace is not None:  # an agent's working_dir keeps its owners; ours are handed over
             spec.hand_over = service_owned(spec.workspace, self.settings)
         try:
+            await self.pacer.turn()
             execution = await executor.start(spec)
             live.execution = execution
             live.phase = "running"
@@ -426,6 +407,7 @@ class RunManager:
         if isinstance(parser, PlainTextParser) and parser.truncated:
             answer = f"{answer}\n[output truncated at {parser.limit} characters; the event log has all of it]"
         await self._settle(run_id, req, backend)
+        await self.pacer.turn()
         self._finish(run_id, status, code, answer, error, parser.usage, req, parser.session_id, stderr_tail)
 
     async def _settle(self, run_id: str, req: RunRequest, backend: str | None = None) -> None:

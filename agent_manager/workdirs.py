@@ -16,7 +16,7 @@ import contextlib
 import os
 import pwd
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,3 +156,32 @@ def _chown_dirs(root: Path, parts: list[str], uid: int, gid: int) -> None:
             info = os.fstat(fd)
             if info.st_uid != uid:
                 os.fchown(fd, uid, gid)
+
+
+def run_as(settings: Settings, executors: Mapping[str, object], workspace: Path, *, is_root: bool
+           ) -> tuple[OsUser | None, str]:
+    """(the OS user a non-admin local run switches to, None + why that is impossible)."""
+    name = settings.run_as_user
+    if not is_root:
+        return None, "the service does not run as root, so it cannot switch to another OS user"
+    user = lookup_user(name)
+    if user is None:
+        return None, (f"the run_as_user {name!r} does not exist on this host (create it: "
+                      f"useradd --system --no-create-home {name})")
+    home_owner = settings.home.stat().st_uid if settings.home.exists() else 0
+    if user.uid in (0, os.geteuid(), home_owner):
+        return None, f"the run_as_user {name!r} is the service's own user or owns the data directory"
+    # A process of an isolating backend's host user (the sandbox's) can read the environment
+    # of (and ptrace) every run it isolates, because their user namespaces belong to it: the
+    # two must differ.
+    for backend, executor in executors.items():
+        host_user = getattr(executor, "host_user_name", lambda: None)()
+        other = lookup_user(host_user) if host_user else None
+        if other is not None and other.uid == user.uid:
+            return None, (f"the run_as_user {name!r} is also the {backend} backend's host user; give "
+                          "non-admin local runs a dedicated user")
+    problem = reach_problem(workspace, user)
+    if problem:
+        return None, (f"the workspace {workspace} is out of reach of {name!r} ({problem}; set "
+                      "workspaces_dir outside the data directory)")
+    return user, ""
