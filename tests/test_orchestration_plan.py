@@ -305,3 +305,10 @@ def test_step_lookup_by_id_in_a_large_plan() -> None:
         plan.step("s2000")
     dup = plans.Plan.model_construct(name="dup", steps=[plan.steps[0], plan.steps[0].model_copy(), plan.steps[1]])
     assert dup.step("s0") is dup.steps[0]  # the first of a duplicate id, as a scan finds it
+
+
+def test_step_lookup_follows_a_copy_with_new_steps() -> None:
+    plan = plans.Plan.model_validate({"name": "p", "steps": [{"id": "a", "action": "shell", "argv": ["true"]}]})
+    assert plan.step("a").argv == ["true"]
+    other = plan.model_copy(update={"steps": [plan.steps[0].model_copy(update={"argv": ["false"]})]})
+    assert other.step("a").argv == ["false"] and plan.step("a").argv == ["true"]

@@ -29,7 +29,10 @@ from agent_manager.executors.base import Chunk
 from agent_manager.models import Stream
 
 PIPE_SIZE = 1024 * 1024  # a fast writer's output pipe (Linux's default pipe-max-size)
-READ_SIZE = PIPE_SIZE  # what one read takes from a widened pipe: all of it
+# What one read of a widened pipe takes. Not all of its 1 MiB: a read becomes one output event,
+# and 1 MiB events made SSE replay slower in four paired runs, for a raw-stream gain (less
+# server CPU per 200 MB) that the live MB/s figures did not show outside their noise.
+READ_SIZE = 256 * 1024
 DEFAULT_PIPE_SIZE = 65536
 F_SETPIPE_SZ = 1031
 PENDING_LIMIT = 1024 * 1024  # bytes read but not yet taken, beyond which the pipes are not read

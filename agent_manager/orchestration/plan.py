@@ -92,13 +92,17 @@ class Plan(BaseModel):
                                      description="steps running at once (default: the service setting)")
     steps: list[Step] = Field(..., min_length=1, max_length=5000)
     # step id -> step, built on first use: the engine looks a step up per hop, and a scan made
-    # a 5,000-step plan quadratic. Checked on every hit, rebuilt if ``steps`` changed since.
+    # a 5,000-step plan quadratic. Rebuilt when ``steps`` is another list (a copy with new steps)
+    # or changed length, and checked on every hit.
     _by_id: dict[str, Step] = PrivateAttr(default_factory=dict)
+    _indexed: list[Step] | None = PrivateAttr(default=None)
 
     def step(self, step_id: str) -> Step:
         found = self._by_id.get(step_id)
-        if found is None or found.id != step_id or len(self._by_id) != len(self.steps):
+        if (found is None or found.id != step_id or self._indexed is not self.steps
+                or len(self._by_id) != len(self.steps)):
             self._by_id = {step.id: step for step in reversed(self.steps)}  # the first of a duplicate id wins
+            self._indexed = self.steps
             found = self._by_id.get(step_id)
         if found is None:
             raise KeyError(step_id)
