@@ -94,6 +94,22 @@ async def test_handoff_keeps_order_and_bounds_what_waits() -> None:
     assert bridge.thread is not None and not bridge.thread.is_alive()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+async def test_the_daytona_thread_runs_at_a_lower_priority_than_the_service() -> None:
+    import os
+
+    from agent_manager.executors.daytona_loop import THREAD_NICE
+
+    bridge = DaytonaLoop("test-loop")
+
+    async def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert await bridge.run(nice()) == min(own + THREAD_NICE, 19)  # only the Daytona thread
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    await bridge.close()
+
+
 async def test_an_abandoned_reader_never_blocks_the_writer() -> None:
     bridge = DaytonaLoop("test-loop")
     handoff: Handoff[int] = Handoff(bridge, 4)
