@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -154,7 +155,22 @@ async def test_a_result_nobody_waits_for_goes_to_orphan_exactly_once() -> None:
         await asyncio.gather(task, return_exceptions=True)
     await bridge.run(asyncio.sleep(0.05))
     assert sorted(returned + orphaned) == sorted(finished)  # each finished value exactly once
-    assert returned and orphaned and len(finished) < 300  # all three outcomes happened
+    # Which outcomes the sweep hits depends on the machine's load; each one, forced:
+    assert await bridge.run(value(1000), orphan) == 1000  # waited for: returned
+    late = asyncio.create_task(bridge.run(value(1001), orphan))
+    await asyncio.sleep(0)  # the call is on its way to the Daytona loop
+    deadline = time.monotonic() + 10
+    while 1001 not in finished and time.monotonic() < deadline:
+        time.sleep(0.001)  # block this loop: the result cannot reach the caller before the cancel
+    late.cancel()
+    await asyncio.gather(late, return_exceptions=True)
+    never = asyncio.create_task(bridge.run(asyncio.Event().wait(), orphan))
+    await asyncio.sleep(0.01)
+    never.cancel()
+    await asyncio.gather(never, return_exceptions=True)
+    await bridge.run(asyncio.sleep(0.05))
+    assert 1001 in orphaned and 1001 not in returned  # finished, caller gone: orphaned, once
+    assert orphaned.count(1001) == 1 and len(orphaned) == len(set(orphaned))
     await bridge.close()
 
 
