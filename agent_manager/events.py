@@ -251,6 +251,12 @@ class EventLog:
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
         return [(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
 
+    def stored_after(self, key: str, after: int) -> bool:
+        """Whether the table holds a row of ``key`` newer than ``after`` (asked of the table, not
+        the caches: with the owner's end read first, a False means none will ever come)."""
+        return self.db.one(f"SELECT 1 AS x FROM {self.table} WHERE {self.key_column} = ? AND seq > ? LIMIT 1",
+                           (key, after)) is not None
+
     def _expand(self, key: str, data: str) -> str:
         return data if self.files is None else self.files.expand(key, data)
 

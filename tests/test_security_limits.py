@@ -292,3 +292,47 @@ async def test_limits_follow_settings_changes_at_once(app: FastAPI, make: Any) -
     assert r.status_code == 413 and "max_request_bytes" in r.json()["error"]["message"]
     wrong = make("W" * 43)
     assert [(await wrong.get("/api/runs")).status_code for _ in range(3)] == [401, 401, 429]
+
+
+async def test_resuming_a_finished_run_past_its_end_does_not_hold_the_connection(app: FastAPI, make: Any) -> None:
+    """A client resuming (Last-Event-ID / ?after=) at or past a finished run's last event used to
+    get an SSE stream of keep-alives forever, and the raw output waited a status check: nothing
+    will ever come, so the SSE answer is 204 (which also stops a browser's EventSource from
+    reconnecting) and the raw output ends at once."""
+    import asyncio
+
+    admin = make(app.state.token)
+    assert (await admin.post("/api/agents", json={"name": "e", "command": "echo"})).status_code == 201
+    run = (await admin.post("/api/runs", json={"agent": "e", "prompt": "hi"})).json()
+    await wait_run(admin, run["id"])
+    last = (await admin.get(f"/api/runs/{run['id']}/events")).json()[-1]["seq"]
+    sse = {"Accept": "text/event-stream"}
+    async with asyncio.timeout(10):  # liveness: without the fix these never end
+        for headers, params in (({**sse, "Last-Event-ID": str(last)}, {}), (sse, {"after": str(last + 1000)})):
+            r = await admin.get(f"/api/runs/{run['id']}/events", headers=headers, params=params)
+            assert r.status_code == 204, (headers, params, r.status_code)
+        r = await admin.get(f"/api/runs/{run['id']}/output", params={"after": str(last + 1000)})
+        assert r.status_code == 200 and r.content == b""
+    # resuming before the end still replays the rest and ends with the finish
+    r = await admin.get(f"/api/runs/{run['id']}/events", headers={**sse, "Last-Event-ID": str(last - 1)})
+    assert r.status_code == 200 and b"event: run.finished" in r.content
+
+
+async def test_a_stream_resumed_past_a_live_runs_end_ends_when_the_run_does(app: FastAPI, make: Any,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import sys
+
+    from agent_manager.web import sse
+
+    monkeypatch.setattr(sse, "KEEPALIVE_S", 0.2)  # the silent stream asks whether the run ended at each keep-alive
+    admin = make(app.state.token)
+    code = "import time; print('x', flush=True); time.sleep(1)"
+    assert (await admin.post("/api/agents", json={"name": "s", "command": sys.executable,
+                                                  "args": ["-c", code, "{prompt}"]})).status_code == 201
+    run = (await admin.post("/api/runs", json={"agent": "s", "prompt": "p"})).json()
+    async with asyncio.timeout(20):  # liveness: without the check this stream never ends
+        r = await admin.get(f"/api/runs/{run['id']}/events", params={"after": "1000000"},
+                            headers={"Accept": "text/event-stream"})
+    assert r.status_code == 200 and b"event:" not in r.content
+    assert (await admin.get(f"/api/runs/{run['id']}")).json()["status"] == "succeeded"

@@ -59,6 +59,8 @@ def follow(client: Client, path: str, what: str, final: str,
                 if response.status_code >= 400:
                     response.read()
                     Client.check(response)
+                if response.status_code == 204:  # ended, and nothing stored after ``last``
+                    raise click.ClickException(f"{what} has ended without its final event")
                 lost_since = None
                 for seq, event, data in sse_events(response):
                     last = seq

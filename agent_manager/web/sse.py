@@ -11,7 +11,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from agent_manager.errors import BadRequest
 from agent_manager.events import EventLog
@@ -57,7 +57,10 @@ def with_time(data: str, at: str) -> str:
 
 
 
-async def frames(log: EventLog, key: str, after: int, ends: Ends) -> AsyncIterator[bytes]:
+async def frames(log: EventLog, key: str, after: int, ends: Ends,
+                 over: Callable[[], bool] | None = None) -> AsyncIterator[bytes]:
+    """``over``: whether the owner has ended (its last event stored); asked when the log stays
+    silent, so a stream resumed past the owner's last event ends instead of idling forever."""
     while True:
         rows = log.read_raw(key, after, BATCH)
         if rows:
@@ -85,9 +88,15 @@ async def frames(log: EventLog, key: str, after: int, ends: Ends) -> AsyncIterat
         if log.closed:  # the service is stopping: what was stored has been sent
             return
         if not await log.wait(key, after, KEEPALIVE_S):
+            if over is not None and over() and not log.stored_after(key, after):
+                return
             yield b": keepalive\n\n"
 
 
-def stream(log: EventLog, key: str, after: int, ends: Ends) -> StreamingResponse:
-    return StreamingResponse(frames(log, key, after, ends), media_type="text/event-stream",
+def stream(log: EventLog, key: str, after: int, ends: Ends, over: Callable[[], bool] | None = None) -> Response:
+    """The SSE response; 204 when the owner has ended and nothing is stored after ``after`` (a
+    client resuming at or past the end: 204 also stops an EventSource from reconnecting)."""
+    if over is not None and over() and not log.stored_after(key, after):
+        return Response(status_code=204)
+    return StreamingResponse(frames(log, key, after, ends, over), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

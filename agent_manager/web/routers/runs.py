@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from agent_manager.errors import ValidationFailed
 from agent_manager.executors.base import Resources
-from agent_manager.models import NO_NUL, Event, Run, RunCreate, RunPage, RunStatus
+from agent_manager.models import NO_NUL, TERMINAL_STATUSES, Event, Run, RunCreate, RunPage, RunStatus
 from agent_manager.service import Service
 from agent_manager.store import agents as agent_store
 from agent_manager.store import runs as run_store
@@ -95,21 +95,31 @@ async def cancel_run(run_id: str, request: Request, svc: Service = Depends(servi
 
 
 @router.get("/{run_id}/events", response_model=list[Event],
-            responses={**api.SSE, **api.errors(400, 404)})
+            responses={**api.SSE, 204: {"description": "SSE resumed at or past a finished run's last event: "
+                                        "nothing more will come"}, **api.errors(400, 404)})
 async def run_events(run_id: str, request: Request, after: int | None = Query(None, ge=0, le=sse.MAX_SEQ),
                limit: int = Query(1000, ge=1, le=10000), svc: Service = Depends(service)) -> Any:
     run_store.get(svc.database, run_id, owner_filter(request))
     start = sse.resume_point(request, after)
     if sse.wants_sse(request):
-        return sse.stream(svc.runs.events, run_id, start, lambda type_, _seq: type_ in RUN_TERMINAL)
+        return sse.stream(svc.runs.events, run_id, start, lambda type_, _seq: type_ in RUN_TERMINAL,
+                          lambda: _ended(svc, run_id))
     return svc.runs.events.read(run_id, start, limit)
+
+
+def _ended(svc: Service, run_id: str) -> bool:
+    """The run has ended (or is gone): its final row is committed with its last event."""
+    row = svc.database.one("SELECT status FROM runs WHERE id = ?", (run_id,))
+    return row is None or row["status"] in TERMINAL_STATUSES
 
 
 @router.get("/{run_id}/output", response_class=Response, responses={**api.RAW_OUTPUT, **api.errors(404)})
 async def run_output(run_id: str, request: Request, stream: Literal["stdout", "stderr"] | None = None,
                      after: int = Query(0, ge=0, le=sse.MAX_SEQ), offset: int = Query(0, ge=0, le=sse.MAX_SEQ),
-                     svc: Service = Depends(service)) -> StreamingResponse:
+                     svc: Service = Depends(service)) -> Response:
     """The run's output as plain text, followed live until the run finishes (``curl -N``).
     ``after``: start after that event seq; ``offset``: skip that many bytes (resume a download)."""
-    run_store.get(svc.database, run_id, owner_filter(request))
+    run = run_store.get(svc.database, run_id, owner_filter(request))
+    if run["status"] in TERMINAL_STATUSES and not svc.runs.events.stored_after(run_id, after):
+        return Response(b"", media_type="text/plain; charset=utf-8")  # resumed at or past the end
     return raw_output.response(svc.database, svc.runs.events, run_id, after, stream, offset)
