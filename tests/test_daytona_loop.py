@@ -239,3 +239,28 @@ async def test_a_finished_run_has_left_running_when_wait_returns(
         assert await run.wait() == 0
         assert run not in executor.running  # no extra turn of either loop needed
     assert not executor.running
+
+
+async def test_cancel_answers_promptly_when_the_daytona_api_stops_answering(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    """A black-holed network (every request hangs) used to hold a cancel, and so the user's
+    POST /cancel and a run's timeout, for the SDK's 60 s delete timeout. Cancel now waits a
+    bounded time; the delete goes on in the background (then the reaper) and, once the API
+    answers again, the sandbox is gone."""
+    ex = DaytonaExecutor(daytona_settings, "inst-blackhole", retry_base_s=0.01)
+    try:
+        run = await ex.start(ExecSpec(argv=[PY, "-c", "print('up', flush=True); import time; time.sleep(120)"]))
+        stream = run.output()
+        assert (await asyncio.wait_for(anext(stream), 10)).text == "up\n"
+        daytona_emulator.configure(call_latency_s=3600)  # requests arrive, nothing answers
+        async with asyncio.timeout(30):  # liveness (the SDK's own delete timeout is 60 s)
+            await run.cancel()
+            assert await run.wait() == -9
+        daytona_emulator.configure(call_latency_s=0)
+        await until(lambda: not daytona_emulator.sandboxes, 90)  # the delete retried once it answers
+        assert ex.bridge.thread is not None and ex.bridge.thread.is_alive()
+        nxt = await ex.start(ExecSpec(argv=["true"]))  # the Daytona thread still serves new runs
+        assert await asyncio.wait_for(nxt.wait(), 30) == 0
+    finally:
+        await asyncio.wait_for(ex.close(), 90)

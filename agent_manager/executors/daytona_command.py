@@ -100,6 +100,7 @@ class DaytonaExecution:
         self._delivered: dict[Stream, int] = {"stdout": 0, "stderr": 0}
         self._stderr_tail = ""
         self._task: asyncio.Task[int] | None = None
+        self._releasing: asyncio.Future[None] | None = None  # a cancel's delete, if it outlives the cancel
         self._cancelled = self._released = self._collected = False
         self._hold = asyncio.Lock()
         self._carry = ""
@@ -300,6 +301,8 @@ class DaytonaExecution:
     async def release(self) -> None:
         """Delete the sandbox once; a failure goes to the executor's reaper (auto-stop/delete and
         ``gc`` remain the backstop)."""
+        if self._released:  # another caller is deleting it (maybe in the background, after a cancel)
+            return
         async with self._hold:
             if self._released:
                 return
@@ -322,7 +325,14 @@ class DaytonaExecution:
                     await asyncio.wait_for(self._collect_locked(), TRANSFER_TIMEOUT_S)
                 except Exception as exc:  # the sandbox may be unreachable: what it held is then lost
                     log.warning("could not collect the changes of cancelled sandbox %s: %s", self._sb.id, exc)
-        await asyncio.shield(self.release())
+        # Bounded: an API that stops answering held the caller (a user's cancel, a run's
+        # timeout) for the SDK's 60 s delete timeout. The delete goes on in the background,
+        # and a failed one goes to the reaper (``release``).
+        self._releasing = asyncio.ensure_future(self.release())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._releasing), self._ex.settings.kill_grace_s + 5)
+        except TimeoutError:
+            log.warning("deleting cancelled Daytona sandbox %s goes on in the background", self._sb.id)
         if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), self._ex.settings.kill_grace_s + 5)
