@@ -69,6 +69,7 @@ def _execution_mode(value: str) -> str:
 ExecutionMode = Annotated[str, AfterValidator(_execution_mode)]
 ENV_PREFIX = sect.ENV_PREFIX
 CONFIG_FILE = "config.toml"
+RETIRED_SECRETS = 8  # replaced secret values still masked in messages
 
 
 def _comma_separated(value: Any) -> Any:
@@ -169,6 +170,7 @@ class Settings(BaseSettings):
     # Which keys are secret depends only on the models (fixed once built): ``scrub`` runs on
     # every run start, and asking all ~50 fields each time was a tenth of a millisecond.
     _secret_keys: tuple[str, ...] | None = PrivateAttr(default=None)
+    _retired: list[str] = PrivateAttr(default_factory=list)  # secrets replaced at run time
 
     def __init__(self, _core_only: bool = False, **values: Any) -> None:
         # _core_only: no backend sections (load_settings(sections=False), for client commands).
@@ -207,8 +209,13 @@ class Settings(BaseSettings):
         return getattr(self._sections[section] if section else self, field)
 
     def assign(self, key: str, value: Any) -> None:
+        """Change one setting of the live service. A secret's old value stays masked by ``scrub``
+        (the last few): runs started before the change still use it, and their errors may show it."""
         section, _, field = key.rpartition(".")
+        old = _plain_secret(self.value_of(key)) if self.is_secret(key) else None
         setattr(self._sections[section] if section else self, field, value)
+        if old and len(old) >= 4 and old != _plain_secret(self.value_of(key)):
+            self._retired = [*[r for r in self._retired if r != old], old][-RETIRED_SECRETS:]
 
     def all_values(self) -> dict[str, Any]:
         """Everything, as ``Settings(**values)`` takes it (sections as tables)."""
@@ -242,10 +249,11 @@ class Settings(BaseSettings):
         if self._secret_keys is None:
             self._secret_keys = tuple(key for key in self.setting_keys() if self.is_secret(key))
         for key in self._secret_keys:
-            value = self.value_of(key)  # read now: a secret may have been changed since
-            secret = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-            if isinstance(secret, str) and len(secret) >= 4:
+            secret = _plain_secret(self.value_of(key))  # read now: a secret may have been changed since
+            if secret and len(secret) >= 4:
                 text = text.replace(secret, "********")
+        for secret in self._retired:
+            text = text.replace(secret, "********")
         return text
 
     @property
@@ -264,6 +272,11 @@ class Settings(BaseSettings):
     def workspaces(self) -> Path:
         return self.workspaces_dir or self.home / "workspaces"
 
+
+
+def _plain_secret(value: Any) -> str | None:
+    secret = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+    return secret if isinstance(secret, str) else None
 
 def _relocated(exc: ValidationError, prefix: tuple[str, ...]) -> list[InitErrorDetails]:
     """The errors of ``exc`` as they would be reported for the whole Settings (section first),

@@ -301,6 +301,10 @@ def test_history_search_filters_and_conversations(ui: UI) -> None:
     expect(page.get_by_label("Status")).to_have_value("failed")
     expect(page.locator("main")).not_to_contain_text("null")
     page.get_by_role("tab", name="Conversations").click()
+    # The conversations page has replaced the runs page (else, on a loaded machine, "pelican"
+    # went into the runs page's search box and Enter searched runs).
+    expect(page.get_by_placeholder("Words in titles and messages")).to_be_visible()
+    expect(page.locator(".results li")).to_have_count(2)
     page.get_by_label("Search").fill("pelican")
     page.get_by_label("Search").press("Enter")
     expect(page.locator(".results li")).to_have_count(1)
