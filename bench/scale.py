@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from stream import MB, WRITER_AGENT, RssSampler, Server, follow, pct, pipe_baseline, start_server, stop_server
+from probe import Probe
+from stream import MB, WRITER_AGENT, RssSampler, follow, pct, pipe_baseline, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {"api_p99_ms": 50.0, "throughput_ratio": 0.5, "throughput_rss_growth_mb": 100.0, "dag_hop_mean_ms": 2.0,
@@ -54,49 +55,6 @@ GOALS = {"api_p99_ms": 50.0, "throughput_ratio": 0.5, "throughput_rss_growth_mb"
 CHATTY = '$|=1; my $n = $ARGV[0]; for my $i (1..$n) { print "line $i " . ("x" x 80) . "\\n"; ' \
          'select(undef, undef, undef, 0.01) }'
 CLOUD = 'echo "begin $1"; sleep 2; echo "end $1"'
-
-
-# -- the probe: its own process, so the listeners' parsing does not delay its timings -----------
-
-def probe_main(url: str, token: str, stop_file: str, interval_ms: str = "20") -> None:
-    """Alternate GET /api/health and GET /api/runs, ``interval_ms`` apart (20 ms: about 65
-    samples each in the api case, so its p99 is nearly its max; ``--probe-interval-ms`` takes
-    more), until ``stop_file`` exists."""
-    pause = float(interval_ms) / 1000
-    samples: dict[str, list[float]] = {"health": [], "runs": []}
-    when: list[tuple[float, float, str]] = []  # (seconds since the probe began, ms, endpoint)
-    began = time.perf_counter()
-    errors = 0
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
-        while not os.path.exists(stop_file):
-            for name, path in (("health", "/api/health"), ("runs", "/api/runs?limit=50")):
-                started = time.perf_counter()
-                try:
-                    ok = client.get(path).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                samples[name].append((time.perf_counter() - started) * 1000)
-                when.append((round(started - began, 2), round(samples[name][-1], 1), name))
-                errors += not ok
-                time.sleep(pause)
-    print(json.dumps({"samples": samples, "errors": errors, "slowest": sorted(when, key=lambda w: -w[1])[:8]}))
-
-
-class Probe:
-    def __init__(self, server: Server, workdir: Path, interval_ms: float = 20.0) -> None:
-        self.stop_file = workdir / f"probe-stop-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--probe", server.url, server.token,
-                                      str(self.stop_file), str(interval_ms)], stdout=subprocess.PIPE, text=True)
-
-    def finish(self) -> dict[str, Any]:
-        self.stop_file.write_text("stop")
-        out, _ = self.proc.communicate(timeout=60)
-        data = json.loads(out)
-        result: dict[str, Any] = {"errors": data["errors"], "slowest_s_ms": data["slowest"]}
-        for name, values in data["samples"].items():
-            result[name] = {"samples": len(values), "p50_ms": round(pct(values, 50), 1),
-                            "p99_ms": round(pct(values, 99), 1), "max_ms": round(max(values, default=0), 1)}
-        return result
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -489,9 +447,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
-        probe_main(*sys.argv[2:6])
-        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-emulator":
         emulator_main(float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
         sys.exit(0)
