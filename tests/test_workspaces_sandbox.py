@@ -98,11 +98,13 @@ async def test_sandbox_cannot_smuggle_objects_of_other_host_repositories(client:
     repo = make_repo(tmp_path / "repo")
     await add_shell_agent(client, backend="sandbox")
     await add_project(client, repo)
-    script = (f"echo {secret}/.git/objects >> /.agent-manager/git/objects/info/alternates"
+    # The commit is written first: its object directory (a random two hex digits) may be one the
+    # links below would point at the host repository, which is not there inside the sandbox.
+    script = (f"c=$(printf 'tree {tree}\\nparent %s\\nauthor a <a> 0 +0000\\ncommitter a <a> 0 +0000\\n\\nx\\n'"
+              " $(git rev-parse HEAD) | git hash-object -t commit -w --stdin --literally)"
+              f" && echo {secret}/.git/objects >> /.agent-manager/git/objects/info/alternates"
               + "".join(f" && ln -s {d} /.agent-manager/git/objects/{d.name}"
                         for d in (secret / ".git" / "objects").iterdir() if len(d.name) == 2) +
-              f" && c=$(printf 'tree {tree}\\nparent %s\\nauthor a <a> 0 +0000\\ncommitter a <a> 0 +0000\\n\\nx\\n'"
-              " $(git rev-parse HEAD) | git hash-object -t commit -w --stdin --literally)"
               " && git update-ref HEAD $c && echo mine > mine.txt")
     run = await run_on_project(client, "Smuggle\n" + script)
     assert run["status"] == "succeeded", (run["error"], run["output"])
