@@ -37,6 +37,14 @@ SPILL_MIN_CHARS = 4096  # output text at least this long goes to the run's file
 FIELD = "text_bytes"  # [offset, length] of the text's UTF-8 bytes in the run's file
 ESCAPED_FIELD = "text_file"  # the first format: [offset, length] of JSON-escaped text (read only)
 READ_BLOCK = 1024 * 1024  # raw readers get a file range in pieces of at most this size
+# A big output is not kept in the page cache behind the writer: every ``DROP_STEP`` written, the
+# part more than ``DROP_LAG`` behind the end is written back and dropped from the cache (live
+# readers are served from memory or read near the end). Why: a 200 MB log otherwise takes 200 MB
+# of fresh page cache, whose allocation cost the writer thread more than the write itself
+# (0.45 s of system time per 200 MB on the test VM, 0.1 s when the pages are recycled), and
+# pushed useful pages (the database's) out of the cache.
+DROP_STEP = 8 * 1024 * 1024
+DROP_LAG = 16 * 1024 * 1024
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL = bytes(c for c in range(32) if c != 10)  # what JSON escapes, besides \n, " and \\
 
@@ -227,6 +235,10 @@ class Appender:
                 self._open[key] = (fd, size + written)
             raise
         self._open[key] = (fd, size + written)
+        end = size + written
+        if end > DROP_LAG and end // DROP_STEP != size // DROP_STEP:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, end - DROP_LAG, os.POSIX_FADV_DONTNEED)
         return size, written
 
     def close(self) -> None:
