@@ -104,8 +104,9 @@ class OutputFiles:
             self._made = True
         return Appender(self)
 
-    def _escaped(self, key: str, field: str, offset: int, length: int) -> bytes:
-        body = self._read(key, offset, length)
+    def _escaped(self, key: str, field: str, offset: int, length: int, printed: bytes | None = None) -> bytes:
+        body = printed if printed is not None and field == FIELD and len(printed) == length else self._read(
+            key, offset, length)
         if field == FIELD:
             return escape_bytes(_whole_characters(body) if len(body) < length else body)
         if len(body) < length:  # the first format, cut short: never end inside a character or an escape
@@ -127,28 +128,29 @@ class OutputFiles:
         head = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))[:-1]
         return f'{head}{"," if obj else ""}"text":"{body}"}}'
 
-    def frame(self, key: str, data: str, at: str) -> list[bytes] | None:
+    def frame(self, key: str, data: str, at: str, printed: bytes | None = None) -> list[bytes] | None:
         """The SSE ``data:`` payload of a file-backed row as bytes pieces, ``"at"`` first (as
         ``sse.with_time`` adds it); None for an inline row. Bytes all the way: a 256 KiB chunk
-        is never decoded to text."""
+        is never decoded to text. ``printed``: the row's bytes, already in memory (live readers)."""
         found = reference(data)
         if found is None:
             return None
         obj, field, offset, length = found
-        body = self._escaped(key, field, offset, length)
+        body = self._escaped(key, field, offset, length, printed)
         head = json.dumps({"at": at, **obj}, ensure_ascii=False, separators=(",", ":"))[:-1]
         return [head.encode(), b',"text":"', body, b'"}']
 
-    def raw(self, key: str, field: str, offset: int, length: int) -> Iterator[bytes]:
+    def raw(self, key: str, field: str, offset: int, length: int, fd: int | None = None) -> Iterator[bytes]:
         """The printed bytes of a file-backed text, in pieces of at most ``READ_BLOCK`` (a raw
-        reader of 200 MB holds one piece at a time)."""
+        reader of 200 MB holds one piece at a time). ``fd``: the run's file, opened by the
+        caller (``open``) for many reads."""
         if field == ESCAPED_FIELD:
             body = self._escaped(key, field, offset, length)
             yield json.loads(b'"' + body + b'"').encode("utf-8", "replace")
             return
         while length > 0:
             size = min(length, READ_BLOCK)
-            piece = self._read(key, offset, size)
+            piece = self._read(key, offset, size, fd)
             if len(piece) < size:
                 yield _whole_characters(piece)
                 return
@@ -156,10 +158,16 @@ class OutputFiles:
             offset += size
             length -= size
 
-    def _read(self, key: str, offset: int, length: int) -> bytes:
+    def open(self, key: str) -> int | None:
+        """The run's file opened for reading (the caller closes it), None when there is none."""
         try:
-            fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            return os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
+            return None
+
+    def _read(self, key: str, offset: int, length: int, given: int | None = None) -> bytes:
+        fd = self.open(key) if given is None else given
+        if fd is None:
             return b""
         try:
             parts: list[bytes] = []
@@ -171,7 +179,8 @@ class OutputFiles:
                 offset += len(piece)
                 length -= len(piece)
         finally:
-            os.close(fd)
+            if given is None:
+                os.close(fd)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def sync(self) -> None:
