@@ -103,8 +103,8 @@ class OutputFiles:
         return self.directory / key
 
     def wants(self, type_: str, data: dict[str, Any]) -> bool:
-        text = data.get("text")
-        return type_ == "output" and isinstance(text, str) and len(text) >= SPILL_MIN_CHARS
+        text = data.get("text")  # text, or the ASCII bytes a pipe reader kept (``Chunk.raw``)
+        return type_ == "output" and isinstance(text, str | bytes) and len(text) >= SPILL_MIN_CHARS
 
     def appender(self) -> Appender:
         if not self._made:
