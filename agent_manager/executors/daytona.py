@@ -9,9 +9,11 @@ params, the command line or a file: a POSIX ``sh`` prologue reads ``export`` lin
 command's stdin, sent by ``send_session_command_input`` with ``suppress_input_echo``. 429/5xx are
 retried with backoff, and every call has an explicit timeout plus our own deadline.
 
-This module is the part on the service's event loop. All SDK work runs in ``daytona_core`` on the
-executor's own thread and loop (``daytona_loop``): with thousands of runs the SDK's per-call work
-no longer delays the HTTP server. Details: docs/backends-daytona.md.
+This module is the part on the service's event loop. All SDK work runs in ``daytona_core``, in a
+worker process (``daytona_worker``, reached through ``daytona_link``): with thousands of runs the
+SDK's work no longer shares the service's GIL, so it no longer delays the HTTP server (on a thread
+of this process, ``daytona_loop``, it still did: notes 15f/15g). ``worker=False`` keeps the core on
+such a thread instead (tests that look inside it). Details: docs/backends-daytona.md.
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ class DaytonaRun:
 class DaytonaExecutor:
     """One sandbox per run; optionally a warm pool of ready sandboxes per sandbox shape.
 
-    The service's side of the backend: each call is handed to ``DaytonaCore`` on the executor's
-    own thread and loop, started at first use and stopped and joined by ``close``. Availability
+    The service's side of the backend: each call is handed to ``DaytonaCore`` in the worker
+    process (or on the executor's own thread), started at first use and ended by ``close``. Availability
     answers are cached (``AVAILABLE_TTL_S`` when good, ``UNAVAILABLE_TTL_S`` when not, forgotten
     when the [daytona] section changes), so listing backends never waits on an unreachable API
     more than once per ``UNAVAILABLE_TTL_S``.

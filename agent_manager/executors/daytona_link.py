@@ -240,7 +240,7 @@ class WorkerLink:
                     self._dispatch(message)
         except asyncio.IncompleteReadError:
             pass
-        except (WireError, KeyError, TypeError, ValueError) as exc:  # never guessed at: the worker is ended
+        except (WireError, KeyError, TypeError, ValueError, AttributeError) as exc:  # never guessed at: ended
             problem = f"protocol error: {exc}"
             log.error("Daytona worker sent a bad frame (%s); ending it", exc)
             with contextlib.suppress(ProcessLookupError):
@@ -289,28 +289,33 @@ class WorkerLink:
         and the next worker sweeps this instance's leftovers."""
         if proc is not self._proc:
             return
+        # Taken now, before any await: a new worker may be started meanwhile, and what it is
+        # asked must not be failed with this one.
         self._transport, self._proc = None, None
+        pending, self._pending = self._pending, {}
+        exits, self.exits = self.exits, {}
+        streams, self.streams = self.streams, {}
+        unexpected = not self.closed
+        if unexpected:
+            self._crashed = True
+        self.live = 0
         try:
             code = await asyncio.wait_for(asyncio.to_thread(proc.wait), EXIT_WAIT_S)
         except TimeoutError:
             proc.kill()
             code = await asyncio.to_thread(proc.wait)
-        if self.closed:
-            reason = "the Daytona executor is closed"
-        else:
-            self._crashed = True
+        if unexpected:
             reason = f"the Daytona worker process ended unexpectedly ({problem or describe_exit(code)})"
-            log.error("%s; %d run(s) in flight fail, the next use starts a new worker", reason, len(self.exits))
-        self.live = 0
-        pending, self._pending = self._pending, {}
+            log.error("%s; %d run(s) in flight fail, the next use starts a new worker", reason, len(exits))
+        else:
+            reason = "the Daytona executor is closed"
         for future in pending.values():
             if not future.done():
                 future.set_exception(ExecutorUnavailable(reason))
-        exits, self.exits = self.exits, {}
         for future, _ in exits.values():
             if not future.done():
-                future.set_exception(ExecutionError(f"{reason}; the run's sandbox is deleted by the next worker"))
-        streams, self.streams = self.streams, {}
+                future.set_exception(ExecutionError(
+                    f"{reason}; the run's sandbox is deleted by the next worker" if unexpected else reason))
         for stream in streams.values():
             stream.end()
 
