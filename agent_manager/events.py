@@ -41,6 +41,12 @@ RECENT_KEY_BYTES = 256 * 1024
 RECENT_TOTAL_BYTES = 16 * 1024 * 1024
 RECENT_KEYS = 1024
 RECENT_ROW_OVERHEAD = 128  # bytes counted per row beyond its data (tuple, seq, type, time)
+# The printed bytes of the newest committed file-backed output rows, as the writer thread encoded
+# them for the run's file: a live reader (raw output, SSE) sends them from memory instead of
+# reading back what was just written. Kept only after the commit, like the tail; bounded per key
+# and in all (a reader further behind reads the file).
+PRINTED_KEY_BYTES = 4 * 1024 * 1024
+PRINTED_TOTAL_BYTES = 16 * 1024 * 1024
 
 RawRow = tuple[int, str, str, str]  # (seq, type, stored data column, created_at)
 
@@ -53,6 +59,21 @@ class _Recent:
     def __init__(self) -> None:
         self.rows: deque[RawRow] = deque()
         self.size = 0
+
+
+class _Printed:
+    """One key's newest printed bytes (``PRINTED_KEY_BYTES``): seq -> bytes, oldest first."""
+
+    __slots__ = ("bodies", "size")
+
+    def __init__(self) -> None:
+        self.bodies: dict[int, bytes] = {}
+        self.size = 0
+
+    def drop_oldest(self) -> int:
+        size = len(self.bodies.pop(next(iter(self.bodies))))
+        self.size -= size
+        return size
 
 
 class EventLog:
@@ -72,6 +93,8 @@ class EventLog:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._recent: dict[str, _Recent] = {}  # insertion order = least recently written first
         self._recent_bytes = 0
+        self._printed: dict[str, _Printed] = {}  # least recently written key first
+        self._printed_bytes = 0
         self.closed = False
 
     def _stored_max(self, key: str) -> int:
@@ -102,6 +125,7 @@ class EventLog:
             self._last.pop(key, None)
             self._committed.pop(key, None)
             self._drop_recent(key)
+            self._drop_printed(key)
 
     def close(self) -> None:
         """The service is stopping: wake every waiter and make ``wait`` return at once, so
@@ -164,9 +188,39 @@ class EventLog:
             self._committed[row.key] = row.seq
         if row.stored is not None and not self.closed:  # closed: a batch that failed at shutdown
             self._remember(row.key, (row.seq, row.type, row.stored, row.created_at))
+            if row.printed is not None:
+                self._keep_printed(row.key, row.seq, row.printed)
         else:
             self._drop_recent(row.key)
+        row.printed = None
         self._wake(row.key)
+
+    def _keep_printed(self, key: str, seq: int, body: bytes) -> None:
+        if len(body) > PRINTED_KEY_BYTES:
+            return
+        pieces = self._printed.pop(key, None) or _Printed()  # re-inserted last: the most recently written key
+        pieces.bodies[seq] = body
+        pieces.size += len(body)
+        self._printed_bytes += len(body)
+        self._printed[key] = pieces
+        while pieces.size > PRINTED_KEY_BYTES:
+            self._printed_bytes -= pieces.drop_oldest()
+        while self._printed_bytes > PRINTED_TOTAL_BYTES:
+            oldest_key = next(iter(self._printed))
+            oldest = self._printed[oldest_key]
+            self._printed_bytes -= oldest.drop_oldest()
+            if not oldest.bodies:
+                del self._printed[oldest_key]
+
+    def _drop_printed(self, key: str) -> None:
+        pieces = self._printed.pop(key, None)
+        if pieces is not None:
+            self._printed_bytes -= pieces.size
+
+    def printed(self, key: str, seq: int) -> bytes | None:
+        """The printed bytes of committed file-backed output row ``seq`` when still in memory."""
+        pieces = self._printed.get(key)
+        return None if pieces is None else pieces.bodies.get(seq)
 
     def _remember(self, key: str, row: RawRow) -> None:
         """Add a just-committed row to the key's tail (a gap in seq starts the tail afresh)."""
@@ -251,6 +305,13 @@ class EventLog:
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
         return [(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
 
+    def recent(self, key: str, after: int, limit: int) -> list[RawRow] | None:
+        """The committed rows after ``after`` from memory ([] at the committed end), or None when
+        only the table has them all."""
+        if self.batched and after >= self._committed.get(key, after + 1):
+            return []
+        return self._from_recent(key, after, limit)
+
     def stored_after(self, key: str, after: int) -> bool:
         """Whether the table holds a row of ``key`` newer than ``after`` (asked of the table, not
         the caches: with the owner's end read first, a False means none will ever come)."""
@@ -260,9 +321,12 @@ class EventLog:
     def _expand(self, key: str, data: str) -> str:
         return data if self.files is None else self.files.expand(key, data)
 
-    def frame_data(self, key: str, data: str, at: str) -> list[bytes] | None:
-        """A file-backed row's SSE payload as bytes, ``at`` included (None: an inline row)."""
-        return None if self.files is None else self.files.frame(key, data, at)
+    def frame_data(self, key: str, data: str, at: str, seq: int | None = None) -> list[bytes] | None:
+        """A file-backed row's SSE payload as bytes, ``at`` included (None: an inline row); the
+        printed bytes of row ``seq`` come from memory while they are there."""
+        if self.files is None:
+            return None
+        return self.files.frame(key, data, at, None if seq is None else self.printed(key, seq))
 
     async def wait(self, key: str, after: int, timeout: float) -> bool:
         """Wait until a committed event newer than ``after`` exists; False on timeout."""
@@ -285,3 +349,4 @@ class EventLog:
         self._last.pop(key, None)
         self._committed.pop(key, None)
         self._drop_recent(key)
+        self._drop_printed(key)

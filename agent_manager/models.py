@@ -22,6 +22,7 @@ RequestedBackend = Annotated[str, AfterValidator(lambda name: plugins.check_back
 Stream = Literal["stdout", "stderr"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
+OUTPUT_PREVIEW_CHARS = 500  # of a run's answer, in a run list (RunSummary)
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NO_NUL = r"^[^\x00]*$"  # text parameters: SQLite (FTS) cannot take a NUL
@@ -208,7 +209,7 @@ class WorkspaceInfo(BaseModel):
     note: str | None = Field(..., description="why it changed on its own (a rewrite, a prune)")
 
 
-class Run(BaseModel):
+class _RunFields(BaseModel):
     id: str
     agent_id: str
     agent_name: str
@@ -217,7 +218,6 @@ class Run(BaseModel):
     backend: str | None
     route_reason: str | None
     exit_code: int | None
-    output: str | None
     error: str | None
     usage: dict[str, Any] | None
     conversation_id: str | None
@@ -230,8 +230,20 @@ class Run(BaseModel):
     workspace: WorkspaceInfo | None = None
 
 
+class Run(_RunFields):
+    output: str | None
+
+
+class RunSummary(_RunFields):
+    """A run in a list: its answer's start instead of the whole answer (which may be megabytes;
+    a page of fifty used to carry all of them). ``GET /api/runs/{id}`` has the whole answer."""
+
+    output_preview: str | None = Field(..., description=f"the answer's first {OUTPUT_PREVIEW_CHARS} characters")
+    output_chars: int | None = Field(..., description="the whole answer's length in characters")
+
+
 class RunPage(BaseModel):
-    items: list[Run]
+    items: list[RunSummary]
     total: int
     limit: int
     offset: int

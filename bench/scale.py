@@ -8,9 +8,11 @@ figures of each case. Cases (``--cases``, default all):
   ``GET /api/runs``. Goal: p99 ≤ 50 ms for both.
 - ``throughput``: ``--mb`` MB written to stdout as fast as possible, followed live over SSE, then
   replayed from the start; then the same again followed over the raw output endpoint
-  (``GET /api/runs/{id}/output``, figures under ``raw``, ``raw_ratio``); ÷ the same writer
-  through a plain pipe. Goals: ≥ 0.5, server RSS
-  growth ≤ 100 MB, every byte received live and on replay.
+  (``GET /api/runs/{id}/output``, figures under ``raw``, ``raw_ratio``), once by this process
+  (httpx, whose own CPU per byte is about the server's) and once by ``curl -sN`` (``raw_curl``,
+  ``raw_curl_ratio``: a user following a log); and ``ingest``: POST until the run is finished,
+  nobody following (every byte stored then; replayed raw); ÷ the same writer through a plain
+  pipe. Goals: ≥ 0.5, server RSS growth ≤ 100 MB, every byte received live and on replay.
 - ``dag``: a chain of ``--hops`` shell steps (``true``), in process; per hop the time from the
   parent's ``run.finished`` to the child's ``run.started`` (its process running). Goal: mean ≤ 2 ms.
 - ``daytona``: ``--daytona-runs`` runs at once on the Daytona backend against the emulator of
@@ -54,6 +56,7 @@ GOALS = {"api_p99_ms": 50.0, "throughput_ratio": 0.5, "throughput_rss_growth_mb"
          "restart_p95_ms": 100.0}
 CHATTY = '$|=1; my $n = $ARGV[0]; for my $i (1..$n) { print "line $i " . ("x" x 80) . "\\n"; ' \
          'select(undef, undef, undef, 0.01) }'
+DONE = ("succeeded", "failed", "cancelled", "timed_out")
 CLOUD = 'echo "begin $1"; sleep 2; echo "end $1"'
 
 
@@ -150,16 +153,23 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     try:
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=None) as client:
             await add_agent(client, {"name": "writer", "command": sys.executable, "args": [str(writer), "{prompt}"]})
-            # The same writer twice, followed over SSE (JSON events) and over the raw output endpoint.
-            for way, count in (("sse", _count), ("raw", _count_raw)):
+            # The same writer four times: followed over SSE (JSON events), over the raw output endpoint
+            # with httpx and with curl (a C client, as a user follows a log), and not followed at all
+            # (ingest: POST until the run is finished, every byte then stored; replayed raw).
+            ways = (("sse", _count, _count), ("raw", _count_raw, _count_raw), ("raw_curl", _curl, _curl),
+                    ("ingest", _finished, _count_raw))
+            for way, count, replay in ways:
                 with RssSampler(server.proc.pid) as rss:
                     started = time.perf_counter()
                     posted = await client.post("/api/runs", json={"agent": "writer", "prompt": str(total)})
                     run_id = str(posted.json()["id"])
                     live, status = await count(client, run_id)
                     elapsed = time.perf_counter() - started
+                if way == "ingest":
+                    run = (await client.get(f"/api/runs/{run_id}")).json()
+                    elapsed = seconds_between(run["created_at"], run["finished_at"])
                 replay_started = time.perf_counter()
-                replayed, _ = await count(client, run_id)
+                replayed, _ = await replay(client, run_id)
                 replay_s = time.perf_counter() - replay_started
                 figures[way] = {"bytes_live": live, "bytes_replayed": replayed, "run_status": status,
                                 "seconds": round(elapsed, 3), "mb_s": round(total / MB / elapsed, 1),
@@ -169,13 +179,14 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     finally:
         stop_server(server)
     pipe = pipe_baseline(writer, total)
-    for way in ("sse", "raw"):
+    for way in ("sse", "raw", "raw_curl", "ingest"):
         figures[way]["ratio"] = round(figures[way]["mb_s"] / pipe["mb_s"], 3)
     # The SSE figures stay at the top level too (earlier notes and scripts read them there).
     return {**figures, **{k: figures["sse"][k] for k in ("bytes_live", "bytes_replayed", "run_status", "seconds",
                                                          "mb_s", "replay_mb_s", "ratio", "server_rss_before_mb",
                                                          "server_rss_growth_mb")},
-            "pipe_mb_s": pipe["mb_s"], "raw_ratio": figures["raw"]["ratio"]}
+            "pipe_mb_s": pipe["mb_s"], "raw_ratio": figures["raw"]["ratio"],
+            "raw_curl_ratio": figures["raw_curl"]["ratio"], "ingest_ratio": figures["ingest"]["ratio"]}
 
 
 async def _count_raw(client: httpx.AsyncClient, run_id: str) -> tuple[int, str | None]:
@@ -188,6 +199,25 @@ async def _count_raw(client: httpx.AsyncClient, run_id: str) -> tuple[int, str |
             received += len(piece)
     status = (await client.get(f"/api/runs/{run_id}")).json()["status"]
     return received, status
+
+
+async def _curl(client: httpx.AsyncClient, run_id: str) -> tuple[int, str | None]:
+    """Bytes of GET /api/runs/{id}/output as ``curl -sN`` receives them (no Python on the client side)."""
+    auth = client.headers["Authorization"]
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sN", "-o", "/dev/null", "-w", "%{size_download}", "-H", f"Authorization: {auth}",
+        f"{str(client.base_url).rstrip('/')}/api/runs/{run_id}/output", stdout=subprocess.PIPE)
+    out, _ = await proc.communicate()
+    status = (await client.get(f"/api/runs/{run_id}")).json()["status"]
+    return int(out or 0), status
+
+
+async def _finished(client: httpx.AsyncClient, run_id: str) -> tuple[int, str | None]:
+    """Until the run is finished, nobody following (its status commits after its last output row);
+    polled every 50 ms, the time is the run's own (created → finished, to the millisecond)."""
+    while (status := (await client.get(f"/api/runs/{run_id}")).json()["status"]) not in DONE:
+        await asyncio.sleep(0.05)
+    return 0, status
 
 
 async def _count(client: httpx.AsyncClient, run_id: str) -> tuple[int, str | None]:
@@ -410,6 +440,9 @@ def verdict(results: dict[str, Any]) -> dict[str, bool]:
         p["throughput_raw_ratio"] = t["raw_ratio"] >= GOALS["throughput_ratio"]
         p["throughput_raw_rss"] = t["raw"]["server_rss_growth_mb"] <= GOALS["throughput_rss_growth_mb"]
         p["throughput_raw_every_byte"] = t["raw"]["bytes_live"] == t["raw"]["bytes_replayed"] == t["bytes_sent"]
+        p["throughput_raw_curl_ratio"] = t["raw_curl_ratio"] >= GOALS["throughput_ratio"]
+        p["throughput_raw_curl_every_byte"] = (t["raw_curl"]["bytes_live"] == t["raw_curl"]["bytes_replayed"]
+                                               == t["bytes_sent"] == t["ingest"]["bytes_replayed"])
     if "dag" in results:
         p["dag_hop"] = results["dag"]["hop_mean_ms"] <= GOALS["dag_hop_mean_ms"]
     if "daytona" in results:

@@ -120,3 +120,47 @@ def test_only_run_ids_name_files(tmp_path: Path) -> None:
             files.path(bad)
     assert files.path("run_0123abcd").parent == tmp_path
     assert SPILL_MIN_CHARS > 0
+
+
+def test_a_big_file_is_dropped_from_the_page_cache_behind_the_writer(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``DROP_STEP`` appended, the part more than ``DROP_LAG`` behind the end is advised
+    out of the page cache; nothing near the end is, and every byte reads back."""
+    import os
+
+    from agent_manager.store import output_files
+
+    monkeypatch.setattr(output_files, "DROP_STEP", 64 * 1024)
+    monkeypatch.setattr(output_files, "DROP_LAG", 128 * 1024)
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert offset + length <= os.fstat(fd).st_size - 128 * 1024, "never within DROP_LAG of the end"
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+    monkeypatch.setattr(output_files.os, "posix_fadvise", record)
+    files = output_files.OutputFiles(tmp_path / "run-output")
+    written = b""
+    for i in range(40):
+        appender = files.appender()  # one per batch, as the writer thread does
+        body = bytes([65 + i % 26]) * (10_000 + 97 * i)
+        offset, length = appender.append("run_x", body)
+        assert (offset, length) == (len(written), len(body))
+        written += body
+        appender.close()
+    assert len(advised) >= len(written) // (64 * 1024) - 3, advised
+    assert all(advice == os.POSIX_FADV_DONTNEED and offset == 0 for offset, _, advice in advised)
+    assert files.path("run_x").read_bytes() == written
+    fd = files.open("run_x")
+    assert fd is not None
+    try:
+        assert b"".join(files.raw("run_x", FIELD, 5, len(written) - 5, fd)) == written[5:]
+    finally:
+        os.close(fd)
+    small = output_files.OutputFiles(tmp_path / "small")
+    advised.clear()
+    appender = small.appender()
+    appender.append("run_y", b"y" * 100_000)  # below DROP_LAG: the page cache keeps all of it
+    appender.close()
+    assert advised == []

@@ -13,6 +13,7 @@ import pytest
 from conftest import in_process_client, running_service
 from helpers import events, pids_with_marker, wait_gone, wait_run, wait_status
 
+from agent_manager.models import OUTPUT_PREVIEW_CHARS
 from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.store import runs as run_store
@@ -190,6 +191,30 @@ async def test_search_and_filters(client: httpx.AsyncClient) -> None:
     assert page["total"] == 1
     page = (await client.get("/api/runs", params={"limit": 1})).json()
     assert page["total"] == 2 and len(page["items"]) == 1 and page["items"][0]["id"] == failed["id"]  # newest first
+
+
+async def test_list_items_carry_the_answers_start_not_the_whole_answer(client: httpx.AsyncClient) -> None:
+    """A page of fifty runs used to carry fifty whole answers (megabytes); now each carries its
+    first OUTPUT_PREVIEW_CHARS characters and its length, and the run itself has the answer."""
+    await add(client, "e", command="echo")
+    long = await wait_run(client, (await start(client, "e", "é" * 700 + " zebra"))["id"])
+    short = await wait_run(client, (await start(client, "e", "hi"))["id"])
+    whole = (await client.get(f"/api/runs/{long['id']}")).json()["output"]
+    assert whole.startswith("é" * 700) and "zebra" in whole
+    for params in ({}, {"q": "zebra"}):
+        items = {r["id"]: r for r in (await client.get("/api/runs", params=params)).json()["items"]}
+        item = items[long["id"]]
+        assert "output" not in item
+        assert item["output_preview"] == whole[:OUTPUT_PREVIEW_CHARS] == "é" * OUTPUT_PREVIEW_CHARS
+        assert item["output_chars"] == len(whole)
+    items = {r["id"]: r for r in (await client.get("/api/runs")).json()["items"]}
+    assert items[short["id"]]["output_preview"] == (await client.get(f"/api/runs/{short['id']}")).json()["output"]
+    queued = await start(client, "e", "later")  # no answer yet: null, not ""
+    listed = (await client.get("/api/runs", params={"limit": 1})).json()["items"][0]
+    assert listed["id"] == queued["id"]
+    if listed["status"] in ("queued", "running"):
+        assert listed["output_preview"] is None and listed["output_chars"] is None
+    await wait_run(client, queued["id"])
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from agent_manager.errors import NotFound
+from agent_manager.models import OUTPUT_PREVIEW_CHARS
 from agent_manager.store.database import Database, Queryable, dumps, duration, now
 
 # A run's search entry, by rowid: runs_fts.run_id is UNINDEXED, so matching on it scans the index.
@@ -74,6 +75,20 @@ def fts_query(text: str) -> str:
     return " ".join(f'"{w}"*' for w in words)
 
 
+def _summary_columns(db: Queryable) -> str:
+    """Every column but the answer, which a list replaces by its start and length: the answer
+    can be megabytes, and a page is read, encoded and sent on every dashboard refresh."""
+    global _SUMMARY_COLUMNS
+    if _SUMMARY_COLUMNS is None:
+        names = [r["name"] for r in db.all("PRAGMA table_info(runs)") if r["name"] != "output"]
+        _SUMMARY_COLUMNS = ", ".join(f"runs.{n}" for n in names) + (
+            f", substr(runs.output, 1, {OUTPUT_PREVIEW_CHARS}) AS output_preview, length(runs.output) AS output_chars")
+    return _SUMMARY_COLUMNS
+
+
+_SUMMARY_COLUMNS: str | None = None
+
+
 def search(db: Queryable, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
            owner: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     where, params = [], []
@@ -90,11 +105,12 @@ def search(db: Queryable, *, agent_id: str | None = None, status: str | None = N
         where.append("runs.id IN (SELECT run_id FROM runs_fts WHERE runs_fts MATCH ?)")
         params.append(fts_query(q))
     clause = ("WHERE " + " AND ".join(where)) if where else ""
+    columns = _summary_columns(db)
     order = "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
     if q and fts_query(q):
         # One full-text match for the page and the total (it is the expensive part); the window
         # count sees every match before LIMIT. An empty page still needs its own count.
-        rows = db.all(f"SELECT runs.*, COUNT(*) OVER () AS total_matches FROM runs {clause} {order}",
+        rows = db.all(f"SELECT {columns}, COUNT(*) OVER () AS total_matches FROM runs {clause} {order}",
                       (*params, limit, offset))
         if rows:
             items = [row_to_dict(r) for r in rows]
@@ -102,7 +118,7 @@ def search(db: Queryable, *, agent_id: str | None = None, status: str | None = N
                 del item["total_matches"]
             return items, int(rows[0]["total_matches"])
     else:
-        rows = db.all(f"SELECT * FROM runs {clause} {order}", (*params, limit, offset))
+        rows = db.all(f"SELECT {columns} FROM runs {clause} {order}", (*params, limit, offset))
     total = db.one(f"SELECT COUNT(*) AS n FROM runs {clause}", params)
     return [row_to_dict(r) for r in rows], int(total["n"]) if total else 0
 

@@ -60,6 +60,7 @@ class Row:
     insert: bool = True  # False: only the ``also`` statements (``put_statements``)
     taken: bool = False
     stored: str | None = None  # the ``data`` column as written (set by the thread; ``EventLog``'s tail)
+    printed: bytes | None = None  # the text's bytes as written to the run's file (``EventLog.printed``)
 
 
 def _ignore(row: Row) -> None:
@@ -242,7 +243,9 @@ class EventWriter:
                 try:
                     if appender is None:
                         appender = row.files.appender()
-                    offset, length = appender.append(row.key, data["text"].encode("utf-8", "surrogatepass"))
+                    body = data["text"].encode("utf-8", "surrogatepass")
+                    offset, length = appender.append(row.key, body)
+                    row.printed = body
                     data = {**{k: v for k, v in data.items() if k != "text"}, FIELD: [offset, length]}
                 except (OSError, ValueError) as exc:
                     log.warning("output of %s stored inline: %s", row.key, exc)

@@ -18,6 +18,7 @@ interrupted download resumes with the byte count it already has.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi.responses import StreamingResponse
@@ -27,7 +28,8 @@ from agent_manager.models import TERMINAL_STATUSES
 from agent_manager.store.database import Database
 from agent_manager.store.output_files import FIELD, reference
 
-ROWS = 256  # rows per query; only output rows and the end are selected
+ROWS = 256  # rows per read; only output rows and the end are sent
+WANTED = ("output", "run.finished")
 SEND_BYTES = 256 * 1024  # small inline chunks are joined up to this before a write
 IDLE_CHECK_S = 15.0  # how often a silent live run's status is looked at
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
@@ -52,7 +54,9 @@ class _Skip:
 class _Sender:
     """What is waiting to be sent: small pieces to join, or one range of the run's file that
     consecutive file-backed rows extend (they are contiguous while one stream writes fast), so
-    a fast writer's output goes out in 1 MiB reads and writes rather than one per event."""
+    a replay goes out in 1 MiB reads and writes rather than one per event. A live reader near
+    the end gets a file-backed row's bytes from memory (``EventLog.printed``: what the writer
+    just wrote), with no read of the file."""
 
     def __init__(self, log: EventLog, key: str, offset: int) -> None:
         self.log = log
@@ -61,8 +65,9 @@ class _Sender:
         self.small: list[bytes] = []
         self.size = 0
         self.range: tuple[int, int] | None = None  # (offset, length) in the file, raw format
+        self.fd: int | None = None  # the run's file, open while rows are being sent
 
-    def add_row(self, data: str, stream: str | None) -> Iterator[bytes]:
+    def add_row(self, seq: int, data: str, stream: str | None) -> Iterator[bytes]:
         """Take one stored output row; yields what is ready to be sent."""
         found = reference(data) if self.log.files is not None else None
         if found is None:
@@ -82,6 +87,12 @@ class _Sender:
         if field == FIELD and self.skip.count >= length:  # skipped without reading the file
             self.skip.count -= length
             return
+        printed = self.log.printed(self.key, seq) if field == FIELD else None
+        if printed is not None and len(printed) == length:
+            yield from self.flush()
+            if piece := self.skip.cut(printed):
+                yield piece
+            return
         if field == FIELD and not self.skip.count:
             if self.range is not None and sum(self.range) == offset:
                 self.range = (self.range[0], self.range[1] + length)
@@ -90,53 +101,83 @@ class _Sender:
             self.range = (offset, length)
             return
         yield from self.flush()
-        assert self.log.files is not None
-        for piece in self.log.files.raw(self.key, field, offset, length):
+        for piece in self._file(field, offset, length):
             if piece := self.skip.cut(piece):
                 yield piece
 
+    def _file(self, field: str, offset: int, length: int) -> Iterator[bytes]:
+        files = self.log.files
+        assert files is not None
+        if self.fd is None:
+            self.fd = files.open(self.key)
+            if self.fd is None:
+                return
+        yield from files.raw(self.key, field, offset, length, self.fd)
+
     def _flush_small(self) -> Iterator[bytes]:
         if self.small:
-            yield b"".join(self.small)
+            yield self.small[0] if len(self.small) == 1 else b"".join(self.small)
             self.small, self.size = [], 0
 
     def _flush_range(self) -> Iterator[bytes]:
-        if self.range is not None and self.log.files is not None:
+        if self.range is not None:
             (offset, length), self.range = self.range, None
-            yield from self.log.files.raw(self.key, FIELD, offset, length)
+            yield from self._file(FIELD, offset, length)
 
     def flush(self) -> Iterator[bytes]:
         yield from self._flush_small()
         yield from self._flush_range()
 
+    def close(self) -> None:
+        """Close the run's file (before waiting for more, and at the end)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def _rows(db: Database, log: EventLog, run_id: str, after: int) -> tuple[list[tuple[int, str, str]], int, bool]:
+    """The next committed output rows and run.finished after ``after``: (rows, the last seq
+    looked at, whether more may follow at once). From the log's tail of committed rows when
+    it holds them (a live reader: no query), else from the table (output rows only)."""
+    recent = log.recent(run_id, after, ROWS)
+    if recent is not None:
+        rows = [(seq, type_, data) for seq, type_, data, _at in recent if type_ in WANTED]
+        return rows, recent[-1][0] if recent else after, len(recent) == ROWS
+    found = db.all(f"SELECT seq, type, data FROM {log.table} WHERE {log.key_column} = ? AND seq > ?"
+                   " AND type IN ('output', 'run.finished') ORDER BY seq LIMIT ?", (run_id, after, ROWS))
+    return ([(row["seq"], row["type"], row["data"]) for row in found], found[-1]["seq"] if found else after,
+            len(found) == ROWS)
+
 
 async def chunks(db: Database, log: EventLog, run_id: str, after: int, stream: str | None,
                  offset: int) -> AsyncIterator[bytes]:
     sender = _Sender(log, run_id, offset)
-    while True:
-        seen = log.committed_seq(run_id)  # every row up to here is visible to the query below
-        rows = db.all(f"SELECT seq, type, data FROM {log.table} WHERE {log.key_column} = ? AND seq > ?"
-                      " AND type IN ('output', 'run.finished') ORDER BY seq LIMIT ?", (run_id, after, ROWS))
-        for row in rows:
-            after = row["seq"]
-            if row["type"] == "run.finished":
-                for piece in sender.flush():
-                    yield piece
-                return
-            for piece in sender.add_row(row["data"], stream):
-                yield piece
-        if len(rows) == ROWS:
-            continue
-        after = max(after, seen)  # the other events up to ``seen`` are not ours: do not wake for them
-        for piece in sender.flush():  # all that is stored has gone out before we wait
-            yield piece
-        if log.closed:  # the service is stopping: what was stored has been sent
-            return
-        if not await log.wait(run_id, after, IDLE_CHECK_S):
-            status = db.one("SELECT status FROM runs WHERE id = ?", (run_id,))
-            if status is None or status["status"] in TERMINAL_STATUSES:  # ended without run.finished (or pruned)
-                if log.committed_seq(run_id) <= after:
+    try:
+        while True:
+            seen = log.committed_seq(run_id)  # every row up to here is visible to the reads below
+            rows, after, more = _rows(db, log, run_id, after)
+            for seq, type_, data in rows:
+                if type_ == "run.finished":
+                    for piece in sender.flush():
+                        yield piece
                     return
+                for piece in sender.add_row(seq, data, stream):
+                    yield piece
+            if more:
+                continue
+            after = max(after, seen)  # the other events up to ``seen`` are not ours: do not wake for them
+            for piece in sender.flush():  # all that is stored has gone out before we wait
+                yield piece
+            sender.close()
+            if log.closed:  # the service is stopping: what was stored has been sent
+                return
+            if not await log.wait(run_id, after, IDLE_CHECK_S):
+                status = db.one("SELECT status FROM runs WHERE id = ?", (run_id,))
+                if status is None or status["status"] in TERMINAL_STATUSES:  # ended without run.finished (or pruned)
+                    if log.committed_seq(run_id) <= after:
+                        return
+    finally:
+        sender.close()
 
 
 def response(db: Database, log: EventLog, run_id: str, after: int, stream: str | None,

@@ -68,7 +68,7 @@ async def frames(log: EventLog, key: str, after: int, ends: Ends,
             size = 0
             done = False
             for seq, type_, data, at in rows:
-                spilled = log.frame_data(key, data, at)
+                spilled = log.frame_data(key, data, at, seq)
                 frame = ([f"id: {seq}\nevent: {type_}\ndata: {with_time(data, at)}\n\n".encode()] if spilled is None
                          else [f"id: {seq}\nevent: {type_}\ndata: ".encode(), *spilled, b"\n\n"])
                 parts.extend(frame)
