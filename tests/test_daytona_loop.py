@@ -28,7 +28,7 @@ PY = sys.executable
 
 @pytest.fixture
 async def executor(daytona_settings: Settings) -> AsyncIterator[DaytonaExecutor]:
-    ex = DaytonaExecutor(daytona_settings, "inst-loop", retry_base_s=0.01)
+    ex = DaytonaExecutor(daytona_settings, "inst-loop", retry_base_s=0.01, worker=False)
     yield ex
     await ex.close()
 
@@ -188,7 +188,8 @@ async def test_cancelling_a_start_deletes_its_sandbox(
 async def test_close_ends_running_commands_deletes_sandboxes_and_joins_the_thread(
     daytona_settings: Settings, daytona_emulator: DaytonaEmulator
 ) -> None:
-    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-close", retry_base_s=0.01)
+    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-close", retry_base_s=0.01,
+                         worker=False)
     run = await ex.start(ExecSpec(argv=[PY, "-c", "print('up', flush=True); import time; time.sleep(60)"]))
     stream = run.output()
     assert (await asyncio.wait_for(anext(stream), 10)).text == "up\n"
@@ -220,7 +221,7 @@ async def test_availability_is_cached_and_forgotten_when_settings_change(
 
 
 async def test_an_unconfigured_executor_answers_without_a_thread(daytona_settings: Settings) -> None:
-    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.api_key": None}), "inst-none")
+    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.api_key": None}), "inst-none", worker=False)
     assert not (await ex.available()).ok
     assert await ex.list_sandboxes() == []
     await ex.prepare()
@@ -248,7 +249,7 @@ async def test_cancel_answers_promptly_when_the_daytona_api_stops_answering(
     POST /cancel and a run's timeout, for the SDK's 60 s delete timeout. Cancel now waits a
     bounded time; the delete goes on in the background (then the reaper) and, once the API
     answers again, the sandbox is gone."""
-    ex = DaytonaExecutor(daytona_settings, "inst-blackhole", retry_base_s=0.01)
+    ex = DaytonaExecutor(daytona_settings, "inst-blackhole", retry_base_s=0.01, worker=False)
     try:
         run = await ex.start(ExecSpec(argv=[PY, "-c", "print('up', flush=True); import time; time.sleep(120)"]))
         stream = run.output()

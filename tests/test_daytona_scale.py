@@ -32,7 +32,8 @@ async def test_300_concurrent_daytona_runs_no_error_no_leak(
     async with running_service(settings) as svc:
         executor = svc.executors["daytona"]
         assert isinstance(executor, DaytonaExecutor)
-        executor.backoff.base_delay = 0.05  # the shared pause; production default 0.5 s
+        await executor.tune(base_delay=0.05)  # the shared pause; production default 0.5 s
+        assert executor.worker_pid is not None  # the SDK runs in the worker process
         agent = agent_store.create(svc.database, {
             "name": "cloud-echo", "kind": "generic", "command": "sh",
             "args": ["-c", 'echo "begin $1"; sleep 0.2; echo "end $1"', "sh", "{prompt}"], "backend": "daytona"})
@@ -48,7 +49,9 @@ async def test_300_concurrent_daytona_runs_no_error_no_leak(
         assert texts == f"begin job-{RUNS - 1}\nend job-{RUNS - 1}\n"
         assert run_store.search(svc.database, status="succeeded", limit=1)[1] == RUNS
         assert executor.live == 0 and not executor.running
-    assert daytona_emulator.rate_limited > 0 and executor.backoff.rate_limited > 0  # 429s met, and absorbed
+        stats = await executor.stats()
+        assert stats["live"] == 0
+    assert daytona_emulator.rate_limited > 0 and stats["rate_limited"] > 0  # 429s met, and absorbed
     assert 0 < daytona_emulator.peak_creating <= MAX_CREATES
     assert daytona_emulator.peak_sandboxes > MAX_CREATES  # runs did overlap
     assert not daytona_emulator.sandboxes and not daytona_emulator.running_pids()
@@ -57,7 +60,7 @@ async def test_300_concurrent_daytona_runs_no_error_no_leak(
 async def test_a_sandbox_whose_delete_failed_is_deleted_later(
     daytona_settings: Settings, daytona_emulator: DaytonaEmulator
 ) -> None:
-    executor = DaytonaExecutor(daytona_settings, "inst-reap", retry_base_s=0.01)
+    executor = DaytonaExecutor(daytona_settings, "inst-reap", retry_base_s=0.01, worker=False)  # sees its reaper
     try:
         daytona_emulator.fail_next("DELETE /api/sandbox/*", executor.attempts, 503)  # every retry of the run's delete
         execution = await executor.start(ExecSpec(argv=["true"]))

@@ -288,7 +288,8 @@ async def test_warm_pool_start_is_faster_than_cold(
 ) -> None:
     daytona_emulator.slow_creation(1.2)
     cold_ex = DaytonaExecutor(daytona_settings, "inst-cold")
-    warm_ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-warm")
+    # In-process core (worker=False): the test looks at the pool inside it.
+    warm_ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-warm", worker=False)
     try:
         began = time.monotonic()
         cold = await cold_ex.start(ExecSpec(argv=["true"]))
@@ -316,7 +317,7 @@ async def test_warm_pool_start_is_faster_than_cold(
 async def test_a_stopped_pool_sandbox_is_started_before_reuse(
     daytona_settings: Settings, daytona_emulator: DaytonaEmulator
 ) -> None:
-    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-1")
+    ex = DaytonaExecutor(daytona_settings.with_changes({"daytona.warm_pool": 1}), "inst-1", worker=False)
     try:
         await ex.warm()
         pooled = next(iter(ex.core._pool.values()))[0]
@@ -406,6 +407,6 @@ async def test_available_reasons(
     assert reason == (f"Daytona API unreachable: Failed to list sandboxes (HTTP 404): is daytona.api_url right? "
                       f"{url} does not answer as the Daytona API (its URL usually ends in /api)")
     monkeypatch.setitem(sys.modules, "daytona", None)  # the optional extra is not installed
-    missing = await DaytonaExecutor(daytona_settings, "i").available()
+    missing = await DaytonaExecutor(daytona_settings, "i", worker=False).available()  # this process's modules
     assert missing.reason == "the daytona extra is not installed: pip install 'agent-manager[daytona]'"
     assert daytona_api.INSTALL_HINT == missing.reason

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent_manager.executors import pipes as pipes_module
 from agent_manager.executors.base import ExecSpec
 from agent_manager.executors.local import LocalExecutor
-from agent_manager.executors import pipes as pipes_module
 from agent_manager.executors.pipes import LINGER_MAX_S, PENDING_LIMIT, READ_SIZE, OutputPipes, linger_s
 from agent_manager.executors.process import ProcessExecution
 from agent_manager.settings import Settings

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from daytona import AsyncSandbox
 
     from agent_manager.executors.daytona_api import Backoff, Reaper
-    from agent_manager.executors.daytona_loop import Handoff
+    from agent_manager.executors.daytona_loop import Outlet
     from agent_manager.settings import Settings
 
 log = logging.getLogger("agent_manager.executors.daytona")
@@ -92,7 +92,7 @@ class DaytonaExecution:
     error) through ``exit_code``."""
 
     def __init__(self, executor: SandboxOwner, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str,
-                 outlet: Handoff[Chunk], exit_code: concurrent.futures.Future[int]) -> None:
+                 outlet: Outlet[Chunk], exit_code: concurrent.futures.Future[int]) -> None:
         self.info: dict[str, str] = {"sandbox_id": sandbox.id}
         self._ex, self._sb, self._spec = executor, sandbox, spec
         self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""

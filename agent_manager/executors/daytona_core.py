@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from prometheus_client import Histogram
 
     from agent_manager.executors.base import Chunk
-    from agent_manager.executors.daytona_loop import Handoff
+    from agent_manager.executors.daytona_loop import Outlet
     from agent_manager.executors.daytona_pty import DaytonaPty
 
 log = logging.getLogger("agent_manager.executors.daytona")
@@ -283,7 +283,7 @@ class DaytonaCore:
             return sandbox, True
         return await self._create(profile, labels), False
 
-    async def start(self, spec: ExecSpec, outlet: Handoff[Chunk],
+    async def start(self, spec: ExecSpec, outlet: Outlet[Chunk],
                     exit_code: concurrent.futures.Future[int]) -> DaytonaExecution:
         """A sandbox with the command started in it; its output goes to ``outlet`` and its exit
         code (or error) to ``exit_code``, both read on the service's loop."""
@@ -304,7 +304,7 @@ class DaytonaCore:
     # -- what the service, terminals and /api/sandboxes ask of a backend (docs/plugins.md) --------
 
     async def open_pty(self, spec: ExecSpec, cols: int, rows: int, shell: bool,
-                       outlet: Handoff[bytes]) -> DaytonaPty:
+                       outlet: Outlet[bytes]) -> DaytonaPty:
         from agent_manager.executors.daytona_pty import open_pty
 
         return await open_pty(self, spec, cols, rows, shell, outlet)

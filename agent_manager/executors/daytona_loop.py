@@ -23,7 +23,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from agent_manager.errors import ExecutorUnavailable
 
@@ -36,6 +36,17 @@ DRAIN_S = 15.0  # at close: how long the Daytona loop's own clean-ups (deletes) 
 # at +10 the OS runs the service's loop first (notes/issue-15f.md).
 THREAD_NICE = 10
 _END: Any = object()
+T_in = TypeVar("T_in", contravariant=True)
+
+
+class Outlet(Protocol[T_in]):
+    """Where the SDK side puts a stream's items (a run's chunks, a terminal's bytes): ``Handoff``
+    on the Daytona thread, ``daytona_worker.PipeOutlet`` in the worker process. ``put`` waits
+    while the reader is ``limit`` items behind."""
+
+    async def put(self, item: T_in) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class DaytonaLoop:

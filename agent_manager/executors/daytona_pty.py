@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from daytona import AsyncSandbox
     from daytona.handle.async_pty_handle import AsyncPtyHandle
 
-    from agent_manager.executors.daytona_loop import DaytonaLoop, Handoff
+    from agent_manager.executors.daytona_loop import DaytonaLoop, Handoff, Outlet
 
 log = logging.getLogger("agent_manager.executors.daytona")
 CONNECT_TIMEOUT_S = 20.0  # the SDK itself gives up after 10 s without the "connected" message
@@ -64,7 +64,7 @@ class DaytonaPty:
     ``executors.pty.HostPty``)."""
 
     def __init__(self, executor: TerminalOwner, sandbox: AsyncSandbox, session_id: str,
-                 outlet: Handoff[bytes]) -> None:
+                 outlet: Outlet[bytes]) -> None:
         self.ex, self.sandbox, self.session_id = executor, sandbox, session_id
         self.info: dict[str, str] = {"sandbox_id": sandbox.id}
         self.handle: AsyncPtyHandle | None = None
@@ -176,7 +176,7 @@ class DaytonaPty:
 
 
 async def open_pty(executor: TerminalOwner, spec: ExecSpec, cols: int, rows: int, shell: bool,
-                   outlet: Handoff[bytes]) -> DaytonaPty:
+                   outlet: Outlet[bytes]) -> DaytonaPty:
     """A sandbox with the workspace uploaded and a PTY session in it. ``shell``: ``spec.argv``
     is just "a shell" (the daemon's own); otherwise it is exec'ed in the session's shell."""
     unique = executor.issue_label()

@@ -5,7 +5,9 @@ Why not asyncio's subprocess streams: for every read they hop through ``call_soo
 and puts a chunk into a queue, which wakes the run's consumer: three task steps and a
 handle per read. Under 200 chatty runs that machinery was a third of the loop's time. Here
 the loop calls ``_readable`` when a pipe has bytes; it reads them (one copy), decodes them
-and appends them to the pending list, and wakes the consumer if it waits. The consumer takes
+and appends them to the pending list, and wakes the consumer if it waits. ASCII bytes (nearly
+all output, and all of a fast writer's log) with nothing held in the decoder are kept as they
+are, not decoded: the service stores and sends them as bytes (``Chunk.raw``). The consumer takes
 everything pending at once (``take``), consecutive pieces of one stream joined, in arrival
 order: a busy loop naturally yields fewer, larger chunks, with no delay added.
 
@@ -31,7 +33,7 @@ import fcntl
 import os
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from agent_manager.executors.base import Chunk
 from agent_manager.models import Stream
@@ -80,6 +82,16 @@ def linger_s() -> float:
     return linger if linger >= LINGER_MIN_S else 0.0
 
 
+def _chunk(stream: Stream, parts: list[str | bytes]) -> Chunk:
+    """One run of pieces as a chunk (``add`` keeps a run's pieces of one type)."""
+    if len(parts) == 1:
+        first = parts[0]
+        return Chunk(stream, raw=first) if isinstance(first, bytes) else Chunk(stream, first)
+    if isinstance(parts[0], bytes):
+        return Chunk(stream, raw=b"".join(cast("list[bytes]", parts)))
+    return Chunk(stream, "".join(cast("list[str]", parts)))
+
+
 class OutputPipes:
     """The read ends of one process's output pipes (``fds``: stream → fd, owned from now on)."""
 
@@ -88,7 +100,7 @@ class OutputPipes:
         self._limit = limit
         self._pipes = [_Pipe(fd, stream) for stream, fd in fds.items()]
         self._streams: list[Stream] = []  # one entry per run of pieces of one stream, in arrival order
-        self._pieces: list[list[str]] = []
+        self._pieces: list[list[str | bytes]] = []  # a run's pieces are all text or all ASCII bytes
         self._sizes: list[int] = []  # characters of each run
         self.pending_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -120,17 +132,20 @@ class OutputPipes:
             pipe.widened = True
             if widen(pipe.fd):
                 pipe.read_size = READ_SIZE
-        text = pipe.decoder.decode(data)
-        if text:
+        if data.isascii() and not pipe.decoder.getstate()[0]:  # no character half-read: bytes are text
+            self.add(pipe.stream, data)
+        elif text := pipe.decoder.decode(data):
             self.add(pipe.stream, text)
         self.pending_bytes += len(data)
         if self.pending_bytes > self._limit:
             self._pause(pipe)
 
-    def add(self, stream: Stream, text: str) -> None:
-        """Append ``text`` to what is pending (also the service's own notes) and wake the consumer."""
-        if self._streams and self._streams[-1] == stream and self._sizes[-1] < CHUNK_LIMIT:
-            self._pieces[-1].append(text)
+    def add(self, stream: Stream, text: str | bytes) -> None:
+        """Append ``text`` (or ASCII bytes) to what is pending (also the service's own notes) and
+        wake the consumer."""
+        if (self._streams and self._streams[-1] == stream and self._sizes[-1] < CHUNK_LIMIT
+                and type(self._pieces[-1][0]) is type(text)):
+            self._pieces[-1].append(text)  # the same type as the run's first piece
             self._sizes[-1] += len(text)
         else:
             self._streams.append(stream)
@@ -184,12 +199,7 @@ class OutputPipes:
 
     def take(self) -> list[Chunk]:
         """Everything pending, as chunks in arrival order; reading resumes."""
-        streams, pieces = self._streams, self._pieces
-        if len(streams) == 1:  # the common case: one stream spoke since the last take
-            chunks = [Chunk(streams[0], pieces[0][0] if len(pieces[0]) == 1 else "".join(pieces[0]))]
-        else:
-            chunks = [Chunk(stream, parts[0] if len(parts) == 1 else "".join(parts))
-                      for stream, parts in zip(streams, pieces, strict=True)]
+        chunks = [_chunk(stream, parts) for stream, parts in zip(self._streams, self._pieces, strict=True)]
         self._streams, self._pieces, self._sizes = [], [], []
         self.pending_bytes = 0
         if self._paused_at is not None:

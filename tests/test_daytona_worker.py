@@ -1,0 +1,212 @@
+"""The Daytona worker process (executors.daytona_worker / daytona_link): the SDK out of the service.
+
+The real SDK in a real child process against the emulator of tests/fakes: a crash of the worker
+fails the runs in flight with a clear error and the next run gets a new worker (which deletes
+what the old one left); closing the executor, or the death of the service, leaves no sandbox
+and no process; cancel ends a run; secrets travel through the pipe, never in the worker's argv
+or environment; a settings change reaches the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import running_service
+from fakes.daytona_emulator import DaytonaEmulator
+
+from agent_manager.errors import ExecutionError
+from agent_manager.executors.base import ExecSpec
+from agent_manager.executors.daytona import DaytonaExecutor
+from agent_manager.executors.daytona_wire import MAX_FRAME, WireError, decode, encode, frame_length, spec_in, spec_out
+from agent_manager.settings import Settings
+
+SLEEP = ["sh", "-c", "echo started; sleep 60"]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def until(check: object, within: float = 20.0) -> bool:
+    for _ in range(int(within / 0.1)):
+        if check():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.1)
+    return bool(check())  # type: ignore[operator]
+
+
+async def first_output(execution: object) -> str:
+    stream = execution.output()  # type: ignore[attr-defined]
+    return (await asyncio.wait_for(stream.__anext__(), 20)).text  # type: ignore[no-any-return]
+
+
+async def test_a_crashed_worker_fails_its_runs_clearly_and_the_next_run_gets_a_new_one(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    ex = DaytonaExecutor(daytona_settings, "inst-crash", retry_base_s=0.01)
+    try:
+        running = await ex.start(ExecSpec(argv=SLEEP))
+        assert await first_output(running) == "started\n"
+        pid = ex.worker_pid
+        assert pid is not None and alive(pid)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ExecutionError, match=r"Daytona worker process ended unexpectedly \(killed by signal 9\)"):
+            await asyncio.wait_for(running.wait(), 20)
+        assert not ex.running and ex.live == 0
+        await running.cancel()  # a run of the dead worker: nothing to do, no new worker for it
+        assert ex.worker_pid is None
+        # The next run starts a new worker, which first deletes what the dead one left.
+        again = await ex.start(ExecSpec(argv=["sh", "-c", "echo again"]))
+        assert ex.worker_pid not in (None, pid)
+        assert [c.text async for c in again.output()] == ["again\n"] and await again.wait() == 0
+        assert await until(lambda: not daytona_emulator.sandboxes and not daytona_emulator.running_pids())
+    finally:
+        await ex.close()
+
+
+async def test_close_ends_runs_deletes_sandboxes_and_the_worker_exits(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    async with running_service(daytona_settings) as svc:
+        executor = svc.executors["daytona"]
+        assert isinstance(executor, DaytonaExecutor)
+        runs = [await executor.start(ExecSpec(argv=SLEEP)) for _ in range(3)]
+        for run in runs:
+            assert await first_output(run) == "started\n"
+        pid = executor.worker_pid
+        assert pid is not None and len(daytona_emulator.sandboxes) == 3
+    # The service stopped: every run over (-9), every sandbox deleted, the worker gone.
+    assert [await run.wait() for run in runs] == [-signal.SIGKILL] * 3
+    assert not daytona_emulator.sandboxes and not daytona_emulator.running_pids()
+    assert not alive(pid)
+
+
+HOLDER = textwrap.dedent("""
+    import asyncio, sys
+    from agent_manager.executors.base import ExecSpec
+    from agent_manager.executors.daytona import DaytonaExecutor
+    from agent_manager.settings import Settings
+
+    async def main():
+        settings = Settings(home=sys.argv[3], kill_grace_s=0.2,
+                            daytona={"api_key": sys.argv[1], "api_url": sys.argv[2], "target": "us"})
+        ex = DaytonaExecutor(settings, "inst-holder", retry_base_s=0.01)
+        run = await ex.start(ExecSpec(argv=["sh", "-c", "echo started; sleep 60"]))
+        print(ex.worker_pid, flush=True)
+        await asyncio.sleep(120)
+    asyncio.run(main())
+""")
+
+
+async def test_a_killed_service_leaves_no_worker_and_no_sandbox(
+    daytona_emulator: DaytonaEmulator, tmp_path: Path
+) -> None:
+    """SIGKILL of the service (no close): the worker sees its pipe close, deletes the sandboxes
+    of its runs and exits."""
+    service = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, daytona_emulator.api_key, daytona_emulator.api_url, str(tmp_path / "home")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert service.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(service.stdout.readline), 60)
+        worker = int(line)
+        assert alive(worker) and len(daytona_emulator.sandboxes) == 1
+        service.kill()
+        await asyncio.to_thread(service.wait)
+        assert await until(lambda: not alive(worker), 30), "the worker outlived the service"
+        assert not daytona_emulator.sandboxes and not daytona_emulator.running_pids()
+    finally:
+        service.kill()
+        service.wait()
+
+
+async def test_cancel_and_a_start_cancelled_mid_create_leave_nothing(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    ex = DaytonaExecutor(daytona_settings, "inst-cancel", retry_base_s=0.01)
+    try:
+        run = await ex.start(ExecSpec(argv=SLEEP))
+        assert await first_output(run) == "started\n"
+        await run.cancel()
+        assert await asyncio.wait_for(run.wait(), 20) == -signal.SIGKILL
+        await run.cancel()  # twice is fine
+        assert not daytona_emulator.sandboxes and not daytona_emulator.running_pids()
+        daytona_emulator.slow_creation(1.5)
+        starting = asyncio.create_task(ex.start(ExecSpec(argv=SLEEP)))
+        assert await until(lambda: daytona_emulator.sandboxes, 10)  # being created
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert await until(lambda: not daytona_emulator.sandboxes and not daytona_emulator.running_pids())
+        assert await until(lambda: not ex.running)
+    finally:
+        await ex.close()
+
+
+async def test_secrets_reach_the_worker_only_through_its_pipe(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_MANAGER_OTHER_SECRET", "service-own-secret-4711")
+    ex = DaytonaExecutor(daytona_settings, "inst-secret", retry_base_s=0.01)
+    try:
+        run = await ex.start(ExecSpec(argv=["sh", "-c", 'echo "token=$TOKEN"'], env={"TOKEN": "run-secret-0815"}))
+        assert [c.text async for c in run.output()] == ["token=run-secret-0815\n"]  # it did reach the run
+        assert await run.wait() == 0
+        pid = ex.worker_pid
+        assert pid is not None
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert cmdline.split(b"\0")[1:4] == [b"-P", b"-m", b"agent_manager.executors.daytona_worker"]
+        for secret in (daytona_emulator.api_key, "run-secret-0815", "service-own-secret-4711"):
+            assert secret.encode() not in cmdline and secret.encode() not in environ
+        assert b"AGENT_MANAGER_" not in environ and b"DAYTONA_" not in environ
+    finally:
+        await ex.close()
+
+
+async def test_a_settings_change_reaches_the_worker(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    ex = DaytonaExecutor(daytona_settings, "inst-settings", retry_base_s=0.01)
+    try:
+        assert (await ex.available()).ok
+        assert (await ex.stats())["pooled"] == 0
+        ex.section.warm_pool = 1
+        await ex.settings_changed({"warm_pool"})
+        assert await until(lambda: len(daytona_emulator.sandboxes) == 1)
+
+        async def pooled() -> int:
+            return (await ex.stats())["pooled"]
+        for _ in range(100):
+            if await pooled() == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await pooled() == 1
+    finally:
+        await ex.close()
+    assert not daytona_emulator.sandboxes
+
+
+def test_the_wire_refuses_what_it_cannot_trust() -> None:
+    with pytest.raises(WireError):
+        frame_length((MAX_FRAME + 1).to_bytes(4, "big"))
+    for body in (b"not json", b'{"t": "x"}', b"[1, 2]", b'[{"no_type": 1}]'):
+        with pytest.raises(WireError):
+            decode(body)
+    spec = ExecSpec(argv=["a", "b; rm -rf /"], env={"K": "v"}, stdin=b"\x00\xff", files={"f.txt": b"\x01"},
+                    workspace=Path("/tmp/ws"), outputs=["out.txt"])
+    assert spec_in(decode(encode([{"t": "s", "spec": spec_out(spec)}])[4:])[0]["spec"]) == spec
+    with pytest.raises(WireError):
+        spec_in({"argv": ["x"]})
