@@ -346,7 +346,7 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         emu.wait(120)
     waits = [seconds_between(r["created_at"], r["started_at"]) for r in runs if r["started_at"]]
     bad = [r for r in runs if r["status"] != "succeeded"
-           or r["output"] != f"begin {r['prompt']}\nend {r['prompt']}\n"]
+           or r["output_preview"] != f"begin {r['prompt']}\nend {r['prompt']}\n"]
     median = statistics.median(waits) if waits else 0.0
     return {"runs": args.daytona_runs, "max_concurrent_creates": args.daytona_creates,
             "emulator": {"create_delay_s": args.create_delay, "call_latency_s": args.call_latency,

@@ -11,6 +11,13 @@ are, not decoded: the service stores and sends them as bytes (``Chunk.raw``). Th
 everything pending at once (``take``), consecutive pieces of one stream joined, in arrival
 order: a busy loop naturally yields fewer, larger chunks, with no delay added.
 
+Many chatty processes at once: each line would be its own chunk, event, commit and SSE frame,
+and 200 runs printing a line every 10 ms kept the loop so busy that an API request waited
+100 ms. So once woken, a consumer lingers a moment before taking, ``LINGER_PER_READER_S`` per
+process being read, at most ``LINGER_MAX_S``: the service's event rate stays near
+1 / ``LINGER_PER_READER_S`` however many runs speak, at the price of a few milliseconds of
+latency per line, and only when many run at once (a single run never lingers).
+
 Memory stays bounded: once more than ``PENDING_LIMIT`` bytes wait for the consumer, a pipe
 that delivers more stops being read (its writer blocks in ``write``, as with a full pipe)
 until the consumer has taken what is pending. A producer faster than the disk waits; the
@@ -24,6 +31,7 @@ import codecs
 import contextlib
 import fcntl
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -42,6 +50,10 @@ F_SETPIPE_SZ = 1031
 PENDING_LIMIT = 1024 * 1024  # bytes read but not yet taken, beyond which the pipes are not read
 CHUNK_LIMIT = 256 * 1024  # characters one taken chunk may grow to by joining pieces
 MAX_BEHIND_S = 60.0  # how long a consumer behind the pipes may stretch an end-of-stream wait
+LINGER_PER_READER_S = 0.0002  # a consumer's linger, per process whose output is being read
+LINGER_MIN_S = 0.002  # shorter lingers are not worth their timer: no linger (fewer than 10 processes)
+LINGER_MAX_S = 0.05  # a line waits at most this long for company (200 or more processes)
+_READING: weakref.WeakSet[OutputPipes] = weakref.WeakSet()  # processes whose output is being read
 
 
 def widen(fd: int) -> bool:
@@ -64,6 +76,12 @@ class _Pipe:
     read_size: int = DEFAULT_PIPE_SIZE  # what one read asks for: the pipe's size, a full pipe in one read
     reading: bool = False
     open: bool = True
+
+
+def linger_s() -> float:
+    """How long a woken consumer waits before taking, given how many processes are read now."""
+    linger = min(LINGER_MAX_S, len(_READING) * LINGER_PER_READER_S)
+    return linger if linger >= LINGER_MIN_S else 0.0
 
 
 def _chunk(stream: Stream, parts: list[str | bytes]) -> Chunk:
@@ -95,7 +113,9 @@ class OutputPipes:
         for pipe in self._pipes:
             os.set_blocking(pipe.fd, False)
             self._resume(pipe)
-        if not self._pipes:
+        if self._pipes:
+            _READING.add(self)
+        else:
             self.closed.set_result(None)
 
     # -- the loop's side: bytes arrive --------------------------------------------------------
@@ -166,6 +186,7 @@ class OutputPipes:
         if text := pipe.decoder.decode(b"", final=True):
             self.add(pipe.stream, text)
         if not any(p.open for p in self._pipes):
+            _READING.discard(self)
             self._unpaused()
             if not self.closed.done():
                 self.closed.set_result(None)
@@ -197,6 +218,8 @@ class OutputPipes:
             if self._waiter is None or self._waiter.done():
                 self._waiter = self._loop.create_future()
             await self._waiter  # a cancelled consumer cancels only this waiter
+        if (linger := linger_s()) and not self.closed.done():
+            await asyncio.sleep(linger)  # what arrives meanwhile joins this take (see the module's doc)
         return self.take()
 
     def paused_s(self) -> float:
