@@ -40,6 +40,7 @@ from agent_manager.executors.daytona_wire import (
     b64,
     decode,
     encode,
+    encode_all,
     error_of,
     frame_length,
     section_in,
@@ -91,7 +92,13 @@ class Link:
             self._live_sent = live
             messages.append({"t": "live", "n": live})
         if messages and not self._transport.is_closing():
-            self._transport.write(encode(messages))
+            frames, refused = encode_all(messages)
+            for message in refused:  # an answer too large to send: the caller gets an error instead
+                log.error("Daytona worker: a %r message exceeds the frame limit; not sent", message["t"])
+                if message["t"] == "ret":
+                    frames += encode([{"t": "ret", "c": message["c"],
+                                       "e": {"k": "execution", "m": "the answer is too large to pass on"}}])
+            self._transport.write(frames)
 
 
 class PipeOutlet:
