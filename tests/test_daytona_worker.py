@@ -35,6 +35,7 @@ from agent_manager.executors.daytona_wire import (
     spec_in,
     spec_out,
 )
+from agent_manager.executors.daytona_worker import WORKER_NICE
 from agent_manager.settings import Settings
 
 SLEEP = ["sh", "-c", "echo started; sleep 60"]
@@ -182,6 +183,9 @@ async def test_secrets_reach_the_worker_only_through_its_pipe(
         for secret in (daytona_emulator.api_key, "run-secret-0815", "service-own-secret-4711"):
             assert secret.encode() not in cmdline and secret.encode() not in environ
         assert b"AGENT_MANAGER_" not in environ and b"DAYTONA_" not in environ
+        # It runs at a lower priority than the service (WORKER_NICE), so API requests go first.
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert nice == min(os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE, 19)
     finally:
         await ex.close()
 

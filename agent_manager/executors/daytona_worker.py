@@ -52,6 +52,9 @@ log = logging.getLogger("agent_manager.executors.daytona")
 T = TypeVar("T")
 DRAIN_S = 15.0  # at close: how long in-flight calls and clean-ups (deletes) may still take
 PR_SET_PDEATHSIG = 1
+# Added to the worker's nice value (POSIX): when the machine is busy, the service's HTTP loop gets
+# the CPU first and the SDK's work waits (as the Daytona thread did at +10: notes 15f/15g).
+WORKER_NICE = 10
 
 
 class Link:
@@ -452,6 +455,8 @@ def main() -> None:
     os.dup2(2, 1)  # print() from any library goes to stderr, never into a frame
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    with contextlib.suppress(OSError, AttributeError):  # raising one's own nice value is always allowed
+        os.nice(WORKER_NICE)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="daytona-worker %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(0, fd_out))
