@@ -149,6 +149,12 @@ class EventLog:
         the row queues behind the others. An ``output`` event may be merged into the previous
         queued output event of the same stream, and then that event's seq is returned.
         """
+        text = data.get("text")
+        if isinstance(text, bytes):  # an output text's ASCII bytes as read (``Chunk.raw``)
+            if not self.batched or (direct and key not in self._tail):
+                data = {**data, "text": text.decode("ascii")}
+        elif text is not None and not isinstance(text, str):
+            text = str(text)
         if not self.batched or (direct and key not in self._tail):
             seq = self.last_seq(key) + 1
             with self.db.transaction() as conn:
@@ -168,11 +174,10 @@ class EventLog:
         tail = self._tail.get(key)
         if (type_ == "output" and not also and tail is not None and tail.type == "output"
                 and tail.data.get("stream") == data.get("stream") and tail.size < MERGE_LIMIT
-                and writer.merge(tail, str(data.get("text", "")))):
+                and writer.merge(tail, text or "")):
             return tail.seq
         seq = self.last_seq(key) + 1
-        text = data.get("text")
-        size = (len(text) if isinstance(text, str) else 0) + 128
+        size = (len(text) if text is not None else 0) + 128
         row = Row(self.table, self.key_column, key, seq, type_, dict(data), now(), size, self._on_commit,
                   list(also or ()), self.files)
         writer.put(row)

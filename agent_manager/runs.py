@@ -353,6 +353,9 @@ class RunManager:
         parser.resumed(live.previous_usage)
         if isinstance(parser, PlainTextParser):
             parser.limit = self.settings.output_cap_bytes  # the full text stays in the event log
+        # PlainTextParser's own ``feed`` keeps stdout up to its limit and nothing else: past that,
+        # a chunk is not decoded for it.
+        plain = parser if isinstance(parser, PlainTextParser) and type(parser).feed is PlainTextParser.feed else None
         stdout_seen = False
         stderr_tail = ""
         budget = self.settings.max_stored_output_mb * 1024 * 1024 or None  # 0: keep everything
@@ -361,12 +364,13 @@ class RunManager:
         try:
             async for chunk in execution.output():
                 live.last_output = loop.time()
-                # The stored size in bytes; ASCII text (nearly all output) is measured without
-                # encoding a copy of it (that copy was a tenth of the loop's time for a fast writer).
-                size = len(chunk.text) if chunk.text.isascii() else len(chunk.text.encode("utf-8", "replace"))
+                # Stored as read (ASCII bytes a pipe reader did not decode, ``Chunk.raw``, or text); its
+                # size in bytes without encoding a copy of ASCII text (a tenth of the loop's time once).
+                body = chunk.body
+                size = len(body) if isinstance(body, bytes) or body.isascii() else len(body.encode("utf-8", "replace"))
                 if budget is None or size <= budget:
                     budget = None if budget is None else budget - size
-                    self.events.append(run_id, "output", {"stream": chunk.stream, "text": chunk.text})
+                    self.events.append(run_id, "output", {"stream": chunk.stream, "text": body})
                     if writer.full():  # a producer faster than the disk waits here, not in memory
                         await self.events.room()
                 else:
@@ -378,8 +382,9 @@ class RunManager:
                     stdout_seen = stdout_seen or bool(chunk.text.strip())
                 else:
                     stderr_tail = (stderr_tail + chunk.text)[-STDERR_KEEP:]
-                for event in parser.feed(chunk.stream, chunk.text):
-                    self.events.append(run_id, event.type, event.data)
+                if plain is None or (chunk.stream == "stdout" and not plain.truncated):  # else it ignores the text
+                    for event in parser.feed(chunk.stream, chunk.text):
+                        self.events.append(run_id, event.type, event.data)
             for event in parser.close():
                 self.events.append(run_id, event.type, event.data)
             code = await execution.wait()

@@ -164,3 +164,46 @@ def test_a_big_file_is_dropped_from_the_page_cache_behind_the_writer(tmp_path: P
     appender.append("run_y", b"y" * 100_000)  # below DROP_LAG: the page cache keeps all of it
     appender.close()
     assert advised == []
+
+
+def test_a_long_read_asks_for_read_ahead_within_its_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay of a long range (its file may have left the page cache) asks the kernel to read
+    ahead, never past the range, never with length 0 (which means "to the end of the file")."""
+    import os
+
+    from agent_manager.store import output_files
+
+    monkeypatch.setattr(output_files, "READ_BLOCK", 1000)
+    monkeypatch.setattr(output_files, "READ_AHEAD", 3000)
+    files = output_files.OutputFiles(tmp_path / "run-output")
+    appender = files.appender()
+    data = bytes(range(256)) * 200
+    appender.append("run_r", data)
+    appender.close()
+    asked: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_WILLNEED
+        asked.append((offset, length))
+        real(fd, offset, length, advice)
+    monkeypatch.setattr(output_files.os, "posix_fadvise", record)
+    fd = files.open("run_r")
+    assert fd is not None
+    try:
+        for start, length in ((0, len(data)), (123, 20_000), (5, 999), (40_000, 11_200)):
+            asked.clear()
+            assert b"".join(files.raw("run_r", FIELD, start, length, fd)) == data[start:start + length]
+            assert all(n > 0 and start < offset and offset + n <= start + length for offset, n in asked), asked
+            covered = sorted(asked)
+            if length > 1000:
+                assert covered and covered[0][0] == start + 1000, "ahead of the first piece"
+                assert all(a + n == b for (a, n), (b, _) in zip(covered, covered[1:], strict=False)), "no gaps"
+                assert covered[-1][0] + covered[-1][1] == start + length, "up to the range's end"
+            else:
+                assert asked == []
+    finally:
+        os.close(fd)
+    asked.clear()
+    assert b"".join(files.raw("run_r", FIELD, 0, 5000)) == data[:5000]  # no fd: short reads, no advice
+    assert asked == []

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from agent_manager.executors import pipes as pipes_module
 from agent_manager.executors.base import ExecSpec
 from agent_manager.executors.local import LocalExecutor
-from agent_manager.executors.pipes import PENDING_LIMIT, READ_SIZE, OutputPipes
+from agent_manager.executors.pipes import LINGER_MAX_S, PENDING_LIMIT, READ_SIZE, OutputPipes, linger_s
 from agent_manager.executors.process import ProcessExecution
 from agent_manager.settings import Settings
 from agent_manager.store.database import Database, now
@@ -125,6 +126,41 @@ async def test_a_consumer_behind_when_the_process_exits_gets_every_byte(tmp_path
         received += len(chunk.text)
     assert received == total
     assert await execution.wait() == 0
+
+
+async def test_many_processes_read_at_once_make_a_consumer_linger_and_take_more_at_once(
+        pipes: tuple[OutputPipes, int, int]) -> None:
+    """200 chatty runs each line its own event kept the loop too busy to answer; with many
+    processes read at once the consumer waits for company, so lines arrive in fewer chunks."""
+    reader, out_w, err_w = pipes
+    assert linger_s() == 0.0  # one process (a few tests' worth at most): no linger
+    others = [os.pipe() for _ in range(250)]
+    crowd = [OutputPipes({"stdout": r}) for r, _w in others]
+    try:
+        assert linger_s() == LINGER_MAX_S
+        lines = [f"line {i}\n" for i in range(12)]
+
+        async def write() -> None:
+            for line in lines:
+                os.write(out_w, line.encode())
+                await asyncio.sleep(LINGER_MAX_S / 6)
+            os.close(out_w)
+            os.close(err_w)
+        writing = asyncio.create_task(write())
+        takes: list[str] = []
+        while batch := await reader.chunks():
+            takes += ["".join(c.text for c in batch)]
+            if not reader.closed.done():
+                continue
+            reader.end()
+        await writing
+        assert "".join(takes) == "".join(lines)  # nothing lost, in order
+        assert len(takes) <= len(lines) // 3, takes  # about six lines a take, not one
+    finally:
+        for crowd_reader, (_r, w) in zip(crowd, others, strict=True):
+            crowd_reader.abandon()
+            os.close(w)
+    assert len(pipes_module._READING) <= 1  # closed readers are not counted
 
 
 async def test_a_process_on_a_terminal_has_no_pipes(tmp_path: Path) -> None:

@@ -101,10 +101,44 @@ class ExecSpec:
     its files keep their owners — a recursive chown there would give e.g. a 0600 key to that user."""
 
 
-@dataclass(frozen=True)
 class Chunk:
-    stream: Stream
-    text: str
+    """A piece of one stream's output. A pipe reader may hand ASCII output over undecoded
+    (``raw``): the service stores and sends those bytes as they are (ASCII is its own UTF-8)
+    and decodes them only where text is needed (an agent's parser), so a fast writer's bytes
+    are not turned into text and back for nothing."""
+
+    __slots__ = ("stream", "_text", "_raw")
+
+    def __init__(self, stream: Stream, text: str | None = None, *, raw: bytes | None = None) -> None:
+        if (text is None) == (raw is None):
+            raise ValueError("a chunk has either text or ASCII bytes")
+        self.stream = stream
+        self._text = text
+        self._raw = raw
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            assert self._raw is not None
+            self._text = self._raw.decode("ascii")
+        return self._text
+
+    @property
+    def body(self) -> str | bytes:
+        """What is stored: the ASCII bytes as read, else the text."""
+        if self._raw is not None:
+            return self._raw
+        assert self._text is not None
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chunk) and (self.stream, self.text) == (other.stream, other.text)
+
+    def __hash__(self) -> int:
+        return hash((self.stream, self.text))
+
+    def __repr__(self) -> str:
+        return f"Chunk({self.stream!r}, {self.text!r})"
 
 
 @runtime_checkable

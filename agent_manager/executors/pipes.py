@@ -5,9 +5,18 @@ Why not asyncio's subprocess streams: for every read they hop through ``call_soo
 and puts a chunk into a queue, which wakes the run's consumer: three task steps and a
 handle per read. Under 200 chatty runs that machinery was a third of the loop's time. Here
 the loop calls ``_readable`` when a pipe has bytes; it reads them (one copy), decodes them
-and appends them to the pending list, and wakes the consumer if it waits. The consumer takes
+and appends them to the pending list, and wakes the consumer if it waits. ASCII bytes (nearly
+all output, and all of a fast writer's log) with nothing held in the decoder are kept as they
+are, not decoded: the service stores and sends them as bytes (``Chunk.raw``). The consumer takes
 everything pending at once (``take``), consecutive pieces of one stream joined, in arrival
 order: a busy loop naturally yields fewer, larger chunks, with no delay added.
+
+Many chatty processes at once: each line would be its own chunk, event, commit and SSE frame,
+and 200 runs printing a line every 10 ms kept the loop so busy that an API request waited
+100 ms. So once woken, a consumer lingers a moment before taking, ``LINGER_PER_READER_S`` per
+process being read, at most ``LINGER_MAX_S``: the service's event rate stays near
+1 / ``LINGER_PER_READER_S`` however many runs speak, at the price of a few milliseconds of
+latency per line, and only when many run at once (a single run never lingers).
 
 Memory stays bounded: once more than ``PENDING_LIMIT`` bytes wait for the consumer, a pipe
 that delivers more stops being read (its writer blocks in ``write``, as with a full pipe)
@@ -22,8 +31,9 @@ import codecs
 import contextlib
 import fcntl
 import os
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from agent_manager.executors.base import Chunk
 from agent_manager.models import Stream
@@ -38,6 +48,10 @@ F_SETPIPE_SZ = 1031
 PENDING_LIMIT = 1024 * 1024  # bytes read but not yet taken, beyond which the pipes are not read
 CHUNK_LIMIT = 256 * 1024  # characters one taken chunk may grow to by joining pieces
 MAX_BEHIND_S = 60.0  # how long a consumer behind the pipes may stretch an end-of-stream wait
+LINGER_PER_READER_S = 0.0002  # a consumer's linger, per process whose output is being read
+LINGER_MIN_S = 0.002  # shorter lingers are not worth their timer: no linger (fewer than 10 processes)
+LINGER_MAX_S = 0.05  # a line waits at most this long for company (200 or more processes)
+_READING: weakref.WeakSet[OutputPipes] = weakref.WeakSet()  # processes whose output is being read
 
 
 def widen(fd: int) -> bool:
@@ -62,6 +76,22 @@ class _Pipe:
     open: bool = True
 
 
+def linger_s() -> float:
+    """How long a woken consumer waits before taking, given how many processes are read now."""
+    linger = min(LINGER_MAX_S, len(_READING) * LINGER_PER_READER_S)
+    return linger if linger >= LINGER_MIN_S else 0.0
+
+
+def _chunk(stream: Stream, parts: list[str | bytes]) -> Chunk:
+    """One run of pieces as a chunk (``add`` keeps a run's pieces of one type)."""
+    if len(parts) == 1:
+        first = parts[0]
+        return Chunk(stream, raw=first) if isinstance(first, bytes) else Chunk(stream, first)
+    if isinstance(parts[0], bytes):
+        return Chunk(stream, raw=b"".join(cast("list[bytes]", parts)))
+    return Chunk(stream, "".join(cast("list[str]", parts)))
+
+
 class OutputPipes:
     """The read ends of one process's output pipes (``fds``: stream → fd, owned from now on)."""
 
@@ -70,7 +100,7 @@ class OutputPipes:
         self._limit = limit
         self._pipes = [_Pipe(fd, stream) for stream, fd in fds.items()]
         self._streams: list[Stream] = []  # one entry per run of pieces of one stream, in arrival order
-        self._pieces: list[list[str]] = []
+        self._pieces: list[list[str | bytes]] = []  # a run's pieces are all text or all ASCII bytes
         self._sizes: list[int] = []  # characters of each run
         self.pending_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -81,7 +111,9 @@ class OutputPipes:
         for pipe in self._pipes:
             os.set_blocking(pipe.fd, False)
             self._resume(pipe)
-        if not self._pipes:
+        if self._pipes:
+            _READING.add(self)
+        else:
             self.closed.set_result(None)
 
     # -- the loop's side: bytes arrive --------------------------------------------------------
@@ -100,17 +132,20 @@ class OutputPipes:
             pipe.widened = True
             if widen(pipe.fd):
                 pipe.read_size = READ_SIZE
-        text = pipe.decoder.decode(data)
-        if text:
+        if data.isascii() and not pipe.decoder.getstate()[0]:  # no character half-read: bytes are text
+            self.add(pipe.stream, data)
+        elif text := pipe.decoder.decode(data):
             self.add(pipe.stream, text)
         self.pending_bytes += len(data)
         if self.pending_bytes > self._limit:
             self._pause(pipe)
 
-    def add(self, stream: Stream, text: str) -> None:
-        """Append ``text`` to what is pending (also the service's own notes) and wake the consumer."""
-        if self._streams and self._streams[-1] == stream and self._sizes[-1] < CHUNK_LIMIT:
-            self._pieces[-1].append(text)
+    def add(self, stream: Stream, text: str | bytes) -> None:
+        """Append ``text`` (or ASCII bytes) to what is pending (also the service's own notes) and
+        wake the consumer."""
+        if (self._streams and self._streams[-1] == stream and self._sizes[-1] < CHUNK_LIMIT
+                and type(self._pieces[-1][0]) is type(text)):
+            self._pieces[-1].append(text)  # the same type as the run's first piece
             self._sizes[-1] += len(text)
         else:
             self._streams.append(stream)
@@ -149,6 +184,7 @@ class OutputPipes:
         if text := pipe.decoder.decode(b"", final=True):
             self.add(pipe.stream, text)
         if not any(p.open for p in self._pipes):
+            _READING.discard(self)
             self._unpaused()
             if not self.closed.done():
                 self.closed.set_result(None)
@@ -163,12 +199,7 @@ class OutputPipes:
 
     def take(self) -> list[Chunk]:
         """Everything pending, as chunks in arrival order; reading resumes."""
-        streams, pieces = self._streams, self._pieces
-        if len(streams) == 1:  # the common case: one stream spoke since the last take
-            chunks = [Chunk(streams[0], pieces[0][0] if len(pieces[0]) == 1 else "".join(pieces[0]))]
-        else:
-            chunks = [Chunk(stream, parts[0] if len(parts) == 1 else "".join(parts))
-                      for stream, parts in zip(streams, pieces, strict=True)]
+        chunks = [_chunk(stream, parts) for stream, parts in zip(self._streams, self._pieces, strict=True)]
         self._streams, self._pieces, self._sizes = [], [], []
         self.pending_bytes = 0
         if self._paused_at is not None:
@@ -185,6 +216,8 @@ class OutputPipes:
             if self._waiter is None or self._waiter.done():
                 self._waiter = self._loop.create_future()
             await self._waiter  # a cancelled consumer cancels only this waiter
+        if (linger := linger_s()) and not self.closed.done():
+            await asyncio.sleep(linger)  # what arrives meanwhile joins this take (see the module's doc)
         return self.take()
 
     def paused_s(self) -> float:

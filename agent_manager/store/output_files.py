@@ -45,6 +45,9 @@ READ_BLOCK = 1024 * 1024  # raw readers get a file range in pieces of at most th
 # pushed useful pages (the database's) out of the cache.
 DROP_STEP = 8 * 1024 * 1024
 DROP_LAG = 16 * 1024 * 1024
+# A long read (a replay) asks the kernel to read this far ahead of the piece being sent, so the
+# file is read from the disk while the loop sends, rather than one 1 MiB read at a time between.
+READ_AHEAD = 4 * 1024 * 1024
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL = bytes(c for c in range(32) if c != 10)  # what JSON escapes, besides \n, " and \\
 
@@ -103,8 +106,8 @@ class OutputFiles:
         return self.directory / key
 
     def wants(self, type_: str, data: dict[str, Any]) -> bool:
-        text = data.get("text")
-        return type_ == "output" and isinstance(text, str) and len(text) >= SPILL_MIN_CHARS
+        text = data.get("text")  # text, or the ASCII bytes a pipe reader kept (``Chunk.raw``)
+        return type_ == "output" and isinstance(text, str | bytes) and len(text) >= SPILL_MIN_CHARS
 
     def appender(self) -> Appender:
         if not self._made:
@@ -156,8 +159,14 @@ class OutputFiles:
             body = self._escaped(key, field, offset, length)
             yield json.loads(b'"' + body + b'"').encode("utf-8", "replace")
             return
+        ahead = offset  # read-ahead asked for up to here (a long range of a file the cache dropped)
         while length > 0:
             size = min(length, READ_BLOCK)
+            start, end = max(ahead, offset + size), min(offset + length, offset + size + 2 * READ_AHEAD)
+            if fd is not None and end > start and ahead < offset + size + READ_AHEAD:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)  # 0 would mean "to the end"
+                ahead = end
             piece = self._read(key, offset, size, fd)
             if len(piece) < size:
                 yield _whole_characters(piece)

@@ -120,12 +120,16 @@ class EventWriter:
         size = sum(len(str(p)) for _, params in statements for p in params) + 128
         self.put(Row("", "", "", 0, "", {}, "", size, _ignore, list(statements), insert=False))
 
-    def merge(self, row: Row, text: str) -> bool:
-        """Append ``text`` to a queued output row; False once the thread has taken it."""
+    def merge(self, row: Row, text: str | bytes) -> bool:
+        """Append ``text`` (or ASCII bytes) to a queued output row; False once the thread has taken it."""
         with self._lock:
             if row.taken:
                 return False
-            row.data["text"] += text
+            old = row.data["text"]
+            if type(old) is not type(text):  # ASCII bytes beside text: both become text
+                old = old.decode("ascii") if isinstance(old, bytes) else old
+                text = text.decode("ascii") if isinstance(text, bytes) else text
+            row.data["text"] = old + text
             row.size += len(text)
             self.pending_bytes += len(text)
             return True
@@ -243,12 +247,15 @@ class EventWriter:
                 try:
                     if appender is None:
                         appender = row.files.appender()
-                    body = data["text"].encode("utf-8", "surrogatepass")
+                    text = data["text"]
+                    body = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
                     offset, length = appender.append(row.key, body)
                     row.printed = body
                     data = {**{k: v for k, v in data.items() if k != "text"}, FIELD: [offset, length]}
                 except (OSError, ValueError) as exc:
                     log.warning("output of %s stored inline: %s", row.key, exc)
+            if isinstance(data.get("text"), bytes):  # ASCII bytes as read (``Chunk.raw``), stored inline
+                data = {**data, "text": data["text"].decode("ascii")}
             row.stored = dumps(data)
             params.append((row.key, row.seq, row.type, row.stored, row.created_at))
         return params, appender
