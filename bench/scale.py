@@ -358,8 +358,7 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             "peak_creating": stats["peak_creating"], "rate_limited_429": stats["rate_limited"],
             "server_rss_before_mb": round(rss.before["VmRSS"] / 1024, 1),
             "server_rss_peak_mb": round(rss.peak_kb / 1024, 1),
-            # The Daytona SDK runs in a child process of the server (docs/backends-daytona.md): its
-            # memory, and the peak of both together, are the service's too.
+            # The SDK runs in the server's child (its Daytona worker): that memory is the service's too.
             "worker_rss_peak_mb": round(rss.children_peak_kb / 1024, 1),
             "service_rss_peak_mb": round(rss.total_peak_kb / 1024, 1),
             "wait_median_s": round(median, 3), "wait_max_s": round(max(waits, default=0), 3),
