@@ -38,13 +38,14 @@ FIELD = "text_bytes"  # [offset, length] of the text's UTF-8 bytes in the run's 
 ESCAPED_FIELD = "text_file"  # the first format: [offset, length] of JSON-escaped text (read only)
 READ_BLOCK = 1024 * 1024  # raw readers get a file range in pieces of at most this size
 # A big output is not kept in the page cache behind the writer: every ``DROP_STEP`` written, the
-# part more than ``DROP_LAG`` behind the end is written back and dropped from the cache (live
-# readers are served from memory or read near the end). Why: a 200 MB log otherwise takes 200 MB
-# of fresh page cache, whose allocation cost the writer thread more than the write itself
-# (0.45 s of system time per 200 MB on the test VM, 0.1 s when the pages are recycled), and
-# pushed useful pages (the database's) out of the cache.
-DROP_STEP = 8 * 1024 * 1024
-DROP_LAG = 16 * 1024 * 1024
+# part more than ``DROP_LAG`` behind the end is written back and dropped from the cache. Why: a
+# 200 MB log otherwise takes 200 MB of fresh page cache, whose allocation cost the writer thread
+# more than the write itself (0.45 s of system time per 200 MB on the test VM, 0.1 s when the
+# pages are recycled), and pushed useful pages (the database's) out of the cache. The lag keeps
+# a reader that follows a fast run some way behind (a browser) reading from the cache: these
+# reads run on the event loop, and one that waits for the disk holds up every request.
+DROP_STEP = 16 * 1024 * 1024
+DROP_LAG = 64 * 1024 * 1024
 # A long read (a replay) asks the kernel to read this far ahead of the piece being sent, so the
 # file is read from the disk while the loop sends, rather than one 1 MiB read at a time between.
 READ_AHEAD = 4 * 1024 * 1024
