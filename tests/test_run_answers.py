@@ -60,3 +60,25 @@ def test_an_answer_is_written_replaced_cleared_and_pruned_with_its_run(tmp_path:
     assert run_store.prune(db, "2001-01-01T00:00:00.000Z") == 1
     left = db.one("SELECT COUNT(*) AS n FROM run_answers")
     assert left is not None and left["n"] == 0
+
+
+def test_an_old_answer_with_nul_characters_keeps_its_whole_preview_and_length(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's length() and substr() stop at the first NUL: an agent that printed one (a binary
+    tool's output) must not get a preview cut there and a length of the text before it."""
+    every = database.migrations()
+    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < 12])
+    db = Database(tmp_path / "old.db")
+    db.migrate()
+    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
+               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    answer = "hello \x00nul\x01 é" + "漢" * 600
+    db.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, output, created_at, owner)"
+               " VALUES ('run_nul', 'agt_1', 'a', 'p', 'succeeded', ?, 'x', 'usr_1')", (answer,))
+    monkeypatch.setattr(database, "migrations", lambda: every)
+    assert 12 in db.migrate()
+    run = run_store.get(db, "run_nul")
+    assert run["output"] == answer
+    assert (run["output_preview"], run["output_chars"]) == (answer[:OUTPUT_PREVIEW_CHARS], len(answer))
+    [item], _ = run_store.search(db)
+    assert (item["output_preview"], item["output_chars"]) == (answer[:OUTPUT_PREVIEW_CHARS], len(answer))

@@ -238,6 +238,7 @@ class Database:
         applied = []
         try:
             self.version()  # creates schema_version
+            _migration_functions(self.conn)
             done = {int(r["version"]) for r in self.all("SELECT version FROM schema_version")}
             for version, name, sql in migrations():
                 if version in done:
@@ -276,6 +277,17 @@ def _private_files(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if os.stat(name).st_mode & 0o077:
                 os.chmod(name, 0o600)
+
+
+def _migration_functions(conn: sqlite3.Connection) -> None:
+    """SQL functions a migration may call. SQLite's own length(), substr() and replace() stop at
+    a text's first NUL character, and an agent may print NULs: 0012 takes an answer's length and
+    first characters with these, so they agree with what the service computes (Python's len and
+    slices) for every answer."""
+    conn.create_function("am_text_length", 1, lambda text: None if text is None else len(text),
+                         deterministic=True)
+    conn.create_function("am_text_prefix", 2, lambda text, n: None if text is None else text[:n],
+                         deterministic=True)
 
 
 def _statements(sql: str) -> list[str]:

@@ -10,5 +10,7 @@ CREATE TABLE run_answers (
 INSERT INTO run_answers (run_id, output) SELECT id, output FROM runs WHERE output IS NOT NULL;
 ALTER TABLE runs ADD COLUMN output_preview TEXT;
 ALTER TABLE runs ADD COLUMN output_chars INTEGER;
-UPDATE runs SET output_preview = substr(output, 1, 500), output_chars = length(output) WHERE output IS NOT NULL;
+-- am_text_prefix/am_text_length (store/database.py), not substr/length: those stop at a NUL.
+UPDATE runs SET output_preview = am_text_prefix(output, 500), output_chars = am_text_length(output)
+    WHERE output IS NOT NULL;
 ALTER TABLE runs DROP COLUMN output;
