@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_manager.errors import ConfigError
 from agent_manager.models import OUTPUT_PREVIEW_CHARS
 from agent_manager.store import database
 from agent_manager.store import runs as run_store
@@ -82,3 +83,43 @@ def test_an_old_answer_with_nul_characters_keeps_its_whole_preview_and_length(tm
     assert (run["output_preview"], run["output_chars"]) == (answer[:OUTPUT_PREVIEW_CHARS], len(answer))
     [item], _ = run_store.search(db)
     assert (item["output_preview"], item["output_chars"]) == (answer[:OUTPUT_PREVIEW_CHARS], len(answer))
+
+
+def test_an_older_release_refuses_a_database_a_newer_one_migrated(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Going back to the release before 0012 would answer 500 to every run read (runs.output is
+    gone): it must stop at start with a sentence that says why, and touch nothing."""
+    db = Database(tmp_path / "new.db")
+    db.migrate()
+    every = database.migrations()
+    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < 12])
+    with pytest.raises(ConfigError, match="upgraded by a newer Agent Manager .*migration 12"):
+        db.migrate()
+    versions = db.all("SELECT version FROM schema_version")
+    assert max(r["version"] for r in versions) == every[-1][0]
+
+
+def test_a_migration_that_fills_the_disk_says_so_and_leaves_the_database_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0012 copies every answer and rewrites the runs table: on a full disk SQLite rolls the
+    transaction back itself, and the error must still say "full" (it said "cannot rollback - no
+    transaction is active"), with every answer where it was."""
+    every = database.migrations()
+    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < 12])
+    db = Database(tmp_path / "old.db")
+    db.migrate()
+    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
+               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    for i in range(20):
+        db.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, output, created_at, owner)"
+                   " VALUES (?, 'agt_1', 'a', 'p', 'succeeded', ?, 'x', 'usr_1')", (f"run_{i}", f"{i} " * 20_000))
+    pages = db.one("PRAGMA page_count")
+    assert pages is not None
+    db.execute(f"PRAGMA max_page_count = {pages[0] + 20}")  # a disk with 80 KB left
+    db.execute("PRAGMA cache_size = 5")  # the transaction spills to the file, as a big one does
+    monkeypatch.setattr(database, "migrations", lambda: every)
+    with pytest.raises(ConfigError, match="full"):
+        db.migrate()
+    assert "output" in {r["name"] for r in db.all("PRAGMA table_info(runs)")}
+    assert db.one("SELECT output FROM runs WHERE id = 'run_7'")["output"] == "7 " * 20_000
+    assert db.one("SELECT MAX(version) AS v FROM schema_version")["v"] == 11

@@ -201,7 +201,10 @@ class Database:
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (a full disk: SQLITE_FULL);
+                # a second ROLLBACK would fail and hide the error that says what happened.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
             else:
                 self.conn.execute("COMMIT")
@@ -240,7 +243,16 @@ class Database:
             self.version()  # creates schema_version
             _migration_functions(self.conn)
             done = {int(r["version"]) for r in self.all("SELECT version FROM schema_version")}
-            for version, name, sql in migrations():
+            known = migrations()
+            newer = sorted(done - {version for version, _, _ in known})
+            if newer:
+                # An older release on a database a newer one migrated (0012 dropped runs.output)
+                # would answer 500 to every run read and could write rows the newer one misreads.
+                raise ConfigError(
+                    f"the database {self.path} was upgraded by a newer Agent Manager (schema"
+                    f" migration {', '.join(map(str, newer))} is unknown to this version): run that"
+                    " version, or restore the backup of the data directory taken before the upgrade")
+            for version, name, sql in known:
                 if version in done:
                     continue
                 with self.transaction() as conn:
