@@ -16,8 +16,9 @@ figures of each case. Cases (``--cases``, default all):
   parent's ``run.finished`` to the child's ``run.started`` (its process running). Goal: mean ≤ 2 ms.
 - ``daytona``: ``--daytona-runs`` runs at once on the Daytona backend against the emulator of
   tests/fakes in its own process (1 s create delay, 50 ms per call, ``--rate-429`` of the
-  control-plane calls refused with 429). Goals: 0 errors, 0 leaked sandboxes, server RSS ≤ 300 MB,
-  API p99 ≤ 100 ms meanwhile, no run waited (queued → started) > 2× the median wait, 429s absorbed.
+  control-plane calls refused with 429). Goals: 0 errors, 0 leaked sandboxes, RSS of the server
+  and its Daytona worker together ≤ 300 MB, API p99 ≤ 100 ms meanwhile, no run waited
+  (queued → started) > 2× the median wait, 429s absorbed.
   The issue's figure is 2,000 runs: ``--daytona-runs 2000`` (the default, 300, keeps a default run short).
 - ``restart``: a data directory with ``--events`` stored events (default 1,000,000), then a
   service start timed to the first healthy answer, and run-list / search latency. Goals: ≤ 2 s,
@@ -330,7 +331,7 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             await add_agent(client, {"name": "cloud", "command": "sh", "backend": "daytona",
                                      "args": ["-c", CLOUD, "sh", "{prompt}"]})
             probe = Probe(server, workdir, args.probe_interval_ms)
-            with RssSampler(server.proc.pid, period=0.05) as rss:
+            with RssSampler(server.proc.pid, period=0.05, children=True) as rss:
                 began = time.perf_counter()
                 await submit_all(server.url, server.headers, "cloud", [f"job-{i}" for i in range(args.daytona_runs)],
                                  backend="daytona")
@@ -357,6 +358,9 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             "peak_creating": stats["peak_creating"], "rate_limited_429": stats["rate_limited"],
             "server_rss_before_mb": round(rss.before["VmRSS"] / 1024, 1),
             "server_rss_peak_mb": round(rss.peak_kb / 1024, 1),
+            # The SDK runs in the server's child (its Daytona worker): that memory is the service's too.
+            "worker_rss_peak_mb": round(rss.children_peak_kb / 1024, 1),
+            "service_rss_peak_mb": round(rss.total_peak_kb / 1024, 1),
             "wait_median_s": round(median, 3), "wait_max_s": round(max(waits, default=0), 3),
             "fairness_max_over_median": round(max(waits, default=0) / median, 3) if median else None,
             "api": probed}
@@ -386,10 +390,12 @@ def build_history(home: Path, events: int, per_run: int = 100) -> dict[str, Any]
             stamp = f"2026-01-{1 + r * 28 // runs:02d}T00:00:{r % 60:02d}.000Z"
             entry = conn.execute("INSERT INTO runs_fts (run_id, prompt, output) VALUES (?, ?, ?)",
                                  (run_id, prompt, f"answer {prompt}")).lastrowid
-            conn.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, backend, exit_code, output,"
-                         " created_at, started_at, finished_at, search_rowid) VALUES (?, 'agt_hist', 'hist', ?,"
-                         " 'succeeded', 'local', 0, ?, ?, ?, ?, ?)",
-                         (run_id, prompt, f"answer {prompt}", stamp, stamp, stamp, entry))
+            answer = f"answer {prompt}"
+            conn.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, backend, exit_code,"
+                         " output_preview, output_chars, created_at, started_at, finished_at, search_rowid)"
+                         " VALUES (?, 'agt_hist', 'hist', ?, 'succeeded', 'local', 0, ?, ?, ?, ?, ?, ?)",
+                         (run_id, prompt, answer, len(answer), stamp, stamp, stamp, entry))
+            conn.execute("INSERT INTO run_answers (run_id, output) VALUES (?, ?)", (run_id, answer))
             conn.executemany("INSERT INTO run_events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
                              [(run_id, s, "output", json.dumps({"stream": "stdout", "text": f"line {s} of {prompt}\n"}),
                                stamp) for s in range(1, per_run + 1)])
@@ -448,7 +454,7 @@ def verdict(results: dict[str, Any]) -> dict[str, bool]:
         d = results["daytona"]
         p["daytona_errors"] = d["errors"] == 0
         p["daytona_leaks"] = d["leaked_sandboxes"] == 0
-        p["daytona_rss"] = d["server_rss_peak_mb"] <= GOALS["daytona_rss_mb"]
+        p["daytona_rss"] = d["service_rss_peak_mb"] <= GOALS["daytona_rss_mb"]  # server + its Daytona worker
         p["daytona_api_p99"] = max(d["api"]["health"]["p99_ms"], d["api"]["runs"]["p99_ms"]) <= GOALS[
             "daytona_api_p99_ms"]
         p["daytona_fairness"] = (d["fairness_max_over_median"] or 0) <= GOALS["daytona_fairness"]

@@ -145,26 +145,41 @@ def pct(values: list[float], p: float) -> float:
 
 
 class RssSampler:
-    """Samples VmRSS of a pid every ``period`` seconds in a thread (peak and first value)."""
+    """Samples VmRSS of a pid every ``period`` seconds in a thread (peak and first value).
+    ``children``: also its direct child processes (the Daytona worker), peak of theirs alone
+    (``children_peak_kb``) and of the sum with the pid's own at the same moment (``total_peak_kb``)."""
 
-    def __init__(self, pid: int, period: float = 0.01) -> None:
-        self.pid, self.period = pid, period
-        self.peak_kb = 0
+    def __init__(self, pid: int, period: float = 0.01, children: bool = False) -> None:
+        self.pid, self.period, self.children = pid, period, children
+        self.peak_kb = self.children_peak_kb = self.total_peak_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def read(self) -> dict[str, int]:
+    def read(self, pid: int | None = None) -> dict[str, int]:
         fields = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid or self.pid}/status").read_text().splitlines():
             name, _, value = line.partition(":")
             if name in ("VmRSS", "VmHWM"):
                 fields[name] = int(value.split()[0])
         return fields
 
+    def _children_kb(self) -> int:
+        total = 0
+        with contextlib.suppress(OSError):
+            for child in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split():
+                with contextlib.suppress(OSError, KeyError):
+                    total += self.read(int(child))["VmRSS"]
+        return total
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(OSError):
-                self.peak_kb = max(self.peak_kb, self.read()["VmRSS"])
+                own = self.read()["VmRSS"]
+                self.peak_kb = max(self.peak_kb, own)
+                if self.children:
+                    kids = self._children_kb()
+                    self.children_peak_kb = max(self.children_peak_kb, kids)
+                    self.total_peak_kb = max(self.total_peak_kb, own + kids)
             time.sleep(self.period)
 
     def __enter__(self) -> RssSampler:

@@ -24,7 +24,18 @@ from fakes.daytona_emulator import DaytonaEmulator
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import ExecSpec
 from agent_manager.executors.daytona import DaytonaExecutor
-from agent_manager.executors.daytona_wire import MAX_FRAME, WireError, decode, encode, frame_length, spec_in, spec_out
+from agent_manager.executors.daytona_wire import (
+    MAX_FRAME,
+    SPLIT_AT,
+    WireError,
+    decode,
+    encode,
+    encode_all,
+    frame_length,
+    spec_in,
+    spec_out,
+)
+from agent_manager.executors.daytona_worker import WORKER_NICE
 from agent_manager.settings import Settings
 
 SLEEP = ["sh", "-c", "echo started; sleep 60"]
@@ -172,6 +183,9 @@ async def test_secrets_reach_the_worker_only_through_its_pipe(
         for secret in (daytona_emulator.api_key, "run-secret-0815", "service-own-secret-4711"):
             assert secret.encode() not in cmdline and secret.encode() not in environ
         assert b"AGENT_MANAGER_" not in environ and b"DAYTONA_" not in environ
+        # It runs at a lower priority than the service (WORKER_NICE), so API requests go first.
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert nice == min(os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE, 19)
     finally:
         await ex.close()
 
@@ -210,3 +224,30 @@ def test_the_wire_refuses_what_it_cannot_trust() -> None:
     assert spec_in(decode(encode([{"t": "s", "spec": spec_out(spec)}])[4:])[0]["spec"]) == spec
     with pytest.raises(WireError):
         spec_in({"argv": ["x"]})
+    # Not valid Unicode (an undecodable file name in an error message): escaped, not a lost frame.
+    assert decode(encode([{"t": "ret", "m": "bad \udcff name"}])[4:]) == [{"t": "ret", "m": "bad \udcff name"}]
+    # A tick's messages past SPLIT_AT leave in several frames; one past MAX_FRAME is refused alone.
+    big = [{"t": "o", "x": "y" * 300_000} for _ in range(8)]
+    frames, refused = encode_all([*big, {"t": "call", "c": 1, "x": "z" * (MAX_FRAME + 1)}])
+    assert len(refused) == 1 and refused[0]["c"] == 1
+    bodies = []
+    while frames:
+        length = frame_length(frames[:4])
+        assert length <= SPLIT_AT
+        bodies += decode(frames[4:4 + length])
+        frames = frames[4 + length:]
+    assert bodies == big
+
+
+async def test_a_run_too_large_for_the_pipe_fails_alone(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    ex = DaytonaExecutor(daytona_settings, "inst-big", retry_base_s=0.01)
+    try:
+        with pytest.raises(ExecutionError, match="too large to pass to the Daytona worker"):
+            await ex.start(ExecSpec(argv=["true"], stdin=b"x" * MAX_FRAME))
+        assert not ex.link.streams and not ex.link.exits  # type: ignore[union-attr]
+        run = await ex.start(ExecSpec(argv=["sh", "-c", "echo fine"]))
+        assert [c.text async for c in run.output()] == ["fine\n"] and await run.wait() == 0
+    finally:
+        await ex.close()

@@ -34,11 +34,12 @@ from agent_manager.errors import ExecutionError, ExecutorUnavailable
 from agent_manager.executors.base import Chunk, ExecSpec
 from agent_manager.executors.daytona_wire import (
     HEADER,
+    MAX_FRAME,
     Message,
     WireError,
     b64,
     decode,
-    encode,
+    encode_all,
     frame_length,
     raise_error,
     spec_out,
@@ -204,7 +205,13 @@ class WorkerLink:
         messages, self._outbox, self._flushing = self._outbox, [], False
         if self.alive and messages:
             assert self._transport is not None
-            self._transport.write(encode(messages))
+            frames, refused = encode_all(messages)
+            self._transport.write(frames)
+            for message in refused:  # e.g. a run's inline files past the frame limit: that call fails
+                waiter = self._pending.pop(message.get("c", 0), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(ExecutionError(
+                        f"too large to pass to the Daytona worker (over {MAX_FRAME} bytes)"))
 
     async def call(self, op: str, *, spawn: bool = True, **args: Any) -> Any:
         """``op`` done by the worker; its value (or error) here. Cancelling the caller cancels it there."""
@@ -400,6 +407,10 @@ class RemoteRun:
             run.outlet.abandon()
             link.tell("cancel", i=run.ident)
             raise
+        except BaseException:  # never started: nothing more will come for it
+            link.streams.pop(run.ident, None)
+            link.exits.pop(run.ident, None)
+            raise
         run.info.update(reply["info"])
         return run
 
@@ -425,6 +436,9 @@ class RemotePty:
         except asyncio.CancelledError:
             pty.outlet.abandon()
             link.tell("pty_close", i=pty.ident)
+            raise
+        except BaseException:
+            link.streams.pop(pty.ident, None)
             raise
         pty.info.update(reply["info"])
         return pty

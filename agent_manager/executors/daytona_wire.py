@@ -34,8 +34,9 @@ from agent_manager.executors.daytona_settings import DaytonaSettings
 
 HEADER = struct.Struct(">I")
 # Frames larger than this end the link (a run's inputs travel as files on this host; the biggest
-# legitimate frame is a spec with inline files and stdin, bounded by the run request's own limits).
-MAX_FRAME = 256 * 1024 * 1024
+# legitimate message is a spec with inline files and stdin, bounded by the run request's own limits).
+MAX_FRAME = 64 * 1024 * 1024
+SPLIT_AT = 1024 * 1024  # a tick's messages beyond this many bytes go out in several frames
 Message = dict[str, Any]
 
 
@@ -44,10 +45,31 @@ class WireError(Exception):
 
 
 def encode(messages: list[Message]) -> bytes:
-    body = json.dumps(messages, separators=(",", ":"), ensure_ascii=False).encode()
+    """One or more frames (split past ``SPLIT_AT``, so no reader ever needs one huge buffer).
+    ASCII JSON: a string that is not valid Unicode (a lone surrogate from an undecodable file
+    name in an error message) still travels, escaped, instead of failing the whole frame."""
+    body = json.dumps(messages, separators=(",", ":")).encode("ascii")
+    if len(body) > SPLIT_AT and len(messages) > 1:
+        half = len(messages) // 2
+        return encode(messages[:half]) + encode(messages[half:])
     if len(body) > MAX_FRAME:
-        raise WireError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+        raise WireError(f"message of {len(body)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(body)) + body
+
+
+def encode_all(messages: list[Message]) -> tuple[bytes, list[Message]]:
+    """The frames for ``messages``, and the messages that could not be sent (each larger than
+    ``MAX_FRAME`` on its own), which the caller answers with an error instead of losing the rest."""
+    try:
+        return encode(messages), []
+    except WireError:
+        frames, refused = [], []
+        for message in messages:
+            try:
+                frames.append(encode([message]))
+            except WireError:
+                refused.append(message)
+        return b"".join(frames), refused
 
 
 def frame_length(header: bytes) -> int:

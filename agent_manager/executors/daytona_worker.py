@@ -40,6 +40,7 @@ from agent_manager.executors.daytona_wire import (
     b64,
     decode,
     encode,
+    encode_all,
     error_of,
     frame_length,
     section_in,
@@ -51,6 +52,9 @@ log = logging.getLogger("agent_manager.executors.daytona")
 T = TypeVar("T")
 DRAIN_S = 15.0  # at close: how long in-flight calls and clean-ups (deletes) may still take
 PR_SET_PDEATHSIG = 1
+# Added to the worker's nice value (POSIX): when the machine is busy, the service's HTTP loop gets
+# the CPU first and the SDK's work waits (as the Daytona thread did at +10: notes 15f/15g).
+WORKER_NICE = 10
 
 
 class Link:
@@ -91,7 +95,13 @@ class Link:
             self._live_sent = live
             messages.append({"t": "live", "n": live})
         if messages and not self._transport.is_closing():
-            self._transport.write(encode(messages))
+            frames, refused = encode_all(messages)
+            for message in refused:  # an answer too large to send: the caller gets an error instead
+                log.error("Daytona worker: a %r message exceeds the frame limit; not sent", message["t"])
+                if message["t"] == "ret":
+                    frames += encode([{"t": "ret", "c": message["c"],
+                                       "e": {"k": "execution", "m": "the answer is too large to pass on"}}])
+            self._transport.write(frames)
 
 
 class PipeOutlet:
@@ -445,6 +455,8 @@ def main() -> None:
     os.dup2(2, 1)  # print() from any library goes to stderr, never into a frame
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    with contextlib.suppress(OSError, AttributeError):  # raising one's own nice value is always allowed
+        os.nice(WORKER_NICE)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="daytona-worker %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(0, fd_out))
