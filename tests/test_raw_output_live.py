@@ -5,6 +5,7 @@ for every resume point, stream filter and byte offset; never before the row's co
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,8 @@ async def test_bytes_from_memory_equal_bytes_from_the_file(db: Database, monkeyp
     assert reads, "without the memory, the file is read"
 
 
-async def test_sse_frames_from_memory_equal_frames_from_the_file(db: Database) -> None:
+async def test_sse_frames_from_memory_equal_frames_from_the_file(db: Database,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     log = events.EventLog(db, "run_events", "run_id", batched=True, spill=True)
     fill(log, "run_b", 20)
     log.append("run_b", "run.finished", {"status": "succeeded"})
@@ -107,8 +109,17 @@ async def test_sse_frames_from_memory_equal_frames_from_the_file(db: Database) -
         return out
     sent = {after: await frames(after) for after in (0, 3, 11)}
     forget_memory(log)
+    threads: list[str] = []
+    real_read = OutputFiles._read
+
+    def reading(self: OutputFiles, *args: object) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real_read(self, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(OutputFiles, "_read", reading)
     for after, body in sent.items():
         assert body == await frames(after), after
+    # Not in memory: read on the output-read threads (the disk may be involved), never on the loop.
+    assert threads and all(name.startswith("am-output-read") for name in threads)
 
 
 async def test_a_live_follower_catches_up_from_memory_and_from_the_file(db: Database,

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
@@ -36,8 +35,6 @@ ROWS = 256  # rows per read; only output rows and the end are sent
 WANTED = ("output", "run.finished")
 SEND_BYTES = 256 * 1024  # small inline chunks are joined up to this before a write
 IDLE_CHECK_S = 15.0  # how often a silent live run's status is looked at
-READ_THREADS = 4  # file reads that may wait for the disk run here, not on the event loop
-_reads: ThreadPoolExecutor | None = None
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
 
 
@@ -65,13 +62,6 @@ class _Range:
     field: str
     offset: int
     length: int
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _reads
-    if _reads is None:
-        _reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="am-output-read")
-    return _reads
 
 
 class _Sender:
@@ -143,7 +133,7 @@ class _Sender:
         loop = asyncio.get_running_loop()
         while True:
             if far:
-                pending = loop.run_in_executor(_executor(), next, pieces, None)
+                pending = loop.run_in_executor(output_files.read_pool(), next, pieces, None)
                 try:
                     piece = await asyncio.shield(pending)
                 except asyncio.CancelledError:
