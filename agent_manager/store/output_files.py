@@ -164,6 +164,17 @@ class OutputFiles:
         head = json.dumps({"at": at, **obj}, ensure_ascii=False, separators=(",", ":"))[:-1]
         return [head.encode(), b',"text":"', body, b'"}']
 
+    def far(self, key: str, data: str) -> bool:
+        """Whether a stored ``data`` column refers to bytes more than ``DROP_LAG`` behind the end
+        of the run's file: they may have left the page cache, and a read may wait for the disk."""
+        found = reference(data)
+        if found is None:
+            return False
+        try:
+            return found[2] < os.stat(self.path(key)).st_size - DROP_LAG
+        except (OSError, ValueError):
+            return False
+
     def raw(self, key: str, field: str, offset: int, length: int, fd: int | None = None) -> Iterator[bytes]:
         """The printed bytes of a file-backed text, in pieces of at most ``READ_BLOCK`` (a raw
         reader of 200 MB holds one piece at a time). ``fd``: the run's file, opened by the

@@ -70,9 +70,10 @@ async def frames(log: EventLog, key: str, after: int, ends: Ends,
             size = 0
             done = False
             for seq, type_, data, at in rows:
-                if log.files is not None and '"text_' in data and log.printed(key, seq) is None:
-                    # A file-backed row not in memory: its bytes may have to come from the disk
-                    # (``output_files.DROP_LAG``), which the event loop must not wait for.
+                if (log.files is not None and '"text_' in data and log.printed(key, seq) is None
+                        and log.files.far(key, data)):
+                    # Far behind the end of the run's file: its bytes may have to come from the
+                    # disk (``output_files.DROP_LAG``), which the event loop must not wait for.
                     spilled = await asyncio.get_running_loop().run_in_executor(
                         read_pool(), log.frame_data, key, data, at, seq)
                 else:
