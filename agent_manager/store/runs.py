@@ -87,16 +87,12 @@ def fts_query(text: str) -> str:
 
 def _summary_object(db: Queryable) -> str:
     """A run in a list as one JSON object: its row, which has its answer's start and length but
-    not the answer (run_answers)."""
-    global _SUMMARY_OBJECT
-    if _SUMMARY_OBJECT is None:
-        names = [r["name"] for r in db.all("PRAGMA table_info(runs)")]
-        fields = [f"'{n}', runs.{n}" for n in names] + ["'_rowid', runs.rowid"]
-        _SUMMARY_OBJECT = f"json_object({', '.join(fields)})"
-    return _SUMMARY_OBJECT
-
-
-_SUMMARY_OBJECT: str | None = None
+    not the answer (run_answers). The columns are asked of this database each time (one row, one
+    step): a cached list would outlive a migration."""
+    row = db.one("SELECT group_concat(name, ',') AS names FROM pragma_table_info('runs')")
+    names = str(row["names"]).split(",") if row else []
+    fields = [f"'{n}', runs.{n}" for n in names] + ["'_rowid', runs.rowid"]
+    return f"json_object({', '.join(fields)})"
 
 
 def search(db: Queryable, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
