@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_manager.store.database import connect, dumps
 from agent_manager.store.output_files import FIELD, Appender, OutputFiles
+from agent_manager.text import unicode_only
 
 if TYPE_CHECKING:
     from agent_manager.store.database import Database
@@ -201,6 +202,16 @@ class EventWriter:
                     with self.db.write_lock:
                         self._commit(batch, params)
                     break
+                except UnicodeEncodeError as exc:
+                    # A lone surrogate (text.py) got this far: once as U+FFFD, never a dead
+                    # writer (every later event of every run would wait for it forever).
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                    if attempt > 1:
+                        log.error("dropped %d event(s) that are not text: %s", len(batch), exc)
+                        break
+                    log.warning("stored %d event(s) with text that is not Unicode as U+FFFD", len(batch))
+                    params = _unicode_only(batch, params)
                 except sqlite3.Error as exc:
                     with contextlib.suppress(sqlite3.Error):
                         self._conn.execute("ROLLBACK")
@@ -279,6 +290,17 @@ class EventWriter:
         if run:
             conn.executemany(sql, run)
         conn.execute("COMMIT")
+
+
+def _unicode_only(batch: list[Row], params: list[tuple[str, int, str, str, str] | None]
+                  ) -> list[tuple[str, int, str, str, str] | None]:
+    """The batch's parameters and statements without lone surrogates; ``stored`` follows (the
+    live readers serve it)."""
+    for row in batch:
+        row.also = [(statement, unicode_only(values)) for statement, values in row.also]
+        if row.stored is not None:
+            row.stored = unicode_only(row.stored)
+    return [None if values is None else unicode_only(values) for values in params]
 
 
 @functools.cache
