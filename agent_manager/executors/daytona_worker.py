@@ -243,11 +243,13 @@ class Worker:
         self.outlets.pop(ident, None)
 
     async def _opening(self, ident: int, work: Awaitable[T]) -> T:
-        """A start or terminal open that a later ``cancel``/``pty_close`` of ``ident`` can stop."""
-        task: asyncio.Task[T] = asyncio.ensure_future(work)
+        """A start or terminal open that a later ``cancel``/``pty_close`` of ``ident`` can stop
+        (by cancelling the call's own task: no second task per start)."""
+        task = asyncio.current_task()
+        assert task is not None
         self.opening[ident] = task
         try:
-            return await task
+            return await work
         finally:
             self.opening.pop(ident, None)
 
