@@ -294,8 +294,13 @@ class EventLog:
             await self.wait(key, self.committed_seq(key), left)
 
     def read(self, key: str, after: int = 0, limit: int = 64) -> list[dict[str, Any]]:
-        return [{"seq": seq, "type": type_, "data": json.loads(self._expand(key, data)), "created_at": at}
-                for seq, type_, data, at in self.read_raw(key, after, limit)]
+        """The rows after ``after``, from the table: a caller that saw the owner end in the
+        database (a run's status) must see every row committed with that end, and the loop may
+        not have heard of that commit yet (the memory tail and ``_committed`` lag it until then)."""
+        rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
+                           f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
+        return [{"seq": r["seq"], "type": r["type"], "data": json.loads(self._expand(key, r["data"])),
+                 "created_at": r["created_at"]} for r in rows]
 
     def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[RawRow]:
         """(seq, type, stored data column, created_at) without decoding: the SSE path sends the text

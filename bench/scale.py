@@ -390,10 +390,12 @@ def build_history(home: Path, events: int, per_run: int = 100) -> dict[str, Any]
             stamp = f"2026-01-{1 + r * 28 // runs:02d}T00:00:{r % 60:02d}.000Z"
             entry = conn.execute("INSERT INTO runs_fts (run_id, prompt, output) VALUES (?, ?, ?)",
                                  (run_id, prompt, f"answer {prompt}")).lastrowid
-            conn.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, backend, exit_code, output,"
-                         " created_at, started_at, finished_at, search_rowid) VALUES (?, 'agt_hist', 'hist', ?,"
-                         " 'succeeded', 'local', 0, ?, ?, ?, ?, ?)",
-                         (run_id, prompt, f"answer {prompt}", stamp, stamp, stamp, entry))
+            answer = f"answer {prompt}"
+            conn.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, backend, exit_code,"
+                         " output_preview, output_chars, created_at, started_at, finished_at, search_rowid)"
+                         " VALUES (?, 'agt_hist', 'hist', ?, 'succeeded', 'local', 0, ?, ?, ?, ?, ?, ?)",
+                         (run_id, prompt, answer, len(answer), stamp, stamp, stamp, entry))
+            conn.execute("INSERT INTO run_answers (run_id, output) VALUES (?, ?)", (run_id, answer))
             conn.executemany("INSERT INTO run_events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
                              [(run_id, s, "output", json.dumps({"stream": "stdout", "text": f"line {s} of {prompt}\n"}),
                                stamp) for s in range(1, per_run + 1)])

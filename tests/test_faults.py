@@ -18,6 +18,7 @@ from helpers import events, wait_gone, wait_run
 from agent_manager.errors import ConfigError
 from agent_manager.service import Service, check_data_dir
 from agent_manager.settings import Settings
+from agent_manager.store.database import Database, migrations
 
 QUIET = ("import sys, time\n"
          "print('before', flush=True)\n"
@@ -157,3 +158,54 @@ def test_full_disk_check_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("agent_manager.service.shutil.disk_usage", full)
     with pytest.raises(ConfigError, match="is full"):
         check_data_dir(settings)
+
+
+def _old_database(path: Path, answers: int) -> None:
+    """A database as the release before migration 0012 left it: answers in runs.output."""
+    every = migrations()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("agent_manager.store.database.migrations", lambda: [m for m in every if m[0] < 12])
+        db = Database(path)
+        db.migrate()
+    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
+               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    with db.transaction() as conn:
+        for i in range(answers):
+            conn.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, output, created_at)"
+                         " VALUES (?, 'agt_1', 'a', 'p', 'succeeded', ?, 'x')", (f"run_{i}", f"{i:04d}" * 25_000))
+    db.close()
+
+
+def test_a_migration_the_disk_cannot_hold_stops_the_start_and_keeps_every_answer(tmp_path: Path) -> None:
+    """0012 copies every answer to run_answers and rewrites the runs table (several times the
+    answers' size in the WAL): on a disk without that room `serve` says the disk is full in one
+    line, and the database is the old one, every answer in place, ready for a start with room."""
+    mount = tmp_path / "small"
+    with tmpfs(mount, "size=44m") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        home = mount / "home"
+        home.mkdir()
+        _old_database(home / "agent-manager.db", 200)  # 20 MB of answers, 24 MB free
+        out = _serve(home)
+        assert out.returncode != 0
+        assert "cannot migrate the database" in out.stderr and "full" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+        db = Database(home / "agent-manager.db")
+        assert db.one("SELECT MAX(version) AS v FROM schema_version")["v"] == 11
+        assert db.one("SELECT output FROM runs WHERE id = 'run_42'")["output"] == "0042" * 25_000
+        db.close()
+
+
+def test_a_database_a_newer_release_upgraded_stops_the_start(tmp_path: Path) -> None:
+    """Going back a release: its code does not know the newer tables, so it refuses to start
+    (an older release on 0012's database answered 500 to every run)."""
+    home = tmp_path / "home"
+    db = Database(home / "agent-manager.db")
+    db.migrate()
+    db.execute("INSERT INTO schema_version VALUES (9999, '9999_future.sql', 'x')")
+    db.close()
+    out = _serve(home)
+    assert out.returncode != 0
+    assert "upgraded by a newer Agent Manager" in out.stderr and "9999" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

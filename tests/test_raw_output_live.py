@@ -5,6 +5,7 @@ for every resume point, stream filter and byte offset; never before the row's co
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,8 @@ async def test_bytes_from_memory_equal_bytes_from_the_file(db: Database, monkeyp
     assert reads, "without the memory, the file is read"
 
 
-async def test_sse_frames_from_memory_equal_frames_from_the_file(db: Database) -> None:
+async def test_sse_frames_from_memory_equal_frames_from_the_file(db: Database,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     log = events.EventLog(db, "run_events", "run_id", batched=True, spill=True)
     fill(log, "run_b", 20)
     log.append("run_b", "run.finished", {"status": "succeeded"})
@@ -107,8 +109,23 @@ async def test_sse_frames_from_memory_equal_frames_from_the_file(db: Database) -
         return out
     sent = {after: await frames(after) for after in (0, 3, 11)}
     forget_memory(log)
+    threads: list[str] = []
+    real_read = OutputFiles._read
+
+    def reading(self: OutputFiles, *args: object) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real_read(self, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(OutputFiles, "_read", reading)
+    for after, body in sent.items():  # not in memory, near the end of the file: read inline
+        assert body == await frames(after), after
+    assert threads and all(name == threading.current_thread().name for name in threads)
+    threads.clear()
+    from agent_manager.store import output_files
+    monkeypatch.setattr(output_files, "DROP_LAG", 0)
     for after, body in sent.items():
         assert body == await frames(after), after
+    # Far behind the end (the disk may be involved): read on the output-read threads, never on the loop.
+    assert threads and all(name.startswith("am-output-read") for name in threads)
 
 
 async def test_a_live_follower_catches_up_from_memory_and_from_the_file(db: Database,
@@ -168,3 +185,95 @@ async def test_printed_bytes_are_bounded_and_forgotten(db: Database, monkeypatch
     log.forget("k4")
     assert "k4" not in log._printed
     assert log._printed_bytes == sum(p.size for p in log._printed.values())
+
+
+async def test_a_part_far_behind_the_end_is_read_on_a_thread(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part of the file more than ``DROP_LAG`` behind its end may have left the page cache:
+    it is read on the output-read threads, never on the event loop; nearer parts are read inline.
+    The bytes are the same, and a reader cancelled mid-read leaves no file open."""
+    import os
+    import threading
+
+    from agent_manager.store import output_files
+
+    log = events.EventLog(db, "run_events", "run_id", batched=True, spill=True)
+    text = fill(log, "run_t", 40)
+    log.append("run_t", "run.finished", {})
+    await committed(log, "run_t")
+    forget_memory(log)
+    threads: list[str] = []
+    real_read = OutputFiles._read
+
+    def reading(self: OutputFiles, *args: object) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real_read(self, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(OutputFiles, "_read", reading)
+    monkeypatch.setattr(output_files, "DROP_LAG", 10**12)  # nothing is far behind
+    assert await raw(db, log, "run_t") == text.encode()
+    assert threads and all(name == threading.current_thread().name for name in threads)
+    threads.clear()
+    monkeypatch.setattr(output_files, "DROP_LAG", 0)  # everything is
+    assert await raw(db, log, "run_t", offset=3) == text.encode()[3:]
+    assert threads and all(name.startswith("am-output-read") for name in threads)
+
+    opened: list[int] = []
+    real_open = OutputFiles.open
+
+    def tracking(self: OutputFiles, key: str) -> int | None:
+        fd = real_open(self, key)
+        if fd is not None:
+            opened.append(fd)
+        return fd
+    monkeypatch.setattr(OutputFiles, "open", tracking)
+    gen = raw_output.chunks(db, log, "run_t", 0, None, 0)
+    while not opened:  # until a piece of the file is being sent
+        assert await gen.__anext__()
+    await gen.aclose()  # a client that went away
+    path = str(OutputFiles.path(log.files, "run_t"))  # type: ignore[arg-type]
+
+    def open_on_the_file() -> list[str]:
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{name}") == path:
+                    found.append(name)
+            except OSError:
+                pass
+        return found
+    assert open_on_the_file() == []
+
+
+async def test_a_reader_cancelled_during_a_thread_read_closes_the_file_after_it(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import threading
+
+    from agent_manager.store import output_files
+
+    log = events.EventLog(db, "run_events", "run_id", batched=True, spill=True)
+    fill(log, "run_u", 12)
+    log.append("run_u", "run.finished", {})
+    await committed(log, "run_u")
+    forget_memory(log)
+    monkeypatch.setattr(output_files, "DROP_LAG", 0)
+    started = threading.Event()
+    valid_after: list[bool] = []
+    real_read = OutputFiles._read
+
+    def slow(self: OutputFiles, key: str, offset: int, length: int, given: int | None = None) -> bytes:
+        started.set()
+        threading.Event().wait(0.2)
+        try:
+            os.fstat(given) if given is not None else None
+            valid_after.append(True)
+        except OSError:
+            valid_after.append(False)
+        return real_read(self, key, offset, length, given)
+    monkeypatch.setattr(OutputFiles, "_read", slow)
+    reader = asyncio.create_task(raw(db, log, "run_u"))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert valid_after == [True], "the fd stayed open until the thread's read was done"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,24 @@ def test_transaction_rolls_back(tmp_path: Path) -> None:
                      " VALUES ('a', 'n', 'generic', 'c', 't', 't')")
         raise RuntimeError("boom")
     assert agent_store.find(db, "n") is None
+
+
+def test_a_write_that_fills_the_disk_raises_the_disk_full_error(tmp_path: Path) -> None:
+    """On a full disk SQLite may roll the whole transaction back itself: the error raised must
+    be that one ("database or disk is full"), not a failed second ROLLBACK's "no transaction"."""
+    db = Database(tmp_path / "db.sqlite")
+    db.migrate()
+    pages = db.one("PRAGMA page_count")
+    assert pages is not None
+    db.execute(f"PRAGMA max_page_count = {pages[0] + 50}")
+    with pytest.raises(sqlite3.OperationalError, match="full"), db.transaction() as conn:
+        conn.execute("CREATE TABLE big (x TEXT)")
+        for _ in range(100):
+            conn.execute("INSERT INTO big VALUES (?)", ("x" * 100_000,))
+    assert not db.conn.in_transaction
+    assert db.one("SELECT name FROM sqlite_master WHERE name = 'big'") is None
+    with db.transaction() as conn:  # the next write works
+        conn.execute("CREATE TABLE small (x TEXT)")
 
 
 def test_duplicate_name_is_conflict_and_keeps_original(tmp_path: Path) -> None:

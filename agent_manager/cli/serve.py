@@ -15,7 +15,7 @@ import uvicorn
 
 from agent_manager.errors import AgentManagerError
 from agent_manager.instance import DataDirLock, write_endpoint
-from agent_manager.settings import load_settings
+from agent_manager.settings import Settings, load_settings
 from agent_manager.web.auth import ensure_token, is_loopback, save_token
 
 # How long uvicorn waits for connections after runs were interrupted and streams ended.
@@ -35,6 +35,18 @@ def freeze_heap(collect: bool) -> None:
     if collect:
         gc.collect()
     gc.freeze()
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the database up to date before the server starts: a migration that fails (a full
+    disk, a database a newer release upgraded) stops ``serve`` with its one sentence, not with
+    a traceback from the application's start-up. The service's own start finds nothing to do."""
+    from agent_manager.store.database import Database
+    db = Database(settings.db_path)
+    try:
+        db.migrate()
+    finally:
+        db.close()
 
 
 @click.command()
@@ -69,6 +81,7 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
         # A new token is written only once start-up has succeeded (see announce), so a crashed
         # first start does not swallow the one-time login URL.
         token, created = ensure_token(settings.token_path, write=False) if settings.auth else (None, False)
+        migrate(settings)
         svc = Service(settings)
         svc.lock = lock
     except AgentManagerError as exc:

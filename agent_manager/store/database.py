@@ -201,7 +201,10 @@ class Database:
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (a full disk: SQLITE_FULL);
+                # a second ROLLBACK would fail and hide the error that says what happened.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
             else:
                 self.conn.execute("COMMIT")
@@ -238,8 +241,18 @@ class Database:
         applied = []
         try:
             self.version()  # creates schema_version
+            _migration_functions(self.conn)
             done = {int(r["version"]) for r in self.all("SELECT version FROM schema_version")}
-            for version, name, sql in migrations():
+            known = migrations()
+            newer = sorted(done - {version for version, _, _ in known})
+            if newer:
+                # An older release on a database a newer one migrated (0012 dropped runs.output)
+                # would answer 500 to every run read and could write rows the newer one misreads.
+                raise ConfigError(
+                    f"the database {self.path} was upgraded by a newer Agent Manager (schema"
+                    f" migration {', '.join(map(str, newer))} is unknown to this version): run that"
+                    " version, or restore the backup of the data directory taken before the upgrade")
+            for version, name, sql in known:
                 if version in done:
                     continue
                 with self.transaction() as conn:
@@ -276,6 +289,17 @@ def _private_files(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if os.stat(name).st_mode & 0o077:
                 os.chmod(name, 0o600)
+
+
+def _migration_functions(conn: sqlite3.Connection) -> None:
+    """SQL functions a migration may call. SQLite's own length(), substr() and replace() stop at
+    a text's first NUL character, and an agent may print NULs: 0012 takes an answer's length and
+    first characters with these, so they agree with what the service computes (Python's len and
+    slices) for every answer."""
+    conn.create_function("am_text_length", 1, lambda text: None if text is None else len(text),
+                         deterministic=True)
+    conn.create_function("am_text_prefix", 2, lambda text, n: None if text is None else text[:n],
+                         deterministic=True)
 
 
 def _statements(sql: str) -> list[str]:

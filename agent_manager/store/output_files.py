@@ -30,6 +30,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ DROP_LAG = 64 * 1024 * 1024
 # A long read (a replay) asks the kernel to read this far ahead of the piece being sent, so the
 # file is read from the disk while the loop sends, rather than one 1 MiB read at a time between.
 READ_AHEAD = 4 * 1024 * 1024
+READ_THREADS = 4  # file reads that may wait for the disk run on these, not on the event loop
+_read_pool: ThreadPoolExecutor | None = None
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL = bytes(c for c in range(32) if c != 10)  # what JSON escapes, besides \n, " and \\
 
@@ -80,6 +83,15 @@ def reference(data: str) -> tuple[dict[str, Any], str, int, int] | None:
         if isinstance(ref, list) and len(ref) == 2:
             return obj, field, int(ref[0]), int(ref[1])
     return None
+
+
+def read_pool() -> ThreadPoolExecutor:
+    """Where readers (raw output, SSE) read a part of a run's file that may have left the page
+    cache (``DROP_LAG``): a read that waits for the disk must not hold up the event loop."""
+    global _read_pool
+    if _read_pool is None:
+        _read_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="am-output-read")
+    return _read_pool
 
 
 def _whole_characters(body: bytes) -> bytes:
@@ -151,6 +163,17 @@ class OutputFiles:
         body = self._escaped(key, field, offset, length, printed)
         head = json.dumps({"at": at, **obj}, ensure_ascii=False, separators=(",", ":"))[:-1]
         return [head.encode(), b',"text":"', body, b'"}']
+
+    def far(self, key: str, data: str) -> bool:
+        """Whether a stored ``data`` column refers to bytes more than ``DROP_LAG`` behind the end
+        of the run's file: they may have left the page cache, and a read may wait for the disk."""
+        found = reference(data)
+        if found is None:
+            return False
+        try:
+            return found[2] < os.stat(self.path(key)).st_size - DROP_LAG
+        except (OSError, ValueError):
+            return False
 
     def raw(self, key: str, field: str, offset: int, length: int, fd: int | None = None) -> Iterator[bytes]:
         """The printed bytes of a file-backed text, in pieces of at most ``READ_BLOCK`` (a raw

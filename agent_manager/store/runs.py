@@ -12,6 +12,8 @@ from agent_manager.store.database import Database, Queryable, dumps, duration, n
 
 # A run's search entry, by rowid: runs_fts.run_id is UNINDEXED, so matching on it scans the index.
 SEARCH_ROWID = "(SELECT search_rowid FROM runs WHERE id = ?)"
+# A run with its answer, which lives in its own table (0012): a runs row stays small.
+WITH_ANSWER = "SELECT runs.*, run_answers.output FROM runs LEFT JOIN run_answers ON run_answers.run_id = runs.id"
 
 
 def row_to_dict(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +38,7 @@ def create(db: Database, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def get(db: Queryable, run_id: str, owner: str | None = None) -> dict[str, Any]:
-    row = db.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+    row = db.one(f"{WITH_ANSWER} WHERE runs.id = ?", (run_id,))
     if row is None or (owner is not None and row["owner"] != owner):
         raise NotFound(f"run {run_id!r} not found")
     return row_to_dict(row)
@@ -44,14 +46,22 @@ def get(db: Queryable, run_id: str, owner: str | None = None) -> dict[str, Any]:
 
 def update_statements(run_id: str, search: bool = True, **changes: Any) -> list[tuple[str, tuple[Any, ...]]]:
     """The statements of ``update``, for a caller that commits them with something else.
-    ``search=False`` leaves a changed ``output`` out of the search index (see ``search_statements``)."""
+    ``search=False`` leaves a changed ``output`` out of the search index (see ``search_statements``).
+    The answer (``output``) goes to run_answers; the row keeps its start and length."""
     if "usage" in changes and changes["usage"] is not None:
         changes["usage"] = dumps(changes["usage"])
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    if "output" in changes:
+        output = changes.pop("output")
+        changes["output_preview"] = None if output is None else output[:OUTPUT_PREVIEW_CHARS]
+        changes["output_chars"] = None if output is None else len(output)
+        statements.append(("DELETE FROM run_answers WHERE run_id = ?", (run_id,)) if output is None else (
+            "INSERT INTO run_answers (run_id, output) VALUES (?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET output = excluded.output", (run_id, output)))
+        if search:
+            statements += search_statements(run_id, output)
     assignments = ", ".join(f"{k} = ?" for k in changes)
-    statements: list[tuple[str, tuple[Any, ...]]] = [
-        (f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))]
-    if "output" in changes and search:
-        statements += search_statements(run_id, changes["output"])
+    statements.insert(0, (f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id)))
     return statements
 
 
@@ -76,19 +86,13 @@ def fts_query(text: str) -> str:
 
 
 def _summary_object(db: Queryable) -> str:
-    """A run in a list as one JSON object: every column but the answer, which can be megabytes,
-    replaced by its start and length."""
-    global _SUMMARY_OBJECT
-    if _SUMMARY_OBJECT is None:
-        names = [r["name"] for r in db.all("PRAGMA table_info(runs)") if r["name"] != "output"]
-        fields = [f"'{n}', runs.{n}" for n in names] + [
-            f"'output_preview', substr(runs.output, 1, {OUTPUT_PREVIEW_CHARS})",
-            "'output_chars', length(runs.output)", "'_rowid', runs.rowid"]
-        _SUMMARY_OBJECT = f"json_object({', '.join(fields)})"
-    return _SUMMARY_OBJECT
-
-
-_SUMMARY_OBJECT: str | None = None
+    """A run in a list as one JSON object: its row, which has its answer's start and length but
+    not the answer (run_answers). The columns are asked of this database each time (one row, one
+    step): a cached list would outlive a migration."""
+    row = db.one("SELECT group_concat(name, ',') AS names FROM pragma_table_info('runs')")
+    names = str(row["names"]).split(",") if row else []
+    fields = [f"'{n}', runs.{n}" for n in names] + ["'_rowid', runs.rowid"]
+    return f"json_object({', '.join(fields)})"
 
 
 def search(db: Queryable, *, agent_id: str | None = None, status: str | None = None, q: str | None = None,
@@ -135,7 +139,7 @@ def search(db: Queryable, *, agent_id: str | None = None, status: str | None = N
 
 
 def unfinished(db: Database) -> list[dict[str, Any]]:
-    return [row_to_dict(r) for r in db.all("SELECT * FROM runs WHERE status IN ('queued', 'running')")]
+    return [row_to_dict(r) for r in db.all(f"{WITH_ANSWER} WHERE runs.status IN ('queued', 'running')")]
 
 
 def last_heard(db: Database, run_id: str) -> str | None:
@@ -172,6 +176,7 @@ def prune(db: Database, finished_before: str, batch: int = 500) -> int:
             conn.execute(f"DELETE FROM run_events WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs_fts WHERE rowid IN (SELECT search_rowid FROM runs WHERE id IN ({marks}))",
                          ids)
+            conn.execute(f"DELETE FROM run_answers WHERE run_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
         if db.output_files is not None:  # after the commit: a crash in between leaves files, never rows without
             db.output_files.remove(ids)

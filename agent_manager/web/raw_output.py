@@ -17,14 +17,17 @@ interrupted download resumes with the byte count it already has.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
 
 from agent_manager.events import EventLog
 from agent_manager.models import TERMINAL_STATUSES
+from agent_manager.store import output_files
 from agent_manager.store.database import Database
 from agent_manager.store.output_files import FIELD, reference
 
@@ -51,6 +54,16 @@ class _Skip:
         return piece
 
 
+@dataclass(frozen=True)
+class _Range:
+    """A part of the run's file to send; ``_Sender.read`` reads it (the ``?offset=`` bytes still
+    to skip are cut from what it reads)."""
+
+    field: str
+    offset: int
+    length: int
+
+
 class _Sender:
     """What is waiting to be sent: small pieces to join, or one range of the run's file that
     consecutive file-backed rows extend (they are contiguous while one stream writes fast), so
@@ -67,8 +80,9 @@ class _Sender:
         self.range: tuple[int, int] | None = None  # (offset, length) in the file, raw format
         self.fd: int | None = None  # the run's file, open while rows are being sent
 
-    def add_row(self, seq: int, data: str, stream: str | None) -> Iterator[bytes]:
-        """Take one stored output row; yields what is ready to be sent."""
+    def add_row(self, seq: int, data: str, stream: str | None) -> Iterator[bytes | _Range]:
+        """Take one stored output row; yields what is ready to be sent (bytes, or a part of the
+        file to read and send)."""
         found = reference(data) if self.log.files is not None else None
         if found is None:
             obj = json.loads(data)
@@ -101,30 +115,48 @@ class _Sender:
             self.range = (offset, length)
             return
         yield from self.flush()
-        for piece in self._file(field, offset, length):
-            if piece := self.skip.cut(piece):
-                yield piece
+        yield _Range(field, offset, length)
 
-    def _file(self, field: str, offset: int, length: int) -> Iterator[bytes]:
+    async def read(self, part: _Range) -> AsyncIterator[bytes]:
+        """The bytes of ``part``, in pieces of at most 1 MiB, ``?offset=`` applied. A part further
+        behind the file's end than the writer keeps in the page cache (``DROP_LAG``: a replay,
+        or a reader far behind) may have to come from the disk: it is read on a thread, so the
+        event loop never waits for the disk."""
         files = self.log.files
         assert files is not None
         if self.fd is None:
             self.fd = files.open(self.key)
             if self.fd is None:
                 return
-        yield from files.raw(self.key, field, offset, length, self.fd)
+        pieces = files.raw(self.key, part.field, part.offset, part.length, self.fd)
+        far = part.offset < os.fstat(self.fd).st_size - output_files.DROP_LAG
+        loop = asyncio.get_running_loop()
+        while True:
+            if far:
+                pending = loop.run_in_executor(output_files.read_pool(), next, pieces, None)
+                try:
+                    piece = await asyncio.shield(pending)
+                except asyncio.CancelledError:
+                    await asyncio.wait([pending])  # the fd stays open until the thread is done with it
+                    raise
+            else:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            if piece := self.skip.cut(piece):
+                yield piece
 
     def _flush_small(self) -> Iterator[bytes]:
         if self.small:
             yield self.small[0] if len(self.small) == 1 else b"".join(self.small)
             self.small, self.size = [], 0
 
-    def _flush_range(self) -> Iterator[bytes]:
+    def _flush_range(self) -> Iterator[_Range]:
         if self.range is not None:
             (offset, length), self.range = self.range, None
-            yield from self._file(FIELD, offset, length)
+            yield _Range(FIELD, offset, length)
 
-    def flush(self) -> Iterator[bytes]:
+    def flush(self) -> Iterator[bytes | _Range]:
         yield from self._flush_small()
         yield from self._flush_range()
 
@@ -158,15 +190,15 @@ async def chunks(db: Database, log: EventLog, run_id: str, after: int, stream: s
             rows, after, more = _rows(db, log, run_id, after)
             for seq, type_, data in rows:
                 if type_ == "run.finished":
-                    for piece in sender.flush():
+                    async for piece in _sent(sender, sender.flush()):
                         yield piece
                     return
-                for piece in sender.add_row(seq, data, stream):
+                async for piece in _sent(sender, sender.add_row(seq, data, stream)):
                     yield piece
             if more:
                 continue
             after = max(after, seen)  # the other events up to ``seen`` are not ours: do not wake for them
-            for piece in sender.flush():  # all that is stored has gone out before we wait
+            async for piece in _sent(sender, sender.flush()):  # all that is stored has gone out before we wait
                 yield piece
             sender.close()
             if log.closed:  # the service is stopping: what was stored has been sent
@@ -178,6 +210,15 @@ async def chunks(db: Database, log: EventLog, run_id: str, after: int, stream: s
                         return
     finally:
         sender.close()
+
+
+async def _sent(sender: _Sender, items: Iterator[bytes | _Range]) -> AsyncIterator[bytes]:
+    for item in items:
+        if isinstance(item, bytes):
+            yield item
+        else:
+            async for piece in sender.read(item):
+                yield piece
 
 
 def response(db: Database, log: EventLog, run_id: str, after: int, stream: str | None,

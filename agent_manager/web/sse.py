@@ -7,6 +7,7 @@ after the event the caller's ``ends(type, seq)`` picks, so a finished run replay
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 
@@ -15,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from agent_manager.errors import BadRequest
 from agent_manager.events import EventLog
+from agent_manager.store.output_files import read_pool
 
 KEEPALIVE_S = 15.0
 BATCH = 64
@@ -68,7 +70,14 @@ async def frames(log: EventLog, key: str, after: int, ends: Ends,
             size = 0
             done = False
             for seq, type_, data, at in rows:
-                spilled = log.frame_data(key, data, at, seq)
+                if (log.files is not None and '"text_' in data and log.printed(key, seq) is None
+                        and log.files.far(key, data)):
+                    # Far behind the end of the run's file: its bytes may have to come from the
+                    # disk (``output_files.DROP_LAG``), which the event loop must not wait for.
+                    spilled = await asyncio.get_running_loop().run_in_executor(
+                        read_pool(), log.frame_data, key, data, at, seq)
+                else:
+                    spilled = log.frame_data(key, data, at, seq)
                 frame = ([f"id: {seq}\nevent: {type_}\ndata: {with_time(data, at)}\n\n".encode()] if spilled is None
                          else [f"id: {seq}\nevent: {type_}\ndata: ".encode(), *spilled, b"\n\n"])
                 parts.extend(frame)
