@@ -35,7 +35,7 @@ from agent_manager.executors.daytona_wire import (
     spec_in,
     spec_out,
 )
-from agent_manager.executors.daytona_worker import WORKER_NICE
+from agent_manager.executors.daytona_worker import WORKER_NICE, PipeOutlet
 from agent_manager.settings import Settings
 
 SLEEP = ["sh", "-c", "echo started; sleep 60"]
@@ -251,3 +251,46 @@ async def test_a_run_too_large_for_the_pipe_fails_alone(
         assert [c.text async for c in run.output()] == ["fine\n"] and await run.wait() == 0
     finally:
         await ex.close()
+
+
+async def test_output_through_the_worker_is_complete_in_order_with_a_slow_reader(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    ex = DaytonaExecutor(daytona_settings, "inst-slow", retry_base_s=0.01)
+    try:
+        script = "import sys\nfor i in range(3000):\n    print(f'line {i}', flush=True)\n"
+        run = await ex.start(ExecSpec(argv=[sys.executable, "-c", script]))
+        received = []
+        async for chunk in run.output():
+            received.append(chunk.text)
+            await asyncio.sleep(0.001)  # slower than the stream: the worker must wait, not pile up
+        assert await run.wait() == 0
+        assert "".join(received) == "".join(f"line {i}\n" for i in range(3000))
+    finally:
+        await ex.close()
+
+
+class _Quiet:
+    """A worker link that sends nothing (the outlet's bookkeeping alone)."""
+
+    def dirty(self, outlet: object) -> None:
+        pass
+
+
+async def test_the_worker_waits_when_the_service_is_a_window_behind() -> None:
+    outlet = PipeOutlet(_Quiet(), 1, 8, binary=True, forget=lambda ident: None)  # type: ignore[arg-type]
+    for _ in range(7):
+        await outlet.put(b"x")
+    eighth = asyncio.create_task(outlet.put(b"x"))
+    await asyncio.sleep(0.05)
+    assert not eighth.done()  # 8 unacknowledged: the SDK's callback waits
+    outlet.ack(3)
+    await asyncio.sleep(0.05)
+    assert not eighth.done()  # 5 left: more than half the window
+    outlet.ack(1)
+    await asyncio.wait_for(eighth, 5)  # 4 left: it goes on
+    assert [m["n"] for m in outlet.drain()] == [8]
+    outlet.abandon()  # the reader went away: nothing waits, nothing is kept
+    for _ in range(20):
+        await asyncio.wait_for(outlet.put(b"y"), 5)
+    assert outlet.drain() == []

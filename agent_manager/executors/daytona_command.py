@@ -204,7 +204,8 @@ class DaytonaExecution:
     async def _follow(self) -> int:
         """Stream to the end, read the exit code, fetch outputs; always delete the sandbox."""
         try:
-            await asyncio.wait_for(self._stream(), self._spec.timeout_s + 60)
+            async with asyncio.timeout(self._spec.timeout_s + 60):  # no extra task per run (thousands at once)
+                await self._stream()
             if self._cancelled:
                 return -signal.SIGKILL
             code = await self._exit_code()

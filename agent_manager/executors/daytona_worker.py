@@ -112,8 +112,7 @@ class PipeOutlet:
         self._forget = forget
         self._pending: list[Any] = []
         self._held = 0
-        self._room = asyncio.Event()
-        self._room.set()
+        self._room: asyncio.Event | None = None  # made when first needed: most runs never fill up
         self._ending = self._ended = self._abandoned = False
 
     async def put(self, item: Any) -> None:
@@ -123,6 +122,8 @@ class PipeOutlet:
         self._held += 1
         self.link.dirty(self)
         if self._held >= self.limit:
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
 
@@ -133,14 +134,15 @@ class PipeOutlet:
 
     def ack(self, count: int) -> None:
         self._held = max(0, self._held - count)
-        if self._held <= self.limit // 2:
+        if self._room is not None and self._held <= self.limit // 2:
             self._room.set()
 
     def abandon(self) -> None:
         self._abandoned = True
         self._pending.clear()
         self._held = 0
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
 
     def drain(self) -> list[Message]:
         """This tick's items as one message (neighbours of one stream joined), then the end."""
@@ -243,11 +245,13 @@ class Worker:
         self.outlets.pop(ident, None)
 
     async def _opening(self, ident: int, work: Awaitable[T]) -> T:
-        """A start or terminal open that a later ``cancel``/``pty_close`` of ``ident`` can stop."""
-        task: asyncio.Task[T] = asyncio.ensure_future(work)
+        """A start or terminal open that a later ``cancel``/``pty_close`` of ``ident`` can stop
+        (by cancelling the call's own task: no second task per start)."""
+        task = asyncio.current_task()
+        assert task is not None
         self.opening[ident] = task
         try:
-            return await task
+            return await work
         finally:
             self.opening.pop(ident, None)
 
