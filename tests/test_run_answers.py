@@ -123,3 +123,15 @@ def test_a_migration_that_fills_the_disk_says_so_and_leaves_the_database_as_it_w
     assert "output" in {r["name"] for r in db.all("PRAGMA table_info(runs)")}
     assert db.one("SELECT output FROM runs WHERE id = 'run_7'")["output"] == "7 " * 20_000
     assert db.one("SELECT MAX(version) AS v FROM schema_version")["v"] == 11
+
+
+def test_a_sqlite_too_old_for_the_migrations_is_named_before_anything_is_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python uses the system's SQLite: on Ubuntu 20.04 (3.31) 0012's DROP COLUMN is a syntax
+    error; the start must say which SQLite it found and which it needs."""
+    db = Database(tmp_path / "a.db")
+    monkeypatch.setattr(database.sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(database.sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(ConfigError, match=r"SQLite is 3\.31\.1; Agent Manager needs 3\.35\.0 or later"):
+        db.migrate()
+    assert db.one("SELECT name FROM sqlite_master WHERE name = 'runs'") is None

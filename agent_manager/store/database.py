@@ -82,6 +82,11 @@ def new_id(prefix: str) -> str:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per call (json.dumps)
 
 
+# What the migrations and queries use: DROP COLUMN (0012) is 3.35; window functions (3.25), upserts
+# (3.24) and the JSON functions are older. Python links the system's SQLite: Ubuntu 20.04 has 3.31.
+MIN_SQLITE = (3, 35, 0)
+
+
 def dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
@@ -238,6 +243,11 @@ class Database:
         parallel can land out of order (0005 after 0006), and a database that already got the
         later one must still get the earlier one. Each migration is recorded in schema_version.
         """
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise ConfigError(
+                f"this Python's SQLite is {sqlite3.sqlite_version}; Agent Manager needs"
+                f" {'.'.join(map(str, MIN_SQLITE))} or later (ALTER TABLE ... DROP COLUMN): use a Python"
+                " built with a newer SQLite (Debian 12, Ubuntu 22.04 and python.org builds have one)")
         applied = []
         try:
             self.version()  # creates schema_version
