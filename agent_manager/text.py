@@ -10,6 +10,7 @@ pipe does.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -34,3 +35,10 @@ def may_decode_to_surrogates(json_text: str) -> bool:
     """Whether ``json.loads(json_text)`` can hold a lone surrogate (cheap: most lines have no
     ``\\uD8xx``-``\\uDFxx`` escape, and only those need ``unicode_only``)."""
     return "\\u" in json_text and _SURROGATE_ESCAPE.search(json_text) is not None
+
+
+def json_text(document: str) -> Any:
+    """``json.loads`` for JSON an agent printed: its strings hold no lone surrogate (ValueError
+    as json.loads for what is not JSON)."""
+    value = json.loads(document)
+    return unicode_only(value) if may_decode_to_surrogates(document) else value

@@ -72,3 +72,13 @@ async def test_the_event_writer_outlives_text_that_is_not_unicode(tmp_path: Path
     db.close()
 
 
+
+
+def test_provider_errors_inside_cli_output_lose_lone_surrogates() -> None:
+    """The error a run ends with is stored on the loop's own connection (not the writer's): an
+    error body quoted by Codex or Gemini CLI must not carry a lone surrogate either."""
+    from agent_manager.agents import codex, gemini
+
+    assert codex._api_message(r'{"error": {"message": "quota \ud800 gone"}}') == "API error: quota \ufffd gone"
+    assert gemini._api_message(r'[API Error: {"error": {"code": 429, "message": "slow \udfff down"}}]') == \
+        "API Error 429: slow \ufffd down"

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from agent_manager.errors import ValidationFailed
 from agent_manager.models import Stream
-from agent_manager.text import may_decode_to_surrogates, unicode_only
+from agent_manager.text import json_text
 
 PROMPT_TOKEN = "{prompt}"
 # A generic agent's args element that becomes the path of a file holding the prompt (the path
@@ -251,12 +251,11 @@ def json_object(line: str) -> dict[str, Any] | None:
     if not line.startswith("{"):
         return None
     try:
-        obj = json.loads(line)
+        obj = json_text(line)  # a "\ud800" escape (a lone surrogate) could not be stored (text.py)
     except ValueError:
         return None
     if isinstance(obj, dict) and isinstance(obj.get("type"), str):
-        # A "\ud800" escape (a lone surrogate) is not text: it could not be stored (text.py).
-        return unicode_only(obj) if may_decode_to_surrogates(line) else obj
+        return obj
     return None
 
 

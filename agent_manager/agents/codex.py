@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_manager.text import json_text
+
 from .base import (
     AgentKind,
     Gateway,
@@ -47,7 +49,7 @@ USAGE_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning
 def _api_message(raw: str) -> str:
     """The message inside a provider's raw JSON error body, else ``raw`` as it is."""
     try:
-        body = json.loads(raw)
+        body = json_text(raw)
     except ValueError:
         return raw
     err = as_dict(as_dict(body).get("error"))

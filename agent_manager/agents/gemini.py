@@ -21,11 +21,12 @@ error exits with its HTTP status modulo 256 (400 → 144) and is in ``result.err
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from agent_manager.text import json_text
 
 from .base import (
     AgentKind,
@@ -65,7 +66,7 @@ def _api_message(message: str) -> str:
     if not match:
         return message
     try:
-        err = as_dict(as_dict(json.loads(match.group(1))).get("error"))
+        err = as_dict(as_dict(json_text(match.group(1))).get("error"))
     except ValueError:
         return message
     if isinstance(err.get("message"), str):
