@@ -20,6 +20,11 @@ from agent_manager.web.auth import ensure_token, is_loopback, save_token
 
 # How long uvicorn waits for connections after runs were interrupted and streams ended.
 STOP_GRACE_S = 3
+# How long an idle keep-alive connection stays open. uvicorn's default (5 s) equals httpx's own
+# idle expiry (5 s): a client sending its next request on a connection 5 s idle raced the
+# server's close and got a reset (no answer, and a POST is not retried). Longer than clients
+# keep theirs: the client closes first, or reuses a connection the server still holds.
+KEEP_ALIVE_S = 65
 # When the heap is frozen a second time: the Daytona SDK is imported in the background at start.
 FREEZE_AGAIN_S = 5.0
 
@@ -131,7 +136,7 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
 
     app = create_app(settings, service=svc, token=token, on_started=announce)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=STOP_GRACE_S)
+                            timeout_graceful_shutdown=STOP_GRACE_S, timeout_keep_alive=KEEP_ALIVE_S)
     _Server(config, svc).run(sockets=[sock])
 
 
