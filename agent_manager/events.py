@@ -293,10 +293,15 @@ class EventLog:
                 return
             await self.wait(key, self.committed_seq(key), left)
 
-    def read(self, key: str, after: int = 0, limit: int = 64) -> list[dict[str, Any]]:
+    def read(self, key: str, after: int = 0, limit: int = 64, live: bool = False) -> list[dict[str, Any]]:
         """The rows after ``after``, from the table: a caller that saw the owner end in the
         database (a run's status) must see every row committed with that end, and the loop may
-        not have heard of that commit yet (the memory tail and ``_committed`` lag it until then)."""
+        not have heard of that commit yet (the memory tail and ``_committed`` lag it until then).
+        ``live``: a follower that waits on this log (``wait``) reads what it announced, from memory
+        where it can (a DAG hop's wait for its step's start)."""
+        if live:
+            return [{"seq": seq, "type": type_, "data": json.loads(self._expand(key, data)), "created_at": at}
+                    for seq, type_, data, at in self.read_raw(key, after, limit)]
         rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
         return [{"seq": r["seq"], "type": r["type"], "data": json.loads(self._expand(key, r["data"])),

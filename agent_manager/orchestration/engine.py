@@ -419,7 +419,7 @@ class OrchestrationEngine:
         """The run's ``run.started`` data (backend, route reason), or None if it ended first."""
         after = 0
         while True:
-            for event in self.runs.events.read(run_id, after):
+            for event in self.runs.events.read(run_id, after, live=True):
                 after = event["seq"]
                 if event["type"] == "run.started":
                     return dict(event["data"])
