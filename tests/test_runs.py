@@ -217,6 +217,30 @@ async def test_list_items_carry_the_answers_start_not_the_whole_answer(client: h
     await wait_run(client, queued["id"])
 
 
+async def test_a_small_historys_list_read_on_the_loop_equals_the_read_pools(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_manager.web.routers import runs as runs_router
+
+    await add(client, "e", command="echo")
+    for word in ("alpha", "beta", "gamma"):
+        await wait_run(client, (await start(client, "e", word))["id"])
+    asks = [{}, {"limit": 2}, {"offset": 1, "limit": 1}, {"status": "succeeded"}, {"agent": "e"}]
+    on_loop = [(await client.get("/api/runs", params=ask)).json() for ask in asks]
+    read = runs_router.run_store.search
+    pooled: list[bool] = []
+
+    def spy(db: object, **kw: object) -> object:
+        pooled.append(type(db).__name__ == "Reader")
+        return read(db, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(runs_router.run_store, "search", spy)
+    assert [(await client.get("/api/runs", params=ask)).json() for ask in asks] == on_loop
+    assert pooled == [False] * len(asks)  # a small history: on the loop
+    monkeypatch.setattr(runs_router, "SMALL_HISTORY", 0)
+    pooled.clear()
+    assert [(await client.get("/api/runs", params=ask)).json() for ask in asks] == on_loop
+    assert pooled == [True] * len(asks)  # past the limit: the read pool
+
+
 @pytest.fixture
 def limited(tmp_path: Path, fake_path: Path) -> Settings:
     return Settings(home=tmp_path / "home", max_concurrent_runs=2, kill_grace_s=0.2)

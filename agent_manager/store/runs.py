@@ -138,6 +138,12 @@ def search(db: Queryable, *, agent_id: str | None = None, status: str | None = N
     return [row_to_dict(item) for item in items], int(row["total"] or 0)
 
 
+def history_size(db: Queryable) -> int:
+    """How many runs there may be (the highest rowid: an upper bound, found in the index at once)."""
+    row = db.one("SELECT MAX(rowid) AS n FROM runs")
+    return int(row["n"] or 0) if row else 0
+
+
 def unfinished(db: Database) -> list[dict[str, Any]]:
     return [row_to_dict(r) for r in db.all(f"{WITH_ANSWER} WHERE runs.status IN ('queued', 'running')")]
 
