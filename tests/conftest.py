@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent_manager.executors.pipes import OutputPipes
 from agent_manager.service import Service
 from agent_manager.settings import Settings
 from agent_manager.web.app import create_app
@@ -23,6 +24,19 @@ from agent_manager.web.app import create_app
 pytest_plugins = ["fakes.daytona_fixture", "ui_harness", "terminal_fixtures"]
 
 FAKES_BIN = Path(__file__).parent / "fakes" / "bin"
+
+
+@pytest.fixture
+async def pipes() -> AsyncIterator[tuple[OutputPipes, int, int]]:
+    """One reader of a stdout and a stderr pipe, and the pipes' write ends (closed after)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    reader = OutputPipes({"stdout": out_r, "stderr": err_r})
+    yield reader, out_w, err_w
+    reader.abandon()
+    for fd in (out_w, err_w):
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 @pytest.fixture

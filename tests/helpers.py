@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "interrupted"}
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until ``check()`` holds, polling every 5 ms (an assertion after ``timeout`` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
 
 
 async def wait_run(client: httpx.AsyncClient, run_id: str, timeout: float = 20) -> dict[str, Any]:

@@ -8,12 +8,11 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import wait_run
+from helpers import until, wait_run
 
 from agent_manager import events
 from agent_manager.executors.base import Chunk
@@ -21,28 +20,6 @@ from agent_manager.executors.pipes import OutputPipes
 from agent_manager.service import Service
 from agent_manager.store.database import Database
 from agent_manager.store.output_files import FIELD, SPILL_MIN_CHARS
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
-@pytest.fixture
-async def pipes() -> AsyncIterator[tuple[OutputPipes, int, int]]:
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    reader = OutputPipes({"stdout": out_r, "stderr": err_r})
-    yield reader, out_w, err_w
-    reader.abandon()
-    for fd in (out_w, err_w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 async def feed(reader: OutputPipes, fd: int, data: bytes) -> None:

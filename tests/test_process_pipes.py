@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
+from helpers import until
 
 from agent_manager.executors import pipes as pipes_module
 from agent_manager.executors.base import ExecSpec
@@ -24,28 +23,6 @@ from agent_manager.executors.process import ProcessExecution
 from agent_manager.settings import Settings
 from agent_manager.store.database import Database, now
 from agent_manager.store.writer import Row
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
-@pytest.fixture
-async def pipes() -> AsyncIterator[tuple[OutputPipes, int, int]]:
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    reader = OutputPipes({"stdout": out_r, "stderr": err_r})
-    yield reader, out_w, err_w
-    reader.abandon()
-    for fd in (out_w, err_w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 async def test_interleaving_is_arrival_order_and_same_stream_pieces_join(
