@@ -294,28 +294,24 @@ class EventLog:
             await self.wait(key, self.committed_seq(key), left)
 
     def read(self, key: str, after: int = 0, limit: int = 64, live: bool = False) -> list[dict[str, Any]]:
-        """The rows after ``after``, from the table: a caller that saw the owner end in the
-        database (a run's status) must see every row committed with that end, and the loop may
-        not have heard of that commit yet (the memory tail and ``_committed`` lag it until then).
-        ``live``: a follower that waits on this log (``wait``) reads what it announced, from memory
-        where it can (a DAG hop's wait for its step's start)."""
-        if live:
-            return [{"seq": seq, "type": type_, "data": json.loads(self._expand(key, data)), "created_at": at}
-                    for seq, type_, data, at in self.read_raw(key, after, limit)]
-        rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
-                           f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
-        return [{"seq": r["seq"], "type": r["type"], "data": json.loads(self._expand(key, r["data"])),
-                 "created_at": r["created_at"]} for r in rows]
+        """The rows after ``after``, decoded, from the table: a caller that saw the owner end in
+        the database (a run's status) must see every row committed with that end, and the loop
+        may not have heard of that commit yet (the memory tail and ``_committed`` lag it until
+        then). ``live``: a follower that waits on this log (``wait``) reads what it announced,
+        from memory where it can (a DAG hop's wait for its step's start)."""
+        return [{"seq": seq, "type": type_, "data": json.loads(self._expand(key, data)), "created_at": at}
+                for seq, type_, data, at in self.read_raw(key, after, limit, table=not live)]
 
-    def read_raw(self, key: str, after: int = 0, limit: int = 64) -> list[RawRow]:
+    def read_raw(self, key: str, after: int = 0, limit: int = 64, table: bool = False) -> list[RawRow]:
         """(seq, type, stored data column, created_at) without decoding: the SSE path sends the text
         as is, and reads a file-backed output text as bytes (``frame_data``). Served from the
-        tail of committed rows when it holds the whole range, else from the table."""
-        if self.batched and after >= self._committed.get(key, after + 1):
-            return []  # nothing committed after it (a row the writer has not announced waits for its wake-up)
-        cached = self._from_recent(key, after, limit)
-        if cached is not None:
-            return cached
+        tail of committed rows when it holds the whole range, else (or with ``table``) from the table."""
+        if not table:
+            if self.batched and after >= self._committed.get(key, after + 1):
+                return []  # nothing committed after it (a row the writer has not announced waits for its wake-up)
+            cached = self._from_recent(key, after, limit)
+            if cached is not None:
+                return cached
         rows = self.db.all(f"SELECT seq, type, data, created_at FROM {self.table}"
                            f" WHERE {self.key_column} = ? AND seq > ? ORDER BY seq LIMIT ?", (key, after, limit))
         return [(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
