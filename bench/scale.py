@@ -360,6 +360,8 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             # The SDK runs in the server's child (its Daytona worker): that memory is the service's too.
             "worker_rss_peak_mb": round(rss.children_peak_kb / 1024, 1),
             "service_rss_peak_mb": round(rss.total_peak_kb / 1024, 1),
+            # Beside it, not instead (the goal is on RSS): PSS counts pages shared by the two once.
+            "service_pss_peak_mb": round(rss.total_pss_peak_kb / 1024, 1),
             "wait_median_s": round(median, 3), "wait_max_s": round(max(waits, default=0), 3),
             "fairness_max_over_median": round(max(waits, default=0) / median, 3) if median else None,
             "api": probed}

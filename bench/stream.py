@@ -147,11 +147,15 @@ def pct(values: list[float], p: float) -> float:
 class RssSampler:
     """Samples VmRSS of a pid every ``period`` seconds in a thread (peak and first value).
     ``children``: also its direct child processes (the Daytona worker), peak of theirs alone
-    (``children_peak_kb``) and of the sum with the pid's own at the same moment (``total_peak_kb``)."""
+    (``children_peak_kb``) and of the sum with the pid's own at the same moment (``total_peak_kb``),
+    and, every ``PSS_EVERY``-th sample, the PSS of that sum (``total_pss_peak_kb``: shared library
+    pages counted once between the two processes; RSS counts them in each)."""
+
+    PSS_EVERY = 4  # smaps_rollup walks the page tables: not at every sample
 
     def __init__(self, pid: int, period: float = 0.01, children: bool = False) -> None:
         self.pid, self.period, self.children = pid, period, children
-        self.peak_kb = self.children_peak_kb = self.total_peak_kb = 0
+        self.peak_kb = self.children_peak_kb = self.total_peak_kb = self.total_pss_peak_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -163,15 +167,27 @@ class RssSampler:
                 fields[name] = int(value.split()[0])
         return fields
 
+    def _children(self) -> list[int]:
+        with contextlib.suppress(OSError):
+            return [int(c) for c in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        return []
+
     def _children_kb(self) -> int:
         total = 0
-        with contextlib.suppress(OSError):
-            for child in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split():
-                with contextlib.suppress(OSError, KeyError):
-                    total += self.read(int(child))["VmRSS"]
+        for child in self._children():
+            with contextlib.suppress(OSError, KeyError):
+                total += self.read(child)["VmRSS"]
         return total
 
+    @staticmethod
+    def pss_kb(pid: int) -> int:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+        return 0
+
     def _loop(self) -> None:
+        sample = 0
         while not self._stop.is_set():
             with contextlib.suppress(OSError):
                 own = self.read()["VmRSS"]
@@ -180,6 +196,13 @@ class RssSampler:
                     kids = self._children_kb()
                     self.children_peak_kb = max(self.children_peak_kb, kids)
                     self.total_peak_kb = max(self.total_peak_kb, own + kids)
+                    if sample % self.PSS_EVERY == 0:
+                        pss = self.pss_kb(self.pid)
+                        for child in self._children():
+                            with contextlib.suppress(OSError):
+                                pss += self.pss_kb(child)
+                        self.total_pss_peak_kb = max(self.total_pss_peak_kb, pss)
+            sample += 1
             time.sleep(self.period)
 
     def __enter__(self) -> RssSampler:

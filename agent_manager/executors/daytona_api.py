@@ -179,7 +179,8 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout: float, 
             await backoff.gate()
         attempt += 1
         try:
-            result = await asyncio.wait_for(call(), timeout + CLIENT_SLACK_S)
+            async with asyncio.timeout(timeout + CLIENT_SLACK_S):  # not wait_for: no task per call (3.11)
+                result = await call()
         except TimeoutError as exc:
             raise ExecutionError(f"Daytona {what}: no answer within {timeout + CLIENT_SLACK_S:.0f}s") from exc
         except sdk.DaytonaError as exc:

@@ -59,6 +59,15 @@ class SandboxOwner(Protocol):
 
     async def delete(self, sb: AsyncSandbox) -> None: ...
 
+class ExitSink(Protocol):
+    """Where a command's exit code (or error) goes: a ``concurrent.futures.Future`` read by the
+    service's loop (thread mode), or the worker's lighter ``ExitSlot``. A second report raises
+    ``concurrent.futures.InvalidStateError`` (``DaytonaExecution._report`` expects that)."""
+
+    def set_result(self, result: int, /) -> None: ...
+
+    def set_exception(self, exception: BaseException | None, /) -> None: ...
+
 # Run as `sh -c PROLOGUE agent-manager SENTINEL CWD STDIN_FILE ARGV...`: read the environment from
 # stdin up to the sentinel, enter the working directory, exec the agent with its own stdin.
 PROLOGUE = """__am_s=$1 __am_d=$2 __am_i=${3:-/dev/null}; shift 3
@@ -92,7 +101,7 @@ class DaytonaExecution:
     error) through ``exit_code``."""
 
     def __init__(self, executor: SandboxOwner, sandbox: AsyncSandbox, spec: ExecSpec, run_id: str,
-                 outlet: Outlet[Chunk], exit_code: concurrent.futures.Future[int]) -> None:
+                 outlet: Outlet[Chunk], exit_code: ExitSink) -> None:
         self.info: dict[str, str] = {"sandbox_id": sandbox.id}
         self._ex, self._sb, self._spec = executor, sandbox, spec
         self._session, self._cmd_id, self._remote_ws = f"agent-manager-{run_id}", "", ""

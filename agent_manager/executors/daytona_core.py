@@ -17,7 +17,6 @@ every call has an explicit timeout plus our own deadline. Details: docs/backends
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import math
@@ -46,7 +45,7 @@ from agent_manager.executors.daytona_api import (
     sandbox_state,
     sweep,
 )
-from agent_manager.executors.daytona_command import DaytonaExecution
+from agent_manager.executors.daytona_command import DaytonaExecution, ExitSink
 from agent_manager.executors.daytona_settings import DaytonaSettings, daytona_section
 from agent_manager.metrics import create_histogram
 from agent_manager.settings import Settings
@@ -284,7 +283,7 @@ class DaytonaCore:
         return await self._create(profile, labels), False
 
     async def start(self, spec: ExecSpec, outlet: Outlet[Chunk],
-                    exit_code: concurrent.futures.Future[int]) -> DaytonaExecution:
+                    exit_code: ExitSink) -> DaytonaExecution:
         """A sandbox with the command started in it; its output goes to ``outlet`` and its exit
         code (or error) to ``exit_code``, both read on the service's loop."""
         if not spec.argv:
