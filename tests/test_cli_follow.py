@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import httpx
 import pytest
 
 from agent_manager.cli.client import Client
-from agent_manager.cli.follow import follow
+from agent_manager.cli.follow import follow, sse_events
 
 EVENTS = [(1, "output", {"stream": "stdout", "text": "one\n"}), (2, "output", {"stream": "stdout", "text": "two\n"}),
           (3, "output", {"stream": "stdout", "text": "three\n"}), (4, "run.finished", {"status": "succeeded"})]
@@ -69,3 +70,14 @@ def test_a_dropped_stream_resumes_after_the_last_event(server: str, tmp_path: Pa
     assert final == {"status": "succeeded"}
     assert _Handler.asked == [0, 2]
     assert [d.get("text") for e, d in seen if e == "output"] == ["one\n", "two\n", "three\n"]
+
+
+def test_text_with_unicode_line_separators_is_one_event_however_it_arrives() -> None:
+    """JSON leaves U+2028, U+2029 and U+0085 unescaped (the service writes ensure_ascii=False);
+    they are not SSE line ends, so an event holding them stays whole, wherever the pieces cut."""
+    texts = ["a\u2028b\u2029c\x85d\x1ce\n", "é 中 😀\r\n"]
+    body = b"".join(f"id: {n}\nevent: output\ndata: {json.dumps({'text': t}, ensure_ascii=False)}\r\n\n".encode()
+                    for n, t in enumerate(texts, 1)) + b": keepalive\n\n"
+    for cut in range(len(body) + 1):
+        response = httpx.Response(200, content=iter([body[:cut], body[cut:]]))
+        assert [(seq, data["text"]) for seq, _, data in sse_events(response)] == list(enumerate(texts, 1)), cut

@@ -35,6 +35,13 @@ def test_escape_is_exactly_what_json_writes(text: str) -> None:
     assert escape(text) == json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
 
 
+@pytest.mark.parametrize("code", range(32))
+def test_every_control_character_is_escaped_wherever_it_is(code: int) -> None:
+    """The fast path's check names each control byte; a missing one would send it raw (bad JSON)."""
+    text = "plain line\n" * 500 + chr(code) + " tail"
+    assert escape(text) == json.dumps(text, ensure_ascii=False)[1:-1].encode()
+
+
 def _sse(body: bytes) -> list[tuple[str, dict]]:
     out = []
     for frame in body.split(b"\n\n"):

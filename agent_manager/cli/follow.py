@@ -27,10 +27,25 @@ if TYPE_CHECKING:  # imported where a stream is followed (see client.py)
 RECONNECT_S = 5.0
 
 
+def sse_lines(response: httpx.Response) -> Iterator[str]:
+    """The stream's lines as SSE ends them: at LF, or CRLF (this service never ends one with a lone
+    CR). Not ``iter_lines``: ``str.splitlines`` also splits at U+2028, U+2029, U+0085 and the
+    like, which JSON leaves unescaped in an event's text, and cut such an event in two."""
+    pending: list[bytes] = []
+    for piece in response.iter_bytes():
+        if b"\n" not in piece:
+            pending.append(piece)
+            continue
+        *lines, rest = b"".join([*pending, piece]).split(b"\n")
+        pending = [rest] if rest else []
+        for line in lines:  # no UTF-8 character has a byte equal to LF: whole characters
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+
+
 def sse_events(response: httpx.Response) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """Parse an SSE byte stream into (id, event, data) triples."""
     seq, event, data = 0, "message", list[str]()
-    for line in response.iter_lines():
+    for line in sse_lines(response):
         if not line:
             if data:
                 yield seq, event, json.loads("\n".join(data))

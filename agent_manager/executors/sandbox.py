@@ -2,14 +2,13 @@
 
 What it is made of, and why (measurements: the isolation notes; user doc: docs/backends-sandbox.md):
 
-* **never host root.** When the service is root, the launch chain drops to ``sandbox.user`` (settings)
-  (default ``nobody``) *before* bwrap, so the sandbox's user namespace maps to that host uid: a
-  namespace made by root would map its "unprivileged" uid to host root, and ``/proc/sys`` writes
-  inside (``kernel.core_pattern``) would own the host. ``/proc/sys``, ``/proc/sysrq-trigger`` & co.
-  are also bound read-only over the fresh ``/proc`` as a second wall. The launch chain, one pid
-  exec'ing into the next: ``unshare --mount`` + ``sh`` (as root: join the run's cgroups, stage the
-  host paths the sandbox user cannot traverse to) → ``prlimit`` (file-size cap) → ``setpriv`` (drop)
-  → [``unshare --user --map-root-user --net`` for networked runs] → ``bwrap --args FD``;
+* **never host root.** A root service drops to ``sandbox.user`` (default ``nobody``) *before* bwrap,
+  so the sandbox's user namespace maps to that uid: one made by root maps its "unprivileged" uid to
+  host root, and ``/proc/sys`` writes inside (``kernel.core_pattern``) would own the host.
+  ``/proc/sys``, ``/proc/sysrq-trigger`` & co. are also bound read-only over the fresh ``/proc``.
+  The launch chain, one pid exec'ing into the next: ``unshare --mount`` + ``sh`` (as root: join
+  the run's cgroups, stage host paths the sandbox user cannot traverse to) → ``prlimit`` (file
+  size cap) → ``setpriv`` (drop) → [``unshare --user --map-root-user --net`` if networked] → ``bwrap``;
 * a mount namespace with only read-only system dirs, a few non-secret ``/etc`` files, a generated
   passwd/hosts/resolv.conf, a size-bounded private ``/tmp``, the workspace at ``/workspace`` (the
   only writable place, handed over to the sandbox user) and, read-only at their host paths, the
