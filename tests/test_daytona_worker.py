@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from fakes.daytona_emulator import DaytonaEmulator
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import ExecSpec
 from agent_manager.executors.daytona import DaytonaExecutor
+from agent_manager.executors.daytona_heap import Trimmer, malloc_trim
 from agent_manager.executors.daytona_wire import (
     MAX_FRAME,
     SPLIT_AT,
@@ -211,6 +213,40 @@ async def test_a_settings_change_reaches_the_worker(
     finally:
         await ex.close()
     assert not daytona_emulator.sandboxes
+
+
+async def test_the_worker_hands_free_heap_pages_back_after_runs(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+) -> None:
+    ex = DaytonaExecutor(daytona_settings, "inst-trim", retry_base_s=0.01)
+    try:
+        run = await ex.start(ExecSpec(argv=["sh", "-c", "echo hi"]))
+        assert [c.text async for c in run.output()] == ["hi\n"]
+        assert await run.wait() == 0
+        for _ in range(200):  # a trim follows a run's calls and its end (TRIM_EVERY_S later)
+            if (await ex.stats())["heap_trims"] >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert (await ex.stats())["heap_trims"] >= 1
+    finally:
+        await ex.close()
+
+
+async def test_the_heap_trimmer_trims_once_after_a_burst_of_pokes() -> None:
+    calls: list[int] = []
+    trimmer = Trimmer(lambda pad: calls.append(pad) or 1, every=0.05)
+    for _ in range(5):
+        trimmer.poke()
+    assert await until(lambda: calls)
+    await asyncio.sleep(0.2)
+    assert calls == [0] and trimmer.trims == 1  # five pokes, one trim
+    trimmer.poke()
+    trimmer.close()  # a pending trim is dropped
+    await asyncio.sleep(0.2)
+    assert calls == [0]
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        trim = malloc_trim()
+        assert trim is not None and trim(0) in (0, 1)
 
 
 def test_the_wire_refuses_what_it_cannot_trust() -> None:

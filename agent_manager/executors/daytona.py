@@ -175,14 +175,15 @@ class DaytonaExecutor:
 
     async def stats(self) -> dict[str, int]:
         """The core's counters: 429s absorbed, commands running, sandboxes the reaper still has
-        to delete, sandboxes in the warm pool (wherever the core runs)."""
+        to delete, sandboxes in the warm pool (wherever the core runs), the worker's heap trims."""
         if self.link is not None:
             if not self.link.alive:
-                return {"rate_limited": 0, "live": 0, "reaper_sandboxes": 0, "pooled": 0}
+                return {"rate_limited": 0, "live": 0, "reaper_sandboxes": 0, "pooled": 0, "heap_trims": 0}
             return dict(await self.link.call("stats", spawn=False))
         core = self.core
         return {"rate_limited": core.backoff.rate_limited, "live": core.live,
-                "reaper_sandboxes": len(core.reaper.sandboxes), "pooled": sum(len(p) for p in core._pool.values())}
+                "reaper_sandboxes": len(core.reaper.sandboxes), "pooled": sum(len(p) for p in core._pool.values()),
+                "heap_trims": 0}  # the heap upkeep is the worker's (daytona_heap)
 
     async def tune(self, base_delay: float) -> None:
         """The shared back-off's base pause (tests shorten the production 0.5 s)."""

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from agent_manager.errors import ExecutionError
+from agent_manager.executors.daytona_heap import Trimmer
 from agent_manager.executors.daytona_wire import (
     HEADER,
     Message,
@@ -178,6 +179,7 @@ class Worker:
         self.opening: dict[int, asyncio.Task[Any]] = {}  # starts and terminal opens in flight
         self.calls: dict[int, asyncio.Task[Any]] = {}
         self.closed = False
+        self.trimmer = Trimmer()  # free C-heap pages back to the system as runs come and go
         self.ops: dict[str, Callable[[Message], Coroutine[Any, Any, Any]]] = {
             "start": self.start, "cancel": self.cancel, "available": self.available,
             "prepare": self.prepare, "skip_sweep": self.skip_sweep, "settings": self.settings,
@@ -199,6 +201,7 @@ class Worker:
             if self.core is None:
                 raise WireError("call before hello")
             cid: int = msg["c"]
+            self.trimmer.poke()
             task: asyncio.Task[Any] = asyncio.create_task(op(msg))
             self.calls[cid] = task
             task.add_done_callback(lambda done: self.answer(cid, done))
@@ -285,6 +288,7 @@ class Worker:
 
     def _exited(self, ident: int, done: ExitSlot, info: dict[str, str]) -> None:
         self.runs.pop(ident, None)
+        self.trimmer.poke()
         message: Message = {"t": "x", "i": ident, "info": dict(info)}
         if done.error is not None:
             message["e"] = error_of(done.error)
@@ -374,7 +378,8 @@ class Worker:
         """Counters of the core, for the service (``DaytonaExecutor.stats``: tests, the scale bench)."""
         core = self.core
         return {"rate_limited": core.backoff.rate_limited, "live": core.live, "reaper_sandboxes": len(
-            core.reaper.sandboxes), "pooled": sum(len(pool) for pool in core._pool.values())}
+            core.reaper.sandboxes), "pooled": sum(len(pool) for pool in core._pool.values()),
+            "heap_trims": self.trimmer.trims}
 
     async def tune(self, msg: Message) -> None:
         """A shorter shared back-off pause (tests: the production default is 0.5 s)."""
@@ -473,6 +478,7 @@ async def serve(fd_in: int, fd_out: int) -> None:
         await asyncio.wait_for(worker.close(), DRAIN_S * 4)
     except Exception as exc:  # best effort: the service is gone; Daytona's auto-stop/delete remain
         log.error("Daytona worker: clean-up at exit failed: %s", exc)
+    worker.trimmer.close()
     worker.link.flush()
     transport.close()
 
