@@ -47,7 +47,6 @@ from agent_manager.executors.daytona_api import (
 )
 from agent_manager.executors.daytona_command import DaytonaExecution, ExitSink
 from agent_manager.executors.daytona_settings import DaytonaSettings, daytona_section
-from agent_manager.metrics import create_histogram
 from agent_manager.settings import Settings
 
 if TYPE_CHECKING:
@@ -82,7 +81,9 @@ class DaytonaCore:
         self.settings, self.instance_id = settings, instance_id
         # This backend's own section ([daytona]): the plugin's factory passes it; read at use time.
         self.section = section if section is not None else daytona_section(settings)
-        self.create_seconds: Histogram | None = create_histogram()
+        # Set by the owner (the executor's histogram, or the worker's forwarder to it): the core
+        # never imports the metrics module, which the worker process does not need.
+        self.create_seconds: Histogram | None = None
         self.attempts, self.base_delay = retry_attempts, retry_base_s
         self.backoff = Backoff(retry_base_s)
         self.reaper = Reaper(self.delete, self._delete_labelled)
