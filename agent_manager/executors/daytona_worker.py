@@ -22,7 +22,6 @@ batches of output from a pipe (``daytona_wire`` describes the frames).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -33,6 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from agent_manager.errors import ExecutionError
+from agent_manager.executors.daytona_command import ExitSlot
 from agent_manager.executors.daytona_heap import Trimmer
 from agent_manager.executors.daytona_wire import (
     HEADER,
@@ -400,38 +400,6 @@ class Worker:
         if self.core is not None:
             await asyncio.gather(*(pty.close() for pty in list(self.ptys.values())), return_exceptions=True)
             await asyncio.wait_for(self.core.close(), DRAIN_S * 2)
-
-
-class ExitSlot:
-    """A run's exit code or error in the worker (``daytona_command.ExitSink``), handed to
-    ``on_exit`` once. Not a ``concurrent.futures.Future``: that carries a lock, a condition and
-    a deque for readers on other threads (about 1 KB a run, 2 MB at 2,000 runs), and everything
-    here happens on the worker's one loop thread."""
-
-    __slots__ = ("_on_exit", "code", "error", "_set")
-
-    def __init__(self, on_exit: Callable[[ExitSlot], None]) -> None:
-        self._on_exit: Callable[[ExitSlot], None] | None = on_exit
-        self.code: int | None = None
-        self.error: BaseException | None = None
-        self._set = False
-
-    def done(self) -> bool:
-        return self._set
-
-    def set_result(self, result: int, /) -> None:
-        self._settle(result, None)
-
-    def set_exception(self, exception: BaseException | None, /) -> None:
-        self._settle(None, exception or ExecutionError("the run failed"))
-
-    def _settle(self, code: int | None, error: BaseException | None) -> None:
-        if self._set:
-            raise concurrent.futures.InvalidStateError("the exit of this run is already known")
-        self._set, self.code, self.error = True, code, error
-        on_exit, self._on_exit = self._on_exit, None
-        if on_exit is not None:
-            on_exit(self)
 
 
 class _Forward:
