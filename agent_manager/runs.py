@@ -27,6 +27,7 @@ from agent_manager.errors import AgentManagerError, Conflict, ExecutionError, Va
 from agent_manager.events import EventLog
 from agent_manager.executors.base import ExecSpec, Execution, Executor
 from agent_manager.executors.routing import Route, RouteRequest, route
+from agent_manager.flag import Flag
 from agent_manager.metrics import ServiceMetrics
 from agent_manager.models import TERMINAL_STATUSES
 from agent_manager.pacing import Pacer
@@ -66,11 +67,11 @@ class _Live:
     execution: Execution | None = None
     end_reason: str | None = None  # "cancelled" | "timed_out" | "stalled" once we decided to end it
     last_output: float = 0.0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Flag = field(default_factory=Flag)  # its clean-up is over
     ending: asyncio.Task[None] | None = None  # held so the loop cannot drop it half-way
     phase: str = "queued"  # queued (routing, waiting for a slot) → starting → running
     backend: str | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)  # the run's status is final
+    finished: Flag = field(default_factory=Flag)  # the run's status is final
     previous_usage: dict[str, Any] | None = None  # the resumed session's last turn (Codex totals)
 
 

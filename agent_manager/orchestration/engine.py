@@ -28,6 +28,7 @@ from typing import Any
 from agent_manager.agents import DEFAULT_KIND
 from agent_manager.errors import AgentManagerError, Conflict, NotFound
 from agent_manager.events import EventLog
+from agent_manager.flag import Flag
 from agent_manager.orchestration.branches import StepBranches
 from agent_manager.orchestration.plan import Plan, Step, edges, heights, render
 from agent_manager.run_request import RunRequest
@@ -69,7 +70,7 @@ class _Live:
     cancelling: bool = False
     branches: StepBranches | None = None  # on a project: a git workspace per step
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Flag = field(default_factory=Flag)
     task: asyncio.Task[None] | None = None
 
 
