@@ -6,9 +6,14 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+
+from agent_manager.store import database
+from agent_manager.store.database import Database
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "interrupted"}
 
@@ -79,3 +84,16 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def old_database(path: Path, monkeypatch: pytest.MonkeyPatch, before: int) -> Database:
+    """A database as a release before migration ``before`` left it, with one agent (``agt_1``):
+    rows can be written the old way, and its next ``migrate()`` applies the rest."""
+    every = database.migrations()
+    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < before])
+    db = Database(path)
+    db.migrate()
+    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
+               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    monkeypatch.setattr(database, "migrations", lambda: every)
+    return db

@@ -24,6 +24,18 @@ def db(tmp_path: Path):  # type: ignore[no-untyped-def]
     database.close()
 
 
+def reading_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread of every file read from now on (the loop's, or the read pool's)."""
+    threads: list[str] = []
+    real_read = OutputFiles._read
+
+    def reading(self: OutputFiles, *args: object) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real_read(self, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(OutputFiles, "_read", reading)
+    return threads
+
+
 def big(i: int) -> str:
     return f"{i}:" + "é\"\\\t😀 line\n" * (SPILL_MIN_CHARS // 8 + i)
 
@@ -109,13 +121,7 @@ async def test_sse_frames_from_memory_equal_frames_from_the_file(db: Database,
         return out
     sent = {after: await frames(after) for after in (0, 3, 11)}
     forget_memory(log)
-    threads: list[str] = []
-    real_read = OutputFiles._read
-
-    def reading(self: OutputFiles, *args: object) -> bytes:
-        threads.append(threading.current_thread().name)
-        return real_read(self, *args)  # type: ignore[arg-type]
-    monkeypatch.setattr(OutputFiles, "_read", reading)
+    threads = reading_threads(monkeypatch)
     for after, body in sent.items():  # not in memory, near the end of the file: read inline
         assert body == await frames(after), after
     assert threads and all(name == threading.current_thread().name for name in threads)
@@ -201,13 +207,7 @@ async def test_a_part_far_behind_the_end_is_read_on_a_thread(db: Database, monke
     log.append("run_t", "run.finished", {})
     await committed(log, "run_t")
     forget_memory(log)
-    threads: list[str] = []
-    real_read = OutputFiles._read
-
-    def reading(self: OutputFiles, *args: object) -> bytes:
-        threads.append(threading.current_thread().name)
-        return real_read(self, *args)  # type: ignore[arg-type]
-    monkeypatch.setattr(OutputFiles, "_read", reading)
+    threads = reading_threads(monkeypatch)
     monkeypatch.setattr(output_files, "DROP_LAG", 10**12)  # nothing is far behind
     assert await raw(db, log, "run_t") == text.encode()
     assert threads and all(name == threading.current_thread().name for name in threads)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import old_database
 
 from agent_manager.errors import ConfigError
 from agent_manager.models import OUTPUT_PREVIEW_CHARS
@@ -16,17 +17,11 @@ from agent_manager.store.database import Database
 
 def test_an_old_database_keeps_every_answer_and_its_rows_lose_them(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    every = database.migrations()
-    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < 12])
-    db = Database(tmp_path / "old.db")
-    db.migrate()
-    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
-               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    db = old_database(tmp_path / "old.db", monkeypatch, before=12)
     answers = {"run_big": "é" * 300_000 + " zebra", "run_small": "short", "run_none": None}
     for i, (run_id, answer) in enumerate(answers.items()):
         db.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, output, created_at, owner)"
                    " VALUES (?, 'agt_1', 'a', 'p', 'succeeded', ?, ?, 'usr_1')", (run_id, answer, f"2026-01-0{i + 1}"))
-    monkeypatch.setattr(database, "migrations", lambda: every)
     assert 12 in db.migrate()
 
     columns = {r["name"] for r in db.all("PRAGMA table_info(runs)")}
@@ -67,16 +62,10 @@ def test_an_old_answer_with_nul_characters_keeps_its_whole_preview_and_length(tm
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite's length() and substr() stop at the first NUL: an agent that printed one (a binary
     tool's output) must not get a preview cut there and a length of the text before it."""
-    every = database.migrations()
-    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < 12])
-    db = Database(tmp_path / "old.db")
-    db.migrate()
-    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
-               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    db = old_database(tmp_path / "old.db", monkeypatch, before=12)
     answer = "hello \x00nul\x01 é" + "漢" * 600
     db.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, output, created_at, owner)"
                " VALUES ('run_nul', 'agt_1', 'a', 'p', 'succeeded', ?, 'x', 'usr_1')", (answer,))
-    monkeypatch.setattr(database, "migrations", lambda: every)
     assert 12 in db.migrate()
     run = run_store.get(db, "run_nul")
     assert run["output"] == answer
@@ -104,12 +93,7 @@ def test_a_migration_that_fills_the_disk_says_so_and_leaves_the_database_as_it_w
     """0012 copies every answer and rewrites the runs table: on a full disk SQLite rolls the
     transaction back itself, and the error must still say "full" (it said "cannot rollback - no
     transaction is active"), with every answer where it was."""
-    every = database.migrations()
-    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < 12])
-    db = Database(tmp_path / "old.db")
-    db.migrate()
-    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
-               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    db = old_database(tmp_path / "old.db", monkeypatch, before=12)
     for i in range(20):
         db.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, output, created_at, owner)"
                    " VALUES (?, 'agt_1', 'a', 'p', 'succeeded', ?, 'x', 'usr_1')", (f"run_{i}", f"{i} " * 20_000))
@@ -117,7 +101,6 @@ def test_a_migration_that_fills_the_disk_says_so_and_leaves_the_database_as_it_w
     assert pages is not None
     db.execute(f"PRAGMA max_page_count = {pages[0] + 20}")  # a disk with 80 KB left
     db.execute("PRAGMA cache_size = 5")  # the transaction spills to the file, as a big one does
-    monkeypatch.setattr(database, "migrations", lambda: every)
     with pytest.raises(ConfigError, match="full"):
         db.migrate()
     assert "output" in {r["name"] for r in db.all("PRAGMA table_info(runs)")}

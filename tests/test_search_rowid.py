@@ -6,20 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import old_database
 
-from agent_manager.store import database
 from agent_manager.store import runs as run_store
-from agent_manager.store.database import Database
 
 
 def test_an_old_database_gets_its_rowids_and_updates_hit_the_right_entry(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    every = database.migrations()
-    monkeypatch.setattr(database, "migrations", lambda: [m for m in every if m[0] < 10])
-    db = Database(tmp_path / "old.db")
-    db.migrate()
-    db.execute("INSERT INTO agents (id, name, kind, command, args, env, trusted, created_at, updated_at)"
-               " VALUES ('agt_1', 'a', 'generic', 'echo', '[]', '{}', 1, 'x', 'x')")
+    db = old_database(tmp_path / "old.db", monkeypatch, before=10)
     for i in range(50):  # written the old way; entries in another order than the runs
         db.execute("INSERT INTO runs_fts (run_id, prompt, output) VALUES (?, ?, '')",
                    (f"run_{49 - i}", f"prompt {49 - i}"))
@@ -27,7 +21,6 @@ def test_an_old_database_gets_its_rowids_and_updates_hit_the_right_entry(tmp_pat
         db.execute("INSERT INTO runs (id, agent_id, agent_name, prompt, status, created_at, finished_at)"
                    " VALUES (?, 'agt_1', 'a', ?, 'succeeded', 'x', '2000-01-01T00:00:00.000Z')",
                    (f"run_{i}", f"prompt {i}"))
-    monkeypatch.setattr(database, "migrations", lambda: every)
     assert 10 in db.migrate()
 
     mismatched = db.one("SELECT COUNT(*) AS n FROM runs JOIN runs_fts ON runs_fts.rowid = runs.search_rowid"
