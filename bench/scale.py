@@ -7,10 +7,10 @@ figures of each case. Cases (``--cases``, default all):
   ``--listeners`` followed over SSE, while a separate probe process times ``GET /api/health`` and
   ``GET /api/runs``. Goal: p99 ≤ 50 ms for both.
 - ``throughput``: ``--mb`` MB written to stdout as fast as possible, followed live over SSE by
-  this process (``sse``) and by ``curl -sN`` (``sse_curl``: a native client, as a browser is; its
-  saved stream is parsed afterwards, untimed), then replayed; the same over the raw output
-  endpoint (``GET /api/runs/{id}/output``) by this process (``raw``; httpx costs about the
-  server's CPU per byte) and by ``curl -sN`` (``raw_curl``: a user following a log); and
+  this process (``sse``) and by ``curl -sN`` (``sse_curl``: a native client, as a browser is;
+  checksummed as it arrives and matched with a replay's, parsed untimed), then replayed; the
+  same over the raw output endpoint (``GET /api/runs/{id}/output``) by this process (``raw``;
+  httpx costs about the server's CPU per byte) and by ``curl -sN`` (``raw_curl``: a user following a log); and
   ``ingest``: POST until finished, nobody following (replayed raw). Each ÷ the same writer
   through a plain pipe (median of 3 runs: one before, two after); ``run_mb_s`` is the writer's
   own speed (created → finished) while so followed. Goals: ≥ 0.5, server RSS growth ≤ 100 MB,

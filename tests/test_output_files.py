@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import wait_run
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent_manager.service import Service
 from agent_manager.store import runs as run_store
@@ -40,6 +42,13 @@ def test_every_control_character_is_escaped_wherever_it_is(code: int) -> None:
     """The fast path's check names each control byte; a missing one would send it raw (bad JSON)."""
     text = "plain line\n" * 500 + chr(code) + " tail"
     assert escape(text) == json.dumps(text, ensure_ascii=False)[1:-1].encode()
+
+
+@given(st.text(st.characters(codec=None, exclude_categories=()), max_size=200))
+def test_escape_matches_json_on_any_text(text: str) -> None:
+    """Any character, lone surrogates included (``Cs`` is not excluded): orjson's escape and the
+    standard encoder's fallback together write exactly what the standard encoder writes."""
+    assert escape(text) == json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
 
 
 def _sse(body: bytes) -> list[tuple[str, dict]]:
