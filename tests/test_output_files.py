@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from agent_manager.service import Service
 from agent_manager.store import runs as run_store
-from agent_manager.store.output_files import FIELD, SPILL_MIN_CHARS, escape
+from agent_manager.store.output_files import FIELD, SPILL_MIN_CHARS, escape, escape_bytes
 
 # Every kind of character JSON treats specially, in big writes (file-backed) and small ones (inline).
 WRITER = r"""
@@ -49,6 +49,12 @@ def test_escape_matches_json_on_any_text(text: str) -> None:
     """Any character, lone surrogates included (``Cs`` is not excluded): orjson's escape and the
     standard encoder's fallback together write exactly what the standard encoder writes."""
     assert escape(text) == json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
+
+
+def test_bytes_that_are_not_utf8_escape_as_replacement_characters() -> None:
+    """Only a file changed behind the service's back holds such bytes; its stream still is JSON."""
+    assert escape_bytes(b"ok \xff\xfe end\n" * 1000) == json.dumps("ok \ufffd\ufffd end\n" * 1000,
+                                                                    ensure_ascii=False)[1:-1].encode()
 
 
 def _sse(body: bytes) -> list[tuple[str, dict]]:

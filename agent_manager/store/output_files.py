@@ -74,8 +74,12 @@ def escape_bytes(raw: bytes) -> bytes:
     try:
         return orjson.dumps(raw.decode("utf-8"))[1:-1]
     except UnicodeDecodeError:
+        pass
+    try:
         text = raw.decode("utf-8", "surrogatepass")
-        return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:  # not written by the service (a file changed behind its back)
+        text = raw.decode("utf-8", "replace")
+    return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
 
 
 def reference(data: str) -> tuple[dict[str, Any], str, int, int] | None:
