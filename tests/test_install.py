@@ -189,7 +189,9 @@ def test_editable_install_is_quiet(tmp_path: Path) -> None:
         pytest.skip(f"no package index reachable: {result.stderr[-300:]}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Warning" not in result.stderr and "!!" not in result.stderr, result.stderr
-    where_from = subprocess.run([python, "-c", "import agent_manager.store, sys; print(agent_manager.store.__file__)"],
+    # Found, not imported: a subpackage's third-party imports are not installed (--no-deps).
+    find = "import importlib.util; print(importlib.util.find_spec('agent_manager.store').origin)"
+    where_from = subprocess.run([python, "-c", find],
                                 capture_output=True, text=True, cwd=tmp_path, timeout=60,
                                 env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert where_from.stdout.strip().startswith(str(src / "agent_manager")), where_from

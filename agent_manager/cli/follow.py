@@ -13,6 +13,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -62,7 +63,35 @@ def follow(client: Client, path: str, what: str, final: str,
            on_event: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
     """Hand every event of the stream at ``path`` to ``on_event`` until the ``final`` event,
     whose data is returned. A dropped stream is resumed after the last event handed on; a
-    service unreachable for ``RECONNECT_S`` ends the command with one line naming ``what``."""
+    service unreachable for ``RECONNECT_S`` ends the command with one line naming ``what``.
+
+    The stream is read on a daemon thread while this (the main) thread waits. Why: a stop
+    signal's handler raises where the main thread is. Raised inside httpx's socket read, at any
+    point of its bookkeeping, the exception could be lost (once in CI, `orchestrate` went on
+    following for 30 s after SIGTERM); raised in our own wait, it always reaches the caller,
+    which cancels and exits, leaving the reader blocked on a socket the exit closes."""
+    outcome: list[tuple[dict[str, Any] | None, BaseException | None]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            outcome.append((_follow(client, path, what, final, on_event), None))
+        except BaseException as exc:  # handed to the main thread, raised there
+            outcome.append((None, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=read, name="follow", daemon=True).start()
+    done.wait()
+    data, error = outcome[0]
+    if error is not None:
+        raise error
+    assert data is not None
+    return data
+
+
+def _follow(client: Client, path: str, what: str, final: str,
+            on_event: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
     import httpx
 
     last = 0
@@ -101,8 +130,9 @@ def wait_for_service(client: Client, exc: httpx.TransportError, lost_since: floa
     return lost_since
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGHUP arrived: cancel what we follow, as Ctrl-C does."""
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived: cancel what we follow, as Ctrl-C does. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way takes it for an error."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
