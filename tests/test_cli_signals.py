@@ -91,6 +91,26 @@ def test_service_going_away_gives_one_line(tmp_path: Path, fake_path: Path) -> N
     assert lines[-1].startswith("Error: lost the connection"), err
 
 
+def test_stopped_while_its_stdout_is_full(live_server: LiveServer) -> None:
+    """A run printing faster than its reader takes it (a pager, a stalled pipe), then SIGTERM:
+    the command cancels and exits like any other time, with no abort at exit (a thread stopped
+    inside a write to stdout would keep its lock: "Fatal Python error: could not acquire lock")."""
+    r = httpx.post(f"{live_server.url}/api/agents", json={"name": "y", "kind": "generic", "command": "yes"},
+                   headers=live_server.headers)
+    assert r.status_code == 201, r.text
+    marker = "cli-full-stdout"
+    proc = _run_cli(live_server, "y", marker)
+    _wait_running(live_server)
+    time.sleep(1.5)  # nobody reads: the pipe is full and the command waits in a write
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Fatal Python error" not in err and "Traceback" not in err, err[-2000:]
+    assert marker in out
+    assert not wait_gone(marker, 10)
+    assert _latest_run(live_server)["status"] == "cancelled"
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
 def test_timeout_must_be_a_finite_positive_number(tmp_path: Path, value: str) -> None:
     env = {**os.environ, "AGENT_MANAGER_HOME": str(tmp_path), "AGENT_MANAGER_URL": "http://127.0.0.1:9"}

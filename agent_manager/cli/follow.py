@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # imported where a stream is followed (see client.py)
     import httpx
 
 RECONNECT_S = 5.0
+QUEUED_EVENTS = 256  # read ahead of the printing by at most this many events
 
 
 def sse_lines(response: httpx.Response) -> Iterator[str]:
@@ -65,33 +67,35 @@ def follow(client: Client, path: str, what: str, final: str,
     whose data is returned. A dropped stream is resumed after the last event handed on; a
     service unreachable for ``RECONNECT_S`` ends the command with one line naming ``what``.
 
-    The stream is read on a daemon thread while this (the main) thread waits. Why: a stop
-    signal's handler raises where the main thread is. Raised inside httpx's socket read, at any
-    point of its bookkeeping, the exception could be lost (once in CI, `orchestrate` went on
-    following for 30 s after SIGTERM); raised in our own wait, it always reaches the caller,
-    which cancels and exits, leaving the reader blocked on a socket the exit closes."""
-    outcome: list[tuple[dict[str, Any] | None, BaseException | None]] = []
-    done = threading.Event()
+    The stream is read on a daemon thread, and this (the main) thread waits for its events and
+    hands them on. Why: a stop signal's handler raises where the main thread is. Raised inside
+    httpx's socket read, at any point of its bookkeeping, the exception could be lost (once in
+    CI, `orchestrate` went on following for 30 s after SIGTERM); raised here, in our own wait or
+    printing, it always reaches the caller, which cancels and exits. The reader never prints: a
+    daemon thread stopped at exit inside a write to stdout would keep its lock, and the exit's
+    flush would abort the interpreter. The queue is bounded, so a slow terminal still slows the
+    reading (and the service's sending) rather than filling memory."""
+    events: queue.Queue[tuple[str, dict[str, Any]] | BaseException] = queue.Queue(maxsize=QUEUED_EVENTS)
 
     def read() -> None:
         try:
-            outcome.append((_follow(client, path, what, final, on_event), None))
+            _read(client, path, what, final, lambda event, data: events.put((event, data)))
         except BaseException as exc:  # handed to the main thread, raised there
-            outcome.append((None, exc))
-        finally:
-            done.set()
+            events.put(exc)
 
     threading.Thread(target=read, name="follow", daemon=True).start()
-    done.wait()
-    data, error = outcome[0]
-    if error is not None:
-        raise error
-    assert data is not None
-    return data
+    while True:
+        item = events.get()
+        if isinstance(item, BaseException):
+            raise item
+        event, data = item
+        on_event(event, data)
+        if event == final:
+            return data
 
 
-def _follow(client: Client, path: str, what: str, final: str,
-            on_event: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+def _read(client: Client, path: str, what: str, final: str,
+          hand_on: Callable[[str, dict[str, Any]], None]) -> None:
     import httpx
 
     last = 0
@@ -108,9 +112,9 @@ def _follow(client: Client, path: str, what: str, final: str,
                 lost_since = None
                 for seq, event, data in sse_events(response):
                     last = seq
-                    on_event(event, data)
+                    hand_on(event, data)
                     if event == final:
-                        return data
+                        return
         except (httpx.RemoteProtocolError, httpx.ReadError):
             continue  # the stream dropped: resume after the last event handed on
         except httpx.TransportError as exc:  # refused, reset, timed out: the service went away
