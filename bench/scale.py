@@ -198,6 +198,9 @@ def emulator_main(create_delay: float, latency: float, rate_429: float, workdir:
     from aiohttp import web
     from fakes.daytona_emulator import DaytonaEmulator
 
+    from agent_manager.cli.serve import raise_open_files_limit
+    raise_open_files_limit()  # the cloud it stands for has no such limit (ulimit -n 1024 runs)
+
     async def run() -> None:
         emu = DaytonaEmulator(Path(workdir))
         emu.configure(create_delay_s=create_delay, call_latency_s=latency, rate_429=rate_429, keep_requests=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -209,3 +210,32 @@ def test_a_run_cut_by_a_crash_ends_when_it_was_last_heard(tmp_path: Path, fake_p
     finished = datetime.fromisoformat(final["finished_at"].replace("Z", "+00:00")).timestamp()
     assert final["status"] == "interrupted"
     assert finished <= before_kill, (final["finished_at"], before_kill)
+
+
+@pytest.mark.parametrize("hard", [None, 300])
+def test_serve_raises_its_open_files_limit(tmp_path: Path, hard: int | None) -> None:
+    """A stock Linux session allows 1,024 open files, which a few hundred runs at once exceed
+    (cli/serve.py): the service raises its own soft limit, and says so when the hard limit
+    (here 300, or the inherited one) leaves it short."""
+    inherited = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limits = f"ulimit -Sn 256 && ulimit -Hn {hard}" if hard else "ulimit -Sn 256"
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    proc = subprocess.Popen(["sh", "-c", f'{limits} && exec "$@"', "sh", sys.executable, "-m", "agent_manager",
+                             "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "listening on" in line:
+                break
+        soft = next(int(row.split()[3]) for row in Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+                    if row.startswith("Max open files"))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    ceiling = hard or inherited
+    expected = 65536 if ceiling == resource.RLIM_INFINITY else min(65536, ceiling)
+    assert soft == expected, lines
+    assert any("open files are limited to 300" in line for line in lines) == (hard == 300), lines

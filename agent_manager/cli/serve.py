@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import resource
 import socket
 import sys
 import threading
@@ -27,6 +28,8 @@ STOP_GRACE_S = 3
 KEEP_ALIVE_S = 65
 # When the heap is frozen a second time: the Daytona SDK is imported in the background at start.
 FREEZE_AGAIN_S = 5.0
+# The soft limit on open files the service raises itself to (or to the hard limit, if lower).
+OPEN_FILES = 65536
 
 
 def freeze_heap(collect: bool) -> None:
@@ -40,6 +43,29 @@ def freeze_heap(collect: bool) -> None:
     if collect:
         gc.collect()
     gc.freeze()
+
+
+def raise_open_files_limit(target: int = OPEN_FILES) -> int:
+    """Raise the soft limit on open files towards ``target`` (never past the hard limit);
+    returns the soft limit now in force.
+
+    Why: every run holds descriptors (its output pipes and a pidfd; on Daytona a connection
+    for its create and a WebSocket for its logs), and so does every browser following one. A
+    stock Linux session gives a process 1,024 (systemd's soft default; the hard one is far
+    higher): with it, 373 of 2,000 runs on the Daytona emulator failed with "Too many open
+    files" (``ulimit -Sn 1024; bench/scale.py --cases daytona --daytona-runs 2000``), as 1,650
+    descriptors were open at once; none once raised. The raise is a process's own right (no privilege).
+    Runs inherit it: 65,536 rather than the hard limit (often 524,288 or more), because
+    some programs close every possible descriptor at start, one call each."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # a platform cap below the hard limit (macOS): keep what we have
+            return soft
+        return wanted
+    return soft
 
 
 def migrate(settings: Settings) -> None:
@@ -76,6 +102,10 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
             f"refusing to serve {settings.host} without authentication: anyone who reaches it could run "
             "commands. Remove --no-auth / AGENT_MANAGER_AUTH=off, or bind --host 127.0.0.1.")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (limit := raise_open_files_limit()) < 4096:
+        logging.getLogger("agent_manager").warning(
+            "open files are limited to %d (hard limit); a few hundred runs at once may fail with 'Too many "
+            "open files': raise it with `ulimit -Hn` or LimitNOFILE= in a systemd unit", limit)
     try:
         from agent_manager.service import Service, check_data_dir, check_registry
         check_data_dir(settings)
