@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.daytona_command import ExitSlot
-from agent_manager.executors.daytona_heap import Trimmer
+from agent_manager.executors.daytona_heap import Trimmer, freeze_start_up
 from agent_manager.executors.daytona_wire import (
     HEADER,
     Message,
@@ -228,6 +228,9 @@ class Worker:
                                 retry_base_s=float(msg["base_delay"]), section=section_in(msg["section"]))
         self.core.create_seconds = _Forward(self.link)
         self.link.live = lambda: len(self.core.running)
+        with contextlib.suppress(Exception):  # not configured, say: the first call fails again and says why
+            self.core.client()  # the SDK imported and its client built now, so that the freeze covers them
+        freeze_start_up()
 
     def answer(self, cid: int, task: asyncio.Task[Any]) -> None:
         self.calls.pop(cid, None)
