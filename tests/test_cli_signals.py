@@ -3,12 +3,16 @@ fire-and-forget behind --detach, and says one clear line when the service goes a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -195,3 +199,70 @@ def test_plan_ended_cancels_the_planner_run(live_server: LiveServer, sig: int) -
         assert time.monotonic() < deadline, _latest_run(live_server)
         time.sleep(0.1)
     assert _latest_run(live_server)["status"] == "cancelled"
+
+
+class _SlowStart(BaseHTTPRequestHandler):
+    """A service whose answer to the request that starts a run or an orchestration comes late
+    (under load); it records the cancels it gets."""
+
+    protocol_version = "HTTP/1.1"
+    started = threading.Event()
+    release = threading.Event()
+    cancels: list[str] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, body: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self._json({"name": "g", "kind": "generic", "command": "echo"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.endswith("/cancel"):
+            self.cancels.append(self.path)
+            self._json({})
+            return
+        self.started.set()
+        self.release.wait(10)
+        self._json({"id": "r1" if self.path == "/api/runs" else "o1", "status": "queued", "name": "p",
+                    "counts": {"total": 1}, "max_parallel": 1}, 201)
+
+
+@pytest.mark.parametrize("command", ["run", "orchestrate"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopped_while_the_start_is_in_flight(tmp_path: Path, command: str, sig: int) -> None:
+    """Stopped before the service answered: the command waits for the answer (the id), then
+    cancels what the service had started, instead of leaving it going unseen."""
+    _SlowStart.started, _SlowStart.release, _SlowStart.cancels = threading.Event(), threading.Event(), []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _SlowStart)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("name: p\nsteps:\n  - id: x\n    agent: g\n    prompt: hi\n")
+    args = ["run", "g", "hello"] if command == "run" else ["orchestrate", str(plan)]
+    env = {**os.environ, "AGENT_MANAGER_HOME": str(tmp_path / "home"),
+           "AGENT_MANAGER_URL": f"http://127.0.0.1:{httpd.server_address[1]}"}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "agent_manager", *args], text=True, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert _SlowStart.started.wait(30), "the start request never came"
+        proc.send_signal(sig)
+        time.sleep(0.3)  # the signal has arrived while the request waits for its answer
+        assert proc.poll() is None, "it left without the answer"
+        _SlowStart.release.set()
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        _SlowStart.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+    assert proc.returncode in (130, 128 + int(sig)), err
+    assert "Traceback" not in err
+    assert "stopping once the service has answered" in err
+    assert _SlowStart.cancels == ["/api/runs/r1/cancel" if command == "run" else "/api/orchestrations/o1/cancel"]

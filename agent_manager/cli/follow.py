@@ -4,7 +4,8 @@ One loop serves ``run`` and ``orchestrate`` (and the stop-signal handling ``plan
 service keeps every event in a numbered log, so a dropped stream is reopened with
 ``?after=<last seq printed>`` and nothing is shown twice or lost; a service that stays away
 ends the command with one line instead of a traceback. Ctrl-C, SIGTERM and SIGHUP cancel what
-the command started (``cancelling_signals`` + ``cancel_then_exit``) rather than leave it going.
+the command started (``cancelling_signals`` + ``cancel_then_exit``) rather than leave it going,
+even when they arrive while the request that starts it is in flight (``held_stops``).
 """
 
 from __future__ import annotations
@@ -158,6 +159,32 @@ def cancelling_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def held_stops() -> Iterator[None]:
+    """Inside, a first stop (Ctrl-C, SIGTERM, SIGHUP) waits for the block to end and is raised
+    then; a second one is raised at once. For the request that starts something: stopped while
+    it was in flight, we never learnt the id of what the service had started, and could not
+    cancel it. Now the answer arrives first (the request has its own timeout), then the stop,
+    with an id to cancel."""
+    held: list[int] = []
+
+    def hold(signum: int, _frame: Any) -> None:
+        if held:
+            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
+        held.append(signum)
+        with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: a write this interrupted
+            click.echo("\nstopping once the service has answered (stop again to leave at once)", err=True)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        raise KeyboardInterrupt if held[0] == signal.SIGINT else Stopped(held[0])
 
 
 def cancel_then_exit(exc: BaseException, cancel: Callable[[], object] | None) -> NoReturn:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from agent_manager.cli.client import Client
-from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals
+from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals, held_stops
 from agent_manager.cli.follow import follow as follow_events
 
 MARKS = {"succeeded": ("✓", "green"), "failed": ("✗", "red"), "skipped": ("-", "yellow"),
@@ -67,16 +67,20 @@ def command(obj: dict[str, Any], plan_file: str, as_json: bool, project: str | N
     client = Client(obj)
     text = Path(plan_file).read_text()
     body = {"yaml": text, **({"project": project} if project else {}), **({"base": base} if base else {})}
-    orch = client.request("POST", "/api/orchestrations", json=body)
-    total = orch["counts"]["total"]
-    if not as_json:
-        click.echo(f"orchestration {orch['id']} ({orch['name']}): {total} step(s), at most "
-                   f"{orch['max_parallel']} at once", err=True)
+    orch: dict[str, Any] = {}
     try:
         with cancelling_signals():  # Ctrl-C, SIGTERM, SIGHUP: cancel the orchestration, as `run` does
+            with held_stops():  # its answer holds the id to cancel
+                orch = client.request("POST", "/api/orchestrations", json=body)
+            total = orch["counts"]["total"]
+            if not as_json:
+                click.echo(f"orchestration {orch['id']} ({orch['name']}): {total} step(s), at most "
+                           f"{orch['max_parallel']} at once", err=True)
             follow(client, orch["id"], total, quiet=as_json)
     except (KeyboardInterrupt, Stopped) as exc:
-        cancel_then_exit(exc, lambda: client.request("POST", f"/api/orchestrations/{orch['id']}/cancel"))
+        orch_id = orch.get("id")
+        cancel_then_exit(exc, (lambda: client.request("POST", f"/api/orchestrations/{orch_id}/cancel"))
+                         if orch_id else None)
     final = client.request("GET", f"/api/orchestrations/{orch['id']}")
     if as_json:
         click.echo(json.dumps(final, indent=2, ensure_ascii=False))

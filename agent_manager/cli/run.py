@@ -12,7 +12,7 @@ from agent_manager import plugins
 from agent_manager.agents.base import PlainTextParser
 from agent_manager.cli.choices import backend_choice
 from agent_manager.cli.client import Client
-from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals
+from agent_manager.cli.follow import Stopped, cancel_then_exit, cancelling_signals, held_stops
 from agent_manager.cli.follow import follow as follow_events
 
 STATUS_EXIT = {"succeeded": 0, "cancelled": 130, "timed_out": 124, "interrupted": 1, "failed": 1}
@@ -77,7 +77,8 @@ def run(obj: dict[str, Any], agent: str, prompt: str, backend: str | None, conve
         return
     try:
         with cancelling_signals():
-            started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
+            with held_stops():  # its answer holds the id to cancel
+                started = client.request("POST", "/api/runs", json={k: v for k, v in body.items() if v is not None})
             final = follow(client, started["id"], raw, structured)
     except (KeyboardInterrupt, Stopped) as exc:
         run_id = started.get("id")
