@@ -295,6 +295,18 @@ def pipe_baseline(writer: Path, total: int) -> dict[str, Any]:
     return {"bytes": got, "seconds": round(elapsed, 3), "mb_s": round(total / MB / elapsed, 1)}
 
 
+def file_baseline(writer: Path, total: int, file: Path) -> dict[str, Any]:
+    """The same writer with its stdout a plain file in ``file``'s directory (the data
+    directory's disk), no reader: what this host gives to store the bytes at all. The service
+    stores every byte before anyone sees it, so this bounds what it can stream."""
+    started = time.perf_counter()
+    with file.open("wb") as out:
+        subprocess.run([sys.executable, str(writer), str(total)], stdout=out, check=True)
+    elapsed = time.perf_counter() - started
+    file.unlink()
+    return {"seconds": round(elapsed, 3), "mb_s": round(total / MB / elapsed, 1)}
+
+
 async def bench_concurrent(server: Server, count: int, per_client: int = 10) -> dict[str, Any]:
     """POST ``count`` runs at once, each followed over its own SSE stream to ``run.finished``.
 

@@ -17,7 +17,17 @@ from typing import Any
 
 import httpx
 import orjson
-from stream import MB, WRITER_AGENT, RssSampler, create_agent, follow, pipe_baseline, start_server, stop_server
+from stream import (
+    MB,
+    WRITER_AGENT,
+    RssSampler,
+    create_agent,
+    file_baseline,
+    follow,
+    pipe_baseline,
+    start_server,
+    stop_server,
+)
 
 DONE = ("succeeded", "failed", "cancelled", "timed_out")
 
@@ -32,6 +42,7 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     total = args.mb * MB
     # The plain pipe before and after: its speed swings up to 2x between runs here.
     pipes = [pipe_baseline(writer, total)["mb_s"]]
+    files = [file_baseline(writer, total, workdir / "file-baseline")["mb_s"]]
     # Every byte is followed and counted: no per-run storage cap (max_stored_output_mb) here.
     server = start_server(workdir / "thr-home", {"AGENT_MANAGER_MAX_STORED_OUTPUT_MB": "0"})
     figures: dict[str, Any] = {"bytes_sent": total}
@@ -67,6 +78,7 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     finally:
         stop_server(server)
     pipes += [pipe_baseline(writer, total)["mb_s"] for _ in range(2)]
+    files += [file_baseline(writer, total, workdir / "file-baseline")["mb_s"] for _ in range(2)]
     pipe_mb_s = statistics.median(pipes)
     for way in ("sse", "sse_curl", "raw", "raw_curl", "ingest"):
         figures[way]["ratio"] = round(figures[way]["mb_s"] / pipe_mb_s, 3)
@@ -74,7 +86,9 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     return {**figures, **{k: figures["sse"][k] for k in ("bytes_live", "bytes_replayed", "run_status", "seconds",
                                                          "mb_s", "replay_mb_s", "ratio", "server_rss_before_mb",
                                                          "server_rss_growth_mb")},
-            "pipe_mb_s": pipe_mb_s, "pipe_runs_mb_s": pipes, "raw_ratio": figures["raw"]["ratio"],
+            "pipe_mb_s": pipe_mb_s, "pipe_runs_mb_s": pipes, "file_mb_s": statistics.median(files),
+            "file_runs_mb_s": files, "file_ratio": round(statistics.median(files) / pipe_mb_s, 3),
+            "raw_ratio": figures["raw"]["ratio"],
             "raw_curl_ratio": figures["raw_curl"]["ratio"], "sse_curl_ratio": figures["sse_curl"]["ratio"],
             "ingest_ratio": figures["ingest"]["ratio"]}
 
