@@ -104,8 +104,8 @@ def serve(obj: dict[str, Any], host: str | None, port: int | None, no_auth: bool
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if (limit := raise_open_files_limit()) < 4096:
         logging.getLogger("agent_manager").warning(
-            "open files are limited to %d (hard limit); a few hundred runs at once may fail with 'Too many "
-            "open files': raise it with `ulimit -Hn` or LimitNOFILE= in a systemd unit", limit)
+            "open files are limited to %d; a few hundred runs at once may fail with 'Too many open files': "
+            "raise the hard limit (`ulimit -Hn` as root, or LimitNOFILE= in a systemd unit)", limit)
     try:
         from agent_manager.service import Service, check_data_dir, check_registry
         check_data_dir(settings)
