@@ -15,8 +15,9 @@ figures of each case. Cases (``--cases``, default all):
   through a plain pipe (median of 3 runs: one before, two after); ``run_mb_s`` is the writer's
   own speed (created → finished) while so followed. Goals: ≥ 0.5, server RSS growth ≤ 100 MB,
   every byte received live and on replay. For context, not a goal: ``file_ratio``, the same
-  writer into a plain file on the data directory's disk ÷ the pipe (median of 3, as the pipe):
-  the service stores every byte before anyone sees it, so no way can beat it for long.
+  writer through a plain pipe into a file on the data directory's disk ÷ the plain pipe (median
+  of 3, as the pipe): the service stores every byte before anyone sees it, so no way of
+  following it can beat that for long.
 - ``dag``: a chain of ``--hops`` shell steps (``true``), in process; per hop the time from the
   parent's ``run.finished`` to the child's ``run.started`` (its process running). Goal: mean ≤ 2 ms.
 - ``daytona``: ``--daytona-runs`` runs at once on the Daytona backend against the emulator of

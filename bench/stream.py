@@ -296,12 +296,20 @@ def pipe_baseline(writer: Path, total: int) -> dict[str, Any]:
 
 
 def file_baseline(writer: Path, total: int, file: Path) -> dict[str, Any]:
-    """The same writer with its stdout a plain file in ``file``'s directory (the data
-    directory's disk), no reader: what this host gives to store the bytes at all. The service
-    stores every byte before anyone sees it, so this bounds what it can stream."""
+    """The same writer through a plain pipe, each piece written to a file in ``file``'s
+    directory (the data directory's disk) by this process: what the service does at the least
+    (it stores every byte before anyone sees it) with nothing else, so its ceiling here."""
     started = time.perf_counter()
-    with file.open("wb") as out:
-        subprocess.run([sys.executable, str(writer), str(total)], stdout=out, check=True)
+    proc = subprocess.Popen([sys.executable, str(writer), str(total)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    out = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while chunk := os.read(fd, 65536):
+            os.write(out, chunk)
+    finally:
+        os.close(out)
+    proc.wait()
     elapsed = time.perf_counter() - started
     file.unlink()
     return {"seconds": round(elapsed, 3), "mb_s": round(total / MB / elapsed, 1)}
