@@ -229,3 +229,24 @@ def test_a_long_read_asks_for_read_ahead_within_its_range(tmp_path: Path, monkey
     asked.clear()
     assert b"".join(files.raw("run_r", FIELD, 0, 5000)) == data[:5000]  # no fd: short reads, no advice
     assert asked == []
+
+
+@given(st.text(st.characters(codec="utf-8"), max_size=300), st.booleans())
+def test_a_frame_is_exactly_the_event_json_writes(text: str, in_memory: bool) -> None:
+    """An SSE frame's payload (made in one orjson call) is byte for byte what the standard
+    encoder writes for the event, from the printed bytes in memory and from the run's file."""
+    import tempfile
+
+    from agent_manager.store.output_files import OutputFiles
+
+    raw = text.encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = OutputFiles(Path(tmp))
+        appender = files.appender()
+        offset, length = appender.append("run_1", raw)
+        appender.close()
+        data = json.dumps({"stream": "stdout", FIELD: [offset, length]})
+        frame = files.frame("run_1", data, "2026-12-02T08:00:00.000Z", raw if in_memory else None)
+    assert frame is not None
+    expected = {"at": "2026-12-02T08:00:00.000Z", "stream": "stdout", "text": text}
+    assert b"".join(frame) == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
