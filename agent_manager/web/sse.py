@@ -59,7 +59,6 @@ def with_time(data: str, at: str) -> str:
     return f'{{"at":"{at}"}}' if data.strip() == "{}" else f'{{"at":"{at}",{data[1:]}'
 
 
-
 def sendable(parts: list[bytes]) -> list[bytes]:
     """``parts`` as few pieces to send: runs of small parts joined, a big one (a fast writer's
     output text, up to 1 MiB) sent as it is. Why: joining copied every byte of a fast writer's
