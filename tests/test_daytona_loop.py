@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,8 @@ import pytest
 from fakes.daytona_emulator import DaytonaEmulator
 
 from agent_manager.executors.base import ExecSpec
-from agent_manager.executors.daytona import DaytonaExecutor
+from agent_manager.executors.daytona import DaytonaExecutor, DaytonaRun
+from agent_manager.executors.daytona_link import RemoteRun
 from agent_manager.executors.daytona_loop import DaytonaLoop, Handoff
 from agent_manager.settings import Settings
 
@@ -240,6 +242,26 @@ async def test_a_finished_run_has_left_running_when_wait_returns(
         assert await run.wait() == 0
         assert run not in executor.running  # no extra turn of either loop needed
     assert not executor.running
+
+
+async def test_wait_returns_after_the_exit_callback_when_the_exit_was_known_first() -> None:
+    """The exit can be known before anyone waits, with its callbacks still queued: awaiting a
+    done future takes no turn of the loop, so ``wait`` returned before ``exited``'s callback
+    had run (the service retires an executor once ``running`` is empty). Both kinds of run."""
+    local = DaytonaRun(SimpleNamespace())  # type: ignore[arg-type]
+    remote = RemoteRun(SimpleNamespace(generation=0), 1)  # type: ignore[arg-type]
+    for run in (local, remote):
+        seen: list[Any] = []
+        run.exited(seen.append)  # type: ignore[attr-defined]
+        if run is local:
+            local.exit_code.set_result(0)
+            await asyncio.sleep(0)  # the loop copies it into its own future; that one's callbacks queue
+        else:
+            remote.exit_code.set_result(0)  # its callbacks queue
+        assert await run.wait() == 0  # type: ignore[attr-defined]
+        assert seen == [run]
+        await asyncio.sleep(0.01)  # the queued callback runs as well, and does not call again
+        assert seen == [run]
 
 
 async def test_cancel_answers_promptly_when_the_daytona_api_stops_answering(

@@ -62,6 +62,7 @@ class DaytonaRun:
         self.outlet: Handoff[Chunk] = Handoff(bridge, OUTPUT_QUEUE_CHUNKS)
         self.exit_code: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._exit: asyncio.Future[int] | None = None
+        self._on_exit: Callable[[DaytonaRun], None] | None = None
         self.execution: DaytonaExecution | None = None
         self.info: dict[str, str] = {}
 
@@ -83,17 +84,29 @@ class DaytonaRun:
     def exited(self, callback: Callable[[DaytonaRun], None]) -> None:
         """``callback(self)`` on this loop once the exit is known, before ``wait`` returns it."""
         self._exit = asyncio.wrap_future(self.exit_code)
+        self._on_exit = callback
 
         def over(done: asyncio.Future[int]) -> None:
-            callback(self)
+            self._over()
             if not done.cancelled():
                 done.exception()  # retrieved: wait() raises it to whoever asks, no "never retrieved" log
         self._exit.add_done_callback(over)
 
+    def _over(self) -> None:
+        callback, self._on_exit = self._on_exit, None
+        if callback is not None:
+            callback(self)
+
     async def wait(self) -> int:
         if self._exit is None:
             self._exit = asyncio.wrap_future(self.exit_code)
-        return await asyncio.shield(self._exit)
+        try:
+            return await asyncio.shield(self._exit)
+        finally:
+            # Done before this wait: awaiting it took no turn of the loop, so its callbacks
+            # (``exited``'s among them) may still be queued. Run that one now, not after.
+            if self._exit.done():
+                self._over()
 
     async def cancel(self) -> None:
         """Ends the command and deletes the sandbox (on the Daytona loop); safe to call twice."""

@@ -367,6 +367,7 @@ class RemoteRun:
         self.outlet: StreamIn[Chunk] = StreamIn(link, ident)
         self.exit_code: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.exit_code.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no log
+        self._on_exit: Callable[[RemoteRun], None] | None = None
 
     async def output(self) -> AsyncIterator[Chunk]:
         async for batch in self.outlet.batches():
@@ -381,10 +382,22 @@ class RemoteRun:
 
     def exited(self, callback: Callable[[RemoteRun], None]) -> None:
         """``callback(self)`` on this loop once the exit is known, before ``wait`` returns it."""
-        self.exit_code.add_done_callback(lambda _: callback(self))
+        self._on_exit = callback
+        self.exit_code.add_done_callback(self._over)
+
+    def _over(self, _done: object = None) -> None:
+        callback, self._on_exit = self._on_exit, None
+        if callback is not None:
+            callback(self)
 
     async def wait(self) -> int:
-        return await asyncio.shield(self.exit_code)
+        try:
+            return await asyncio.shield(self.exit_code)
+        finally:
+            # Done before this wait: awaiting it took no turn of the loop, so its callbacks
+            # (``exited``'s among them) may still be queued. Run that one now, not after.
+            if self.exit_code.done():
+                self._over()
 
     async def cancel(self) -> None:
         """Ends the command and deletes the sandbox (in the worker); safe to call twice. A run
