@@ -281,38 +281,29 @@ async def bench_throughput(client: httpx.AsyncClient, server: Server, total: int
             "server_vmhwm_after_mb": round(rss.after["VmHWM"] / 1024, 1)}
 
 
-def pipe_baseline(writer: Path, total: int) -> dict[str, Any]:
-    """The same writer read through a plain pipe by this process: the ceiling of the host."""
+def pipe_baseline(writer: Path, total: int, into: Path | None = None) -> dict[str, Any]:
+    """The same writer read through a plain pipe by this process: the ceiling of the host.
+    ``into``: each piece is also written to this file (then removed), on the data directory's
+    disk: what the service does at the least (it stores every byte before anyone sees it)."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(writer), str(total)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
+    out = None if into is None else os.open(into, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     got = 0
-    while chunk := os.read(fd, 65536):
-        got += len(chunk)
-    proc.wait()
-    elapsed = time.perf_counter() - started
-    return {"bytes": got, "seconds": round(elapsed, 3), "mb_s": round(total / MB / elapsed, 1)}
-
-
-def file_baseline(writer: Path, total: int, file: Path) -> dict[str, Any]:
-    """The same writer through a plain pipe, each piece written to a file in ``file``'s
-    directory (the data directory's disk) by this process: what the service does at the least
-    (it stores every byte before anyone sees it) with nothing else, so its ceiling here."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(writer), str(total)], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    out = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         while chunk := os.read(fd, 65536):
-            os.write(out, chunk)
+            got += len(chunk)
+            if out is not None:
+                os.write(out, chunk)
     finally:
-        os.close(out)
+        if out is not None:
+            os.close(out)
     proc.wait()
     elapsed = time.perf_counter() - started
-    file.unlink()
-    return {"seconds": round(elapsed, 3), "mb_s": round(total / MB / elapsed, 1)}
+    if into is not None:
+        into.unlink()
+    return {"bytes": got, "seconds": round(elapsed, 3), "mb_s": round(total / MB / elapsed, 1)}
 
 
 async def bench_concurrent(server: Server, count: int, per_client: int = 10) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from stream import (
     WRITER_AGENT,
     RssSampler,
     create_agent,
-    file_baseline,
     follow,
     pipe_baseline,
     start_server,
@@ -42,7 +41,7 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     total = args.mb * MB
     # The plain pipe before and after: its speed swings up to 2x between runs here.
     pipes = [pipe_baseline(writer, total)["mb_s"]]
-    files = [file_baseline(writer, total, workdir / "file-baseline")["mb_s"]]
+    files = [pipe_baseline(writer, total, workdir / "file-baseline")["mb_s"]]
     # Every byte is followed and counted: no per-run storage cap (max_stored_output_mb) here.
     server = start_server(workdir / "thr-home", {"AGENT_MANAGER_MAX_STORED_OUTPUT_MB": "0"})
     figures: dict[str, Any] = {"bytes_sent": total}
@@ -78,7 +77,7 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     finally:
         stop_server(server)
     pipes += [pipe_baseline(writer, total)["mb_s"] for _ in range(2)]
-    files += [file_baseline(writer, total, workdir / "file-baseline")["mb_s"] for _ in range(2)]
+    files += [pipe_baseline(writer, total, workdir / "file-baseline")["mb_s"] for _ in range(2)]
     pipe_mb_s = statistics.median(pipes)
     for way in ("sse", "sse_curl", "raw", "raw_curl", "ingest"):
         figures[way]["ratio"] = round(figures[way]["mb_s"] / pipe_mb_s, 3)
