@@ -410,3 +410,38 @@ async def test_available_reasons(
     missing = await DaytonaExecutor(daytona_settings, "i", worker=False).available()  # this process's modules
     assert missing.reason == "the daytona extra is not installed: pip install 'agent-manager[daytona]'"
     assert daytona_api.INSTALL_HINT == missing.reason
+
+
+async def test_the_start_up_sweep_spares_a_sandbox_whose_label_was_issued_while_it_listed(
+    daytona_settings: Settings, daytona_emulator: DaytonaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up sweep deletes this instance's leftovers while runs and terminals may already
+    be creating sandboxes: a label issued after the sweep began, but before its list arrived,
+    marks a sandbox of this service, not a leftover (it used to be read when the sweep began)."""
+    from types import SimpleNamespace
+
+    from daytona import AsyncDaytona, CreateSandboxFromSnapshotParams, DaytonaConfig
+
+    from agent_manager.executors import daytona_core
+    from agent_manager.executors.daytona_core import DaytonaCore
+
+    config = DaytonaConfig(api_key=daytona_emulator.api_key, api_url=daytona_emulator.api_url, target="us")
+    async with AsyncDaytona(config) as client:
+        ours = await client.create(CreateSandboxFromSnapshotParams(
+            labels={"agent-manager": "inst-sweep", "agent-manager-run": "late"}), timeout=10)
+        leftover = await client.create(CreateSandboxFromSnapshotParams(
+            labels={"agent-manager": "inst-sweep", "agent-manager-run": "old"}), timeout=10)
+    core = DaytonaCore(daytona_settings, "inst-sweep")
+    daytona_emulator.configure(call_latency_s=0.5)
+    try:
+        preparing = asyncio.create_task(core.prepare())
+        await asyncio.sleep(0.2)  # the sweep has begun and waits for its list
+        monkeypatch.setattr(daytona_core.uuid, "uuid4", lambda: SimpleNamespace(hex="late"))
+        assert core.issue_label() == "late"
+        await preparing
+    finally:
+        daytona_emulator.configure(call_latency_s=0.0)
+        await core.close()
+    assert ours.id in daytona_emulator.sandboxes
+    assert leftover.id not in daytona_emulator.sandboxes
+    await daytona_emulator.remove(ours.id)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_manager.errors import ExecutionError, ExecutorUnavailable
@@ -251,15 +251,19 @@ async def list_sandboxes(config: DaytonaSettings) -> list[dict[str, Any]]:
                 for sb in await list_labelled(client, {}, attempts=2) if LABEL in sb.labels]
 
 
-async def sweep(config: DaytonaSettings, keep: frozenset[str] | set[str] = frozenset(),
-                instance: str | None = None, spare: frozenset[str] = frozenset()) -> int:
+async def sweep(config: DaytonaSettings, keep: Collection[str] | Callable[[], Collection[str]] = frozenset(),
+                instance: str | None = None, spare: Collection[str] = frozenset()) -> int:
     """Delete leftover ``agent-manager`` sandboxes not in ``keep`` (only ``instance``'s if given),
     sparing those whose run or pool label is in ``spare``; unlabelled sandboxes are never
-    touched. Returns how many were deleted."""
+    touched. Returns how many were deleted. ``keep`` (or what it returns) and ``spare`` are read
+    once the list has arrived, not when the sweep starts: a sandbox created meanwhile by a run
+    or terminal of this service is in the list, and its label or id is known by then."""
     deleted = 0
     async with make_client(config) as client:
-        for sb in await list_labelled(client, {}):
-            if LABEL not in sb.labels or sb.id in keep or instance not in (None, sb.labels[LABEL]):
+        listed = await list_labelled(client, {})
+        kept = set(keep() if callable(keep) else keep)
+        for sb in listed:
+            if LABEL not in sb.labels or sb.id in kept or instance not in (None, sb.labels[LABEL]):
                 continue
             if spare and (sb.labels.get(RUN_LABEL) in spare or sb.labels.get(POOL_LABEL) in spare):
                 continue

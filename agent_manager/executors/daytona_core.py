@@ -321,8 +321,8 @@ class DaytonaCore:
             return
         load_sdk()  # about a second the first time: on the Daytona thread, not the service's loop
         try:  # runs may start meanwhile: their sandboxes are this executor's, not leftovers
-            swept = await sweep(self.section, keep=self.keep_ids(), instance=self.instance_id,
-                                spare=frozenset(self._issued or ()))
+            swept = await sweep(self.section, keep=self.keep_ids, instance=self.instance_id,
+                                spare=self._issued if self._issued is not None else frozenset())
         finally:
             self._issued = None
         if swept:
@@ -356,7 +356,7 @@ class DaytonaCore:
         """Delete labelled sandboxes no live run or warm pool of this service uses."""
         if not self.section.configured:
             raise ExecutorUnavailable(NOT_CONFIGURED)
-        return await sweep(self.section, keep=self.keep_ids(), instance=None if all_instances else self.instance_id)
+        return await sweep(self.section, keep=self.keep_ids, instance=None if all_instances else self.instance_id)
 
     @property
     def live(self) -> int:
