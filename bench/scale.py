@@ -12,11 +12,18 @@ figures of each case. Cases (``--cases``, default all):
   same over the raw output endpoint (``GET /api/runs/{id}/output``) by this process (``raw``;
   httpx costs about the server's CPU per byte) and by ``curl -sN`` (``raw_curl``: a user following a log); and
   ``ingest``: POST until finished, nobody following (replayed raw). Each ÷ the same writer
-  through a plain pipe (median of 3 runs: one before, two after); ``run_mb_s`` is the writer's
-  own speed (created → finished) while so followed. Goals: ≥ 0.5, server RSS growth ≤ 100 MB,
-  every byte received live and on replay. For context, not a goal: ``file_ratio``, the same
-  writer through a plain pipe into a file on the data directory's disk ÷ the plain pipe (median
-  of 3, as the pipe): the service stores every byte before anyone sees it, so no way of
+  through a plain pipe, the mean of the pipe runs just before and after it (one before the
+  server, one after each way: the host's speed swings several-fold within minutes);
+  ``run_mb_s`` is the writer's own speed (created → finished) while so followed;
+  ``server_cpu_s`` and ``client_cpu_s`` the CPU each side spent meanwhile (which one a figure
+  is bound by). Goals: the native followers' ratios (``sse_curl``: ``throughput_ratio``,
+  ``raw_curl``: ``throughput_raw_ratio``) ≥ 0.5, server RSS growth ≤ 100 MB in every way,
+  every byte received live and on replay in every way. For context, not goals:
+  ``python_client_cap_ratio``, this process's SSE follower against a free server (events
+  framed beforehand, sent from memory) ÷ the pipe: the ceiling of the Python figures whatever
+  the service does (0.30-0.50 here, so they are not goals); ``file_ratio``, the same writer
+  through a plain pipe into a file on the data directory's disk ÷ the plain pipe (medians of 3
+  and of all pipe runs): the service stores every byte before anyone sees it, so no way of
   following it can beat that for long.
 - ``dag``: a chain of ``--hops`` shell steps (``true``), in process; per hop the time from the
   parent's ``run.finished`` to the child's ``run.started`` (its process running). Goal: mean ≤ 2 ms.
@@ -315,18 +322,14 @@ def verdict(results: dict[str, Any]) -> dict[str, bool]:
         p["api_p99"] = api["health"]["p99_ms"] <= GOALS["api_p99_ms"] and api["runs"]["p99_ms"] <= GOALS["api_p99_ms"]
     if "throughput" in results:
         t = results["throughput"]
-        p["throughput_ratio"] = t["ratio"] >= GOALS["throughput_ratio"]
-        p["throughput_rss"] = t["server_rss_growth_mb"] <= GOALS["throughput_rss_growth_mb"]
-        p["throughput_every_byte"] = t["bytes_live"] == t["bytes_replayed"] == t["bytes_sent"]
-        p["throughput_sse_curl_ratio"] = t["sse_curl_ratio"] >= GOALS["throughput_ratio"]
-        p["throughput_sse_curl_every_byte"] = (t["sse_curl"]["bytes_live"] == t["sse_curl"]["bytes_replayed"]
-                                               == t["bytes_sent"])
-        p["throughput_raw_ratio"] = t["raw_ratio"] >= GOALS["throughput_ratio"]
-        p["throughput_raw_rss"] = t["raw"]["server_rss_growth_mb"] <= GOALS["throughput_rss_growth_mb"]
-        p["throughput_raw_every_byte"] = t["raw"]["bytes_live"] == t["raw"]["bytes_replayed"] == t["bytes_sent"]
-        p["throughput_raw_curl_ratio"] = t["raw_curl_ratio"] >= GOALS["throughput_ratio"]
-        p["throughput_raw_curl_every_byte"] = (t["raw_curl"]["bytes_live"] == t["raw_curl"]["bytes_replayed"]
-                                               == t["bytes_sent"] == t["ingest"]["bytes_replayed"])
+        # The ratios of the native followers (see the module doc: the Python ones are client-bound).
+        p["throughput_ratio"] = t["sse_curl_ratio"] >= GOALS["throughput_ratio"]
+        p["throughput_raw_ratio"] = t["raw_curl_ratio"] >= GOALS["throughput_ratio"]
+        p["throughput_rss"] = max(t[way]["server_rss_growth_mb"] for way in ("sse", "sse_curl", "raw", "raw_curl")
+                                  ) <= GOALS["throughput_rss_growth_mb"]
+        p["throughput_every_byte"] = all(t[way]["bytes_live"] == t[way]["bytes_replayed"] == t["bytes_sent"]
+                                         for way in ("sse", "sse_curl", "raw", "raw_curl")) and \
+            t["ingest"]["bytes_replayed"] == t["bytes_sent"]
     if "dag" in results:
         p["dag_hop"] = results["dag"]["hop_mean_ms"] <= GOALS["dag_hop_mean_ms"]
     if "daytona" in results:
