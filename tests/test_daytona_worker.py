@@ -249,6 +249,48 @@ async def test_the_heap_trimmer_trims_once_after_a_burst_of_pokes() -> None:
         assert trim is not None and trim(0) in (0, 1)
 
 
+QUIET_SPANS_CHECK = """
+import asyncio, sys
+from opentelemetry import context, trace
+from daytona._utils.otel_decorator import with_instrumentation
+if sys.argv[1] == "quiet":
+    from agent_manager.executors.daytona_heap import quiet_sdk_spans
+    quiet_sdk_spans()
+
+class Sandbox:
+    @with_instrumentation()
+    async def call(self, fail):
+        await asyncio.sleep(0)
+        if fail:
+            raise KeyError("gone")
+        return context.get_current(), trace.get_current_span()
+
+async def main():
+    outside = context.get_current()
+    inside, span = await Sandbox().call(False)
+    try:
+        await Sandbox().call(True)
+    except KeyError as exc:
+        assert exc.args == ("gone",)
+    else:
+        raise AssertionError("the error was swallowed")
+    print(inside is outside, span is trace.INVALID_SPAN)
+asyncio.run(main())
+"""
+
+
+def test_the_sdk_spans_in_the_worker_attach_nothing_and_change_no_result() -> None:
+    """``quiet_sdk_spans`` (called by the worker at start): the SDK's instrumented calls return
+    and raise as before, and no longer build a context per call (the API's no-op tracer does)."""
+    def check(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", QUIET_SPANS_CHECK, mode], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parent.parent)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+    assert check("quiet") == "True True"
+    assert check("default") == "False True"  # what the check tells apart: a context attached per call
+
+
 def test_the_wire_refuses_what_it_cannot_trust() -> None:
     with pytest.raises(WireError):
         frame_length((MAX_FRAME + 1).to_bytes(4, "big"))
