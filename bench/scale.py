@@ -29,9 +29,11 @@ figures of each case. Cases (``--cases``, default all):
   parent's ``run.finished`` to the child's ``run.started`` (its process running). Goal: mean ≤ 2 ms.
 - ``daytona``: ``--daytona-runs`` runs at once on the Daytona backend against the emulator of
   tests/fakes in its own process (1 s create delay, 50 ms per call, ``--rate-429`` of the
-  control-plane calls refused with 429). Goals: 0 errors, 0 leaked sandboxes, RSS of the server
-  and its Daytona worker together ≤ 300 MB, API p99 ≤ 100 ms meanwhile, no run waited
-  (queued → started) > 2× the median wait, 429s absorbed.
+  control-plane calls refused with 429; HTTPS and WSS as Daytona, unless ``--plain-http``).
+  Goals: 0 errors, 0 leaked sandboxes, RSS of the server and its Daytona worker together
+  ≤ 300 MB (set against the emulator over plain HTTP; TLS adds about 55 KB per run in flight),
+  API p99 ≤ 100 ms meanwhile, no run waited (queued → started) > 2× the median wait, 429s
+  absorbed.
   The issue's figure is 2,000 runs: ``--daytona-runs 2000`` (the default, 300, keeps a default run short).
 - ``restart``: a data directory with ``--events`` stored events (default 1,000,000), then a
   service start timed to the first healthy answer, and run-list / search latency. Goals: ≤ 2 s,
@@ -205,6 +207,8 @@ async def case_dag(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def emulator_main(create_delay: float, latency: float, rate_429: float, workdir: str) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
+    import ssl
+
     from aiohttp import web
     from fakes.daytona_emulator import DaytonaEmulator
 
@@ -214,6 +218,9 @@ def emulator_main(create_delay: float, latency: float, rate_429: float, workdir:
     async def run() -> None:
         emu = DaytonaEmulator(Path(workdir))
         emu.configure(create_delay_s=create_delay, call_latency_s=latency, rate_429=rate_429, keep_requests=False)
+        if Path(workdir, "cert.pem").exists():
+            emu.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            emu.tls.load_cert_chain(Path(workdir, "cert.pem"), Path(workdir, "key.pem"))
         await emu.start()
         print(emu.api_url, flush=True)
         stop = asyncio.Event()
@@ -238,6 +245,7 @@ def emulator_main(create_delay: float, latency: float, rate_429: float, workdir:
 async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     emu_dir = workdir / "emulator"
     emu_dir.mkdir()
+    tls = not args.plain_http and _self_signed(emu_dir)
     emu = subprocess.Popen([sys.executable, __file__, "--serve-emulator", str(args.create_delay),
                             str(args.call_latency), str(args.rate_429), str(emu_dir)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -245,7 +253,8 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     api_url = emu.stdout.readline().strip()
     env = {"DAYTONA_API_KEY": "test-key", "DAYTONA_API_URL": api_url, "DAYTONA_TARGET": "us",
            "AGENT_MANAGER_DAYTONA_MAX_CONCURRENT_CREATES": str(args.daytona_creates),
-           "AGENT_MANAGER_DAYTONA_CREATE_TIMEOUT_S": "600", "AGENT_MANAGER_MAX_CONCURRENT_RUNS": "8"}
+           "AGENT_MANAGER_DAYTONA_CREATE_TIMEOUT_S": "600", "AGENT_MANAGER_MAX_CONCURRENT_RUNS": "8",
+           **({"SSL_CERT_FILE": str(emu_dir / "cert.pem")} if tls else {})}
     server = start_server(workdir / "cloud-home", env)
     try:
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=300) as client:
@@ -272,7 +281,7 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
     median = statistics.median(waits) if waits else 0.0
     return {"runs": args.daytona_runs, "max_concurrent_creates": args.daytona_creates,
             "emulator": {"create_delay_s": args.create_delay, "call_latency_s": args.call_latency,
-                         "rate_429": args.rate_429},
+                         "rate_429": args.rate_429, "tls": tls},
             "elapsed_s": round(elapsed, 2), "errors": len(bad),
             "error_samples": [(r["status"], (r["error"] or "")[:200]) for r in bad[:5]],
             "leaked_sandboxes": stats["sandboxes"], "peak_sandboxes": stats["peak_sandboxes"],
@@ -287,6 +296,18 @@ async def case_daytona(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             "wait_median_s": round(median, 3), "wait_max_s": round(max(waits, default=0), 3),
             "fairness_max_over_median": round(max(waits, default=0) / median, 3) if median else None,
             "api": probed}
+
+
+def _self_signed(directory: Path) -> bool:
+    """A certificate for 127.0.0.1 (cert.pem, key.pem) with ``openssl``; False when there is none.
+    The emulator then serves HTTPS and WSS as Daytona does: every run's log stream is a TLS
+    connection of the worker's, and those cost far more memory than plain ones."""
+    if shutil.which("openssl") is None:
+        return False
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                           "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"),
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
+    return made.returncode == 0
 
 
 async def case_restart(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -396,6 +417,8 @@ if __name__ == "__main__":
     parser.add_argument("--create-delay", type=float, default=1.0)
     parser.add_argument("--call-latency", type=float, default=0.05)
     parser.add_argument("--rate-429", type=float, default=0.01)
+    parser.add_argument("--plain-http", action="store_true",
+                        help="the Daytona emulator without TLS (it serves HTTPS by default, as Daytona does)")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--probe-interval-ms", type=float, default=20.0,
                         help="pause between the probe's requests (smaller: more samples, a steadier p99)")

@@ -291,6 +291,51 @@ def test_the_sdk_spans_in_the_worker_attach_nothing_and_change_no_result() -> No
     assert check("default") == "False True"  # what the check tells apart: a context attached per call
 
 
+SMALL_TLS_CHECK = """
+import asyncio, hashlib, ssl, sys
+from asyncio import sslproto
+from agent_manager.executors.daytona_heap import TLS_READ_SIZE, small_tls_buffers
+small_tls_buffers()
+assert sslproto.SSLProtocol.max_size == TLS_READ_SIZE == 16 * 1024
+cert, key = sys.argv[1:3]
+payload = bytes(range(256)) * 4096  # 1 MiB: 64 times the buffer
+
+async def main():
+    async def serve(reader, writer):
+        data = await reader.readexactly(len(payload))
+        writer.write(hashlib.sha256(data).hexdigest().encode() + data[::-1])
+        await writer.drain()
+        writer.close()
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_side)
+    port = server.sockets[0].getsockname()[1]
+    client_side = ssl.create_default_context(cafile=cert)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_side, server_hostname="127.0.0.1")
+    writer.write(payload)
+    await writer.drain()
+    answer = await reader.readexactly(64 + len(payload))
+    assert answer[:64].decode() == hashlib.sha256(payload).hexdigest() and answer[64:] == payload[::-1]
+    writer.close()
+    server.close()
+    print("ok")
+asyncio.run(main())
+"""
+
+
+def test_the_workers_tls_connections_read_a_record_at_a_time_and_lose_nothing(tmp_path: Path) -> None:
+    """``small_tls_buffers`` (called by the worker at start): a 16 KiB receive buffer per TLS
+    connection instead of asyncio's 256 KiB, and 1 MiB each way over TLS still arrives intact."""
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                           "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    done = subprocess.run([sys.executable, "-c", SMALL_TLS_CHECK, str(tmp_path / "cert.pem"),
+                           str(tmp_path / "key.pem")], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_the_wire_refuses_what_it_cannot_trust() -> None:
     with pytest.raises(WireError):
         frame_length((MAX_FRAME + 1).to_bytes(4, "big"))

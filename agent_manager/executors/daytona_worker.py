@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.daytona_command import ExitSlot
-from agent_manager.executors.daytona_heap import Trimmer, freeze_start_up, quiet_sdk_spans
+from agent_manager.executors.daytona_heap import Trimmer, freeze_start_up, quiet_sdk_spans, small_tls_buffers
 from agent_manager.executors.daytona_wire import (
     HEADER,
     Message,
@@ -471,6 +471,7 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="daytona-worker %(levelname)s %(name)s: %(message)s")
     quiet_sdk_spans()
+    small_tls_buffers()
     asyncio.run(serve(0, fd_out))
 
 

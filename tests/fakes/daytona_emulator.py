@@ -10,6 +10,8 @@ directory used as its work dir, session commands run as local ``/bin/sh -c`` sub
 it (the daemon runs them through a shell too), and deleting a sandbox kills its process
 groups. Faults are injected per test through the public methods of ``DaytonaEmulator``;
 load is shaped by ``configure`` (create delay, latency per call, a rate of 429 answers).
+``tls`` (an SSL context, set before ``start``) makes it serve HTTPS and WSS as Daytona does:
+bench/scale.py uses it, since a TLS connection costs its client far more memory than a plain one.
 The toolbox half lives in ``daytona_toolbox.py`` to keep both files readable.
 """
 
@@ -20,6 +22,7 @@ import fnmatch
 import json
 import random
 import shutil
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -98,6 +101,7 @@ class DaytonaEmulator:
         self.pty_fault: str | None = None  # None | "silent" | "error" (see daytona_pty.py)
         self.pty_toolbox: PtyToolbox | None = None
         self.call_latency_s = 0.0
+        self.tls: ssl.SSLContext | None = None  # set before start(): serve HTTPS (and WSS), as Daytona does
         self.rate_429 = 0.0
         self.rate_429_toolbox = False
         self.api_rate_limit = 0.0
@@ -174,7 +178,7 @@ class DaytonaEmulator:
     # ----- lifecycle -------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -195,7 +199,7 @@ class DaytonaEmulator:
         add_toolbox_routes(app, self)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]
