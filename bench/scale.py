@@ -370,9 +370,10 @@ def verdict(results: dict[str, Any]) -> dict[str, bool]:
 
 
 def python_loop_s() -> float:
-    """Seconds for 10**7 additions in a pure-Python loop, best of 3: the CPU's speed now. On a
-    day this took 0.84-1.14 s here, the DAG hop and API p99 were 2-3x those of another day on
-    the same kind of machine: compare runs by this before comparing their figures."""
+    """Seconds for 10**7 additions in a pure-Python loop, best of 3: the CPU's speed now. It
+    swung 0.29-1.14 s within one day here. The latency figures move with more than this (the
+    host's other load: the DAG hop was 2.5 ms that day with this at 0.29 s, 1.05-1.2 ms on
+    another), but runs whose readings differ are not comparable."""
     best = float("inf")
     for _ in range(3):
         began, total = time.perf_counter(), 0
