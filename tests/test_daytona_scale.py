@@ -1,5 +1,6 @@
 """Hundreds of Daytona runs at once through the real service, against a slow, rate-limiting emulator.
 
+Over HTTPS and WSS, as Daytona serves them (every run in flight holds a TLS log stream).
 Not timed (bench/scale.py measures): it checks that every run succeeds with its own output,
 that no sandbox or process is left behind, that creates never exceed
 ``daytona_max_concurrent_creates`` and that the emulator's 429s were absorbed, not failed on.
@@ -24,8 +25,10 @@ MAX_CREATES = 16
 
 
 async def test_300_concurrent_daytona_runs_no_error_no_leak(
-    daytona_settings: Settings, daytona_emulator: DaytonaEmulator
+    daytona_tls_settings: Settings, daytona_tls_emulator: DaytonaEmulator
 ) -> None:
+    daytona_settings, daytona_emulator = daytona_tls_settings, daytona_tls_emulator
+    assert daytona_emulator.api_url.startswith("https://")
     daytona_emulator.configure(create_delay_s=0.3, call_latency_s=0.01, rate_429=0.05, keep_requests=False)
     settings = daytona_settings.model_copy(update={
         "daytona_max_concurrent_creates": MAX_CREATES, "daytona_create_timeout_s": 60, "max_concurrent_runs": 4})

@@ -13,7 +13,6 @@ import asyncio
 import os
 import platform
 import signal
-import ssl
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import running_service
 from fakes.daytona_emulator import DaytonaEmulator
+from fakes.daytona_fixture import self_signed
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import ExecSpec
@@ -324,16 +324,6 @@ asyncio.run(main())
 """
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """(certificate, key) for 127.0.0.1, made by ``openssl``."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                           "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                           "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
-    assert made.returncode == 0, made.stderr
-    return cert, key
-
-
 def test_the_workers_tls_connections_read_a_record_at_a_time_and_lose_nothing(tmp_path: Path) -> None:
     """``small_tls_buffers`` (called by the worker at start): a 16 KiB receive buffer per TLS
     connection instead of asyncio's 256 KiB, and 1 MiB each way over TLS still arrives intact."""
@@ -344,36 +334,21 @@ def test_the_workers_tls_connections_read_a_record_at_a_time_and_lose_nothing(tm
 
 
 async def test_a_run_over_https_and_wss_as_daytona_serves_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    daytona_tls_settings: Settings, daytona_tls_emulator: DaytonaEmulator
 ) -> None:
     """The worker against the emulator over TLS (Daytona is HTTPS and WSS only), trusting its
     certificate through SSL_CERT_FILE: a run's 300 KB of output (many TLS records, each read
     into the worker's 16 KiB buffer) arrives whole and the sandbox is deleted."""
-    cert, key = self_signed(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("DAYTONA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the worker keeps it (daytona_link.WORKER_ENV)
-    monkeypatch.chdir(tmp_path)
-    emulator = DaytonaEmulator(tmp_path / "sandboxes")
-    emulator.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    emulator.tls.load_cert_chain(cert, key)
-    await emulator.start()
-    settings = Settings(home=tmp_path / "home", kill_grace_s=0.2,
-                        daytona={"api_key": emulator.api_key, "api_url": emulator.api_url, "target": "us",
-                                 "create_timeout_s": 10})
-    ex = DaytonaExecutor(settings, "inst-tls", retry_base_s=0.01)
+    assert daytona_tls_emulator.api_url.startswith("https://")
+    ex = DaytonaExecutor(daytona_tls_settings, "inst-tls", retry_base_s=0.01)
     try:
-        assert emulator.api_url.startswith("https://")
         run = await ex.start(ExecSpec(argv=["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; echo; echo done"]))
         text = "".join([c.text async for c in run.output()])
         assert await run.wait() == 0
         assert text == "x" * 300000 + "\ndone\n"
     finally:
         await ex.close()
-        leaked = sorted(emulator.sandboxes)
-        await emulator.stop()
-    assert not leaked
+    assert not daytona_tls_emulator.sandboxes
 
 
 def test_the_wire_refuses_what_it_cannot_trust() -> None:
