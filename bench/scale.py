@@ -370,10 +370,10 @@ def verdict(results: dict[str, Any]) -> dict[str, bool]:
 
 
 def python_loop_s() -> float:
-    """Seconds for 10**7 additions in a pure-Python loop, best of 3: the CPU's speed now. It
-    swung 0.29-1.14 s within one day here. The latency figures move with more than this (the
-    host's other load: the DAG hop was 2.5 ms that day with this at 0.29 s, 1.05-1.2 ms on
-    another), but runs whose readings differ are not comparable."""
+    """Seconds for 10**7 additions in a pure-Python loop (in a function), best of 3: the CPU's
+    speed now. It read 0.28-0.50 s within one day here. The latency figures move with more than
+    this (the host's other load: that day the DAG hop was 1.8-3.8 ms at any reading, 1.05-1.2 ms
+    on another day), but runs whose readings differ much are not comparable."""
     best = float("inf")
     for _ in range(3):
         began, total = time.perf_counter(), 0
