@@ -113,7 +113,7 @@ def _cpu_seconds(server: int) -> tuple[float, float]:
     is the same in the pipe) and of this client side (this process, its threads and its reaped children:
     curl and cksum). Beside the elapsed time they show which side a figure is bound by: with
     both near the elapsed time the two cores are simply full."""
-    fields = open(f"/proc/{server}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     self_, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return (sum(int(f) for f in fields[11:13]) / tick,
@@ -257,7 +257,9 @@ def serve_frames(total: int) -> None:
         with conn:
             request = b""
             while b"\r\n\r\n" not in request:
-                request += conn.recv(65536)
+                if not (piece := conn.recv(65536)):
+                    return  # the client went away before asking
+                request += piece
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             for chunk in body:
                 conn.sendall(chunk)

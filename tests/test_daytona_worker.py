@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import running_service
-from fakes.daytona_emulator import DaytonaEmulator
-from fakes.daytona_fixture import self_signed
+from fakes.daytona_emulator import DaytonaEmulator, self_signed
 
 from agent_manager.errors import ExecutionError
 from agent_manager.executors.base import ExecSpec

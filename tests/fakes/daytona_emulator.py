@@ -23,6 +23,7 @@ import json
 import random
 import shutil
 import ssl
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,18 @@ def error_response(
         "timestamp": datetime.now(UTC).isoformat(),
     }
     return web.json_response(body, status=status)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1 in ``directory``, made by ``openssl`` (for ``tls``);
+    raises ``OSError`` when openssl is missing or fails."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                           "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                           "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
+    if made.returncode != 0:
+        raise OSError(f"openssl could not make a certificate: {made.stderr.decode(errors='replace')}")
+    return cert, key
 
 
 @dataclass

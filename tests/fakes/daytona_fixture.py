@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import os
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fakes.daytona_emulator import DaytonaEmulator
+from fakes.daytona_emulator import DaytonaEmulator, self_signed
 
 from agent_manager.settings import Settings
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """(certificate, key) for 127.0.0.1, made by ``openssl``."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                           "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                           "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
-    assert made.returncode == 0, made.stderr
-    return cert, key
 
 
 async def _emulator(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
