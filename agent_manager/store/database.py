@@ -11,9 +11,11 @@ Three kinds of connection, each for what it is good at:
 
 Writers take ``write_lock`` around their transactions: SQLite allows one writer at a time and
 its own busy handler waits by sleeping in steps of milliseconds, a Python lock hands over at
-once. The main connection never checkpoints the WAL (the writer thread does), so no
-checkpoint and its fsync ever run on the loop. WAL with ``synchronous=NORMAL`` keeps every
-committed transaction across a crash of the service (only a power loss can drop the last ones).
+once, and the event writer steps aside between its rows for anyone waiting (``WriteLock``).
+No connection checkpoints on its own: the writer thread does, between batches, outside the
+lock, so no checkpoint and its fsync ever hold up the loop. WAL with ``synchronous=NORMAL``
+keeps every committed transaction across a crash of the service (only a power loss can drop
+the last ones).
 """
 
 from __future__ import annotations
@@ -120,6 +122,58 @@ def connect(path: Path | str, *, read_only: bool = False) -> sqlite3.Connection:
     return conn
 
 
+class WriteLock:
+    """SQLite's one writer at a time, as a lock the event writer can step aside from.
+
+    Why: the event writer's batch can be long (indexing a few dozen finished runs' answers took
+    20-30 ms), and a short transaction on the loop (a run's end, a new run) waited for all of
+    it, and every HTTP request with it. A holder calls ``step_aside`` between its rows: if
+    someone waits, they go first, then it takes the lock back. First come, first served
+    otherwise; usable as ``with lock:``.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._waiting = 0
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._held:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._held = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def wanted(self) -> bool:
+        """Whether someone waits for the lock (a hint: read without the condition's lock)."""
+        return self._waiting > 0
+
+    def step_aside(self) -> None:
+        """For the holder: let everyone waiting now go first, then hold the lock again."""
+        with self._cond:
+            if not self._waiting:
+                return
+            self._held = False
+            self._cond.notify_all()
+            while self._held or self._waiting:
+                self._cond.wait()
+            self._held = True
+
+
 class Reader:
     """A read-only connection owned by one pool thread."""
 
@@ -151,7 +205,7 @@ class Database:
         # Large run output lives in files beside the database (``output_files``); an
         # in-memory database keeps everything inline.
         self.output_files: OutputFiles | None = None if self.in_memory else OutputFiles(self.path.parent / "run-output")
-        self.write_lock = threading.Lock()
+        self.write_lock = WriteLock()
         self._writer: EventWriter | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()

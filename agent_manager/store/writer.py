@@ -39,7 +39,9 @@ log = logging.getLogger("agent_manager.store")
 MAX_BATCH_ROWS = 4096
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # bounds one transaction (and the delay a merged chunk sees)
 PENDING_LIMIT_BYTES = 16 * 1024 * 1024  # producers wait (``room``) beyond this many uncommitted bytes
-IDLE_CHECKPOINT_S = 5.0
+STEP_ROWS = 512  # inserts between two looks at whether someone waits for the write lock
+CHECKPOINT_BYTES = 4 * 1024 * 1024  # a busy writer checkpoints once it has logged about this much
+IDLE_CHECKPOINT_S = 5.0  # an idle one this long after its last checkpoint
 RETRY_S = 0.5
 
 
@@ -76,12 +78,15 @@ class EventWriter:
         self.commits = 0
         self.rows_written = 0
         self._conn = connect(db.path)
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")  # ``_checkpoint`` does it, outside the write lock
         self._lock = threading.Lock()  # taken directly on the loop's hot path (``put``, ``merge``)
         self._cond = threading.Condition(self._lock)
         self._queue: list[Row] = []
         self._closing = False
         self._idle = False  # the thread waits for rows (under ``_cond``)
         self._wake_due = False  # a wake-up of the idle thread is scheduled on the loop
+        self._done = 0  # rows of the current batch already committed (``_commit``)
+        self._logged = 0  # about how many bytes the WAL took since the last checkpoint
         self._room = asyncio.Event()
         self._room.set()
         self._thread = threading.Thread(target=self._main, name="am-db-writer", daemon=True)
@@ -171,20 +176,26 @@ class EventWriter:
                         self._idle = False
                         if not woken:
                             break
-                    if not self._queue:
-                        if self._closing:
-                            return
-                        if time.monotonic() - last_checkpoint >= IDLE_CHECKPOINT_S:
-                            self._checkpoint()
-                            last_checkpoint = time.monotonic()
-                        continue
-                self._write_next()
+                    if not self._queue and self._closing:
+                        return
+                    busy = bool(self._queue)
+                if busy:
+                    self._write_next()
+                if self._logged and (self._logged >= CHECKPOINT_BYTES or (
+                        not busy and time.monotonic() - last_checkpoint >= IDLE_CHECKPOINT_S)):
+                    self._checkpoint()
+                    last_checkpoint, self._logged = time.monotonic(), 0
         finally:
             self._conn.close()
 
     def _checkpoint(self) -> None:
-        """The main connection never checkpoints; an idle writer catches the WAL up (after
-        flushing the output files its rows refer to)."""
+        """Catch the WAL up, outside every lock: the loop's transactions and ``put`` go on
+        meanwhile. No connection checkpoints on its own (``wal_autocheckpoint=0``): SQLite's
+        automatic one runs inside the COMMIT that crosses its threshold (1000 pages), fsync and
+        all, and while readers keep the WAL from being reset, in every COMMIT after; under load
+        that held the write lock (and the loop's short transactions behind it) 20-30 ms a batch.
+        Here it follows the same threshold (``CHECKPOINT_BYTES``), between batches. The output
+        files its rows refer to are flushed first."""
         if self.db.output_files is not None:
             self.db.output_files.sync()
         with contextlib.suppress(sqlite3.Error):
@@ -197,6 +208,7 @@ class EventWriter:
             # Encoding and file appends happen before the write lock: the loop's own short
             # transactions never wait behind them.
             params, appender = self._prepare(batch)
+            self._done = 0
             for attempt in range(1, 1_000_000):
                 try:
                     with self.db.write_lock:
@@ -224,6 +236,7 @@ class EventWriter:
             if appender is not None:
                 appender.close()
         size = sum(row.size for row in batch)
+        self._logged += sum(row.size if row.stored is None else len(row.stored) for row in batch)
         with self._cond:
             self.pending_bytes -= size
         self.commits += 1
@@ -272,16 +285,26 @@ class EventWriter:
         return params, appender
 
     def _commit(self, batch: list[Row], params: list[tuple[str, int, str, str, str] | None]) -> None:
+        """Commit the rows from ``_done`` on (a retry skips those already committed). Between
+        rows, if anyone waits for the write lock (the loop's short transactions), what is done
+        is committed and they go first: nobody waits behind a whole batch."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
+        begun = self._done
         run: list[tuple[str, int, str, str, str]] = []
         sql = ""
-        for row, values in zip(batch, params, strict=True):
+        for index in range(self._done, len(batch)):
+            row, values = batch[index], params[index]
             insert = _insert_sql(row.table, row.key_column)
-            if row.also or insert != sql:
+            if row.also or insert != sql or len(run) >= STEP_ROWS:
                 if run:
                     conn.executemany(sql, run)
                     run = []
+                if index > begun and self.db.write_lock.wanted():
+                    conn.execute("COMMIT")
+                    self._done = begun = index
+                    self.db.write_lock.step_aside()
+                    conn.execute("BEGIN IMMEDIATE")
                 for statement, statement_params in row.also:
                     conn.execute(statement, statement_params)
                 sql = insert
@@ -290,6 +313,7 @@ class EventWriter:
         if run:
             conn.executemany(sql, run)
         conn.execute("COMMIT")
+        self._done = len(batch)
 
 
 def _unicode_only(batch: list[Row], params: list[tuple[str, int, str, str, str] | None]
