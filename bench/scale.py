@@ -24,7 +24,11 @@ figures of each case. Cases (``--cases``, default all):
   the service does (0.30-0.50 here, so they are not goals); ``file_ratio``, the same writer
   through a plain pipe into a file on the data directory's disk ÷ the plain pipe (medians of 3
   and of all pipe runs): the service stores every byte before anyone sees it, so no way of
-  following it can beat that for long.
+  following it can beat that for long; ``relay_ratio``, the least a store-and-forward does
+  with no service at all (read the pipe 1 MiB at a time, write each piece to a file and on
+  to ``cksum`` through a pipe; median of 3) ÷ the plain pipe: the ceiling of the native
+  followers' ratios on this host that day (0.35-0.49 when the pipe ran at 2.5-2.8 GB/s: four
+  copies of every byte against two, on two cores).
 - ``dag``: a chain of ``--hops`` shell steps (``true``), in process; per hop the time from the
   parent's ``run.finished`` to the child's ``run.started`` (its process running). Goal: mean ≤ 2 ms.
 - ``daytona``: ``--daytona-runs`` runs at once on the Daytona backend against the emulator of

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -33,6 +35,38 @@ from stream import (
 )
 
 DONE = ("succeeded", "failed", "cancelled", "timed_out")
+F_SETPIPE_SZ = 1031
+MIB = 1 << 20
+
+
+def relay_baseline(writer: Path, total: int, into: Path) -> float:
+    """MB/s of the least a store-and-forward of the writer's output can do, with no service:
+    read the pipe 1 MiB at a time, write each piece to ``into`` (on the data directory's disk)
+    and on to another process (``cksum``, through a 1 MiB pipe). Every byte is copied four
+    times here (into the pipe, out of it, into the file, into the next pipe) against the plain
+    pipe's two, on the same two cores: the ceiling of any way of following the service."""
+    started = time.perf_counter()
+    source = subprocess.Popen([sys.executable, str(writer), str(total)], stdout=subprocess.PIPE)
+    sink = subprocess.Popen(["cksum"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert source.stdout is not None and sink.stdin is not None
+    read_fd, send_fd = source.stdout.fileno(), sink.stdin.fileno()
+    for fd in (read_fd, send_fd):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, MIB)
+    out = os.open(into, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while piece := os.read(read_fd, MIB):
+            os.write(out, piece)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(send_fd, view):]
+    finally:
+        os.close(out)
+        sink.stdin.close()
+        sink.wait()
+        source.wait()
+        into.unlink()
+    return total / MB / (time.perf_counter() - started)
 
 
 def seconds_between(a: str, b: str) -> float:
@@ -87,6 +121,7 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
     finally:
         stop_server(server)
     files += [pipe_baseline(writer, total, workdir / "file-baseline")["mb_s"] for _ in range(2)]
+    relays = [relay_baseline(writer, total, workdir / "relay-baseline") for _ in range(3)]
     caps = []  # the Python follower alone, each against the pipe run just before it
     for _ in range(3):
         pipes.append(pipe_baseline(writer, total)["mb_s"])
@@ -102,6 +137,8 @@ async def case_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
                                                          "server_rss_growth_mb")},
             "pipe_mb_s": pipe_mb_s, "pipe_runs_mb_s": pipes, "file_mb_s": statistics.median(files),
             "file_runs_mb_s": files, "file_ratio": round(statistics.median(files) / pipe_mb_s, 3),
+            "relay_mb_s": round(statistics.median(relays), 1), "relay_runs_mb_s": [round(r, 1) for r in relays],
+            "relay_ratio": round(statistics.median(relays) / pipe_mb_s, 3),
             "python_client_cap_ratio": round(statistics.median(caps), 3),
             "raw_ratio": figures["raw"]["ratio"],
             "raw_curl_ratio": figures["raw_curl"]["ratio"], "sse_curl_ratio": figures["sse_curl"]["ratio"],
