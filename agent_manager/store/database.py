@@ -146,12 +146,15 @@ class WriteLock:
     def acquire(self) -> None:
         with self._cond:
             self._waiting += 1
+            taken = False
             try:
                 while self._held:
                     self._cond.wait()
+                self._held = taken = True
             finally:
                 self._waiting -= 1
-            self._held = True
+                if not taken:  # interrupted: a holder in ``step_aside`` may wait for this count
+                    self._cond.notify_all()
 
     def release(self) -> None:
         with self._cond:
@@ -206,6 +209,7 @@ class Database:
         # in-memory database keeps everything inline.
         self.output_files: OutputFiles | None = None if self.in_memory else OutputFiles(self.path.parent / "run-output")
         self.write_lock = WriteLock()
+        self.commits = 0  # transactions committed on this connection (the writer's checkpoints count them)
         self._writer: EventWriter | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -267,6 +271,7 @@ class Database:
                 raise
             else:
                 self.conn.execute("COMMIT")
+                self.commits += 1
             finally:
                 self._depth = 0
 

@@ -40,8 +40,10 @@ MAX_BATCH_ROWS = 4096
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # bounds one transaction (and the delay a merged chunk sees)
 PENDING_LIMIT_BYTES = 16 * 1024 * 1024  # producers wait (``room``) beyond this many uncommitted bytes
 STEP_ROWS = 512  # inserts between two looks at whether someone waits for the write lock
-CHECKPOINT_BYTES = 4 * 1024 * 1024  # a busy writer checkpoints once it has logged about this much
-IDLE_CHECKPOINT_S = 5.0  # an idle one this long after its last checkpoint
+CHECKPOINT_BYTES = 4 * 1024 * 1024  # checkpoint once the WAL took about this much (SQLite's own 1000 pages)
+COMMIT_BYTES = 4 * 4096  # what a small commit adds to the WAL at the least: a few whole pages
+RESTART_FRAMES = 4096  # a WAL this long (16 MB of 4 KiB pages) is made to start over (``_checkpoint``)
+CHECKPOINT_S = 5.0  # and at least this often while anything is written (the loop's commits too)
 RETRY_S = 0.5
 
 
@@ -86,7 +88,7 @@ class EventWriter:
         self._idle = False  # the thread waits for rows (under ``_cond``)
         self._wake_due = False  # a wake-up of the idle thread is scheduled on the loop
         self._done = 0  # rows of the current batch already committed (``_commit``)
-        self._logged = 0  # about how many bytes the WAL took since the last checkpoint
+        self._logged = 0  # about how many bytes this thread's commits added to the WAL since the last checkpoint
         self._room = asyncio.Event()
         self._room.set()
         self._thread = threading.Thread(target=self._main, name="am-db-writer", daemon=True)
@@ -167,12 +169,13 @@ class EventWriter:
 
     def _main(self) -> None:
         last_checkpoint = time.monotonic()
+        loop_mark = self.db.commits
         try:
             while True:
                 with self._cond:
                     while not self._queue and not self._closing:
                         self._idle = True
-                        woken = self._cond.wait(IDLE_CHECKPOINT_S)
+                        woken = self._cond.wait(CHECKPOINT_S)
                         self._idle = False
                         if not woken:
                             break
@@ -181,10 +184,11 @@ class EventWriter:
                     busy = bool(self._queue)
                 if busy:
                     self._write_next()
-                if self._logged and (self._logged >= CHECKPOINT_BYTES or (
-                        not busy and time.monotonic() - last_checkpoint >= IDLE_CHECKPOINT_S)):
+                loop_commits = self.db.commits  # read without a lock: an estimate is enough
+                logged = self._logged + COMMIT_BYTES * (loop_commits - loop_mark)
+                if logged and (logged >= CHECKPOINT_BYTES or time.monotonic() - last_checkpoint >= CHECKPOINT_S):
                     self._checkpoint()
-                    last_checkpoint, self._logged = time.monotonic(), 0
+                    last_checkpoint, self._logged, loop_mark = time.monotonic(), 0, loop_commits
         finally:
             self._conn.close()
 
@@ -194,12 +198,35 @@ class EventWriter:
         automatic one runs inside the COMMIT that crosses its threshold (1000 pages), fsync and
         all, and while readers keep the WAL from being reset, in every COMMIT after; under load
         that held the write lock (and the loop's short transactions behind it) 20-30 ms a batch.
-        Here it follows the same threshold (``CHECKPOINT_BYTES``), between batches. The output
-        files its rows refer to are flushed first."""
+        Here it runs between batches once the WAL took about as much (``CHECKPOINT_BYTES``:
+        what the rows weighed, and a few pages for each commit, the loop's included), and at
+        least every ``CHECKPOINT_S`` while anything is written. The output files its rows
+        refer to are flushed first.
+
+        A checkpoint beside writers may not let the WAL start over: SQLite rewinds it only when
+        a write begins with every frame copied, and under load the loop had always written
+        something meanwhile (the WAL grew by 16 KB a commit for good). So once it holds more
+        than ``RESTART_FRAMES``, the writer looks, holding the write lock for a moment, whether
+        the loop committed anything since the checkpoint began; if not, every frame is copied
+        and the next write starts the WAL over. If so, it copies again, up to three times, then
+        copies the rest holding the lock (its fsyncs included: 40-55 ms under the scale bench's
+        200 chatty runs, which is why that is the last resort)."""
         if self.db.output_files is not None:
             self.db.output_files.sync()
         with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            mark = self.db.commits
+            row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if row is None or row[1] <= RESTART_FRAMES:
+                return
+            for last in (False, False, True):
+                with self.db.write_lock:
+                    if self.db.commits == mark:
+                        return  # every frame is copied: the next write starts the WAL over
+                    if last:
+                        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        return
+                    mark = self.db.commits
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def _write_next(self) -> None:
         batch = self._take()
@@ -209,6 +236,7 @@ class EventWriter:
             # transactions never wait behind them.
             params, appender = self._prepare(batch)
             self._done = 0
+            replaced = False  # lone surrogates already stored as U+FFFD once
             for attempt in range(1, 1_000_000):
                 try:
                     with self.db.write_lock:
@@ -219,18 +247,20 @@ class EventWriter:
                     # writer (every later event of every run would wait for it forever).
                     with contextlib.suppress(sqlite3.Error):
                         self._conn.execute("ROLLBACK")
-                    if attempt > 1:
-                        log.error("dropped %d event(s) that are not text: %s", len(batch), exc)
+                    if replaced:
+                        log.error("dropped %d event(s) that are not text: %s", len(batch) - self._done, exc)
                         break
-                    log.warning("stored %d event(s) with text that is not Unicode as U+FFFD", len(batch))
-                    params = _unicode_only(batch, params)
+                    log.warning("stored %d event(s) with text that is not Unicode as U+FFFD",
+                                len(batch) - self._done)
+                    params, replaced = _unicode_only(batch, params), True
                 except sqlite3.Error as exc:
                     with contextlib.suppress(sqlite3.Error):
                         self._conn.execute("ROLLBACK")
                     if self._closing and attempt >= 5:
-                        log.error("could not store %d event(s) at shutdown: %s", len(batch), exc)
+                        log.error("could not store %d event(s) at shutdown: %s", len(batch) - self._done, exc)
                         break
-                    log.error("storing %d event(s) failed (attempt %d), retrying: %s", len(batch), attempt, exc)
+                    log.error("storing %d event(s) failed (attempt %d), retrying: %s", len(batch) - self._done,
+                              attempt, exc)
                     time.sleep(RETRY_S)
         finally:
             if appender is not None:
@@ -302,6 +332,7 @@ class EventWriter:
                     run = []
                 if index > begun and self.db.write_lock.wanted():
                     conn.execute("COMMIT")
+                    self._logged += COMMIT_BYTES
                     self._done = begun = index
                     self.db.write_lock.step_aside()
                     conn.execute("BEGIN IMMEDIATE")
@@ -313,6 +344,7 @@ class EventWriter:
         if run:
             conn.executemany(sql, run)
         conn.execute("COMMIT")
+        self._logged += COMMIT_BYTES
         self._done = len(batch)
 
 
