@@ -130,6 +130,7 @@ async def test_the_wal_starts_over_though_the_loop_writes_during_every_checkpoin
     db.execute("CREATE TABLE t (k TEXT, seq INTEGER, data TEXT, PRIMARY KEY (k, seq))")
     writer = db.writer()
     landed: list[int] = []
+    stop, racing = threading.Event(), threading.Lock()
 
     class Racing:
         def __init__(self, conn: Any) -> None:
@@ -139,7 +140,7 @@ async def test_the_wal_starts_over_though_the_loop_writes_during_every_checkpoin
             return getattr(self.conn, name)
 
         def execute(self, sql: str, *params: Any) -> Any:
-            if "wal_checkpoint" not in sql or db.write_lock._held:
+            if "wal_checkpoint" not in sql or db.write_lock._held or stop.is_set():
                 return self.conn.execute(sql, *params)
             begun, go = threading.Event(), threading.Event()
 
@@ -150,12 +151,13 @@ async def test_the_wal_starts_over_though_the_loop_writes_during_every_checkpoin
                     go.wait(10)
                 landed.append(1)
 
-            other = threading.Thread(target=loop_side)
-            other.start()
-            begun.wait(10)
-            row = self.conn.execute(sql, *params).fetchone()
-            go.set()
-            other.join(10)
+            with racing:
+                other = threading.Thread(target=loop_side)
+                other.start()
+                begun.wait(10)
+                row = self.conn.execute(sql, *params).fetchone()
+                go.set()
+                other.join(10)
             return type("Done", (), {"fetchone": lambda _self: row})()
 
     writer._conn = Racing(writer._conn)
@@ -166,6 +168,9 @@ async def test_the_wal_starts_over_though_the_loop_writes_during_every_checkpoin
     deadline = time.monotonic() + 10
     while len(landed) < 400 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+    stop.set()
+    with racing:  # no loop-side commit in flight any more
+        pass
     wal = (tmp_path / "r.db-wal").stat().st_size
     assert len(landed) >= 400
     assert wal < 1024 * 1024, f"the WAL never started over: {wal} bytes"

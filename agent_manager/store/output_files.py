@@ -18,7 +18,7 @@ module (``text_file``: escaped text) are still read.
 The guarantee is unchanged: the bytes are written (``os.write``, so a kill -9 of the service
 keeps them) before the transaction of their row commits, and nobody reads a row before that
 commit. Like the last WAL transactions, they are flushed to the disk later (``sync``, before
-the writer's checkpoints), so only a power loss can drop recent ones; a range that is
+the writer's idle checkpoint), so only a power loss can drop recent ones; a range that is
 missing then reads as the bytes that exist (whole characters only).
 """
 
