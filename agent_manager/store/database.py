@@ -13,7 +13,8 @@ Writers take ``write_lock`` around their transactions: SQLite allows one writer 
 its own busy handler waits by sleeping in steps of milliseconds, a Python lock hands over at
 once, and the event writer steps aside between its rows for anyone waiting (``WriteLock``).
 No connection checkpoints on its own: the writer thread does, between batches, outside the
-lock, so no checkpoint and its fsync ever hold up the loop. WAL with ``synchronous=NORMAL``
+lock, so a checkpoint and its fsync hold up the loop only in the rare case where a long WAL
+has to be made to start over (``EventWriter._checkpoint``). WAL with ``synchronous=NORMAL``
 keeps every committed transaction across a crash of the service (only a power loss can drop
 the last ones).
 """
